@@ -1,0 +1,4 @@
+//! The controller: reads Envoy's stats, decides, and pushes the filter's
+//! configuration. This first part holds the configuration sinks.
+
+pub mod sink;

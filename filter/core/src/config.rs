@@ -1,0 +1,375 @@
+//! The plugin configuration: the JSON the controller writes and Envoy hands to
+//! the filter. Parsed into typed structs (unknown fields refused), validated,
+//! then lowered once into a [`Plan`] that the request path only reads.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::headers::{self, HeaderNameError};
+use crate::split::{Arm, Salt, Weight};
+
+/// The plugin configuration as written (see the README's reference).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterConfig {
+    /// Rollout name; part of every metric name.
+    pub rollout: String,
+    /// Configuration epoch, raised by the controller on every change; part of
+    /// every metric name so that windows never mix configurations.
+    #[serde(default)]
+    pub epoch: u64,
+    /// Stage name, sent in the stage header.
+    pub stage: String,
+    /// Hash salt; a new rollout gets a new salt and so a new shuffle.
+    pub salt: String,
+    /// Version name of the champion (the header value its route matches).
+    pub champion: String,
+    /// Version name of the challenger.
+    pub challenger: String,
+    /// The challenger's share in basis points, 0..=10000.
+    pub challenger_weight_bp: Weight,
+    /// Where the user key is read from, first match wins.
+    #[serde(default = "default_key")]
+    pub key: Vec<KeySource>,
+    /// What happens to requests with no key.
+    #[serde(default)]
+    pub unkeyed: UnkeyedPolicy,
+    /// Names of the headers the filter owns.
+    #[serde(default)]
+    pub headers: OwnedHeaders,
+}
+
+/// One place a user key can come from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum KeySource {
+    /// A request header, e.g. `{"header": "x-user-id"}`.
+    Header(String),
+    /// A cookie, e.g. `{"cookie": "uid"}`.
+    Cookie(String),
+}
+
+fn default_key() -> Vec<KeySource> {
+    vec![KeySource::Header("x-user-id".into())]
+}
+
+/// Routing of requests that carry no key. Either way they are marked unkeyed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnkeyedPolicy {
+    /// All go to the champion (the safe default).
+    #[default]
+    Champion,
+    /// Split at the weight by Envoy's `x-request-id`: the share is right but
+    /// the same client may get a different version on each request.
+    SplitByRequestId,
+}
+
+/// Names of the headers the filter owns. Client-sent copies are replaced or
+/// removed before routing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OwnedHeaders {
+    /// Carries the version name; the route table matches on it.
+    pub version: String,
+    /// Carries the stage name.
+    pub stage: String,
+    /// Present (value `1`) only on requests that had no key.
+    pub unkeyed: String,
+}
+
+impl Default for OwnedHeaders {
+    fn default() -> Self {
+        OwnedHeaders {
+            version: "x-model-version".into(),
+            stage: "x-canary-stage".into(),
+            unkeyed: "x-canary-unkeyed".into(),
+        }
+    }
+}
+
+/// A refused configuration. Its message names the field and the reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration is not valid JSON for this filter: at `{path}`: {message}")]
+    Parse { path: String, message: String },
+    #[error("field `{field}`: {reason}")]
+    Invalid { field: String, reason: String },
+}
+
+impl ConfigError {
+    fn invalid(field: impl Into<String>, reason: impl fmt::Display) -> ConfigError {
+        ConfigError::Invalid { field: field.into(), reason: reason.to_string() }
+    }
+
+    /// The field the error is about (`.` for the document itself).
+    pub fn field(&self) -> &str {
+        match self {
+            ConfigError::Parse { path, .. } => path,
+            ConfigError::Invalid { field, .. } => field,
+        }
+    }
+}
+
+/// Longest name (rollout, stage, version) accepted.
+pub const MAX_NAME_LEN: usize = 64;
+/// Most key sources accepted.
+pub const MAX_KEY_SOURCES: usize = 4;
+
+/// Names end up in metric names, header values and file names: keep them to
+/// `[A-Za-z0-9_-]`, which also keeps metric names unambiguous to parse.
+fn check_name(field: &str, value: &str) -> Result<(), ConfigError> {
+    if value.is_empty() {
+        return Err(ConfigError::invalid(field, "must not be empty"));
+    }
+    if value.len() > MAX_NAME_LEN {
+        return Err(ConfigError::invalid(field, format!("is {} bytes long; at most {MAX_NAME_LEN} are allowed", value.len())));
+    }
+    if let Some(ch) = value.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_')) {
+        return Err(ConfigError::invalid(
+            field,
+            format!("`{value}` contains {ch:?}; only letters, digits, '-' and '_' are allowed"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_header(field: &str, value: &str) -> Result<String, ConfigError> {
+    headers::header_name(value).map_err(|e: HeaderNameError| ConfigError::invalid(field, e))
+}
+
+impl FilterConfig {
+    /// Parses plugin configuration bytes. Errors name the offending field.
+    pub fn from_json(bytes: &[u8]) -> Result<FilterConfig, ConfigError> {
+        let de = &mut serde_json::Deserializer::from_slice(bytes);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            ConfigError::Parse { path, message: e.into_inner().to_string() }
+        })
+    }
+
+    pub fn to_json(&self) -> String {
+        // Serializing plain structs of strings and integers cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Checks every field; the first problem found is returned.
+    pub fn validate(&self) -> Result<Plan, ConfigError> {
+        check_name("rollout", &self.rollout)?;
+        check_name("stage", &self.stage)?;
+        check_name("champion", &self.champion)?;
+        check_name("challenger", &self.challenger)?;
+        if self.champion == self.challenger {
+            return Err(ConfigError::invalid(
+                "challenger",
+                format!("`{}` is also the champion; the two versions must differ", self.challenger),
+            ));
+        }
+        if self.salt.is_empty() || self.salt.len() > 256 {
+            return Err(ConfigError::invalid("salt", "must be 1 to 256 bytes long"));
+        }
+
+        let owned = OwnedHeaders {
+            version: check_header("headers.version", &self.headers.version)?,
+            stage: check_header("headers.stage", &self.headers.stage)?,
+            unkeyed: check_header("headers.unkeyed", &self.headers.unkeyed)?,
+        };
+        let owned_names = [
+            ("headers.version", &owned.version),
+            ("headers.stage", &owned.stage),
+            ("headers.unkeyed", &owned.unkeyed),
+        ];
+        for (i, (field, name)) in owned_names.iter().enumerate() {
+            if let Some((other, _)) = owned_names[..i].iter().find(|(_, n)| n == name) {
+                return Err(ConfigError::invalid(*field, format!("`{name}` is already used by `{other}`")));
+            }
+        }
+
+        if self.key.is_empty() {
+            return Err(ConfigError::invalid("key", "needs at least one key source (a header or a cookie)"));
+        }
+        if self.key.len() > MAX_KEY_SOURCES {
+            return Err(ConfigError::invalid("key", format!("has {} sources; at most {MAX_KEY_SOURCES} are allowed", self.key.len())));
+        }
+        let mut key = Vec::with_capacity(self.key.len());
+        for (i, source) in self.key.iter().enumerate() {
+            let field = format!("key[{i}]");
+            key.push(match source {
+                KeySource::Header(h) => {
+                    let h = check_header(&format!("{field}.header"), h)?;
+                    if let Some((owned_field, _)) = owned_names.iter().find(|(_, n)| **n == h) {
+                        return Err(ConfigError::invalid(
+                            format!("{field}.header"),
+                            format!("`{h}` is owned by the filter (`{owned_field}`); a client could pick its own bucket"),
+                        ));
+                    }
+                    KeySource::Header(h)
+                }
+                KeySource::Cookie(c) => KeySource::Cookie(
+                    headers::cookie_name(c).map_err(|e| ConfigError::invalid(format!("{field}.cookie"), e))?,
+                ),
+            });
+        }
+
+        Ok(Plan {
+            rollout: self.rollout.clone(),
+            epoch: self.epoch,
+            stage: self.stage.clone(),
+            salt: Salt::new(&self.salt),
+            versions: [self.champion.clone(), self.challenger.clone()],
+            weight: self.challenger_weight_bp,
+            key,
+            unkeyed: self.unkeyed,
+            headers: owned,
+        })
+    }
+}
+
+/// A validated configuration, lowered for the request path: header names
+/// lowercased, the salt reduced to its seed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub rollout: String,
+    pub epoch: u64,
+    pub stage: String,
+    pub salt: Salt,
+    /// Version names, indexed by [`Arm::index`].
+    pub versions: [String; 2],
+    pub weight: Weight,
+    pub key: Vec<KeySource>,
+    pub unkeyed: UnkeyedPolicy,
+    pub headers: OwnedHeaders,
+}
+
+impl Plan {
+    /// Parse and validate in one step: what the filter does in `on_configure`.
+    pub fn from_json(bytes: &[u8]) -> Result<Plan, ConfigError> {
+        FilterConfig::from_json(bytes)?.validate()
+    }
+
+    pub fn version(&self, arm: Arm) -> &str {
+        &self.versions[arm.index()]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"{
+        "rollout": "recs-v2", "epoch": 3, "stage": "s5", "salt": "recs-v2-1",
+        "champion": "v1", "challenger": "v2", "challenger_weight_bp": 500,
+        "key": [{"header": "X-User-Id"}, {"cookie": "uid"}],
+        "unkeyed": "split_by_request_id",
+        "headers": {"version": "x-model-version", "stage": "x-canary-stage", "unkeyed": "x-canary-unkeyed"}
+    }"#;
+
+    fn with(field: &str, value: serde_json::Value) -> Vec<u8> {
+        let mut v: serde_json::Value = serde_json::from_str(GOOD).unwrap();
+        v[field] = value;
+        serde_json::to_vec(&v).unwrap()
+    }
+
+    fn refused(bytes: &[u8]) -> ConfigError {
+        Plan::from_json(bytes).unwrap_err()
+    }
+
+    #[test]
+    fn good_configuration_is_lowered() {
+        let plan = Plan::from_json(GOOD.as_bytes()).unwrap();
+        assert_eq!(plan.weight.bp(), 500);
+        assert_eq!(plan.version(Arm::Challenger), "v2");
+        assert_eq!(plan.key[0], KeySource::Header("x-user-id".into()));
+        assert_eq!(plan.unkeyed, UnkeyedPolicy::SplitByRequestId);
+        assert_eq!(plan.salt, Salt::new("recs-v2-1"));
+    }
+
+    #[test]
+    fn defaults_fill_optional_fields() {
+        let plan = Plan::from_json(
+            br#"{"rollout":"r","stage":"s","salt":"x","champion":"a","challenger":"b","challenger_weight_bp":0}"#,
+        )
+        .unwrap();
+        assert_eq!(plan.epoch, 0);
+        assert_eq!(plan.key, vec![KeySource::Header("x-user-id".into())]);
+        assert_eq!(plan.unkeyed, UnkeyedPolicy::Champion);
+        assert_eq!(plan.headers, OwnedHeaders::default());
+    }
+
+    #[test]
+    fn round_trips_through_json() {
+        let cfg = FilterConfig::from_json(GOOD.as_bytes()).unwrap();
+        assert_eq!(FilterConfig::from_json(cfg.to_json().as_bytes()).unwrap(), cfg);
+    }
+
+    #[test]
+    fn malformed_json_is_refused() {
+        let e = refused(b"{\"rollout\": ");
+        assert!(matches!(e, ConfigError::Parse { .. }), "{e}");
+        let e = refused(b"");
+        assert!(matches!(e, ConfigError::Parse { .. }), "{e}");
+    }
+
+    #[test]
+    fn unknown_field_is_refused_and_named() {
+        let e = refused(&with("colour", "red".into()));
+        assert!(e.to_string().contains("unknown field `colour`"), "{e}");
+        let mut v: serde_json::Value = serde_json::from_str(GOOD).unwrap();
+        v["headers"]["extra"] = "x".into();
+        let e = refused(&serde_json::to_vec(&v).unwrap());
+        assert!(e.to_string().contains("headers"), "{e}");
+        assert!(e.to_string().contains("unknown field `extra`"), "{e}");
+    }
+
+    #[test]
+    fn weight_above_10000_is_refused_and_named() {
+        let e = refused(&with("challenger_weight_bp", 10_001.into()));
+        assert_eq!(e.field(), "challenger_weight_bp", "{e}");
+        assert!(e.to_string().contains("10001"), "{e}");
+        let e = refused(&with("challenger_weight_bp", (-1).into()));
+        assert_eq!(e.field(), "challenger_weight_bp", "{e}");
+        assert!(Plan::from_json(&with("challenger_weight_bp", 10_000.into())).is_ok());
+    }
+
+    #[test]
+    fn missing_field_is_named() {
+        let mut v: serde_json::Value = serde_json::from_str(GOOD).unwrap();
+        v.as_object_mut().unwrap().remove("salt");
+        let e = refused(&serde_json::to_vec(&v).unwrap());
+        assert!(e.to_string().contains("missing field `salt`"), "{e}");
+    }
+
+    #[test]
+    fn invalid_values_name_their_field() {
+        let cases: &[(&str, serde_json::Value, &str)] = &[
+            ("rollout", "".into(), "rollout"),
+            ("rollout", "a.b".into(), "rollout"),
+            ("stage", "five percent".into(), "stage"),
+            ("champion", "v1".repeat(40).into(), "champion"),
+            ("challenger", "v1".into(), "challenger"),
+            ("salt", "".into(), "salt"),
+            ("key", serde_json::json!([]), "key"),
+            ("key", serde_json::json!([{"header": "x user"}]), "key[0].header"),
+            ("key", serde_json::json!([{"cookie": "uid"}, {"header": ":path"}]), "key[1].header"),
+            ("key", serde_json::json!([{"cookie": "a;b"}]), "key[0].cookie"),
+            ("key", serde_json::json!([{"header": "X-Model-Version"}]), "key[0].header"),
+            ("headers", serde_json::json!({"version": "host"}), "headers.version"),
+            ("headers", serde_json::json!({"stage": "x-model-version"}), "headers.stage"),
+        ];
+        for (field, value, named) in cases {
+            let e = refused(&with(field, value.clone()));
+            assert_eq!(e.field(), *named, "{field}={value}: {e}");
+        }
+    }
+
+    #[test]
+    fn wrong_types_are_refused_with_their_path() {
+        let e = refused(&with("epoch", "three".into()));
+        assert_eq!(e.field(), "epoch", "{e}");
+        let e = refused(&with("unkeyed", "random".into()));
+        assert_eq!(e.field(), "unkeyed", "{e}");
+        let e = refused(&with("key", serde_json::json!([{"header": "a", "cookie": "b"}])));
+        assert!(e.field().starts_with("key"), "{e}");
+    }
+}

