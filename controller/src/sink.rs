@@ -60,8 +60,14 @@ impl EcdsFileSink {
 
     /// The DiscoveryResponse carrying `config`.
     pub fn render(&self, config: &FilterConfig) -> serde_json::Value {
+        self.render_raw(&Self::version_info(config), &config.to_json())
+    }
+
+    /// The DiscoveryResponse carrying any plugin configuration string, valid
+    /// or not (tools and tests that check how Envoy refuses bad ones).
+    pub fn render_raw(&self, version_info: &str, plugin_config: &str) -> serde_json::Value {
         json!({
-            "version_info": Self::version_info(config),
+            "version_info": version_info,
             "resources": [{
                 "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
                 "name": FILTER_NAME,
@@ -76,7 +82,7 @@ impl EcdsFileSink {
                         },
                         "configuration": {
                             "@type": "type.googleapis.com/google.protobuf.StringValue",
-                            "value": config.to_json()
+                            "value": plugin_config
                         }
                     }
                 }

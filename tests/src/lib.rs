@@ -1,1 +1,452 @@
+//! Harness for tests and the demo: starts real processes (Envoy with the built
+//! .wasm, model backends) on free ports of 127.0.0.1, talks to them, and stops
+//! every one of them by PID when dropped.
 
+use std::collections::HashMap;
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use canary_controller::sink::EcdsFileSink;
+use canary_core::FilterConfig;
+use futures::StreamExt;
+
+/// The repository's root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+/// The pinned Envoy that `scripts/setup.sh` installs (or `CANARY_ENVOY`).
+pub fn envoy_bin() -> Result<PathBuf> {
+    let path = std::env::var_os("CANARY_ENVOY").map(PathBuf::from).unwrap_or_else(|| root().join(".tools/venv/bin/envoy"));
+    if !path.exists() {
+        bail!("no Envoy at {}: run `make setup` (or `make test`, which runs it)", path.display());
+    }
+    Ok(path)
+}
+
+/// The filter built by `scripts/build-wasm.sh` (or `CANARY_WASM`).
+pub fn wasm_path() -> Result<PathBuf> {
+    let path = std::env::var_os("CANARY_WASM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/wasm/wasm32-unknown-unknown/wasm/canary_filter.wasm"));
+    if !path.exists() {
+        bail!("no filter at {}: run `make wasm` (or `make test`, which builds it)", path.display());
+    }
+    Ok(path)
+}
+
+/// A binary of this workspace next to the running one (tests run from
+/// `target/<profile>/deps`, binaries live in `target/<profile>`).
+pub fn workspace_bin(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let candidates = exe.ancestors().skip(1).take(2).map(|d| d.join(name)).collect::<Vec<_>>();
+    candidates
+        .iter()
+        .find(|p| p.exists())
+        .cloned()
+        .ok_or_else(|| anyhow!("binary {name} not found in {candidates:?}: run `cargo build --workspace`"))
+}
+
+/// A child process, killed and reaped when dropped.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, cmd: &mut Command) -> Result<Proc> {
+        let child = cmd.spawn().with_context(|| format!("cannot start {name}: {cmd:?}"))?;
+        Ok(Proc { name: name.to_string(), child })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `Some(status)` if it has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// True while a process with this PID exists (and is not a zombie).
+pub fn pid_alive(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+        .unwrap_or(false)
+}
+
+/// A model backend (the `model-backend` binary) on a free port.
+pub struct Backend {
+    pub proc: Proc,
+    pub port: u16,
+    pub version: String,
+}
+
+impl Backend {
+    pub fn start(version: &str, extra_args: &[&str]) -> Result<Backend> {
+        let bin = workspace_bin("model-backend")?;
+        let mut proc = Proc::spawn(
+            &format!("backend {version}"),
+            Command::new(bin).args(["--version", version]).args(extra_args).stdout(Stdio::piped()).stderr(Stdio::inherit()),
+        )?;
+        let stdout = proc.child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(10)).context("backend did not report its port within 10 s")?;
+        let port = line
+            .trim()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| anyhow!("backend printed {line:?}, expected `listening on 127.0.0.1:PORT`"))?;
+        Ok(Backend { proc, port, version: version.to_string() })
+    }
+}
+
+/// The sidecar template with its `${NAME}` placeholders filled.
+pub fn render_template(template: &Path, vars: &[(&str, String)]) -> Result<String> {
+    let mut text = fs::read_to_string(template).with_context(|| format!("cannot read {}", template.display()))?;
+    for (name, value) in vars {
+        text = text.replace(&format!("${{{name}}}"), value);
+    }
+    if let Some(at) = text.find("${") {
+        let rest: String = text[at..].chars().take(40).collect();
+        bail!("{} has a placeholder left unfilled: {rest}", template.display());
+    }
+    Ok(text)
+}
+
+/// The plugin configuration Envoy serves until the first good ECDS file.
+pub fn default_plugin_config(champion: &str, challenger: &str) -> String {
+    format!(
+        r#"{{"rollout":"default","stage":"default","salt":"default","champion":"{champion}","challenger":"{challenger}","challenger_weight_bp":0}}"#
+    )
+}
+
+/// How to start an Envoy.
+#[derive(Clone, Debug)]
+pub struct EnvoyOptions {
+    pub champion: String,
+    pub challenger: String,
+    pub champion_port: u16,
+    pub challenger_port: u16,
+    /// Worker threads.
+    pub concurrency: u32,
+    /// Template under `envoy/`.
+    pub template: String,
+}
+
+impl EnvoyOptions {
+    pub fn new(champion: &Backend, challenger: &Backend) -> EnvoyOptions {
+        EnvoyOptions {
+            champion: champion.version.clone(),
+            challenger: challenger.version.clone(),
+            champion_port: champion.port,
+            challenger_port: challenger.port,
+            concurrency: 2,
+            template: "sidecar.yaml".into(),
+        }
+    }
+}
+
+/// A running Envoy with the canary filter, fed by file-based ECDS.
+pub struct Envoy {
+    pub proc: Proc,
+    pub dir: tempfile::TempDir,
+    pub admin_port: u16,
+    pub listen_port: u16,
+    pub sink: EcdsFileSink,
+    client: reqwest::Client,
+}
+
+/// An ECDS file with no resource: Envoy keeps serving the default config.
+const EMPTY_ECDS: &str = r#"{"version_info":"none","resources":[]}"#;
+
+impl Envoy {
+    /// Renders the template for `opts` into a fresh directory; returns the
+    /// directory, the config path and the ECDS sink.
+    pub fn prepare(opts: &EnvoyOptions) -> Result<(tempfile::TempDir, PathBuf, EcdsFileSink)> {
+        let dir = tempfile::Builder::new().prefix("canary-envoy-").tempdir()?;
+        let ecds = dir.path().join("ecds");
+        fs::create_dir(&ecds)?;
+        let wasm = wasm_path()?;
+        let sink = EcdsFileSink::new(&ecds, &wasm);
+        sink.write_raw(EMPTY_ECDS.as_bytes())?;
+        let vars = [
+            ("ADMIN_PORT", "0".to_string()),
+            ("LISTEN_PORT", "0".to_string()),
+            ("ECDS_DIR", ecds.display().to_string()),
+            ("WASM", wasm.display().to_string()),
+            ("CHAMPION", opts.champion.clone()),
+            ("CHALLENGER", opts.challenger.clone()),
+            ("CHAMPION_PORT", opts.champion_port.to_string()),
+            ("CHALLENGER_PORT", opts.challenger_port.to_string()),
+            ("DEFAULT_CONFIG", default_plugin_config(&opts.champion, &opts.challenger)),
+        ];
+        let config = render_template(&root().join("envoy").join(&opts.template), &vars)?;
+        let path = dir.path().join("envoy.yaml");
+        fs::write(&path, config)?;
+        Ok((dir, path, sink))
+    }
+
+    pub async fn start(opts: &EnvoyOptions) -> Result<Envoy> {
+        let (dir, config, sink) = Envoy::prepare(opts)?;
+        let admin_file = dir.path().join("admin-address");
+        let log = fs::File::create(dir.path().join("envoy.log"))?;
+        let mut proc = Proc::spawn(
+            "envoy",
+            Command::new(envoy_bin()?)
+                .arg("-c")
+                .arg(&config)
+                .args(["--disable-hot-restart", "--concurrency", &opts.concurrency.to_string(), "-l", "info"])
+                .arg("--admin-address-path")
+                .arg(&admin_file)
+                .stdout(Stdio::null())
+                .stderr(log),
+        )?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let admin_port = loop {
+            if let Some(status) = proc.exited() {
+                bail!("envoy exited ({status}) at start-up:\n{}", error_lines(&dir.path().join("envoy.log")));
+            }
+            if let Some(port) = fs::read_to_string(&admin_file).ok().and_then(|a| a.trim().rsplit(':').next()?.parse().ok()) {
+                break port;
+            }
+            if Instant::now() > deadline {
+                bail!("envoy wrote no admin address within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+        let mut envoy = Envoy { proc, dir, admin_port, listen_port: 0, sink, client };
+        envoy.listen_port = envoy.wait_ready(deadline).await?;
+        Ok(envoy)
+    }
+
+    async fn wait_ready(&mut self, deadline: Instant) -> Result<u16> {
+        loop {
+            if let Some(status) = self.proc.exited() {
+                bail!("envoy exited ({status}):\n{}", error_lines(&self.log_path()));
+            }
+            let ready = async {
+                let live = self.admin_get("/ready").await.ok()?;
+                if live.trim() != "LIVE" {
+                    return None;
+                }
+                let listeners: serde_json::Value = serde_json::from_str(&self.admin_get("/listeners?format=json").await.ok()?).ok()?;
+                listeners["listener_statuses"][0]["local_address"]["socket_address"]["port_value"].as_u64()
+            }
+            .await;
+            if let Some(port) = ready {
+                return Ok(port as u16);
+            }
+            if Instant::now() > deadline {
+                bail!("envoy not ready within 30 s:\n{}", error_lines(&self.log_path()));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("envoy.log")
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.listen_port)
+    }
+
+    pub async fn admin_get(&self, path: &str) -> Result<String> {
+        let url = format!("http://127.0.0.1:{}{path}", self.admin_port);
+        Ok(self.client.get(&url).send().await?.error_for_status()?.text().await?)
+    }
+
+    /// Counters and gauges matching a regex, by name.
+    pub async fn stats(&self, filter: &str) -> Result<HashMap<String, serde_json::Value>> {
+        let body = self.admin_get(&format!("/stats?format=json&filter={}", urlencode(filter))).await?;
+        let doc: serde_json::Value = serde_json::from_str(&body)?;
+        let mut out = HashMap::new();
+        for stat in doc["stats"].as_array().into_iter().flatten() {
+            if let Some(name) = stat["name"].as_str() {
+                out.insert(name.to_string(), stat["value"].clone());
+            }
+        }
+        Ok(out)
+    }
+
+    /// One counter's value (0 when it does not exist yet).
+    pub async fn counter(&self, name: &str) -> Result<u64> {
+        let stats = self.stats(&format!("^{}$", regex_escape(name))).await?;
+        Ok(stats.get(name).and_then(|v| v.as_u64()).unwrap_or(0))
+    }
+
+    /// The filter's per-version counter, as published by Envoy.
+    pub async fn canary_counter(&self, c: &FilterConfig, version: &str, counter: canary_core::metrics::Counter) -> Result<u64> {
+        self.counter(&format!("wasmcustom.{}", canary_core::metrics::metric_name(&c.rollout, c.epoch, version, counter))).await
+    }
+
+    /// ECDS counter `extension_config_discovery.http_filter.canary.<name>`.
+    pub async fn ecds_counter(&self, name: &str) -> Result<u64> {
+        self.counter(&format!("extension_config_discovery.http_filter.canary.{name}")).await
+    }
+
+    /// Pushes a configuration and waits until Envoy reports it applied.
+    pub async fn push(&self, config: &FilterConfig) -> Result<Duration> {
+        let start = Instant::now();
+        self.sink.push(config)?;
+        self.wait_version(&EcdsFileSink::version_info(config)).await?;
+        Ok(start.elapsed())
+    }
+
+    /// Waits until the active ECDS version is `version`.
+    pub async fn wait_version(&self, version: &str) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let stats = self.stats("http_filter.canary.version_text").await?;
+            if stats.values().any(|v| v.as_str() == Some(version)) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("envoy did not apply ECDS version {version} within 10 s (stats {stats:?}):\n{}", error_lines(&self.log_path()));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// Lines of an Envoy log worth showing on failure: errors, criticals, and
+/// what the filter logged.
+pub fn error_lines(log: &Path) -> String {
+    let text = fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> =
+        text.lines().filter(|l| l.contains("[error]") || l.contains("[critical]") || l.contains("wasm log")).collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn regex_escape(s: &str) -> String {
+    s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c.to_string() } else { format!("\\{c}") }).collect()
+}
+
+/// What the client saw for one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub status: u16,
+    /// `x-model-version` on the response (the filter's tag).
+    pub version: Option<String>,
+    /// `x-canary-stage` on the response.
+    pub stage: Option<String>,
+    /// `x-canary-unkeyed` on the response.
+    pub unkeyed: bool,
+    /// `x-served-by`: the backend that really answered.
+    pub served_by: Option<String>,
+    pub body: String,
+}
+
+/// Sends one GET with the given headers.
+pub async fn get(client: &reqwest::Client, url: &str, headers: &[(&str, &str)]) -> Result<Reply> {
+    let mut req = client.get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await?;
+    let h = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let (version, stage, unkeyed, served_by) =
+        (h("x-model-version"), h("x-canary-stage"), h("x-canary-unkeyed").is_some(), h("x-served-by"));
+    let status = resp.status().as_u16();
+    Ok(Reply { status, version, stage, unkeyed, served_by, body: resp.text().await? })
+}
+
+/// One request per user (`x-user-id`), `concurrency` at a time; replies in
+/// the users' order.
+pub async fn route_users(client: &reqwest::Client, url: &str, users: &[String], concurrency: usize) -> Result<Vec<Reply>> {
+    futures::stream::iter(users)
+        .map(|u| async move { get(client, url, &[("x-user-id", u.as_str())]).await })
+        .buffered(concurrency)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect()
+}
+
+/// `n` distinct user ids with a prefix.
+pub fn users(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}-{i}")).collect()
+}
+
+/// A keep-alive HTTP client for load against 127.0.0.1.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .pool_max_idle_per_host(256)
+        .build()
+        .unwrap_or_default()
+}
+
+/// The champion and challenger version names the tests use.
+pub const CHAMPION: &str = "v1";
+pub const CHALLENGER: &str = "v2";
+
+/// A filter configuration for the test versions.
+pub fn filter_config(rollout: &str, epoch: u64, weight_bp: u64) -> FilterConfig {
+    let json = serde_json::json!({
+        "rollout": rollout, "epoch": epoch, "stage": format!("w{weight_bp}"), "salt": rollout,
+        "champion": CHAMPION, "challenger": CHALLENGER, "challenger_weight_bp": weight_bp,
+        "key": [{"header": "x-user-id"}, {"cookie": "uid"}],
+    });
+    // The literal above is valid by construction; a failure here is a bug in the test.
+    FilterConfig::from_json(json.to_string().as_bytes()).unwrap_or_else(|e| panic!("test config: {e}"))
+}
+
+/// Two backends and one Envoy in front of them.
+pub struct Rig {
+    pub champion: Backend,
+    pub challenger: Backend,
+    pub envoy: Envoy,
+}
+
+impl Rig {
+    pub async fn start() -> Result<Rig> {
+        let champion = Backend::start(CHAMPION, &[])?;
+        let challenger = Backend::start(CHALLENGER, &[])?;
+        let envoy = Envoy::start(&EnvoyOptions::new(&champion, &challenger)).await?;
+        Ok(Rig { champion, challenger, envoy })
+    }
+
+    /// Another Envoy in front of the same backends.
+    pub async fn second_envoy(&self) -> Result<Envoy> {
+        Envoy::start(&EnvoyOptions::new(&self.champion, &self.challenger)).await
+    }
+}

@@ -1,0 +1,60 @@
+//! Every Envoy config shipped in `envoy/` passes the real Envoy's validation.
+
+use std::process::Command;
+
+use canary_tests::{default_plugin_config, envoy_bin, render_template, root, wasm_path};
+
+fn validate(config_text: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("ecds")).unwrap();
+    std::fs::write(dir.path().join("ecds/canary.json"), r#"{"version_info":"none","resources":[]}"#).unwrap();
+    let path = dir.path().join("envoy.yaml");
+    std::fs::write(&path, config_text.replace("@ECDS@", &dir.path().join("ecds").display().to_string())).unwrap();
+    let out = Command::new(envoy_bin().unwrap())
+        .args(["--mode", "validate", "--disable-hot-restart", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout))
+}
+
+fn vars() -> Vec<(&'static str, String)> {
+    vec![
+        ("ADMIN_PORT", "0".into()),
+        ("LISTEN_PORT", "0".into()),
+        ("ECDS_DIR", "@ECDS@".into()),
+        ("WASM", wasm_path().unwrap().display().to_string()),
+        ("CHAMPION", "v1".into()),
+        ("CHALLENGER", "v2".into()),
+        ("CHAMPION_PORT", "1".into()),
+        ("CHALLENGER_PORT", "2".into()),
+        ("DEFAULT_CONFIG", default_plugin_config("v1", "v2")),
+    ]
+}
+
+#[test]
+fn every_shipped_envoy_config_passes_envoy_validate() {
+    let mut checked = 0;
+    for entry in std::fs::read_dir(root().join("envoy")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+            continue;
+        }
+        let text = render_template(&path, &vars()).unwrap();
+        let (ok, output) = validate(&text);
+        assert!(ok, "{} fails `envoy --mode validate`:\n{output}", path.display());
+        checked += 1;
+    }
+    assert!(checked >= 1, "no Envoy config found in envoy/");
+}
+
+#[test]
+fn validation_catches_a_broken_config() {
+    // The check above must be able to fail: a config naming a cluster that
+    // does not exist is refused by the same command.
+    let text = render_template(&root().join("envoy/sidecar.yaml"), &vars()).unwrap();
+    let broken = text.replace("route: { cluster: \"v2\"", "route: { cluster: \"nope\"");
+    assert_ne!(text, broken);
+    let (ok, output) = validate(&broken);
+    assert!(!ok, "a route to an unknown cluster passed validation:\n{output}");
+}
