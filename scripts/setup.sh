@@ -43,8 +43,10 @@ fi
 # --- wasm32 target -------------------------------------------------------------
 # Ordinary rustup way first (a laptop); Debian rustc-web + build-std otherwise
 # (machines where rustup's downloads are unreachable).
+# CANARY_WASM_TOOLCHAIN=rustup|debian forces one route (default: try rustup).
+choice="${CANARY_WASM_TOOLCHAIN:-auto}"
 if [ ! -f "$tools/wasm.env" ]; then
-  if command -v rustup >/dev/null && \
+  if [ "$choice" != debian ] && command -v rustup >/dev/null && \
      { rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown || \
        timeout "${RUSTUP_TIMEOUT:-30}" rustup target add wasm32-unknown-unknown >&2; }; then
     log "wasm32 via rustup"
@@ -54,6 +56,7 @@ WASM_FLAGS=
 WASM_ENV=
 ENV
   else
+    [ "$choice" = rustup ] && { log "rustup could not add wasm32-unknown-unknown"; exit 1; }
     log "rustup target unavailable; using Debian rustc-web + build-std"
     apt_install rustc-web cargo-web rust-web-src lld-19
     cat > "$tools/wasm.env" <<'ENV'

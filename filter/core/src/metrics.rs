@@ -76,7 +76,11 @@ pub const PREFIX: &str = "canary.rollout.";
 /// Full metric name as defined by the filter (without Envoy's `wasmcustom.`).
 pub fn metric_name(rollout: &str, epoch: u64, version: &str, counter: Counter) -> String {
     let mut s = String::with_capacity(64);
-    let _ = write!(s, "{PREFIX}{rollout}.epoch.{epoch}.version.{version}.{}", counter.name());
+    let _ = write!(
+        s,
+        "{PREFIX}{rollout}.epoch.{epoch}.version.{version}.{}",
+        counter.name()
+    );
     s
 }
 
@@ -93,7 +97,10 @@ pub struct MetricKey<'a> {
 /// `wasmcustom.` prefix. Names are dot-separated and the parts never contain
 /// dots (the configuration refuses such names), so the split is unambiguous.
 pub fn parse_metric_name(name: &str) -> Option<MetricKey<'_>> {
-    let rest = name.strip_prefix("wasmcustom.").unwrap_or(name).strip_prefix(PREFIX)?;
+    let rest = name
+        .strip_prefix("wasmcustom.")
+        .unwrap_or(name)
+        .strip_prefix(PREFIX)?;
     let mut parts = rest.split('.');
     let rollout = parts.next()?;
     (parts.next()? == "epoch").then_some(())?;
@@ -101,7 +108,12 @@ pub fn parse_metric_name(name: &str) -> Option<MetricKey<'_>> {
     (parts.next()? == "version").then_some(())?;
     let version = parts.next()?;
     let counter = Counter::from_name(parts.next()?)?;
-    parts.next().is_none().then_some(MetricKey { rollout, epoch, version, counter })
+    parts.next().is_none().then_some(MetricKey {
+        rollout,
+        epoch,
+        version,
+        counter,
+    })
 }
 
 #[cfg(test)]
@@ -113,18 +125,38 @@ mod tests {
         for c in Counter::ALL {
             let n = metric_name("recs", 7, "v2", c);
             let k = parse_metric_name(&n).unwrap();
-            assert_eq!(k, MetricKey { rollout: "recs", epoch: 7, version: "v2", counter: c });
+            assert_eq!(
+                k,
+                MetricKey {
+                    rollout: "recs",
+                    epoch: 7,
+                    version: "v2",
+                    counter: c
+                }
+            );
             assert_eq!(parse_metric_name(&format!("wasmcustom.{n}")), Some(k));
         }
-        assert_eq!(metric_name("r", 1, "v", Counter::Rq5xx), "canary.rollout.r.epoch.1.version.v.rq_5xx");
+        assert_eq!(
+            metric_name("r", 1, "v", Counter::Rq5xx),
+            "canary.rollout.r.epoch.1.version.v.rq_5xx"
+        );
     }
 
     #[test]
     fn foreign_names_are_not_parsed() {
         assert_eq!(parse_metric_name("cluster.v1.upstream_rq_2xx"), None);
-        assert_eq!(parse_metric_name("canary.rollout.r.epoch.x.version.v.rq_total"), None);
-        assert_eq!(parse_metric_name("canary.rollout.r.epoch.1.version.v.rq_total.extra"), None);
-        assert_eq!(parse_metric_name("canary.rollout.r.epoch.1.version.v.bogus"), None);
+        assert_eq!(
+            parse_metric_name("canary.rollout.r.epoch.x.version.v.rq_total"),
+            None
+        );
+        assert_eq!(
+            parse_metric_name("canary.rollout.r.epoch.1.version.v.rq_total.extra"),
+            None
+        );
+        assert_eq!(
+            parse_metric_name("canary.rollout.r.epoch.1.version.v.bogus"),
+            None
+        );
     }
 
     #[test]

@@ -56,13 +56,18 @@ pub fn user_key<H: Host + ?Sized>(plan: &Plan, host: &H) -> Option<Vec<u8>> {
 /// Picks the version for a request, tags it and counts it.
 pub fn route_request<H: Host + ?Sized>(plan: &Plan, host: &mut H) -> Routed {
     let routed = match user_key(plan, host) {
-        Some(key) => Routed { arm: arm_for(plan.salt.bucket(&key), plan.weight), unkeyed: false },
+        Some(key) => Routed {
+            arm: arm_for(plan.salt.bucket(&key), plan.weight),
+            unkeyed: false,
+        },
         None => {
             let arm = match plan.unkeyed {
                 UnkeyedPolicy::Champion => Arm::Champion,
                 UnkeyedPolicy::SplitByRequestId => host
                     .request_header(REQUEST_ID_HEADER)
-                    .map_or(Arm::Champion, |id| arm_for(plan.salt.bucket(&id), plan.weight)),
+                    .map_or(Arm::Champion, |id| {
+                        arm_for(plan.salt.bucket(&id), plan.weight)
+                    }),
             };
             Routed { arm, unkeyed: true }
         }
@@ -113,7 +118,8 @@ mod tests {
 
     impl FakeHost {
         fn with_request_header(mut self, name: &str, value: &str) -> Self {
-            self.request.push((name.to_string(), value.as_bytes().to_vec()));
+            self.request
+                .push((name.to_string(), value.as_bytes().to_vec()));
             self
         }
         fn with_status(mut self, status: u16) -> Self {
@@ -121,7 +127,9 @@ mod tests {
             self
         }
         fn get(list: &[(String, Vec<u8>)], name: &str) -> Option<String> {
-            list.iter().find(|(n, _)| n == name).map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+            list.iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
         }
         fn set(list: &mut Vec<(String, Vec<u8>)>, name: &str, value: Option<&[u8]>) {
             list.retain(|(n, _)| n != name);
@@ -142,7 +150,10 @@ mod tests {
 
     impl Host for FakeHost {
         fn request_header(&self, name: &str) -> Option<Vec<u8>> {
-            self.request.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone())
+            self.request
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
         }
         fn set_request_header(&mut self, name: &str, value: Option<&[u8]>) {
             Self::set(&mut self.request, name, value)
@@ -187,7 +198,13 @@ mod tests {
         let user = user_in(5000, true);
         let mut host = FakeHost::default().with_request_header("x-user-id", &user);
         let routed = route_request(&p, &mut host);
-        assert_eq!(routed, Routed { arm: Arm::Challenger, unkeyed: false });
+        assert_eq!(
+            routed,
+            Routed {
+                arm: Arm::Challenger,
+                unkeyed: false
+            }
+        );
         assert_eq!(host.req("x-model-version").as_deref(), Some("v2"));
         assert_eq!(host.req("x-canary-stage").as_deref(), Some("s5000"));
         assert_eq!(host.req("x-canary-unkeyed"), None);
@@ -220,8 +237,15 @@ mod tests {
     fn cookie_is_the_fallback_key() {
         let p = plan(5000, "");
         let user = user_in(5000, true);
-        let mut host = FakeHost::default().with_request_header("cookie", &format!("a=b; uid={user}"));
-        assert_eq!(route_request(&p, &mut host), Routed { arm: Arm::Challenger, unkeyed: false });
+        let mut host =
+            FakeHost::default().with_request_header("cookie", &format!("a=b; uid={user}"));
+        assert_eq!(
+            route_request(&p, &mut host),
+            Routed {
+                arm: Arm::Challenger,
+                unkeyed: false
+            }
+        );
         // The header wins over the cookie when both are present.
         let other = user_in(5000, false);
         let mut host = FakeHost::default()
@@ -233,9 +257,17 @@ mod tests {
     #[test]
     fn unkeyed_requests_go_to_champion_and_are_marked() {
         let p = plan(10_000, "");
-        let mut host = FakeHost::default().with_request_header("x-user-id", "").with_status(200);
+        let mut host = FakeHost::default()
+            .with_request_header("x-user-id", "")
+            .with_status(200);
         let routed = route_request(&p, &mut host);
-        assert_eq!(routed, Routed { arm: Arm::Champion, unkeyed: true });
+        assert_eq!(
+            routed,
+            Routed {
+                arm: Arm::Champion,
+                unkeyed: true
+            }
+        );
         assert_eq!(host.req("x-canary-unkeyed").as_deref(), Some("1"));
         assert_eq!(host.count_of(Arm::Champion, Counter::RqUnkeyed), 1);
         tag_response(&p, &mut host, routed);
@@ -248,7 +280,8 @@ mod tests {
         let p = plan(2000, r#","unkeyed":"split_by_request_id""#);
         let mut challenger = 0;
         for i in 0..20_000 {
-            let mut host = FakeHost::default().with_request_header(REQUEST_ID_HEADER, &format!("rid-{i}"));
+            let mut host =
+                FakeHost::default().with_request_header(REQUEST_ID_HEADER, &format!("rid-{i}"));
             let routed = route_request(&p, &mut host);
             assert!(routed.unkeyed);
             challenger += usize::from(routed.arm == Arm::Challenger);

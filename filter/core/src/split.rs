@@ -15,7 +15,9 @@ use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 pub const BUCKETS: u16 = 10_000;
 
 /// The challenger's share of traffic in basis points (1 bp = 0.01 %), 0..=10 000.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(try_from = "u64", into = "u16")]
 pub struct Weight(u16);
 
@@ -102,7 +104,9 @@ pub struct Salt {
 
 impl Salt {
     pub fn new(salt: &str) -> Salt {
-        Salt { seed: xxh3_64(salt.as_bytes()) }
+        Salt {
+            seed: xxh3_64(salt.as_bytes()),
+        }
     }
 
     /// The user's bucket, 0..10 000.

@@ -36,8 +36,9 @@ impl Active {
         for arm in Arm::BOTH {
             for counter in Counter::ALL {
                 let name = metric_name(&plan.rollout, plan.epoch, plan.version(arm), counter);
-                metrics[arm.index()][counter.index()] = hostcalls::define_metric(MetricType::Counter, &name)
-                    .map_err(|s| format!("cannot define metric {name}: {s:?}"))?;
+                metrics[arm.index()][counter.index()] =
+                    hostcalls::define_metric(MetricType::Counter, &name)
+                        .map_err(|s| format!("cannot define metric {name}: {s:?}"))?;
             }
         }
         Ok(Active { plan, metrics })
@@ -53,10 +54,15 @@ impl Context for Root {}
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
         let Some(bytes) = self.get_plugin_configuration() else {
-            log(LogLevel::Error, "canary: configuration refused: it is empty; a JSON object is required");
+            log(
+                LogLevel::Error,
+                "canary: configuration refused: it is empty; a JSON object is required",
+            );
             return false;
         };
-        let active = Plan::from_json(&bytes).map_err(|e| e.to_string()).and_then(Active::new);
+        let active = Plan::from_json(&bytes)
+            .map_err(|e| e.to_string())
+            .and_then(Active::new);
         match active {
             Ok(active) => {
                 let p = &active.plan;
@@ -72,14 +78,20 @@ impl RootContext for Root {
             }
             Err(e) => {
                 // Returning false makes Envoy refuse it and keep the last good one.
-                log(LogLevel::Error, &format!("canary: configuration refused: {e}"));
+                log(
+                    LogLevel::Error,
+                    &format!("canary: configuration refused: {e}"),
+                );
                 false
             }
         }
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Request { active: self.active.clone(), routed: None }))
+        Some(Box::new(Request {
+            active: self.active.clone(),
+            routed: None,
+        }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -99,7 +111,9 @@ struct Envoy<'a> {
 
 impl Host for Envoy<'_> {
     fn request_header(&self, name: &str) -> Option<Vec<u8>> {
-        hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name).ok().flatten()
+        hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
+            .ok()
+            .flatten()
     }
 
     fn set_request_header(&mut self, name: &str, value: Option<&[u8]>) {
@@ -111,7 +125,8 @@ impl Host for Envoy<'_> {
     }
 
     fn response_status(&self) -> Option<u16> {
-        let status = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status").ok()??;
+        let status =
+            hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status").ok()??;
         std::str::from_utf8(&status).ok()?.parse().ok()
     }
 
@@ -129,7 +144,9 @@ impl Context for Request {}
 impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         if let Some(active) = &self.active {
-            let mut host = Envoy { metrics: &active.metrics };
+            let mut host = Envoy {
+                metrics: &active.metrics,
+            };
             self.routed = Some(request::route_request(&active.plan, &mut host));
         }
         Action::Continue
@@ -137,7 +154,9 @@ impl HttpContext for Request {
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         if let (Some(active), Some(routed)) = (&self.active, self.routed) {
-            let mut host = Envoy { metrics: &active.metrics };
+            let mut host = Envoy {
+                metrics: &active.metrics,
+            };
             request::tag_response(&active.plan, &mut host, routed);
         }
         Action::Continue

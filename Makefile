@@ -1,0 +1,37 @@
+# make help lists the targets. Everything installs what it needs first.
+SHELL := /bin/bash
+CARGO ?= cargo
+DEMO_ARGS ?=
+
+.PHONY: help setup wasm build test unit integration lint demo clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
+
+setup: ## Install the pinned Envoy and the wasm32 toolchain into .tools/ (idempotent)
+	@bash scripts/setup.sh
+
+wasm: setup ## Build the filter: target/wasm/wasm32-unknown-unknown/wasm/canary_filter.wasm
+	@bash scripts/build-wasm.sh >/dev/null
+	@ls -l target/wasm/wasm32-unknown-unknown/wasm/canary_filter.wasm | awk '{print "filter: " $$5 " bytes"}'
+
+build: wasm ## Build the filter, the controller and the test binaries
+	$(CARGO) build --workspace --exclude canary-filter --all-targets
+
+lint: ## rustfmt and clippy (host crates, and the filter glue) with warnings as errors
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+unit: ## Native unit tests of the pure core and the controller
+	$(CARGO) test -p canary-core -p canary-controller
+
+integration: build ## Tests against the real Envoy running the built .wasm
+	$(CARGO) test -p canary-tests -- --test-threads=1
+
+test: lint unit integration ## Everything CI runs: lint, unit and integration tests
+
+demo: build ## Start Envoy + filter + two model backends and show requests splitting at each stage
+	$(CARGO) run -q -p canary-tests --bin demo -- $(DEMO_ARGS)
+
+clean: ## Remove build output (keeps .tools/)
+	$(CARGO) clean
