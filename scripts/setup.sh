@@ -52,8 +52,8 @@ if [ ! -f "$tools/wasm.env" ]; then
     log "wasm32 via rustup"
     cat > "$tools/wasm.env" <<'ENV'
 WASM_CARGO=cargo
-WASM_FLAGS=
-WASM_ENV=
+WASM_FLAGS=""
+WASM_ENV=""
 ENV
   else
     [ "$choice" = rustup ] && { log "rustup could not add wasm32-unknown-unknown"; exit 1; }
@@ -61,8 +61,8 @@ ENV
     apt_install rustc-web cargo-web rust-web-src lld-19
     cat > "$tools/wasm.env" <<'ENV'
 WASM_CARGO=/usr/bin/cargo
-WASM_FLAGS=-Z build-std=std,panic_abort
-WASM_ENV=RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc RUSTC_BOOTSTRAP=1 CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER=/usr/lib/llvm-19/bin/wasm-ld
+WASM_FLAGS="-Z build-std=std,panic_abort"
+WASM_ENV="RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc RUSTC_BOOTSTRAP=1 CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER=/usr/lib/llvm-19/bin/wasm-ld"
 ENV
   fi
 fi
