@@ -7,26 +7,15 @@ use canary_tests::{default_plugin_config, envoy_bin, render_template, root, wasm
 fn validate(config_text: &str) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("ecds")).unwrap();
-    std::fs::write(
-        dir.path().join("ecds/canary.json"),
-        r#"{"version_info":"none","resources":[]}"#,
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("ecds/canary.json"), r#"{"version_info":"none","resources":[]}"#).unwrap();
     let path = dir.path().join("envoy.yaml");
-    std::fs::write(
-        &path,
-        config_text.replace("@ECDS@", &dir.path().join("ecds").display().to_string()),
-    )
-    .unwrap();
+    std::fs::write(&path, config_text.replace("@ECDS@", &dir.path().join("ecds").display().to_string())).unwrap();
     let out = Command::new(envoy_bin().unwrap())
         .args(["--mode", "validate", "--disable-hot-restart", "-c"])
         .arg(&path)
         .output()
         .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout),
-    )
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout))
 }
 
 fn vars() -> Vec<(&'static str, String)> {
@@ -53,11 +42,7 @@ fn every_shipped_envoy_config_passes_envoy_validate() {
         }
         let text = render_template(&path, &vars()).unwrap();
         let (ok, output) = validate(&text);
-        assert!(
-            ok,
-            "{} fails `envoy --mode validate`:\n{output}",
-            path.display()
-        );
+        assert!(ok, "{} fails `envoy --mode validate`:\n{output}", path.display());
         checked += 1;
     }
     assert!(checked >= 1, "no Envoy config found in envoy/");
@@ -71,8 +56,5 @@ fn validation_catches_a_broken_config() {
     let broken = text.replace("route: { cluster: \"v2\"", "route: { cluster: \"nope\"");
     assert_ne!(text, broken);
     let (ok, output) = validate(&broken);
-    assert!(
-        !ok,
-        "a route to an unknown cluster passed validation:\n{output}"
-    );
+    assert!(!ok, "a route to an unknown cluster passed validation:\n{output}");
 }

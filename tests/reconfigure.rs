@@ -20,8 +20,7 @@ async fn weight_changes_live_with_no_failed_request_under_load() {
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let mut load = vec![];
     for worker in 0..16u64 {
-        let (stop, ok, failed, url) =
-            (stop.clone(), ok.clone(), failed.clone(), rig.envoy.url("/"));
+        let (stop, ok, failed, url) = (stop.clone(), ok.clone(), failed.clone(), rig.envoy.url("/"));
         load.push(tokio::spawn(async move {
             let c = client();
             let mut i = worker;
@@ -57,22 +56,14 @@ async fn weight_changes_live_with_no_failed_request_under_load() {
         let start = Instant::now();
         rig.envoy.sink.push(&config).unwrap();
         loop {
-            let r = get(&probe, &rig.envoy.url("/"), &[("x-user-id", "probe")])
-                .await
-                .unwrap();
+            let r = get(&probe, &rig.envoy.url("/"), &[("x-user-id", "probe")]).await.unwrap();
             if r.version.as_deref() == Some(want) {
                 break;
             }
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "epoch {epoch} not applied after 10 s"
-            );
+            assert!(start.elapsed() < Duration::from_secs(10), "epoch {epoch} not applied after 10 s");
         }
         applied_ms.push(start.elapsed().as_secs_f64() * 1000.0);
-        rig.envoy
-            .wait_version(&EcdsFileSink::version_info(&config))
-            .await
-            .unwrap();
+        rig.envoy.wait_version(&EcdsFileSink::version_info(&config)).await.unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     stop.store(true, Ordering::Relaxed);
@@ -89,10 +80,7 @@ async fn weight_changes_live_with_no_failed_request_under_load() {
     );
     assert_eq!(failed, 0, "requests failed during reconfiguration");
     assert!(ok > 1000, "only {ok} requests: the load was not steady");
-    assert_eq!(
-        rig.envoy.ecds_counter("update_success").await.unwrap() - success_before,
-        20
-    );
+    assert_eq!(rig.envoy.ecds_counter("update_success").await.unwrap() - success_before, 20);
     assert_eq!(rig.envoy.proc.pid(), pid);
     assert!(canary_tests::pid_alive(pid), "envoy restarted or died");
 }
@@ -104,10 +92,7 @@ async fn write_and_wait_refused(rig: &Rig, version: &str, body: Vec<u8>, counter
     rig.envoy.sink.write_raw(&body).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while rig.envoy.ecds_counter(counter).await.unwrap() == before {
-        assert!(
-            Instant::now() < deadline,
-            "{version}: envoy did not count it in {counter}"
-        );
+        assert!(Instant::now() < deadline, "{version}: envoy did not count it in {counter}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -119,12 +104,8 @@ async fn bad_configuration_is_refused_and_the_last_good_split_keeps_serving() {
     rig.envoy.push(&good).await.unwrap();
     let c = client();
     let ids = users("refuse", 2000);
-    let before: Vec<_> = route_users(&c, &rig.envoy.url("/"), &ids, 32)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|r| r.version)
-        .collect();
+    let before: Vec<_> =
+        route_users(&c, &rig.envoy.url("/"), &ids, 32).await.unwrap().into_iter().map(|r| r.version).collect();
     assert!(before.iter().any(|v| v.as_deref() == Some(CHALLENGER)));
 
     let good_json: serde_json::Value = serde_json::from_str(&good.to_json()).unwrap();
@@ -134,21 +115,9 @@ async fn bad_configuration_is_refused_and_the_last_good_split_keeps_serving() {
     heavy["challenger_weight_bp"] = 10_001.into();
     heavy["epoch"] = 2.into();
     let cases = [
-        (
-            "malformed",
-            r#"{"rollout": "refuse", "#.to_string(),
-            "is not valid JSON",
-        ),
-        (
-            "unknown-field",
-            unknown.to_string(),
-            "unknown field `colour`",
-        ),
-        (
-            "weight-10001",
-            heavy.to_string(),
-            "`challenger_weight_bp`: 10001",
-        ),
+        ("malformed", r#"{"rollout": "refuse", "#.to_string(), "is not valid JSON"),
+        ("unknown-field", unknown.to_string(), "unknown field `colour`"),
+        ("weight-10001", heavy.to_string(), "`challenger_weight_bp`: 10001"),
     ];
     for (name, plugin, reason) in cases {
         let body = serde_json::to_vec(&rig.envoy.sink.render_raw(name, &plugin)).unwrap();
@@ -159,56 +128,24 @@ async fn bad_configuration_is_refused_and_the_last_good_split_keeps_serving() {
             .rev()
             .find(|l| l.contains("canary: configuration refused"))
             .unwrap_or_else(|| panic!("{name}: no refusal logged"));
-        assert!(
-            line.contains(reason),
-            "{name}: log line does not give the reason {reason:?}: {line}"
-        );
+        assert!(line.contains(reason), "{name}: log line does not give the reason {reason:?}: {line}");
 
         // Traffic keeps flowing with the last good split.
-        let after: Vec<_> = route_users(&c, &rig.envoy.url("/"), &ids, 32)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|r| r.version)
-            .collect();
-        assert_eq!(
-            after, before,
-            "{name}: the split changed after a refused configuration"
-        );
+        let after: Vec<_> =
+            route_users(&c, &rig.envoy.url("/"), &ids, 32).await.unwrap().into_iter().map(|r| r.version).collect();
+        assert_eq!(after, before, "{name}: the split changed after a refused configuration");
     }
 
     // A file that is not even a DiscoveryResponse: refused too.
-    write_and_wait_refused(
-        &rig,
-        "garbage",
-        b"{ this is not json".to_vec(),
-        "update_failure",
-    )
-    .await;
-    let after: Vec<_> = route_users(&c, &rig.envoy.url("/"), &ids, 32)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|r| r.version)
-        .collect();
+    write_and_wait_refused(&rig, "garbage", b"{ this is not json".to_vec(), "update_failure").await;
+    let after: Vec<_> =
+        route_users(&c, &rig.envoy.url("/"), &ids, 32).await.unwrap().into_iter().map(|r| r.version).collect();
     assert_eq!(after, before);
-    let version = rig
-        .envoy
-        .stats("http_filter.canary.version_text")
-        .await
-        .unwrap();
-    assert!(
-        version.values().any(|v| v.as_str() == Some("refuse/1")),
-        "{version:?}"
-    );
+    let version = rig.envoy.stats("http_filter.canary.version_text").await.unwrap();
+    assert!(version.values().any(|v| v.as_str() == Some("refuse/1")), "{version:?}");
 
     // And the next good configuration is taken.
-    rig.envoy
-        .push(&filter_config("refuse", 3, 10_000))
-        .await
-        .unwrap();
-    let all = route_users(&c, &rig.envoy.url("/"), &ids, 32)
-        .await
-        .unwrap();
+    rig.envoy.push(&filter_config("refuse", 3, 10_000)).await.unwrap();
+    let all = route_users(&c, &rig.envoy.url("/"), &ids, 32).await.unwrap();
     assert!(all.iter().all(|r| r.version.as_deref() == Some(CHALLENGER)));
 }

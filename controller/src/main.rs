@@ -38,11 +38,8 @@ enum Command {
 
 fn read_config(file: &PathBuf) -> anyhow::Result<FilterConfig> {
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let config = FilterConfig::from_json(&bytes)
-        .with_context(|| format!("{} is refused", file.display()))?;
-    config
-        .validate()
-        .with_context(|| format!("{} is refused", file.display()))?;
+    let config = FilterConfig::from_json(&bytes).with_context(|| format!("{} is refused", file.display()))?;
+    config.validate().with_context(|| format!("{} is refused", file.display()))?;
     Ok(config)
 }
 
@@ -56,19 +53,11 @@ fn main() -> anyhow::Result<()> {
                 c.rollout, c.epoch, c.stage, c.challenger, c.challenger_weight_bp, c.champion
             );
         }
-        Command::Push {
-            file,
-            ecds_dir,
-            wasm,
-        } => {
+        Command::Push { file, ecds_dir, wasm } => {
             let c = read_config(&file)?;
             let sink = EcdsFileSink::new(&ecds_dir, &wasm);
             sink.push(&c)?;
-            println!(
-                "pushed {} to {}",
-                EcdsFileSink::version_info(&c),
-                sink.path().display()
-            );
+            println!("pushed {} to {}", EcdsFileSink::version_info(&c), sink.path().display());
         }
     }
     Ok(())

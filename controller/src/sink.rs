@@ -45,10 +45,7 @@ pub struct EcdsFileSink {
 impl EcdsFileSink {
     /// `dir` is the `watched_directory`; `wasm` the filter's path as Envoy sees it.
     pub fn new(dir: impl Into<PathBuf>, wasm: impl Into<PathBuf>) -> EcdsFileSink {
-        EcdsFileSink {
-            dir: dir.into(),
-            wasm: wasm.into(),
-        }
+        EcdsFileSink { dir: dir.into(), wasm: wasm.into() }
     }
 
     pub fn path(&self) -> PathBuf {
@@ -104,14 +101,8 @@ impl EcdsFileSink {
     /// Replaces the file with `body` as it is, atomically. For tools and
     /// tests that must write what `push` would refuse.
     pub fn write_raw(&self, body: &[u8]) -> Result<(), SinkError> {
-        let err = |source| SinkError::Write {
-            dir: self.dir.clone(),
-            source,
-        };
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".canary.json.")
-            .tempfile_in(&self.dir)
-            .map_err(err)?;
+        let err = |source| SinkError::Write { dir: self.dir.clone(), source };
+        let mut tmp = tempfile::Builder::new().prefix(".canary.json.").tempfile_in(&self.dir).map_err(err)?;
         tmp.write_all(body).map_err(err)?;
         tmp.as_file().sync_all().map_err(err)?;
         tmp.persist(self.path()).map_err(|e| err(e.error))?;
@@ -143,19 +134,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sink = EcdsFileSink::new(dir.path(), "/x/canary_filter.wasm");
         sink.push(&config(500)).unwrap();
-        let doc: serde_json::Value =
-            serde_json::from_slice(&fs::read(sink.path()).unwrap()).unwrap();
+        let doc: serde_json::Value = serde_json::from_slice(&fs::read(sink.path()).unwrap()).unwrap();
         assert_eq!(doc["version_info"], "r/2");
         let cfg = &doc["resources"][0]["typed_config"]["config"];
-        assert_eq!(
-            cfg["vm_config"]["code"]["local"]["filename"],
-            "/x/canary_filter.wasm"
-        );
+        assert_eq!(cfg["vm_config"]["code"]["local"]["filename"], "/x/canary_filter.wasm");
         let inner = cfg["configuration"]["value"].as_str().unwrap();
-        assert_eq!(
-            FilterConfig::from_json(inner.as_bytes()).unwrap(),
-            config(500)
-        );
+        assert_eq!(FilterConfig::from_json(inner.as_bytes()).unwrap(), config(500));
         // Only the file itself is left behind, no temp files.
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }

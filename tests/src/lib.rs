@@ -17,22 +17,15 @@ use futures::StreamExt;
 
 /// The repository's root.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
 /// The pinned Envoy that `scripts/setup.sh` installs (or `CANARY_ENVOY`).
 pub fn envoy_bin() -> Result<PathBuf> {
-    let path = std::env::var_os("CANARY_ENVOY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join(".tools/venv/bin/envoy"));
+    let path =
+        std::env::var_os("CANARY_ENVOY").map(PathBuf::from).unwrap_or_else(|| root().join(".tools/venv/bin/envoy"));
     if !path.exists() {
-        bail!(
-            "no Envoy at {}: run `make setup` (or `make test`, which runs it)",
-            path.display()
-        );
+        bail!("no Envoy at {}: run `make setup` (or `make test`, which runs it)", path.display());
     }
     Ok(path)
 }
@@ -41,14 +34,9 @@ pub fn envoy_bin() -> Result<PathBuf> {
 pub fn wasm_path() -> Result<PathBuf> {
     let path = std::env::var_os("CANARY_WASM")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            root().join("target/wasm/wasm32-unknown-unknown/wasm/canary_filter.wasm")
-        });
+        .unwrap_or_else(|| root().join("target/wasm/wasm32-unknown-unknown/wasm/canary_filter.wasm"));
     if !path.exists() {
-        bail!(
-            "no filter at {}: run `make wasm` (or `make test`, which builds it)",
-            path.display()
-        );
+        bail!("no filter at {}: run `make wasm` (or `make test`, which builds it)", path.display());
     }
     Ok(path)
 }
@@ -57,19 +45,12 @@ pub fn wasm_path() -> Result<PathBuf> {
 /// `target/<profile>/deps`, binaries live in `target/<profile>`).
 pub fn workspace_bin(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    let candidates = exe
-        .ancestors()
-        .skip(1)
-        .take(2)
-        .map(|d| d.join(name))
-        .collect::<Vec<_>>();
+    let candidates = exe.ancestors().skip(1).take(2).map(|d| d.join(name)).collect::<Vec<_>>();
     candidates
         .iter()
         .find(|p| p.exists())
         .cloned()
-        .ok_or_else(|| {
-            anyhow!("binary {name} not found in {candidates:?}: run `cargo build --workspace`")
-        })
+        .ok_or_else(|| anyhow!("binary {name} not found in {candidates:?}: run `cargo build --workspace`"))
 }
 
 /// A child process, killed and reaped when dropped.
@@ -80,13 +61,8 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(name: &str, cmd: &mut Command) -> Result<Proc> {
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start {name}: {cmd:?}"))?;
-        Ok(Proc {
-            name: name.to_string(),
-            child,
-        })
+        let child = cmd.spawn().with_context(|| format!("cannot start {name}: {cmd:?}"))?;
+        Ok(Proc { name: name.to_string(), child })
     }
 
     pub fn pid(&self) -> u32 {
@@ -113,13 +89,7 @@ impl Drop for Proc {
 /// True while a process with this PID exists (and is not a zombie).
 pub fn pid_alive(pid: u32) -> bool {
     fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            !s.rsplit(')')
-                .next()
-                .unwrap_or("")
-                .trim_start()
-                .starts_with('Z')
-        })
+        .map(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
         .unwrap_or(false)
 }
 
@@ -141,49 +111,33 @@ impl Backend {
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit()),
         )?;
-        let stdout = proc
-            .child
-            .stdout
-            .take()
-            .ok_or_else(|| anyhow!("no stdout"))?;
+        let stdout = proc.child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             let mut line = String::new();
             let _ = BufReader::new(stdout).read_line(&mut line);
             let _ = tx.send(line);
         });
-        let line = rx
-            .recv_timeout(Duration::from_secs(10))
-            .context("backend did not report its port within 10 s")?;
+        let line = rx.recv_timeout(Duration::from_secs(10)).context("backend did not report its port within 10 s")?;
         let port = line
             .trim()
             .rsplit(':')
             .next()
             .and_then(|p| p.parse().ok())
-            .ok_or_else(|| {
-                anyhow!("backend printed {line:?}, expected `listening on 127.0.0.1:PORT`")
-            })?;
-        Ok(Backend {
-            proc,
-            port,
-            version: version.to_string(),
-        })
+            .ok_or_else(|| anyhow!("backend printed {line:?}, expected `listening on 127.0.0.1:PORT`"))?;
+        Ok(Backend { proc, port, version: version.to_string() })
     }
 }
 
 /// The sidecar template with its `${NAME}` placeholders filled.
 pub fn render_template(template: &Path, vars: &[(&str, String)]) -> Result<String> {
-    let mut text = fs::read_to_string(template)
-        .with_context(|| format!("cannot read {}", template.display()))?;
+    let mut text = fs::read_to_string(template).with_context(|| format!("cannot read {}", template.display()))?;
     for (name, value) in vars {
         text = text.replace(&format!("${{{name}}}"), value);
     }
     if let Some(at) = text.find("${") {
         let rest: String = text[at..].chars().take(40).collect();
-        bail!(
-            "{} has a placeholder left unfilled: {rest}",
-            template.display()
-        );
+        bail!("{} has a placeholder left unfilled: {rest}", template.display());
     }
     Ok(text)
 }
@@ -253,10 +207,7 @@ impl Envoy {
             ("CHALLENGER", opts.challenger.clone()),
             ("CHAMPION_PORT", opts.champion_port.to_string()),
             ("CHALLENGER_PORT", opts.challenger_port.to_string()),
-            (
-                "DEFAULT_CONFIG",
-                default_plugin_config(&opts.champion, &opts.challenger),
-            ),
+            ("DEFAULT_CONFIG", default_plugin_config(&opts.champion, &opts.challenger)),
         ];
         let config = render_template(&root().join("envoy").join(&opts.template), &vars)?;
         let path = dir.path().join("envoy.yaml");
@@ -273,13 +224,7 @@ impl Envoy {
             Command::new(envoy_bin()?)
                 .arg("-c")
                 .arg(&config)
-                .args([
-                    "--disable-hot-restart",
-                    "--concurrency",
-                    &opts.concurrency.to_string(),
-                    "-l",
-                    "info",
-                ])
+                .args(["--disable-hot-restart", "--concurrency", &opts.concurrency.to_string(), "-l", "info"])
                 .arg("--admin-address-path")
                 .arg(&admin_file)
                 .stdout(Stdio::null())
@@ -288,14 +233,10 @@ impl Envoy {
         let deadline = Instant::now() + Duration::from_secs(30);
         let admin_port = loop {
             if let Some(status) = proc.exited() {
-                bail!(
-                    "envoy exited ({status}) at start-up:\n{}",
-                    error_lines(&dir.path().join("envoy.log"))
-                );
+                bail!("envoy exited ({status}) at start-up:\n{}", error_lines(&dir.path().join("envoy.log")));
             }
-            if let Some(port) = fs::read_to_string(&admin_file)
-                .ok()
-                .and_then(|a| a.trim().rsplit(':').next()?.parse().ok())
+            if let Some(port) =
+                fs::read_to_string(&admin_file).ok().and_then(|a| a.trim().rsplit(':').next()?.parse().ok())
             {
                 break port;
             }
@@ -304,17 +245,8 @@ impl Envoy {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()?;
-        let mut envoy = Envoy {
-            proc,
-            dir,
-            admin_port,
-            listen_port: 0,
-            sink,
-            client,
-        };
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+        let mut envoy = Envoy { proc, dir, admin_port, listen_port: 0, sink, client };
         envoy.listen_port = envoy.wait_ready(deadline).await?;
         Ok(envoy)
     }
@@ -322,10 +254,7 @@ impl Envoy {
     async fn wait_ready(&mut self, deadline: Instant) -> Result<u16> {
         loop {
             if let Some(status) = self.proc.exited() {
-                bail!(
-                    "envoy exited ({status}):\n{}",
-                    error_lines(&self.log_path())
-                );
+                bail!("envoy exited ({status}):\n{}", error_lines(&self.log_path()));
             }
             let ready = async {
                 let live = self.admin_get("/ready").await.ok()?;
@@ -333,20 +262,15 @@ impl Envoy {
                     return None;
                 }
                 let listeners: serde_json::Value =
-                    serde_json::from_str(&self.admin_get("/listeners?format=json").await.ok()?)
-                        .ok()?;
-                listeners["listener_statuses"][0]["local_address"]["socket_address"]["port_value"]
-                    .as_u64()
+                    serde_json::from_str(&self.admin_get("/listeners?format=json").await.ok()?).ok()?;
+                listeners["listener_statuses"][0]["local_address"]["socket_address"]["port_value"].as_u64()
             }
             .await;
             if let Some(port) = ready {
                 return Ok(port as u16);
             }
             if Instant::now() > deadline {
-                bail!(
-                    "envoy not ready within 30 s:\n{}",
-                    error_lines(&self.log_path())
-                );
+                bail!("envoy not ready within 30 s:\n{}", error_lines(&self.log_path()));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -366,21 +290,12 @@ impl Envoy {
 
     pub async fn admin_get(&self, path: &str) -> Result<String> {
         let url = format!("http://127.0.0.1:{}{path}", self.admin_port);
-        Ok(self
-            .client
-            .get(&url)
-            .send()
-            .await?
-            .error_for_status()?
-            .text()
-            .await?)
+        Ok(self.client.get(&url).send().await?.error_for_status()?.text().await?)
     }
 
     /// Counters and gauges matching a regex, by name.
     pub async fn stats(&self, filter: &str) -> Result<HashMap<String, serde_json::Value>> {
-        let body = self
-            .admin_get(&format!("/stats?format=json&filter={}", urlencode(filter)))
-            .await?;
+        let body = self.admin_get(&format!("/stats?format=json&filter={}", urlencode(filter))).await?;
         let doc: serde_json::Value = serde_json::from_str(&body)?;
         let mut out = HashMap::new();
         for stat in doc["stats"].as_array().into_iter().flatten() {
@@ -413,18 +328,14 @@ impl Envoy {
 
     /// ECDS counter `extension_config_discovery.http_filter.canary.<name>`.
     pub async fn ecds_counter(&self, name: &str) -> Result<u64> {
-        self.counter(&format!(
-            "extension_config_discovery.http_filter.canary.{name}"
-        ))
-        .await
+        self.counter(&format!("extension_config_discovery.http_filter.canary.{name}")).await
     }
 
     /// Pushes a configuration and waits until Envoy reports it applied.
     pub async fn push(&self, config: &FilterConfig) -> Result<Duration> {
         let start = Instant::now();
         self.sink.push(config)?;
-        self.wait_version(&EcdsFileSink::version_info(config))
-            .await?;
+        self.wait_version(&EcdsFileSink::version_info(config)).await?;
         Ok(start.elapsed())
     }
 
@@ -451,19 +362,15 @@ impl Envoy {
 /// what the filter logged.
 pub fn error_lines(log: &Path) -> String {
     let text = fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = text
-        .lines()
-        .filter(|l| l.contains("[error]") || l.contains("[critical]") || l.contains("wasm log"))
-        .collect();
+    let lines: Vec<&str> =
+        text.lines().filter(|l| l.contains("[error]") || l.contains("[critical]") || l.contains("wasm log")).collect();
     lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
 fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -471,13 +378,7 @@ fn urlencode(s: &str) -> String {
 
 fn regex_escape(s: &str) -> String {
     s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
-                c.to_string()
-            } else {
-                format!("\\{c}")
-            }
-        })
+        .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c.to_string() } else { format!("\\{c}") })
         .collect()
 }
 
@@ -503,27 +404,11 @@ pub async fn get(client: &reqwest::Client, url: &str, headers: &[(&str, &str)]) 
         req = req.header(*k, *v);
     }
     let resp = req.send().await?;
-    let h = |name: &str| {
-        resp.headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    let (version, stage, unkeyed, served_by) = (
-        h("x-model-version"),
-        h("x-canary-stage"),
-        h("x-canary-unkeyed").is_some(),
-        h("x-served-by"),
-    );
+    let h = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let (version, stage, unkeyed, served_by) =
+        (h("x-model-version"), h("x-canary-stage"), h("x-canary-unkeyed").is_some(), h("x-served-by"));
     let status = resp.status().as_u16();
-    Ok(Reply {
-        status,
-        version,
-        stage,
-        unkeyed,
-        served_by,
-        body: resp.text().await?,
-    })
+    Ok(Reply { status, version, stage, unkeyed, served_by, body: resp.text().await? })
 }
 
 /// One request per user (`x-user-id`), `concurrency` at a time; replies in
@@ -550,11 +435,7 @@ pub fn users(prefix: &str, n: usize) -> Vec<String> {
 
 /// A keep-alive HTTP client for load against 127.0.0.1.
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .pool_max_idle_per_host(256)
-        .build()
-        .unwrap_or_default()
+    reqwest::Client::builder().timeout(Duration::from_secs(10)).pool_max_idle_per_host(256).build().unwrap_or_default()
 }
 
 /// The champion and challenger version names the tests use.
@@ -569,8 +450,7 @@ pub fn filter_config(rollout: &str, epoch: u64, weight_bp: u64) -> FilterConfig 
         "key": [{"header": "x-user-id"}, {"cookie": "uid"}],
     });
     // The literal above is valid by construction; a failure here is a bug in the test.
-    FilterConfig::from_json(json.to_string().as_bytes())
-        .unwrap_or_else(|e| panic!("test config: {e}"))
+    FilterConfig::from_json(json.to_string().as_bytes()).unwrap_or_else(|e| panic!("test config: {e}"))
 }
 
 /// Two backends and one Envoy in front of them.
@@ -585,11 +465,7 @@ impl Rig {
         let champion = Backend::start(CHAMPION, &[])?;
         let challenger = Backend::start(CHALLENGER, &[])?;
         let envoy = Envoy::start(&EnvoyOptions::new(&champion, &challenger)).await?;
-        Ok(Rig {
-            champion,
-            challenger,
-            envoy,
-        })
+        Ok(Rig { champion, challenger, envoy })
     }
 
     /// Another Envoy in front of the same backends.

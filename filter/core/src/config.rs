@@ -100,10 +100,7 @@ pub enum ConfigError {
 
 impl ConfigError {
     fn invalid(field: impl Into<String>, reason: impl fmt::Display) -> ConfigError {
-        ConfigError::Invalid {
-            field: field.into(),
-            reason: reason.to_string(),
-        }
+        ConfigError::Invalid { field: field.into(), reason: reason.to_string() }
     }
 
     /// The field the error is about (`.` for the document itself).
@@ -129,16 +126,10 @@ fn check_name(field: &str, value: &str) -> Result<(), ConfigError> {
     if value.len() > MAX_NAME_LEN {
         return Err(ConfigError::invalid(
             field,
-            format!(
-                "is {} bytes long; at most {MAX_NAME_LEN} are allowed",
-                value.len()
-            ),
+            format!("is {} bytes long; at most {MAX_NAME_LEN} are allowed", value.len()),
         ));
     }
-    if let Some(ch) = value
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
-    {
+    if let Some(ch) = value.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_')) {
         return Err(ConfigError::invalid(
             field,
             format!("`{value}` contains {ch:?}; only letters, digits, '-' and '_' are allowed"),
@@ -157,10 +148,7 @@ impl FilterConfig {
         let de = &mut serde_json::Deserializer::from_slice(bytes);
         serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
-            ConfigError::Parse {
-                path,
-                message: e.into_inner().to_string(),
-            }
+            ConfigError::Parse { path, message: e.into_inner().to_string() }
         })
     }
 
@@ -178,10 +166,7 @@ impl FilterConfig {
         if self.champion == self.challenger {
             return Err(ConfigError::invalid(
                 "challenger",
-                format!(
-                    "`{}` is also the champion; the two versions must differ",
-                    self.challenger
-                ),
+                format!("`{}` is also the champion; the two versions must differ", self.challenger),
             ));
         }
         if self.salt.is_empty() || self.salt.len() > 256 {
@@ -193,33 +178,21 @@ impl FilterConfig {
             stage: check_header("headers.stage", &self.headers.stage)?,
             unkeyed: check_header("headers.unkeyed", &self.headers.unkeyed)?,
         };
-        let owned_names = [
-            ("headers.version", &owned.version),
-            ("headers.stage", &owned.stage),
-            ("headers.unkeyed", &owned.unkeyed),
-        ];
+        let owned_names =
+            [("headers.version", &owned.version), ("headers.stage", &owned.stage), ("headers.unkeyed", &owned.unkeyed)];
         for (i, (field, name)) in owned_names.iter().enumerate() {
             if let Some((other, _)) = owned_names[..i].iter().find(|(_, n)| n == name) {
-                return Err(ConfigError::invalid(
-                    *field,
-                    format!("`{name}` is already used by `{other}`"),
-                ));
+                return Err(ConfigError::invalid(*field, format!("`{name}` is already used by `{other}`")));
             }
         }
 
         if self.key.is_empty() {
-            return Err(ConfigError::invalid(
-                "key",
-                "needs at least one key source (a header or a cookie)",
-            ));
+            return Err(ConfigError::invalid("key", "needs at least one key source (a header or a cookie)"));
         }
         if self.key.len() > MAX_KEY_SOURCES {
             return Err(ConfigError::invalid(
                 "key",
-                format!(
-                    "has {} sources; at most {MAX_KEY_SOURCES} are allowed",
-                    self.key.len()
-                ),
+                format!("has {} sources; at most {MAX_KEY_SOURCES} are allowed", self.key.len()),
             ));
         }
         let mut key = Vec::with_capacity(self.key.len());
@@ -231,7 +204,9 @@ impl FilterConfig {
                     if let Some((owned_field, _)) = owned_names.iter().find(|(_, n)| **n == h) {
                         return Err(ConfigError::invalid(
                             format!("{field}.header"),
-                            format!("`{h}` is owned by the filter (`{owned_field}`); a client could pick its own bucket"),
+                            format!(
+                                "`{h}` is owned by the filter (`{owned_field}`); a client could pick its own bucket"
+                            ),
                         ));
                     }
                     KeySource::Header(h)
@@ -330,10 +305,7 @@ mod tests {
     #[test]
     fn round_trips_through_json() {
         let cfg = FilterConfig::from_json(GOOD.as_bytes()).unwrap();
-        assert_eq!(
-            FilterConfig::from_json(cfg.to_json().as_bytes()).unwrap(),
-            cfg
-        );
+        assert_eq!(FilterConfig::from_json(cfg.to_json().as_bytes()).unwrap(), cfg);
     }
 
     #[test]
@@ -383,36 +355,12 @@ mod tests {
             ("challenger", "v1".into(), "challenger"),
             ("salt", "".into(), "salt"),
             ("key", serde_json::json!([]), "key"),
-            (
-                "key",
-                serde_json::json!([{"header": "x user"}]),
-                "key[0].header",
-            ),
-            (
-                "key",
-                serde_json::json!([{"cookie": "uid"}, {"header": ":path"}]),
-                "key[1].header",
-            ),
-            (
-                "key",
-                serde_json::json!([{"cookie": "a;b"}]),
-                "key[0].cookie",
-            ),
-            (
-                "key",
-                serde_json::json!([{"header": "X-Model-Version"}]),
-                "key[0].header",
-            ),
-            (
-                "headers",
-                serde_json::json!({"version": "host"}),
-                "headers.version",
-            ),
-            (
-                "headers",
-                serde_json::json!({"stage": "x-model-version"}),
-                "headers.stage",
-            ),
+            ("key", serde_json::json!([{"header": "x user"}]), "key[0].header"),
+            ("key", serde_json::json!([{"cookie": "uid"}, {"header": ":path"}]), "key[1].header"),
+            ("key", serde_json::json!([{"cookie": "a;b"}]), "key[0].cookie"),
+            ("key", serde_json::json!([{"header": "X-Model-Version"}]), "key[0].header"),
+            ("headers", serde_json::json!({"version": "host"}), "headers.version"),
+            ("headers", serde_json::json!({"stage": "x-model-version"}), "headers.stage"),
         ];
         for (field, value, named) in cases {
             let e = refused(&with(field, value.clone()));
@@ -426,10 +374,7 @@ mod tests {
         assert_eq!(e.field(), "epoch", "{e}");
         let e = refused(&with("unkeyed", "random".into()));
         assert_eq!(e.field(), "unkeyed", "{e}");
-        let e = refused(&with(
-            "key",
-            serde_json::json!([{"header": "a", "cookie": "b"}]),
-        ));
+        let e = refused(&with("key", serde_json::json!([{"header": "a", "cookie": "b"}])));
         assert!(e.field().starts_with("key"), "{e}");
     }
 }

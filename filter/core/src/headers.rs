@@ -48,10 +48,7 @@ pub fn header_name(name: &str) -> Result<String, HeaderNameError> {
         return Err(HeaderNameError::Pseudo(name.to_string()));
     }
     if let Some(ch) = name.chars().find(|c| !is_token_char(*c)) {
-        return Err(HeaderNameError::BadChar {
-            name: name.to_string(),
-            ch,
-        });
+        return Err(HeaderNameError::BadChar { name: name.to_string(), ch });
     }
     let lower = name.to_ascii_lowercase();
     if RESERVED.contains(&lower.as_str()) {
@@ -69,10 +66,7 @@ pub fn cookie_name(name: &str) -> Result<String, HeaderNameError> {
         return Err(HeaderNameError::TooLong(name.len()));
     }
     if let Some(ch) = name.chars().find(|c| !is_token_char(*c)) {
-        return Err(HeaderNameError::BadChar {
-            name: name.to_string(),
-            ch,
-        });
+        return Err(HeaderNameError::BadChar { name: name.to_string(), ch });
     }
     Ok(name.to_string())
 }
@@ -100,14 +94,8 @@ pub fn cookie_value<'a>(header: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
 }
 
 fn trim(s: &[u8]) -> &[u8] {
-    let start = s
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(s.len());
-    let end = s
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
-        .map_or(start, |e| e + 1);
+    let start = s.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(s.len());
+    let end = s.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(start, |e| e + 1);
     &s[start..end]
 }
 
@@ -119,26 +107,11 @@ mod tests {
     fn header_names_are_lowercased_tokens() {
         assert_eq!(header_name("X-User-Id").unwrap(), "x-user-id");
         assert_eq!(header_name(""), Err(HeaderNameError::Empty));
-        assert!(matches!(
-            header_name(":path"),
-            Err(HeaderNameError::Pseudo(_))
-        ));
-        assert!(matches!(
-            header_name("x user"),
-            Err(HeaderNameError::BadChar { ch: ' ', .. })
-        ));
-        assert!(matches!(
-            header_name("x-ü"),
-            Err(HeaderNameError::BadChar { .. })
-        ));
-        assert!(matches!(
-            header_name("Host"),
-            Err(HeaderNameError::Reserved(_))
-        ));
-        assert!(matches!(
-            header_name(&"x".repeat(129)),
-            Err(HeaderNameError::TooLong(129))
-        ));
+        assert!(matches!(header_name(":path"), Err(HeaderNameError::Pseudo(_))));
+        assert!(matches!(header_name("x user"), Err(HeaderNameError::BadChar { ch: ' ', .. })));
+        assert!(matches!(header_name("x-ü"), Err(HeaderNameError::BadChar { .. })));
+        assert!(matches!(header_name("Host"), Err(HeaderNameError::Reserved(_))));
+        assert!(matches!(header_name(&"x".repeat(129)), Err(HeaderNameError::TooLong(129))));
     }
 
     #[test]

@@ -13,7 +13,7 @@
 
 use crate::config::{KeySource, Plan, UnkeyedPolicy};
 use crate::headers::cookie_value;
-use crate::metrics::Counter;
+use crate::metrics::{Counter, Histogram};
 use crate::split::{arm_for, Arm};
 
 /// What the request path needs from the proxy.
@@ -30,6 +30,10 @@ pub trait Host {
     fn clear_route_cache(&mut self);
     /// Adds one to a per-version counter.
     fn count(&mut self, arm: Arm, counter: Counter);
+    /// Records a value in a per-version histogram.
+    fn record(&mut self, arm: Arm, histogram: Histogram, value: u64);
+    /// The proxy's clock, in nanoseconds.
+    fn now_nanos(&self) -> u64;
 }
 
 /// Header that Envoy fills with a unique id per request.
@@ -40,6 +44,8 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 pub struct Routed {
     pub arm: Arm,
     pub unkeyed: bool,
+    /// When the request headers were seen ([`Host::now_nanos`]).
+    pub started_ns: u64,
 }
 
 /// Reads the user key: the first configured source that has a non-empty value.
@@ -55,21 +61,17 @@ pub fn user_key<H: Host + ?Sized>(plan: &Plan, host: &H) -> Option<Vec<u8>> {
 
 /// Picks the version for a request, tags it and counts it.
 pub fn route_request<H: Host + ?Sized>(plan: &Plan, host: &mut H) -> Routed {
+    let started_ns = host.now_nanos();
     let routed = match user_key(plan, host) {
-        Some(key) => Routed {
-            arm: arm_for(plan.salt.bucket(&key), plan.weight),
-            unkeyed: false,
-        },
+        Some(key) => Routed { arm: arm_for(plan.salt.bucket(&key), plan.weight), unkeyed: false, started_ns },
         None => {
             let arm = match plan.unkeyed {
                 UnkeyedPolicy::Champion => Arm::Champion,
                 UnkeyedPolicy::SplitByRequestId => host
                     .request_header(REQUEST_ID_HEADER)
-                    .map_or(Arm::Champion, |id| {
-                        arm_for(plan.salt.bucket(&id), plan.weight)
-                    }),
+                    .map_or(Arm::Champion, |id| arm_for(plan.salt.bucket(&id), plan.weight)),
             };
-            Routed { arm, unkeyed: true }
+            Routed { arm, unkeyed: true, started_ns }
         }
     };
     let h = &plan.headers;
@@ -85,8 +87,8 @@ pub fn route_request<H: Host + ?Sized>(plan: &Plan, host: &mut H) -> Routed {
     routed
 }
 
-/// Tags the response with the version and stage that served it and counts its
-/// status class.
+/// Tags the response with the version and stage that served it, counts its
+/// status class and records its latency.
 pub fn tag_response<H: Host + ?Sized>(plan: &Plan, host: &mut H, routed: Routed) {
     let h = &plan.headers;
     host.set_response_header(&h.version, Some(plan.version(routed.arm).as_bytes()));
@@ -94,9 +96,15 @@ pub fn tag_response<H: Host + ?Sized>(plan: &Plan, host: &mut H, routed: Routed)
     if routed.unkeyed {
         host.set_response_header(&h.unkeyed, Some(b"1"));
     }
-    if let Some(class) = host.response_status().and_then(Counter::for_status) {
+    let status = host.response_status();
+    if let Some(class) = status.and_then(Counter::for_status) {
         host.count(routed.arm, class);
     }
+    if status == Some(504) {
+        host.count(routed.arm, Counter::RqTimeout);
+    }
+    let latency_us = host.now_nanos().saturating_sub(routed.started_ns) / 1000;
+    host.record(routed.arm, Histogram::LatencyUs, latency_us);
 }
 
 #[cfg(test)]
@@ -114,12 +122,13 @@ mod tests {
         status: Option<u16>,
         route_cache_cleared: u32,
         counts: HashMap<(Arm, Counter), u64>,
+        recorded: Vec<(Arm, Histogram, u64)>,
+        clock_ns: std::cell::Cell<u64>,
     }
 
     impl FakeHost {
         fn with_request_header(mut self, name: &str, value: &str) -> Self {
-            self.request
-                .push((name.to_string(), value.as_bytes().to_vec()));
+            self.request.push((name.to_string(), value.as_bytes().to_vec()));
             self
         }
         fn with_status(mut self, status: u16) -> Self {
@@ -127,9 +136,7 @@ mod tests {
             self
         }
         fn get(list: &[(String, Vec<u8>)], name: &str) -> Option<String> {
-            list.iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+            list.iter().find(|(n, _)| n == name).map(|(_, v)| String::from_utf8_lossy(v).into_owned())
         }
         fn set(list: &mut Vec<(String, Vec<u8>)>, name: &str, value: Option<&[u8]>) {
             list.retain(|(n, _)| n != name);
@@ -150,10 +157,7 @@ mod tests {
 
     impl Host for FakeHost {
         fn request_header(&self, name: &str) -> Option<Vec<u8>> {
-            self.request
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| v.clone())
+            self.request.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone())
         }
         fn set_request_header(&mut self, name: &str, value: Option<&[u8]>) {
             Self::set(&mut self.request, name, value)
@@ -169,6 +173,14 @@ mod tests {
         }
         fn count(&mut self, arm: Arm, counter: Counter) {
             *self.counts.entry((arm, counter)).or_default() += 1;
+        }
+        fn record(&mut self, arm: Arm, histogram: Histogram, value: u64) {
+            self.recorded.push((arm, histogram, value));
+        }
+        fn now_nanos(&self) -> u64 {
+            // Each look at the clock is 1.5 ms later than the one before.
+            self.clock_ns.set(self.clock_ns.get() + 1_500_000);
+            self.clock_ns.get()
         }
     }
 
@@ -186,10 +198,7 @@ mod tests {
     /// A user id whose bucket is below `below` (true) or not (false).
     fn user_in(below: u16, want_challenger: bool) -> String {
         let salt = Salt::new("salt");
-        (0..)
-            .map(|i| format!("user-{i}"))
-            .find(|u| (salt.bucket(u.as_bytes()) < below) == want_challenger)
-            .unwrap()
+        (0..).map(|i| format!("user-{i}")).find(|u| (salt.bucket(u.as_bytes()) < below) == want_challenger).unwrap()
     }
 
     #[test]
@@ -198,13 +207,7 @@ mod tests {
         let user = user_in(5000, true);
         let mut host = FakeHost::default().with_request_header("x-user-id", &user);
         let routed = route_request(&p, &mut host);
-        assert_eq!(
-            routed,
-            Routed {
-                arm: Arm::Challenger,
-                unkeyed: false
-            }
-        );
+        assert_eq!((routed.arm, routed.unkeyed), (Arm::Challenger, false));
         assert_eq!(host.req("x-model-version").as_deref(), Some("v2"));
         assert_eq!(host.req("x-canary-stage").as_deref(), Some("s5000"));
         assert_eq!(host.req("x-canary-unkeyed"), None);
@@ -216,6 +219,18 @@ mod tests {
         assert_eq!(host.resp("x-model-version").as_deref(), Some("v2"));
         assert_eq!(host.resp("x-canary-stage").as_deref(), Some("s5000"));
         assert_eq!(host.count_of(Arm::Challenger, Counter::Rq5xx), 1);
+        assert_eq!(host.count_of(Arm::Challenger, Counter::RqTimeout), 0);
+        assert_eq!(host.recorded, vec![(Arm::Challenger, Histogram::LatencyUs, 1500)]);
+    }
+
+    #[test]
+    fn a_504_counts_as_a_timeout_too() {
+        let p = plan(0, "");
+        let mut host = FakeHost::default().with_request_header("x-user-id", "u").with_status(504);
+        let routed = route_request(&p, &mut host);
+        tag_response(&p, &mut host, routed);
+        assert_eq!(host.count_of(Arm::Champion, Counter::Rq5xx), 1);
+        assert_eq!(host.count_of(Arm::Champion, Counter::RqTimeout), 1);
     }
 
     #[test]
@@ -237,15 +252,8 @@ mod tests {
     fn cookie_is_the_fallback_key() {
         let p = plan(5000, "");
         let user = user_in(5000, true);
-        let mut host =
-            FakeHost::default().with_request_header("cookie", &format!("a=b; uid={user}"));
-        assert_eq!(
-            route_request(&p, &mut host),
-            Routed {
-                arm: Arm::Challenger,
-                unkeyed: false
-            }
-        );
+        let mut host = FakeHost::default().with_request_header("cookie", &format!("a=b; uid={user}"));
+        assert_eq!(route_request(&p, &mut host).arm, Arm::Challenger);
         // The header wins over the cookie when both are present.
         let other = user_in(5000, false);
         let mut host = FakeHost::default()
@@ -257,17 +265,9 @@ mod tests {
     #[test]
     fn unkeyed_requests_go_to_champion_and_are_marked() {
         let p = plan(10_000, "");
-        let mut host = FakeHost::default()
-            .with_request_header("x-user-id", "")
-            .with_status(200);
+        let mut host = FakeHost::default().with_request_header("x-user-id", "").with_status(200);
         let routed = route_request(&p, &mut host);
-        assert_eq!(
-            routed,
-            Routed {
-                arm: Arm::Champion,
-                unkeyed: true
-            }
-        );
+        assert_eq!((routed.arm, routed.unkeyed), (Arm::Champion, true));
         assert_eq!(host.req("x-canary-unkeyed").as_deref(), Some("1"));
         assert_eq!(host.count_of(Arm::Champion, Counter::RqUnkeyed), 1);
         tag_response(&p, &mut host, routed);
@@ -280,8 +280,7 @@ mod tests {
         let p = plan(2000, r#","unkeyed":"split_by_request_id""#);
         let mut challenger = 0;
         for i in 0..20_000 {
-            let mut host =
-                FakeHost::default().with_request_header(REQUEST_ID_HEADER, &format!("rid-{i}"));
+            let mut host = FakeHost::default().with_request_header(REQUEST_ID_HEADER, &format!("rid-{i}"));
             let routed = route_request(&p, &mut host);
             assert!(routed.unkeyed);
             challenger += usize::from(routed.arm == Arm::Challenger);
@@ -301,7 +300,7 @@ mod tests {
             let user = format!("u{i}");
             let mut ha = FakeHost::default().with_request_header("x-user-id", &user);
             let mut hb = FakeHost::default().with_request_header("x-user-id", &user);
-            assert_eq!(route_request(&a, &mut ha), route_request(&b, &mut hb));
+            assert_eq!(route_request(&a, &mut ha).arm, route_request(&b, &mut hb).arm);
         }
     }
 }

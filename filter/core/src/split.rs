@@ -15,9 +15,7 @@ use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 pub const BUCKETS: u16 = 10_000;
 
 /// The challenger's share of traffic in basis points (1 bp = 0.01 %), 0..=10 000.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "u64", into = "u16")]
 pub struct Weight(u16);
 
@@ -104,9 +102,7 @@ pub struct Salt {
 
 impl Salt {
     pub fn new(salt: &str) -> Salt {
-        Salt {
-            seed: xxh3_64(salt.as_bytes()),
-        }
+        Salt { seed: xxh3_64(salt.as_bytes()) }
     }
 
     /// The user's bucket, 0..10 000.
@@ -185,9 +181,7 @@ mod tests {
         let salt = Salt::new("share");
         let w = Weight::from_bp(500).unwrap();
         let n = 100_000u32;
-        let hits = (0..n)
-            .filter(|i| arm_for(salt.bucket(format!("id{i}").as_bytes()), w) == Arm::Challenger)
-            .count();
+        let hits = (0..n).filter(|i| arm_for(salt.bucket(format!("id{i}").as_bytes()), w) == Arm::Challenger).count();
         let share = hits as f64 / f64::from(n);
         assert!((share - 0.05).abs() < 0.005, "share {share}");
     }

@@ -8,9 +8,7 @@ use std::collections::HashMap;
 
 use anyhow::{bail, Result};
 use canary_core::metrics::Counter;
-use canary_tests::{
-    client, filter_config, route_users, users, wasm_path, Rig, CHALLENGER, CHAMPION,
-};
+use canary_tests::{client, filter_config, route_users, users, wasm_path, Rig, CHALLENGER, CHAMPION};
 use clap::Parser;
 
 #[derive(Parser)]
@@ -54,26 +52,11 @@ async fn run(args: &Args) -> Result<()> {
         CHALLENGER,
         rig.challenger.port
     );
-    println!(
-        "  traffic: {}   admin: http://127.0.0.1:{}",
-        rig.envoy.url("/"),
-        rig.envoy.admin_port
-    );
-    println!(
-        "  filter configuration: {}\n",
-        rig.envoy.sink.path().display()
-    );
+    println!("  traffic: {}   admin: http://127.0.0.1:{}", rig.envoy.url("/"), rig.envoy.admin_port);
+    println!("  filter configuration: {}\n", rig.envoy.sink.path().display());
     println!(
         "{:<6} {:>7} {:>9} {:>8} {:>7} {:>7} {:>10} {:>10} {:>10}",
-        "stage",
-        "weight",
-        "applied",
-        "requests",
-        CHAMPION,
-        CHALLENGER,
-        "share",
-        "moved back",
-        "counted"
+        "stage", "weight", "applied", "requests", CHAMPION, CHALLENGER, "share", "moved back", "counted"
     );
 
     let c = client();
@@ -95,10 +78,7 @@ async fn run(args: &Args) -> Result<()> {
             challenger += usize::from(now);
             on_challenger.insert(user, now);
         }
-        let counted = rig
-            .envoy
-            .canary_counter(&config, CHALLENGER, Counter::RqTotal)
-            .await?;
+        let counted = rig.envoy.canary_counter(&config, CHALLENGER, Counter::RqTotal).await?;
         println!(
             "{:<6} {:>6}% {:>7.1}ms {:>8} {:>7} {:>7} {:>9.2}% {:>10} {:>10}",
             config.stage,
@@ -112,20 +92,14 @@ async fn run(args: &Args) -> Result<()> {
             counted
         );
     }
-    println!("\nshare: challenger share of distinct users; moved back: users who went from challenger back to champion;");
     println!(
-        "counted: the filter's own counter in Envoy's stats for the challenger at that stage."
+        "\nshare: challenger share of distinct users; moved back: users who went from challenger back to champion;"
     );
+    println!("counted: the filter's own counter in Envoy's stats for the challenger at that stage.");
     if args.keep_running {
-        println!(
-            "\nStill running; try: curl -i -H 'x-user-id: alice' {}   (Ctrl-C stops)",
-            rig.envoy.url("/")
-        );
+        println!("\nStill running; try: curl -i -H 'x-user-id: alice' {}   (Ctrl-C stops)", rig.envoy.url("/"));
         std::future::pending::<()>().await;
     }
-    println!(
-        "\nstopping Envoy (pid {}) and the backends",
-        rig.envoy.proc.pid()
-    );
+    println!("\nstopping Envoy (pid {}) and the backends", rig.envoy.proc.pid());
     Ok(())
 }

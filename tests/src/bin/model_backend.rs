@@ -38,12 +38,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 fn answer(version: &str, headers: &HeaderMap) -> impl IntoResponse {
-    let seen = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
+    let seen = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let body = json!({
         "version": version,
         "seen": {
