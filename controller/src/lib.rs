@@ -2,3 +2,5 @@
 //! configuration. This first part holds the configuration sinks.
 
 pub mod sink;
+pub mod source;
+pub mod window;
