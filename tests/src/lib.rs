@@ -127,6 +127,31 @@ impl Backend {
             .ok_or_else(|| anyhow!("backend printed {line:?}, expected `listening on 127.0.0.1:PORT`"))?;
         Ok(Backend { proc, port, version: version.to_string() })
     }
+
+    /// Changes knobs while it runs (`error_rate`, `latency_ms`, `latency_sigma`).
+    pub async fn control(&self, knobs: serde_json::Value) -> Result<()> {
+        reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{}/_control", self.port))
+            .json(&knobs)
+            .send()
+            .await?
+            .error_for_status()?;
+        Ok(())
+    }
+
+    /// What it served: `{"requests", "errors", "last_request_unix_ms"}`.
+    pub async fn stats(&self) -> Result<BackendStats> {
+        let url = format!("http://127.0.0.1:{}/_stats", self.port);
+        Ok(reqwest::get(url).await?.error_for_status()?.json().await?)
+    }
+}
+
+/// A backend's own count of what it served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+pub struct BackendStats {
+    pub requests: u64,
+    pub errors: u64,
+    pub last_request_unix_ms: u64,
 }
 
 /// The sidecar template with its `${NAME}` placeholders filled.
