@@ -9,12 +9,12 @@
 //! Envoy never sees a half-written file, and a configuration the filter would
 //! refuse is never written.
 
-use std::fs;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use canary_core::{ConfigError, FilterConfig};
 use serde_json::json;
+
+use crate::durable;
 
 /// The filter's name in Envoy's `http_filters` and in the ECDS resource.
 pub const FILTER_NAME: &str = "canary";
@@ -101,22 +101,14 @@ impl EcdsFileSink {
     /// Replaces the file with `body` as it is, atomically. For tools and
     /// tests that must write what `push` would refuse.
     pub fn write_raw(&self, body: &[u8]) -> Result<(), SinkError> {
-        let err = |source| SinkError::Write { dir: self.dir.clone(), source };
-        let mut tmp = tempfile::Builder::new().prefix(".canary.json.").tempfile_in(&self.dir).map_err(err)?;
-        tmp.write_all(body).map_err(err)?;
-        tmp.as_file().sync_all().map_err(err)?;
-        tmp.persist(self.path()).map_err(|e| err(e.error))?;
-        sync_dir(&self.dir).map_err(err)
+        durable::write_atomic(&self.path(), body).map_err(|source| SinkError::Write { dir: self.dir.clone(), source })
     }
-}
-
-/// Makes the rename durable.
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use super::*;
 
     fn config(weight: u64) -> FilterConfig {

@@ -1,0 +1,580 @@
+//! The rollout state machine. Pure and synchronous: (state, evidence, now) →
+//! (new state, decision). No I/O and no clock; the daemon and the CLI wrap it.
+//!
+//! ```text
+//!            advance (gates pass, minimums met)       promote (next is 100 %)
+//!   stage 0 ─────────────► stage 1 ─► … ─► stage n-2 ──────────────────────► Promoted
+//!      │  ▲ hold (no data, too few requests, too early, gate without data)
+//!      │  └─┘
+//!      └──────────── any gate fails, or operator ─────────────────────────► RolledBack (0 %)
+//!   Running ◄──pause/resume──► Paused (no automatic change while paused)
+//! ```
+//!
+//! A stage may roll back as soon as both versions have `min_requests`
+//! responses; it advances only after `min_duration` too. Its window starts
+//! when every Envoy has applied the stage's configuration.
+
+use serde::{Deserialize, Serialize};
+
+use crate::gates::{self, GateResult, LabelEvidence, Outcome};
+use crate::labels::LabelBook;
+use crate::spec::RolloutSpec;
+use crate::window::{Coverage, VersionWindow, Window};
+use canary_core::{FilterConfig, Weight};
+
+/// Milliseconds since the Unix epoch.
+pub type Millis = u64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Running,
+    Paused,
+    Promoted,
+    RolledBack,
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Phase::Running => "running",
+            Phase::Paused => "paused",
+            Phase::Promoted => "promoted",
+            Phase::RolledBack => "rolled back",
+        })
+    }
+}
+
+impl Phase {
+    pub fn is_final(self) -> bool {
+        matches!(self, Phase::Promoted | Phase::RolledBack)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// To the next stage.
+    Advance,
+    /// To 100 %: the challenger is the new champion.
+    Promote,
+    Hold,
+    /// To 0 % at once.
+    Rollback,
+    Pause,
+    Resume,
+}
+
+/// Something people must be told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertKind {
+    Rollback,
+    /// The stats could not be read `alerts.source_failures` times in a row.
+    SourceFailing,
+    /// Not every Envoy applied the configuration within `envoy.apply_timeout`.
+    NotApplied,
+}
+
+/// Where traffic stands: the configuration the filter should have.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Target {
+    pub stage: usize,
+    pub stage_name: String,
+    pub weight: Weight,
+    pub epoch: u64,
+}
+
+/// What the evidence said, per version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WindowSummary {
+    pub champion: VersionWindow,
+    pub challenger: VersionWindow,
+    pub coverage: Coverage,
+    /// Milliseconds since the window started.
+    pub elapsed_ms: u64,
+}
+
+/// One evaluation's outcome and everything that led to it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    /// Position in the decision log, from 1, without gaps.
+    pub seq: u64,
+    pub at: Millis,
+    pub action: Action,
+    /// Made by an operator (CLI), not by the gates.
+    pub manual: bool,
+    /// Where traffic was when deciding.
+    pub from: Target,
+    /// Where traffic goes now (same as `from` for a hold).
+    pub to: Target,
+    /// Why, in words; never empty.
+    pub reasons: Vec<String>,
+    pub gates: Vec<GateResult>,
+    pub window: Option<WindowSummary>,
+    pub alerts: Vec<AlertKind>,
+}
+
+/// A stage change, kept in the state's history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Transition {
+    pub at: Millis,
+    pub seq: u64,
+    pub action: Action,
+    pub manual: bool,
+    pub from_stage: String,
+    pub to_stage: String,
+    pub weight: Weight,
+    pub epoch: u64,
+}
+
+/// The rollout's durable state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutState {
+    pub rollout: String,
+    pub phase: Phase,
+    /// Index into the spec's stages.
+    pub stage: usize,
+    /// Epoch of the configuration for this stage (raised on every change).
+    pub epoch: u64,
+    pub stage_entered_at: Millis,
+    /// When every Envoy had applied this stage's configuration.
+    pub window_started_at: Option<Millis>,
+    /// Sequence number of the last decision.
+    pub seq: u64,
+    pub last_decision: Option<Decision>,
+    pub history: Vec<Transition>,
+    pub labels: LabelBook,
+    /// Bytes of the labels JSONL file already read.
+    #[serde(default)]
+    pub labels_offset: u64,
+    /// Consecutive evaluations without usable stats.
+    pub source_failures: u32,
+    #[serde(default)]
+    pub not_applied_alerted: bool,
+    /// Per-endpoint counter bookkeeping of the stats source (resets).
+    #[serde(default)]
+    pub source_tracker: serde_json::Value,
+}
+
+/// A manual command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    Pause,
+    Resume,
+    Advance,
+    Rollback,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot {command}: the rollout is {phase}")]
+pub struct CommandRefused {
+    pub command: String,
+    pub phase: String,
+}
+
+/// Name of the stage the filter reports after a rollback.
+pub const ROLLED_BACK_STAGE: &str = "rolled-back";
+
+impl RolloutState {
+    pub fn start(spec: &RolloutSpec, now: Millis) -> RolloutState {
+        RolloutState {
+            rollout: spec.rollout.clone(),
+            phase: Phase::Running,
+            stage: 0,
+            epoch: 1,
+            stage_entered_at: now,
+            window_started_at: None,
+            seq: 0,
+            last_decision: None,
+            history: vec![],
+            labels: LabelBook::default(),
+            labels_offset: 0,
+            source_failures: 0,
+            not_applied_alerted: false,
+            source_tracker: serde_json::Value::Null,
+        }
+    }
+
+    /// Where traffic should be now.
+    pub fn target(&self, spec: &RolloutSpec) -> Target {
+        if self.phase == Phase::RolledBack {
+            return Target { stage: self.stage, stage_name: ROLLED_BACK_STAGE.into(), weight: Weight::ZERO, epoch: self.epoch };
+        }
+        Target { stage: self.stage, stage_name: spec.stage_name(self.stage), weight: spec.stage_weight(self.stage), epoch: self.epoch }
+    }
+
+    /// The filter configuration for [`RolloutState::target`].
+    pub fn filter_config(&self, spec: &RolloutSpec) -> FilterConfig {
+        let t = self.target(spec);
+        spec.filter_config(&t.stage_name, t.weight, t.epoch)
+    }
+
+    /// Labels of the current stage, per version.
+    pub fn stage_labels(&self, spec: &RolloutSpec) -> LabelEvidence {
+        let stage = spec.stage_name(self.stage);
+        LabelEvidence {
+            champion: self.labels.stats(&stage, &spec.champion),
+            challenger: self.labels.stats(&stage, &spec.challenger),
+        }
+    }
+
+    fn moved(&mut self, spec: &RolloutSpec, action: Action, manual: bool, now: Millis) -> Target {
+        let from = spec.stage_name(self.stage);
+        match action {
+            Action::Advance => self.stage += 1,
+            Action::Promote => {
+                self.stage = spec.stages.len() - 1;
+                self.phase = Phase::Promoted;
+            }
+            Action::Rollback => self.phase = Phase::RolledBack,
+            _ => {}
+        }
+        self.epoch += 1;
+        self.stage_entered_at = now;
+        self.window_started_at = None;
+        self.not_applied_alerted = false;
+        let to = self.target(spec);
+        self.history.push(Transition {
+            at: now,
+            seq: self.seq + 1,
+            action,
+            manual,
+            from_stage: from,
+            to_stage: to.stage_name.clone(),
+            weight: to.weight,
+            epoch: to.epoch,
+        });
+        to
+    }
+
+    /// The move that leaves the current stage forward.
+    fn forward(&self, spec: &RolloutSpec) -> Action {
+        if self.stage + 2 >= spec.stages.len() {
+            Action::Promote
+        } else {
+            Action::Advance
+        }
+    }
+
+    fn finish(
+        mut self,
+        action: Action,
+        manual: bool,
+        now: Millis,
+        spec: &RolloutSpec,
+        parts: (Vec<String>, Vec<GateResult>, Option<WindowSummary>, Vec<AlertKind>),
+    ) -> (RolloutState, Decision) {
+        let from = self.target(spec);
+        let to = match action {
+            Action::Advance | Action::Promote | Action::Rollback => self.moved(spec, action, manual, now),
+            _ => from.clone(),
+        };
+        self.seq += 1;
+        let (reasons, gates, window, alerts) = parts;
+        let decision = Decision { seq: self.seq, at: now, action, manual, from, to, reasons, gates, window, alerts };
+        self.last_decision = Some(decision.clone());
+        (self, decision)
+    }
+
+    /// One automatic evaluation. `window` is the stats source's answer for
+    /// this state's epoch, or why there is none.
+    pub fn step(&self, spec: &RolloutSpec, window: Result<&Window, String>, now: Millis) -> (RolloutState, Decision) {
+        let mut next = self.clone();
+        let hold = |next: RolloutState, reasons: Vec<String>, gates, summary, alerts| {
+            next.finish(Action::Hold, false, now, spec, (reasons, gates, summary, alerts))
+        };
+        match self.phase {
+            Phase::Promoted | Phase::RolledBack => {
+                return hold(next, vec![format!("the rollout has ended: {}", self.phase)], vec![], None, vec![]);
+            }
+            Phase::Paused => return hold(next, vec!["paused by an operator".into()], vec![], None, vec![]),
+            Phase::Running => {}
+        }
+
+        let source_failed = |mut next: RolloutState, why: String| {
+            next.source_failures += 1;
+            let alerts = if next.source_failures == spec.alerts.source_failures.max(1) {
+                vec![AlertKind::SourceFailing]
+            } else {
+                vec![]
+            };
+            let reason = format!("no data ({} in a row): {why}; missing data never advances", next.source_failures);
+            hold(next, vec![reason], vec![], None, alerts)
+        };
+        let window = match window {
+            Err(why) => return source_failed(next, why),
+            Ok(w) if w.epoch != self.epoch => {
+                return source_failed(next, format!("stats are for epoch {}, not {}", w.epoch, self.epoch))
+            }
+            Ok(w) if !w.coverage.failures.is_empty() => {
+                let c = &w.coverage;
+                let list: Vec<String> = c.failures.iter().map(|f| format!("{}: {}", f.endpoint, f.error)).collect();
+                return source_failed(next, format!("{} of {} Envoys failed: {}", c.failures.len(), c.endpoints, list.join("; ")));
+            }
+            Ok(w) => w,
+        };
+        next.source_failures = 0;
+
+        let c = &window.coverage;
+        if c.applied < c.endpoints {
+            let late = now.saturating_sub(self.stage_entered_at) > spec.envoy.apply_timeout.as_millis() as u64;
+            let mut alerts = vec![];
+            if late && !next.not_applied_alerted {
+                next.not_applied_alerted = true;
+                alerts.push(AlertKind::NotApplied);
+            }
+            let reason = format!(
+                "waiting for {} of {} Envoys to apply epoch {}{}",
+                c.endpoints - c.applied,
+                c.endpoints,
+                self.epoch,
+                if late { format!(" (more than {:?} since the push)", spec.envoy.apply_timeout) } else { String::new() }
+            );
+            return hold(next, vec![reason], vec![], None, alerts);
+        }
+        let started = *next.window_started_at.get_or_insert(now);
+        let elapsed_ms = now.saturating_sub(started);
+
+        let champion = window.version(&spec.champion);
+        let challenger = window.version(&spec.challenger);
+        let results = gates::evaluate(&spec.gates, &champion, &challenger, &self.stage_labels(spec));
+        let summary = WindowSummary { champion, challenger, coverage: c.clone(), elapsed_ms };
+        let stage = &spec.stages[self.stage];
+
+        let short = |have: u64| stage.min_requests.saturating_sub(have);
+        let (need_a, need_b) = (short(summary.champion.answered()), short(summary.challenger.answered()));
+        if need_a > 0 || need_b > 0 {
+            let reason = format!(
+                "too few responses to judge: need {need_a} more from the champion and {need_b} more from the challenger (minimum {} each)",
+                stage.min_requests
+            );
+            return hold(next, vec![reason], results, Some(summary), vec![]);
+        }
+
+        let failed: Vec<String> =
+            results.iter().filter(|r| r.outcome == Outcome::Fail).map(|r| format!("{:?} gate failed: {}", r.gate, r.detail)).collect();
+        if !failed.is_empty() {
+            return next.finish(Action::Rollback, false, now, spec, (failed, results, Some(summary), vec![AlertKind::Rollback]));
+        }
+
+        let mut waiting: Vec<String> = results.iter().filter(|r| r.blocks).map(|r| format!("{:?}: {}", r.gate, r.detail)).collect();
+        let min_ms = stage.min_duration.as_millis() as u64;
+        if elapsed_ms < min_ms {
+            waiting.push(format!("{:.1} s more in the stage (minimum {:?})", (min_ms - elapsed_ms) as f64 / 1000.0, stage.min_duration));
+        }
+        if !waiting.is_empty() {
+            return hold(next, waiting, results, Some(summary), vec![]);
+        }
+        let action = self.forward(spec);
+        let reasons = vec![format!(
+            "every gate passed over {:.1} s with {} champion and {} challenger responses",
+            elapsed_ms as f64 / 1000.0,
+            summary.champion.answered(),
+            summary.challenger.answered()
+        )];
+        next.finish(action, false, now, spec, (reasons, results, Some(summary), vec![]))
+    }
+
+    /// An operator's command.
+    pub fn command(
+        &self,
+        spec: &RolloutSpec,
+        command: Command,
+        reason: &str,
+        now: Millis,
+    ) -> Result<(RolloutState, Decision), CommandRefused> {
+        let refuse = || CommandRefused {
+            command: format!("{command:?}").to_lowercase(),
+            phase: self.phase.to_string(),
+        };
+        let mut next = self.clone();
+        let why = if reason.is_empty() { "no reason given".to_string() } else { reason.to_string() };
+        let action = match (command, self.phase) {
+            (Command::Pause, Phase::Running) => {
+                next.phase = Phase::Paused;
+                Action::Pause
+            }
+            (Command::Resume, Phase::Paused) => {
+                next.phase = Phase::Running;
+                Action::Resume
+            }
+            (Command::Advance, Phase::Running | Phase::Paused) => self.forward(spec),
+            (Command::Rollback, Phase::Running | Phase::Paused | Phase::Promoted) => Action::Rollback,
+            _ => return Err(refuse()),
+        };
+        let alerts = if action == Action::Rollback { vec![AlertKind::Rollback] } else { vec![] };
+        let reasons = vec![format!("operator: {why}")];
+        Ok(next.finish(action, true, now, spec, (reasons, vec![], None, alerts)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use canary_core::metrics::Counter;
+
+    use super::*;
+    use crate::window::EndpointFailure;
+
+    const SPEC: &str = r#"
+rollout: r
+champion: v1
+challenger: v2
+interval: 1s
+stages:
+  - { weight_percent: 1, min_duration: 10s, min_requests: 100 }
+  - { weight_percent: 20, min_duration: 10s, min_requests: 100 }
+  - { weight_percent: 100 }
+gates:
+  error_rate: { error_tolerance: 1 }
+envoy: { admin: ["http://a", "http://b"], ecds_dir: /x, wasm: /y.wasm, apply_timeout: 5s }
+alerts: { source_failures: 2 }
+"#;
+
+    fn spec() -> RolloutSpec {
+        RolloutSpec::from_yaml(SPEC).unwrap()
+    }
+
+    /// A window for `epoch` with `n` responses per version and the given 5xx counts.
+    fn window(epoch: u64, n: u64, champion_errors: u64, challenger_errors: u64) -> Window {
+        let mut w = Window { epoch, ..Default::default() };
+        for (v, errors) in [("v1", champion_errors), ("v2", challenger_errors)] {
+            let mut vw = VersionWindow::default();
+            vw.add_counter(Counter::RqTotal, n);
+            vw.add_counter(Counter::Rq2xx, n - errors);
+            vw.add_counter(Counter::Rq5xx, errors);
+            w.versions.insert(v.into(), vw);
+        }
+        w.coverage = Coverage { endpoints: 2, answered: 2, applied: 2, failures: vec![], resets: vec![] };
+        w
+    }
+
+    #[test]
+    fn healthy_rollout_advances_through_every_stage_to_promotion() {
+        let spec = spec();
+        let mut s = RolloutState::start(&spec, 0);
+        let mut t = 0;
+        let mut actions = vec![];
+        while !s.phase.is_final() {
+            t += 1000;
+            let (next, d) = s.step(&spec, Ok(&window(s.epoch, 500, 0, 0)), t);
+            assert!(!d.reasons.is_empty());
+            if d.action != Action::Hold {
+                actions.push((d.action, d.to.weight.bp(), d.to.epoch));
+            }
+            s = next;
+            assert!(t < 100_000, "never finished");
+        }
+        assert_eq!(actions, vec![(Action::Advance, 2000, 2), (Action::Promote, 10_000, 3)]);
+        assert_eq!(s.phase, Phase::Promoted);
+        assert_eq!(s.seq as usize, s.history.last().unwrap().seq as usize);
+    }
+
+    #[test]
+    fn minimum_duration_is_counted_from_when_every_envoy_applied() {
+        let spec = spec();
+        let s = RolloutState::start(&spec, 0);
+        let mut w = window(1, 500, 0, 0);
+        w.coverage.applied = 1;
+        let (s, d) = s.step(&spec, Ok(&w), 60_000);
+        assert_eq!(d.action, Action::Hold);
+        assert!(d.reasons[0].contains("waiting for 1 of 2 Envoys"), "{:?}", d.reasons);
+        assert_eq!(d.alerts, vec![AlertKind::NotApplied], "60 s > apply_timeout 5 s");
+        let (s, d) = s.step(&spec, Ok(&window(1, 500, 0, 0)), 61_000);
+        assert_eq!(d.action, Action::Hold, "window just started");
+        assert_eq!(s.window_started_at, Some(61_000));
+        let (_, d) = s.step(&spec, Ok(&window(1, 500, 0, 0)), 71_000);
+        assert_eq!(d.action, Action::Advance);
+    }
+
+    #[test]
+    fn failing_gate_rolls_back_at_once_and_alerts() {
+        let spec = spec();
+        let s = RolloutState::start(&spec, 0);
+        // 10 % errors vs 0 %: rolls back before the minimum duration is over.
+        let (s, d) = s.step(&spec, Ok(&window(1, 200, 0, 20)), 1000);
+        assert_eq!(d.action, Action::Rollback);
+        assert_eq!(d.alerts, vec![AlertKind::Rollback]);
+        assert_eq!((d.to.weight, d.to.epoch, d.to.stage_name.as_str()), (Weight::ZERO, 2, ROLLED_BACK_STAGE));
+        assert_eq!(s.phase, Phase::RolledBack);
+        assert!(d.reasons[0].contains("ErrorRate gate failed"), "{:?}", d.reasons);
+        assert_eq!(s.filter_config(&spec).challenger_weight_bp, Weight::ZERO);
+        // Nothing moves it afterwards.
+        let (_, d) = s.step(&spec, Ok(&window(2, 500, 0, 0)), 2000);
+        assert_eq!(d.action, Action::Hold);
+    }
+
+    #[test]
+    fn too_few_requests_holds_and_says_how_many_more() {
+        let spec = spec();
+        let s = RolloutState::start(&spec, 0);
+        let (_, d) = s.step(&spec, Ok(&window(1, 40, 0, 40)), 60_000);
+        assert_eq!(d.action, Action::Hold, "100% errors on 40 requests is not judged yet");
+        assert!(d.reasons[0].contains("need 60 more from the champion and 60 more"), "{:?}", d.reasons);
+    }
+
+    #[test]
+    fn missing_or_partial_data_never_advances_and_alerts_once() {
+        let spec = spec();
+        let mut s = RolloutState::start(&spec, 0);
+        let mut partial = window(1, 500, 0, 0);
+        partial.coverage.failures.push(EndpointFailure { endpoint: "http://b".into(), error: "timed out".into() });
+        let mut alerts = vec![];
+        for (i, w) in [Err("connection refused".to_string()), Ok(partial.clone()), Err("x".into()), Ok(window(7, 500, 0, 0))]
+            .into_iter()
+            .enumerate()
+        {
+            let (next, d) = s.step(&spec, w.as_ref().map_err(|e| e.clone()), 100_000 + i as u64 * 1000);
+            assert_eq!(d.action, Action::Hold, "{:?}", d.reasons);
+            assert!(d.reasons[0].starts_with("no data"), "{:?}", d.reasons);
+            alerts.extend(d.alerts);
+            s = next;
+        }
+        assert_eq!(alerts, vec![AlertKind::SourceFailing], "alert when the count reaches 2, once");
+        assert_eq!(s.source_failures, 4);
+        let (s, _) = s.step(&spec, Ok(&window(1, 500, 0, 0)), 200_000);
+        assert_eq!(s.source_failures, 0);
+    }
+
+    #[test]
+    fn paused_rollout_does_not_move_until_resumed() {
+        let spec = spec();
+        let s = RolloutState::start(&spec, 0);
+        let (s, d) = s.command(&spec, Command::Pause, "looking", 1).unwrap();
+        assert_eq!((d.action, d.manual, s.phase), (Action::Pause, true, Phase::Paused));
+        let (s, d) = s.step(&spec, Ok(&window(1, 500, 0, 0)), 100_000);
+        assert_eq!(d.action, Action::Hold);
+        let (s, d) = s.step(&spec, Ok(&window(1, 500, 0, 50)), 100_001);
+        assert_eq!(d.action, Action::Hold, "paused: not even a rollback by the gates");
+        assert!(s.command(&spec, Command::Pause, "", 2).is_err());
+        let (s, _) = s.command(&spec, Command::Resume, "", 3).unwrap();
+        assert_eq!(s.phase, Phase::Running);
+    }
+
+    #[test]
+    fn manual_advance_and_rollback_act_at_once() {
+        let spec = spec();
+        let s = RolloutState::start(&spec, 0);
+        let (s, d) = s.command(&spec, Command::Advance, "", 1).unwrap();
+        assert_eq!((d.action, d.to.weight.bp(), d.to.epoch), (Action::Advance, 2000, 2));
+        let (s, d) = s.command(&spec, Command::Advance, "", 2).unwrap();
+        assert_eq!((d.action, s.phase), (Action::Promote, Phase::Promoted));
+        assert!(s.command(&spec, Command::Advance, "", 3).is_err());
+        let (s, d) = s.command(&spec, Command::Rollback, "bad reviews", 4).unwrap();
+        assert_eq!((d.action, d.to.weight, s.phase), (Action::Rollback, Weight::ZERO, Phase::RolledBack));
+        assert_eq!(d.reasons, vec!["operator: bad reviews".to_string()]);
+        let err = s.command(&spec, Command::Rollback, "", 5).unwrap_err();
+        assert_eq!(err.to_string(), "cannot rollback: the rollout is rolled back");
+        assert_eq!(s.history.len(), 3);
+        assert_eq!(s.seq, 3);
+    }
+
+    #[test]
+    fn stale_epoch_is_no_data() {
+        let spec = spec();
+        let s = RolloutState::start(&spec, 0);
+        let (_, d) = s.step(&spec, Ok(&window(9, 500, 0, 0)), 1000);
+        assert_eq!(d.action, Action::Hold);
+        assert!(d.reasons[0].contains("epoch 9, not 1"), "{:?}", d.reasons);
+    }
+}
