@@ -1,0 +1,201 @@
+//! Telling people: a JSON POST (or a Slack-style `{"text": …}`) to every
+//! configured webhook, retried with backoff. Alerts are sent after the action
+//! they report (a rollback is pushed first), so a dead webhook never delays it.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::rollout::{AlertKind, Decision, Millis};
+use crate::spec::{WebhookFormat, WebhookSpec};
+
+/// What an alert says.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Alert {
+    pub kind: AlertKind,
+    pub rollout: String,
+    pub at: Millis,
+    /// The decision that raised it.
+    pub seq: u64,
+    pub stage: String,
+    pub challenger_weight_bp: u16,
+    pub title: String,
+    pub reasons: Vec<String>,
+}
+
+impl Alert {
+    pub fn from_decision(rollout: &str, kind: AlertKind, d: &Decision) -> Alert {
+        let title = match kind {
+            AlertKind::Rollback => format!(
+                "canary {rollout}: rolled back to 0% from {} ({})",
+                d.from.stage_name,
+                if d.manual { "by an operator" } else { "a gate failed" }
+            ),
+            AlertKind::SourceFailing => format!("canary {rollout}: cannot read Envoy stats; holding at {}", d.from.stage_name),
+            AlertKind::NotApplied => {
+                format!("canary {rollout}: not every Envoy applied epoch {} ({})", d.from.epoch, d.from.stage_name)
+            }
+        };
+        Alert {
+            kind,
+            rollout: rollout.to_string(),
+            at: d.at,
+            seq: d.seq,
+            stage: d.to.stage_name.clone(),
+            challenger_weight_bp: d.to.weight.bp(),
+            title,
+            reasons: d.reasons.clone(),
+        }
+    }
+
+    /// The body for a webhook of the given format.
+    pub fn payload(&self, format: WebhookFormat) -> serde_json::Value {
+        match format {
+            WebhookFormat::Json => serde_json::to_value(self).unwrap_or_default(),
+            WebhookFormat::Slack => {
+                let mut text = format!("*{}*", self.title);
+                for r in &self.reasons {
+                    text.push_str("\n• ");
+                    text.push_str(r);
+                }
+                serde_json::json!({ "text": text })
+            }
+        }
+    }
+}
+
+/// Sends alerts to the spec's webhooks.
+#[derive(Debug, Clone)]
+pub struct Alerter {
+    hooks: Vec<WebhookSpec>,
+    client: reqwest::Client,
+    attempts: u32,
+    first_backoff: Duration,
+}
+
+impl Alerter {
+    pub fn new(hooks: Vec<WebhookSpec>) -> Alerter {
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(3)).build().unwrap_or_default();
+        Alerter { hooks, client, attempts: 5, first_backoff: Duration::from_millis(200) }
+    }
+
+    pub fn with_retries(mut self, attempts: u32, first_backoff: Duration) -> Alerter {
+        self.attempts = attempts.max(1);
+        self.first_backoff = first_backoff;
+        self
+    }
+
+    /// Sends to every hook, retrying each with doubling backoff; returns one
+    /// result per hook.
+    pub async fn send(&self, alert: &Alert) -> Vec<Result<u32, String>> {
+        tracing::warn!(kind = ?alert.kind, "{}", alert.title);
+        let sends = self.hooks.iter().map(|hook| self.send_one(hook, alert));
+        futures::future::join_all(sends).await
+    }
+
+    /// Sends without waiting (the daemon's way).
+    pub fn spawn(&self, alert: Alert) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            for (hook, result) in this.hooks.iter().zip(this.send(&alert).await) {
+                if let Err(e) = result {
+                    tracing::error!(url = %hook.url, "alert not delivered: {e}");
+                }
+            }
+        });
+    }
+
+    /// `Ok(attempts used)` or the last error.
+    async fn send_one(&self, hook: &WebhookSpec, alert: &Alert) -> Result<u32, String> {
+        let body = alert.payload(hook.format);
+        let mut backoff = self.first_backoff;
+        let mut last = String::new();
+        for attempt in 1..=self.attempts {
+            match self.client.post(&hook.url).json(&body).send().await {
+                Ok(r) if r.status().is_success() => return Ok(attempt),
+                Ok(r) => last = format!("{} answered {}", hook.url, r.status()),
+                Err(e) => last = format!("{}: {e}", hook.url),
+            }
+            if attempt < self.attempts {
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+            }
+        }
+        Err(format!("{last} (after {} attempts)", self.attempts))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+
+    use axum::http::StatusCode;
+    use axum::routing::post;
+    use axum::{Json, Router};
+
+    use super::*;
+    use crate::rollout::{Action, Target};
+
+    fn decision() -> Decision {
+        let t = |name: &str, bp| Target {
+            stage: 0,
+            stage_name: name.into(),
+            weight: canary_core::Weight::from_bp(bp).unwrap(),
+            epoch: 1,
+        };
+        Decision {
+            seq: 7,
+            at: 1000,
+            action: Action::Rollback,
+            manual: false,
+            from: t("5pct", 500),
+            to: t("rolled-back", 0),
+            reasons: vec!["ErrorRate gate failed: 9% vs 1%".into()],
+            gates: vec![],
+            window: None,
+            alerts: vec![AlertKind::Rollback],
+        }
+    }
+
+    #[test]
+    fn slack_payload_is_text_with_the_reasons() {
+        let a = Alert::from_decision("recs", AlertKind::Rollback, &decision());
+        let text = a.payload(WebhookFormat::Slack)["text"].as_str().unwrap().to_string();
+        assert!(text.starts_with("*canary recs: rolled back to 0% from 5pct (a gate failed)*"), "{text}");
+        assert!(text.contains("• ErrorRate gate failed"), "{text}");
+        let json = a.payload(WebhookFormat::Json);
+        assert_eq!(json["kind"], "rollback");
+        assert_eq!(json["seq"], 7);
+    }
+
+    #[tokio::test]
+    async fn a_failing_webhook_is_retried_until_it_answers() {
+        let calls = Arc::new(AtomicU32::new(0));
+        let c = calls.clone();
+        let app = Router::new().route(
+            "/hook",
+            post(move |Json(_): Json<serde_json::Value>| {
+                let c = c.clone();
+                async move {
+                    if c.fetch_add(1, Ordering::SeqCst) < 2 {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    } else {
+                        StatusCode::OK
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let alerter = Alerter::new(vec![
+            WebhookSpec { url: format!("http://{addr}/hook"), format: WebhookFormat::Json },
+            WebhookSpec { url: "http://127.0.0.1:1/closed".into(), format: WebhookFormat::Slack },
+        ])
+        .with_retries(4, Duration::from_millis(10));
+        let results = alerter.send(&Alert::from_decision("r", AlertKind::Rollback, &decision())).await;
+        assert_eq!(results[0], Ok(3));
+        assert!(results[1].as_ref().unwrap_err().contains("after 4 attempts"), "{results:?}");
+    }
+}

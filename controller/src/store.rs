@@ -1,0 +1,277 @@
+//! The rollout's durable home, a directory:
+//!
+//! ```text
+//!   spec.yaml        the spec as the rollout started (gates fixed up front)
+//!   state.json       RolloutState, replaced atomically
+//!   decisions.jsonl  every decision, one JSON line each, seq 1, 2, 3 … without gaps
+//!   lock             flock: one writer at a time (daemon, CLI commands)
+//!   daemon.pid       the running daemon, if any
+//! ```
+//!
+//! Order of writes for a decision: state first, then the log line. A crash
+//! between the two is repaired on the next open: the state keeps its last
+//! decision, and [`Store::repair_log`] appends it if the log lacks it, so the
+//! log has neither gaps nor duplicates.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+
+use fs2::FileExt;
+
+use crate::durable;
+use crate::rollout::{Decision, RolloutState};
+use crate::spec::{RolloutSpec, SpecError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot {what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is corrupt: {message}")]
+    Corrupt { path: PathBuf, message: String },
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The state directory.
+#[derive(Debug, Clone)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+/// Held while reading-modifying-writing; released on drop.
+pub struct Lock {
+    file: File,
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        let _ = FileExt::unlock(&self.file);
+    }
+}
+
+fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io { what, path: path.to_path_buf(), source }
+}
+
+impl Store {
+    /// Opens (creating if needed) a state directory.
+    pub fn open(dir: impl Into<PathBuf>) -> Result<Store> {
+        let dir = dir.into();
+        fs::create_dir_all(&dir).map_err(io("create the state directory", &dir))?;
+        Ok(Store { dir })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Takes the exclusive lock (waits for the holder).
+    pub fn lock(&self) -> Result<Lock> {
+        let p = self.path("lock");
+        let file = OpenOptions::new().create(true).truncate(false).write(true).open(&p).map_err(io("open", &p))?;
+        file.lock_exclusive().map_err(io("lock", &p))?;
+        Ok(Lock { file })
+    }
+
+    pub fn load_spec(&self) -> Result<Option<RolloutSpec>> {
+        let p = self.path("spec.yaml");
+        if !p.exists() {
+            return Ok(None);
+        }
+        Ok(Some(RolloutSpec::load(&p)?))
+    }
+
+    pub fn save_spec(&self, spec: &RolloutSpec) -> Result<()> {
+        let p = self.path("spec.yaml");
+        durable::write_atomic(&p, spec.to_yaml().as_bytes()).map_err(io("write", &p))
+    }
+
+    pub fn load_state(&self) -> Result<Option<RolloutState>> {
+        let p = self.path("state.json");
+        let bytes = match fs::read(&p) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io("read", &p)(e)),
+        };
+        serde_json::from_slice(&bytes).map(Some).map_err(|e| StoreError::Corrupt { path: p, message: e.to_string() })
+    }
+
+    pub fn save_state(&self, state: &RolloutState) -> Result<()> {
+        let p = self.path("state.json");
+        let bytes = serde_json::to_vec_pretty(state).map_err(|e| StoreError::Corrupt { path: p.clone(), message: e.to_string() })?;
+        durable::write_atomic(&p, &bytes).map_err(io("write", &p))
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.path("decisions.jsonl")
+    }
+
+    pub fn append_decision(&self, d: &Decision) -> Result<()> {
+        let p = self.log_path();
+        let line = serde_json::to_string(d).map_err(|e| StoreError::Corrupt { path: p.clone(), message: e.to_string() })?;
+        durable::append_line(&p, &line).map_err(io("append to", &p))
+    }
+
+    /// Every logged decision, in order. A torn last line (a crash mid-append)
+    /// is skipped; a bad line elsewhere is corruption.
+    pub fn decisions(&self) -> Result<Vec<Decision>> {
+        let p = self.log_path();
+        let file = match File::open(&p) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+            Err(e) => return Err(io("read", &p)(e)),
+        };
+        let lines: Vec<String> = BufReader::new(file).lines().collect::<std::io::Result<_>>().map_err(io("read", &p))?;
+        let mut out = Vec::with_capacity(lines.len());
+        for (i, line) in lines.iter().enumerate() {
+            match serde_json::from_str::<Decision>(line) {
+                Ok(d) => out.push(d),
+                Err(_) if i + 1 == lines.len() => break,
+                Err(e) => return Err(StoreError::Corrupt { path: p, message: format!("line {}: {e}", i + 1) }),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The last `n` decisions (reads the whole log; it grows by one line per
+    /// interval, so this stays cheap for the life of a rollout).
+    pub fn recent_decisions(&self, n: usize) -> Result<Vec<Decision>> {
+        let all = self.decisions()?;
+        Ok(all[all.len().saturating_sub(n)..].to_vec())
+    }
+
+    /// Makes the log agree with the state after a crash: drops a torn last
+    /// line, appends the state's last decision if the log lacks it.
+    pub fn repair_log(&self, state: &RolloutState) -> Result<()> {
+        let p = self.log_path();
+        let decisions = self.decisions()?;
+        let good_len: usize = decisions.iter().map(|d| serde_json::to_string(d).map_or(0, |l| l.len() + 1)).sum();
+        if let Ok(meta) = fs::metadata(&p) {
+            if meta.len() as usize != good_len && !decisions.is_empty() {
+                // Rewrite without the torn tail.
+                let text: String =
+                    decisions.iter().filter_map(|d| serde_json::to_string(d).ok()).map(|l| l + "\n").collect();
+                durable::write_atomic(&p, text.as_bytes()).map_err(io("repair", &p))?;
+            } else if decisions.is_empty() && meta.len() > 0 {
+                durable::write_atomic(&p, b"").map_err(io("repair", &p))?;
+            }
+        }
+        let logged = decisions.last().map_or(0, |d| d.seq);
+        match &state.last_decision {
+            Some(d) if d.seq > logged => {
+                if d.seq != logged + 1 {
+                    return Err(StoreError::Corrupt {
+                        path: p,
+                        message: format!("log ends at decision {logged} but the state is at {}", d.seq),
+                    });
+                }
+                self.append_decision(d)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    pub fn pid_path(&self) -> PathBuf {
+        self.path("daemon.pid")
+    }
+
+    /// The running daemon's PID, if its pid file names a live process.
+    pub fn daemon_pid(&self) -> Option<u32> {
+        let pid: u32 = fs::read_to_string(self.pid_path()).ok()?.trim().parse().ok()?;
+        Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rollout::Command;
+
+    fn spec() -> RolloutSpec {
+        RolloutSpec::from_yaml(
+            r#"
+rollout: r
+champion: v1
+challenger: v2
+stages: [{ weight_percent: 10, min_requests: 1 }, { weight_percent: 100 }]
+gates: { error_rate: { error_tolerance: 1 } }
+envoy: { admin: ["http://a"], ecds_dir: /x, wasm: /y }
+"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn state_and_spec_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.load_state().unwrap().is_none());
+        let s = RolloutState::start(&spec(), 5);
+        store.save_state(&s).unwrap();
+        store.save_spec(&spec()).unwrap();
+        assert_eq!(store.load_state().unwrap(), Some(s));
+        assert_eq!(store.load_spec().unwrap(), Some(spec()));
+    }
+
+    #[test]
+    fn a_crash_between_state_and_log_is_repaired_without_gap_or_duplicate() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let spec = spec();
+        let s0 = RolloutState::start(&spec, 0);
+        let (s1, d1) = s0.command(&spec, Command::Pause, "", 1).unwrap();
+        store.save_state(&s1).unwrap();
+        store.append_decision(&d1).unwrap();
+        let (s2, _) = s1.command(&spec, Command::Resume, "", 2).unwrap();
+        store.save_state(&s2).unwrap();
+        // Crash here: decision 2 is in the state only.
+        store.repair_log(&s2).unwrap();
+        store.repair_log(&s2).unwrap();
+        let seqs: Vec<u64> = store.decisions().unwrap().iter().map(|d| d.seq).collect();
+        assert_eq!(seqs, [1, 2]);
+    }
+
+    #[test]
+    fn a_torn_last_line_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let spec = spec();
+        let (s1, d1) = RolloutState::start(&spec, 0).command(&spec, Command::Pause, "", 1).unwrap();
+        store.append_decision(&d1).unwrap();
+        durable::append_line(&store.log_path(), "{\"seq\": 2, \"at\"").unwrap();
+        assert_eq!(store.decisions().unwrap().len(), 1);
+        store.repair_log(&s1).unwrap();
+        let text = fs::read_to_string(store.log_path()).unwrap();
+        assert_eq!(text.lines().count(), 1);
+    }
+
+    #[test]
+    fn unwritable_directory_is_reported_with_its_path() {
+        let store = Store { dir: PathBuf::from("/nonexistent/state") };
+        let e = store.save_state(&RolloutState::start(&spec(), 0)).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/state/state.json"), "{e}");
+    }
+
+    #[test]
+    fn the_lock_is_exclusive() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let held = store.lock().unwrap();
+        let other = OpenOptions::new().write(true).open(dir.path().join("lock")).unwrap();
+        assert!(other.try_lock_exclusive().is_err());
+        drop(held);
+        assert!(other.try_lock_exclusive().is_ok());
+    }
+}
