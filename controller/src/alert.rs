@@ -31,7 +31,9 @@ impl Alert {
                 d.from.stage_name,
                 if d.manual { "by an operator" } else { "a gate failed" }
             ),
-            AlertKind::SourceFailing => format!("canary {rollout}: cannot read Envoy stats; holding at {}", d.from.stage_name),
+            AlertKind::SourceFailing => {
+                format!("canary {rollout}: cannot read Envoy stats; holding at {}", d.from.stage_name)
+            }
             AlertKind::NotApplied => {
                 format!("canary {rollout}: not every Envoy applied epoch {} ({})", d.from.epoch, d.from.stage_name)
             }

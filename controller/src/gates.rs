@@ -112,7 +112,14 @@ pub fn evaluate(
     let mut out = vec![];
     let n = (champion.answered(), challenger.answered());
     if let Some(g) = &spec.error_rate {
-        out.push(rate_gate(GateKind::ErrorRate, "5xx rate", n, champion.errors(), challenger.errors(), g.error_tolerance));
+        out.push(rate_gate(
+            GateKind::ErrorRate,
+            "5xx rate",
+            n,
+            champion.errors(),
+            challenger.errors(),
+            g.error_tolerance,
+        ));
     }
     if let Some(g) = &spec.latency {
         let q = g.quantile;
@@ -155,7 +162,14 @@ pub fn evaluate(
         ));
     }
     if let Some(g) = &spec.timeouts {
-        out.push(rate_gate(GateKind::Timeouts, "timeout rate", n, champion.timeouts, challenger.timeouts, g.timeout_tolerance));
+        out.push(rate_gate(
+            GateKind::Timeouts,
+            "timeout rate",
+            n,
+            champion.timeouts,
+            challenger.timeouts,
+            g.timeout_tolerance,
+        ));
     }
     if let Some(g) = &spec.labels {
         let (a, b) = (labels.champion, labels.challenger);
@@ -260,7 +274,12 @@ mod tests {
 
     #[test]
     fn a_healthy_challenger_passes_every_gate_with_data() {
-        let r = evaluate(&all_gates(), &window(990, 10, 1, 100.0), &window(995, 5, 0, 110.0), &labels((50, 0.9), (50, 0.89)));
+        let r = evaluate(
+            &all_gates(),
+            &window(990, 10, 1, 100.0),
+            &window(995, 5, 0, 110.0),
+            &labels((50, 0.9), (50, 0.89)),
+        );
         assert_eq!(outcome(&r, GateKind::ErrorRate), (Outcome::Pass, false));
         assert_eq!(outcome(&r, GateKind::Latency), (Outcome::Pass, false));
         assert_eq!(outcome(&r, GateKind::Timeouts), (Outcome::Pass, false));
@@ -286,7 +305,8 @@ mod tests {
 
     #[test]
     fn margins_and_thresholds_are_reported() {
-        let r = evaluate(&all_gates(), &window(990, 10, 0, 100.0), &window(980, 20, 0, 100.0), &LabelEvidence::default());
+        let r =
+            evaluate(&all_gates(), &window(990, 10, 0, 100.0), &window(980, 20, 0, 100.0), &LabelEvidence::default());
         let e = r.iter().find(|r| r.gate == GateKind::ErrorRate).unwrap();
         assert_eq!((e.champion_n, e.challenger_n), (1000, 1000));
         assert!((e.threshold.unwrap() - 0.02).abs() < 1e-12);

@@ -2,12 +2,14 @@
 //! configuration. This first part holds the configuration sinks.
 
 pub mod alert;
+pub mod control;
+pub mod daemon;
 pub mod durable;
 pub mod gates;
 pub mod labels;
 pub mod rollout;
 pub mod sink;
+pub mod source;
 pub mod spec;
 pub mod store;
-pub mod source;
 pub mod window;

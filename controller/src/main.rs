@@ -1,11 +1,17 @@
-//! `canary`: the controller's command line.
+//! `canary`: the controller's command line. Commands other than `run` work
+//! whether or not the daemon is running; they share its state directory and
+//! take the same lock.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
+use canary_controller::control::{Controller, Status};
+use canary_controller::daemon;
+use canary_controller::rollout::Command as RolloutCommand;
 use canary_controller::sink::EcdsFileSink;
+use canary_controller::spec::RolloutSpec;
 use canary_core::FilterConfig;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 /// Progressive delivery of ML model versions on Envoy.
 #[derive(Parser)]
@@ -15,13 +21,48 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Output {
+    Human,
+    Json,
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Run the rollout: evaluate every interval, advance, hold or roll back, until it ends.
+    Run {
+        /// The rollout spec (YAML). Needed to start; afterwards the stored copy is used.
+        #[arg(long)]
+        spec: Option<PathBuf>,
+        /// The rollout's state directory.
+        #[arg(long, env = "CANARY_STATE_DIR")]
+        state_dir: PathBuf,
+        /// Accept a spec that differs from the one the rollout started with (recorded).
+        #[arg(long)]
+        accept_spec_change: bool,
+    },
+    /// Show the stage, weight, time and requests left, and the last decision.
+    Status {
+        #[arg(long, env = "CANARY_STATE_DIR")]
+        state_dir: PathBuf,
+        #[arg(long, value_enum, default_value = "human")]
+        output: Output,
+    },
+    /// Stop automatic progression (and automatic rollback) until `resume`.
+    Pause(Manual),
+    /// Resume automatic progression.
+    Resume(Manual),
+    /// Move to the next stage now, without waiting for the gates.
+    Advance(Manual),
+    /// Send every user back to the champion now (0 % challenger).
+    Rollback(Manual),
     /// Check a filter plugin configuration (JSON) with the filter's own rules.
     CheckConfig {
         /// The plugin configuration file.
         file: PathBuf,
     },
+    /// Check a rollout spec (YAML).
+    CheckSpec { file: PathBuf },
     /// Validate a filter plugin configuration and write it as the ECDS file
     /// Envoy watches (atomically: temp file, then rename).
     Push {
@@ -36,6 +77,17 @@ enum Command {
     },
 }
 
+#[derive(clap::Args)]
+struct Manual {
+    #[arg(long, env = "CANARY_STATE_DIR")]
+    state_dir: PathBuf,
+    /// Why (goes into the decision log and the alert).
+    #[arg(long, default_value = "")]
+    reason: String,
+    #[arg(long, value_enum, default_value = "human")]
+    output: Output,
+}
+
 fn read_config(file: &PathBuf) -> anyhow::Result<FilterConfig> {
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let config = FilterConfig::from_json(&bytes).with_context(|| format!("{} is refused", file.display()))?;
@@ -43,15 +95,107 @@ fn read_config(file: &PathBuf) -> anyhow::Result<FilterConfig> {
     Ok(config)
 }
 
-fn main() -> anyhow::Result<()> {
+fn ms(ms: u64) -> String {
+    humantime::format_duration(std::time::Duration::from_millis(ms / 100 * 100)).to_string()
+}
+
+fn print_status(s: &Status) {
+    println!(
+        "rollout {}: {}, stage {}/{} {} — challenger {} at {}, epoch {}",
+        s.rollout,
+        s.phase,
+        s.stage + 1,
+        s.stages,
+        s.stage_name,
+        s.challenger,
+        canary_core::Weight::from_bp(u64::from(s.weight_bp)).unwrap_or_default(),
+        s.epoch
+    );
+    if let Some(e) = s.in_stage_ms {
+        let left = s.time_left_ms.map_or(String::new(), |l| format!(", {} left of the minimum", ms(l)));
+        println!("  in stage for {}{left}", ms(e));
+    }
+    if let Some((a, b)) = s.requests_left {
+        println!("  responses still needed before judging: {a} champion, {b} challenger");
+    }
+    match &s.last_decision {
+        Some(d) => {
+            println!(
+                "  last decision #{} ({:?}{}): {}",
+                d.seq,
+                d.action,
+                if d.manual { ", manual" } else { "" },
+                d.reasons.join("; ")
+            );
+            for g in &d.gates {
+                println!("    {:?}: {:?} — {}", g.gate, g.outcome, g.detail);
+            }
+        }
+        None => println!("  no decision yet"),
+    }
+    match s.daemon_pid {
+        Some(pid) => println!("  daemon running (pid {pid}); state in {}", s.state_dir),
+        None => println!("  daemon not running; state in {}", s.state_dir),
+    }
+}
+
+async fn manual(command: RolloutCommand, m: Manual) -> anyhow::Result<()> {
+    let Manual { state_dir, reason, output } = m;
+    let mut c = Controller::open(&state_dir, None, false)?;
+    let d = c.command(command, &reason).await?;
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&d)?),
+        Output::Human => println!(
+            "#{} {:?}: {} ({}) → {} ({}), epoch {}",
+            d.seq, d.action, d.from.stage_name, d.from.weight, d.to.stage_name, d.to.weight, d.to.epoch
+        ),
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
     let Cli { command } = Cli::parse();
     match command {
+        Command::Run { spec, state_dir, accept_spec_change } => {
+            let spec = spec.map(|p| RolloutSpec::load(&p)).transpose()?;
+            let controller = Controller::open(&state_dir, spec, accept_spec_change)?;
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            let pid_path = controller.store.pid_path();
+            tokio::select! {
+                r = daemon::run(controller) => r?,
+                _ = tokio::signal::ctrl_c() => { let _ = std::fs::remove_file(&pid_path); }
+                _ = term.recv() => { let _ = std::fs::remove_file(&pid_path); }
+            }
+        }
+        Command::Status { state_dir, output } => {
+            let c = Controller::open(&state_dir, None, false)?;
+            let s = c.status()?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&s)?),
+                Output::Human => print_status(&s),
+            }
+        }
+        Command::Pause(m) => manual(RolloutCommand::Pause, m).await?,
+        Command::Resume(m) => manual(RolloutCommand::Resume, m).await?,
+        Command::Advance(m) => manual(RolloutCommand::Advance, m).await?,
+        Command::Rollback(m) => manual(RolloutCommand::Rollback, m).await?,
         Command::CheckConfig { file } => {
             let c = read_config(&file)?;
             println!(
                 "ok: rollout {} epoch {} stage {}: {} at {}, {} otherwise",
                 c.rollout, c.epoch, c.stage, c.challenger, c.challenger_weight_bp, c.champion
             );
+        }
+        Command::CheckSpec { file } => {
+            let s = RolloutSpec::load(&file)?;
+            let stages: Vec<String> =
+                (0..s.stages.len()).map(|i| format!("{} {}", s.stage_name(i), s.stage_weight(i))).collect();
+            println!("ok: rollout {}: {} → {}; stages {}", s.rollout, s.champion, s.challenger, stages.join(", "));
         }
         Command::Push { file, ecds_dir, wasm } => {
             let c = read_config(&file)?;

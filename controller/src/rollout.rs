@@ -199,9 +199,19 @@ impl RolloutState {
     /// Where traffic should be now.
     pub fn target(&self, spec: &RolloutSpec) -> Target {
         if self.phase == Phase::RolledBack {
-            return Target { stage: self.stage, stage_name: ROLLED_BACK_STAGE.into(), weight: Weight::ZERO, epoch: self.epoch };
+            return Target {
+                stage: self.stage,
+                stage_name: ROLLED_BACK_STAGE.into(),
+                weight: Weight::ZERO,
+                epoch: self.epoch,
+            };
         }
-        Target { stage: self.stage, stage_name: spec.stage_name(self.stage), weight: spec.stage_weight(self.stage), epoch: self.epoch }
+        Target {
+            stage: self.stage,
+            stage_name: spec.stage_name(self.stage),
+            weight: spec.stage_weight(self.stage),
+            epoch: self.epoch,
+        }
     }
 
     /// The filter configuration for [`RolloutState::target`].
@@ -310,7 +320,10 @@ impl RolloutState {
             Ok(w) if !w.coverage.failures.is_empty() => {
                 let c = &w.coverage;
                 let list: Vec<String> = c.failures.iter().map(|f| format!("{}: {}", f.endpoint, f.error)).collect();
-                return source_failed(next, format!("{} of {} Envoys failed: {}", c.failures.len(), c.endpoints, list.join("; ")));
+                return source_failed(
+                    next,
+                    format!("{} of {} Envoys failed: {}", c.failures.len(), c.endpoints, list.join("; ")),
+                );
             }
             Ok(w) => w,
         };
@@ -329,7 +342,11 @@ impl RolloutState {
                 c.endpoints - c.applied,
                 c.endpoints,
                 self.epoch,
-                if late { format!(" (more than {:?} since the push)", spec.envoy.apply_timeout) } else { String::new() }
+                if late {
+                    format!(" (more than {:?} since the push)", spec.envoy.apply_timeout)
+                } else {
+                    String::new()
+                }
             );
             return hold(next, vec![reason], vec![], None, alerts);
         }
@@ -352,16 +369,30 @@ impl RolloutState {
             return hold(next, vec![reason], results, Some(summary), vec![]);
         }
 
-        let failed: Vec<String> =
-            results.iter().filter(|r| r.outcome == Outcome::Fail).map(|r| format!("{:?} gate failed: {}", r.gate, r.detail)).collect();
+        let failed: Vec<String> = results
+            .iter()
+            .filter(|r| r.outcome == Outcome::Fail)
+            .map(|r| format!("{:?} gate failed: {}", r.gate, r.detail))
+            .collect();
         if !failed.is_empty() {
-            return next.finish(Action::Rollback, false, now, spec, (failed, results, Some(summary), vec![AlertKind::Rollback]));
+            return next.finish(
+                Action::Rollback,
+                false,
+                now,
+                spec,
+                (failed, results, Some(summary), vec![AlertKind::Rollback]),
+            );
         }
 
-        let mut waiting: Vec<String> = results.iter().filter(|r| r.blocks).map(|r| format!("{:?}: {}", r.gate, r.detail)).collect();
+        let mut waiting: Vec<String> =
+            results.iter().filter(|r| r.blocks).map(|r| format!("{:?}: {}", r.gate, r.detail)).collect();
         let min_ms = stage.min_duration.as_millis() as u64;
         if elapsed_ms < min_ms {
-            waiting.push(format!("{:.1} s more in the stage (minimum {:?})", (min_ms - elapsed_ms) as f64 / 1000.0, stage.min_duration));
+            waiting.push(format!(
+                "{:.1} s more in the stage (minimum {:?})",
+                (min_ms - elapsed_ms) as f64 / 1000.0,
+                stage.min_duration
+            ));
         }
         if !waiting.is_empty() {
             return hold(next, waiting, results, Some(summary), vec![]);
@@ -384,10 +415,8 @@ impl RolloutState {
         reason: &str,
         now: Millis,
     ) -> Result<(RolloutState, Decision), CommandRefused> {
-        let refuse = || CommandRefused {
-            command: format!("{command:?}").to_lowercase(),
-            phase: self.phase.to_string(),
-        };
+        let refuse =
+            || CommandRefused { command: format!("{command:?}").to_lowercase(), phase: self.phase.to_string() };
         let mut next = self.clone();
         let why = if reason.is_empty() { "no reason given".to_string() } else { reason.to_string() };
         let action = match (command, self.phase) {
@@ -520,9 +549,10 @@ alerts: { source_failures: 2 }
         let mut partial = window(1, 500, 0, 0);
         partial.coverage.failures.push(EndpointFailure { endpoint: "http://b".into(), error: "timed out".into() });
         let mut alerts = vec![];
-        for (i, w) in [Err("connection refused".to_string()), Ok(partial.clone()), Err("x".into()), Ok(window(7, 500, 0, 0))]
-            .into_iter()
-            .enumerate()
+        for (i, w) in
+            [Err("connection refused".to_string()), Ok(partial.clone()), Err("x".into()), Ok(window(7, 500, 0, 0))]
+                .into_iter()
+                .enumerate()
         {
             let (next, d) = s.step(&spec, w.as_ref().map_err(|e| e.clone()), 100_000 + i as u64 * 1000);
             assert_eq!(d.action, Action::Hold, "{:?}", d.reasons);

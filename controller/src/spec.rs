@@ -202,6 +202,8 @@ fn default_apply_timeout() -> Duration {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FilterSpec {
+    /// `[{header: x-user-id}, {cookie: uid}]`, as in the plugin configuration.
+    #[serde(with = "serde_yaml_ng::with::singleton_map_recursive")]
     pub key: Vec<KeySource>,
     pub unkeyed: UnkeyedPolicy,
     pub headers: OwnedHeaders,
@@ -344,7 +346,10 @@ impl RolloutSpec {
             previous = w;
         }
         if previous != Weight::FULL {
-            return Err(invalid(format!("stages[{}].weight_percent", self.stages.len() - 1), "the last stage must be 100"));
+            return Err(invalid(
+                format!("stages[{}].weight_percent", self.stages.len() - 1),
+                "the last stage must be 100",
+            ));
         }
         // The filter's own rules check names, salt and headers, for every stage.
         for i in 0..self.stages.len() {
@@ -362,7 +367,11 @@ impl RolloutSpec {
             return Err(invalid("interval", "must be above 0"));
         }
         let g = &self.gates;
-        if g.error_rate.is_none() && g.latency.is_none() && g.prediction.is_none() && g.timeouts.is_none() && g.labels.is_none()
+        if g.error_rate.is_none()
+            && g.latency.is_none()
+            && g.prediction.is_none()
+            && g.timeouts.is_none()
+            && g.labels.is_none()
         {
             return Err(invalid("gates", "needs at least one gate; a rollout with no gate advances on time alone"));
         }
@@ -378,7 +387,10 @@ impl RolloutSpec {
         }
         if let Some(l) = &g.latency {
             if !(l.latency_tolerance_multiplier.is_finite() && l.latency_tolerance_multiplier >= 1.0) {
-                return Err(invalid("gates.latency.latency_tolerance_multiplier", "must be >= 1 (1.2 = 20 % slower allowed)"));
+                return Err(invalid(
+                    "gates.latency.latency_tolerance_multiplier",
+                    "must be >= 1 (1.2 = 20 % slower allowed)",
+                ));
             }
             if !(l.quantile > 0.0 && l.quantile < 1.0) {
                 return Err(invalid("gates.latency.quantile", "must be within (0, 1), e.g. 0.99"));
@@ -403,7 +415,10 @@ impl RolloutSpec {
         }
         for (i, url) in self.envoy.admin.iter().enumerate() {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(invalid(format!("envoy.admin[{i}]"), format!("`{url}` must start with http:// or https://")));
+                return Err(invalid(
+                    format!("envoy.admin[{i}]"),
+                    format!("`{url}` must start with http:// or https://"),
+                ));
             }
         }
         for (i, hook) in self.alerts.webhooks.iter().enumerate() {
@@ -412,7 +427,10 @@ impl RolloutSpec {
             }
         }
         if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(invalid("server.listen", format!("`{}` is not an address like 127.0.0.1:8080", self.server.listen)));
+            return Err(invalid(
+                "server.listen",
+                format!("`{}` is not an address like 127.0.0.1:8080", self.server.listen),
+            ));
         }
         Ok(())
     }
@@ -451,6 +469,8 @@ envoy:
   admin: ["http://127.0.0.1:9901"]
   ecds_dir: /var/run/canary
   wasm: /etc/envoy/canary_filter.wasm
+filter:
+  key: [{ header: x-user-id }, { cookie: uid }]
 alerts:
   webhooks: [{ url: "https://hooks.slack.com/services/x", format: slack }]
 "#;
@@ -487,6 +507,9 @@ alerts:
         assert_eq!(spec.stages[0].min_duration, Duration::from_secs(DAY));
         assert_eq!(spec.salt(), "recs-v2");
         assert_eq!(spec.gates.prediction.as_ref().unwrap().on_no_data, NoDataPolicy::Ignore);
+        assert_eq!(spec.filter.key, vec![KeySource::Header("x-user-id".into()), KeySource::Cookie("uid".into())]);
+        // What the store writes back reads the same.
+        assert_eq!(RolloutSpec::from_yaml(&spec.to_yaml()).unwrap(), spec);
     }
 
     #[test]
@@ -494,9 +517,8 @@ alerts:
         let spec = with(&["stages"], serde_yaml_ng::Value::Null);
         // `stages: null` is a type error; omitting the field gives the default.
         assert!(spec.is_err());
-        let text = EXAMPLE.split("stages:").next().unwrap().to_string()
-            + "gates:"
-            + EXAMPLE.split("gates:").nth(1).unwrap();
+        let text =
+            EXAMPLE.split("stages:").next().unwrap().to_string() + "gates:" + EXAMPLE.split("gates:").nth(1).unwrap();
         let spec = RolloutSpec::from_yaml(&text).unwrap();
         let weights: Vec<u16> = (0..spec.stages.len()).map(|i| spec.stage_weight(i).bp()).collect();
         assert_eq!(weights, [100, 500, 2000, 5000, 10_000]);
@@ -513,7 +535,11 @@ alerts:
             (vec!["challenger"], "v1".into(), "challenger"),
             (vec!["interval"], "soon".into(), "interval"),
             (vec!["colour"], "red".into(), "colour"),
-            (vec!["gates", "latency", "latency_tolerance_multiplier"], 0.5.into(), "gates.latency.latency_tolerance_multiplier"),
+            (
+                vec!["gates", "latency", "latency_tolerance_multiplier"],
+                0.5.into(),
+                "gates.latency.latency_tolerance_multiplier",
+            ),
             (vec!["gates", "error_rate", "error_tolerance"], (-1.0).into(), "gates.error_rate.error_tolerance"),
             (vec!["gates", "labels", "min_labels"], 0.into(), "gates.labels.min_labels"),
             (vec!["gates", "prediction", "on_no_data"], "maybe".into(), "gates.prediction.on_no_data"),

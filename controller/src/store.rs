@@ -110,7 +110,8 @@ impl Store {
 
     pub fn save_state(&self, state: &RolloutState) -> Result<()> {
         let p = self.path("state.json");
-        let bytes = serde_json::to_vec_pretty(state).map_err(|e| StoreError::Corrupt { path: p.clone(), message: e.to_string() })?;
+        let bytes = serde_json::to_vec_pretty(state)
+            .map_err(|e| StoreError::Corrupt { path: p.clone(), message: e.to_string() })?;
         durable::write_atomic(&p, &bytes).map_err(io("write", &p))
     }
 
@@ -120,7 +121,8 @@ impl Store {
 
     pub fn append_decision(&self, d: &Decision) -> Result<()> {
         let p = self.log_path();
-        let line = serde_json::to_string(d).map_err(|e| StoreError::Corrupt { path: p.clone(), message: e.to_string() })?;
+        let line =
+            serde_json::to_string(d).map_err(|e| StoreError::Corrupt { path: p.clone(), message: e.to_string() })?;
         durable::append_line(&p, &line).map_err(io("append to", &p))
     }
 
@@ -133,7 +135,8 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
             Err(e) => return Err(io("read", &p)(e)),
         };
-        let lines: Vec<String> = BufReader::new(file).lines().collect::<std::io::Result<_>>().map_err(io("read", &p))?;
+        let lines: Vec<String> =
+            BufReader::new(file).lines().collect::<std::io::Result<_>>().map_err(io("read", &p))?;
         let mut out = Vec::with_capacity(lines.len());
         for (i, line) in lines.iter().enumerate() {
             match serde_json::from_str::<Decision>(line) {

@@ -498,3 +498,179 @@ impl Rig {
         Envoy::start(&EnvoyOptions::new(&self.champion, &self.challenger)).await
     }
 }
+
+/// Steady keyed load through an Envoy from background tasks, until dropped.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pub ok: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    pub failed: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    /// `clients` concurrent loops, each sending requests for users
+    /// `prefix-0 .. prefix-<users>` in turn; `pause` between requests of one loop.
+    pub fn start(url: String, clients: usize, users: usize, pause: Duration) -> Load {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use std::sync::Arc;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let tasks = (0..clients)
+            .map(|worker| {
+                let (stop, ok, failed, url) = (stop.clone(), ok.clone(), failed.clone(), url.clone());
+                tokio::spawn(async move {
+                    let c = client();
+                    let mut i = worker;
+                    while !stop.load(Ordering::Relaxed) {
+                        let user = format!("load-{}", i % users.max(1));
+                        match get(&c, &url, &[("x-user-id", &user)]).await {
+                            Ok(r) if r.status < 500 => ok.fetch_add(1, Ordering::Relaxed),
+                            _ => failed.fetch_add(1, Ordering::Relaxed),
+                        };
+                        i += clients;
+                        if !pause.is_zero() {
+                            tokio::time::sleep(pause).await;
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load { stop, ok, failed, tasks }
+    }
+
+    pub async fn stop(mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.tasks.drain(..) {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A local webhook receiver that keeps every JSON body it gets.
+pub struct Receiver {
+    pub url: String,
+    pub received: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Receiver {
+    pub async fn start() -> Result<Receiver> {
+        use axum::routing::post;
+        let received = std::sync::Arc::new(std::sync::Mutex::new(vec![]));
+        let r = received.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            post(move |axum::Json(body): axum::Json<serde_json::Value>| {
+                let r = r.clone();
+                async move {
+                    r.lock().unwrap_or_else(|e| e.into_inner()).push(body);
+                    "ok"
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}/hook", listener.local_addr()?);
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Receiver { url, received, task })
+    }
+
+    pub fn bodies(&self) -> Vec<serde_json::Value> {
+        self.received.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Runs `canary` with arguments and returns (success, stdout, stderr).
+pub fn canary(args: &[&str]) -> Result<(bool, String, String)> {
+    let out = Command::new(workspace_bin("canary")?).args(args).output()?;
+    Ok((out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned()))
+}
+
+/// A `canary run` daemon on a state directory; killed when dropped.
+pub struct Daemon {
+    pub proc: Proc,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `canary run`; `spec` is written to the state dir's parent when given.
+    pub fn start(state_dir: &Path, spec: Option<&str>) -> Result<Daemon> {
+        let mut cmd = Command::new(workspace_bin("canary")?);
+        cmd.arg("run").arg("--state-dir").arg(state_dir);
+        if let Some(spec) = spec {
+            let path = state_dir.with_extension("spec.yaml");
+            fs::write(&path, spec)?;
+            cmd.arg("--spec").arg(path);
+        }
+        let log = state_dir.with_extension(format!("daemon-{}.log", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos()));
+        let out = fs::File::create(&log)?;
+        let proc = Proc::spawn("canary run", cmd.stdout(out.try_clone()?).stderr(out))?;
+        Ok(Daemon { proc, log })
+    }
+
+    pub fn output(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for the daemon to exit by itself (the rollout ended).
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.proc.exited() {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("daemon still running after {timeout:?}:\n{}", self.output());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL, no cleanup: a crash.
+    pub fn kill9(&mut self) {
+        self.proc.stop();
+    }
+}
+
+/// The rollout's decision log.
+pub fn decisions(state_dir: &Path) -> Vec<serde_json::Value> {
+    fs::read_to_string(state_dir.join("decisions.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// The rollout's state file.
+pub fn state(state_dir: &Path) -> serde_json::Value {
+    fs::read(state_dir.join("state.json")).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+}
+
+/// A rollout spec for the test versions against one Envoy, compressed to
+/// seconds. `extra` is appended (YAML), e.g. alerts.
+pub fn rollout_spec(rollout: &str, envoy: &Envoy, min_duration: &str, min_requests: u64, gates: &str, extra: &str) -> String {
+    let stage = |w: u32| format!("  - {{ weight_percent: {w}, min_duration: {min_duration}, min_requests: {min_requests} }}\n");
+    format!(
+        "rollout: {rollout}\nchampion: {CHAMPION}\nchallenger: {CHALLENGER}\ninterval: 200ms\nstages:\n{}{}{}{}  - {{ weight_percent: 100 }}\ngates:\n{gates}\nenvoy:\n  admin: [\"http://127.0.0.1:{}\"]\n  ecds_dir: {}\n  wasm: {}\n  timeout: 1s\n  apply_timeout: 5s\nfilter:\n  key: [{{ header: x-user-id }}, {{ cookie: uid }}]\n{extra}",
+        stage(1),
+        stage(5),
+        stage(20),
+        stage(50),
+        envoy.admin_port,
+        envoy.sink.path().parent().map(|p| p.display().to_string()).unwrap_or_default(),
+        wasm_path().map(|p| p.display().to_string()).unwrap_or_default(),
+    )
+}

@@ -1,0 +1,324 @@
+//! The controller's operations, shared by the daemon (`canary run`), the CLI
+//! commands and, later, the dashboard: one code path for every change.
+//!
+//! ```text
+//!  tick:    read stats (no lock) ─► lock ─► reload state ─► RolloutState::step ─► commit ─► unlock ─► alerts
+//!  command: lock ─► reload state ─► RolloutState::command ─► commit ─► unlock ─► alerts
+//!  commit:  rollback: push 0 % first, then state, then log (nothing delays the rollback)
+//!           other:    state first (a failed write changes nothing), then push, then log
+//! ```
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::alert::{Alert, Alerter};
+use crate::labels::{parse_jsonl, Intake, LabelRecord};
+use crate::rollout::{Action, Command, Decision, Millis, Phase, RolloutState};
+use crate::sink::{EcdsFileSink, SinkError};
+use crate::source::{AdminSource, AdminSourceConfig};
+use crate::spec::RolloutSpec;
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error(transparent)]
+    Refused(#[from] crate::rollout::CommandRefused),
+    #[error("no rollout in {0}: start one with `canary run --spec FILE --state-dir DIR`")]
+    NoRollout(String),
+    #[error(
+        "the spec differs from the one rollout `{0}` started with (gates are fixed when a rollout starts); \
+         pass --accept-spec-change to record the change, or use a new --state-dir for a new rollout"
+    )]
+    SpecChanged(String),
+}
+
+pub type Result<T, E = ControlError> = std::result::Result<T, E>;
+
+pub fn now_millis() -> Millis {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A rollout's state directory with its spec, sink and alerter.
+pub struct Controller {
+    pub store: Store,
+    pub spec: RolloutSpec,
+    sink: EcdsFileSink,
+    alerter: Alerter,
+    /// The epoch last written to the sink by this process.
+    pushed_epoch: Option<u64>,
+}
+
+/// What `status` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub rollout: String,
+    pub phase: Phase,
+    pub stage: usize,
+    pub stages: usize,
+    pub stage_name: String,
+    pub weight_bp: u16,
+    pub epoch: u64,
+    pub champion: String,
+    pub challenger: String,
+    pub in_stage_ms: Option<u64>,
+    pub time_left_ms: Option<u64>,
+    /// Responses still needed per version before the gates are judged.
+    pub requests_left: Option<(u64, u64)>,
+    pub last_decision: Option<Decision>,
+    pub daemon_pid: Option<u32>,
+    pub state_dir: String,
+}
+
+impl Controller {
+    /// Opens a state directory. With `spec`, starts the rollout if the
+    /// directory holds none; if it holds one, the spec must be the same
+    /// unless `accept_spec_change` (recorded in the decision log).
+    pub fn open(dir: &Path, spec: Option<RolloutSpec>, accept_spec_change: bool) -> Result<Controller> {
+        let store = Store::open(dir)?;
+        let _lock = store.lock()?;
+        let stored = store.load_spec()?;
+        let spec = match (stored, spec) {
+            (None, None) => return Err(ControlError::NoRollout(dir.display().to_string())),
+            (Some(stored), None) => stored,
+            (None, Some(given)) => {
+                store.save_spec(&given)?;
+                given
+            }
+            (Some(stored), Some(given)) if stored == given => stored,
+            (Some(stored), Some(given)) => {
+                if !accept_spec_change {
+                    return Err(ControlError::SpecChanged(stored.rollout));
+                }
+                if stored.rollout != given.rollout {
+                    return Err(ControlError::SpecChanged(stored.rollout));
+                }
+                store.save_spec(&given)?;
+                given
+            }
+        };
+        let sink = EcdsFileSink::new(&spec.envoy.ecds_dir, &spec.envoy.wasm);
+        let alerter = Alerter::new(spec.alerts.webhooks.clone());
+        let mut c = Controller { store, spec, sink, alerter, pushed_epoch: None };
+        match c.store.load_state()? {
+            Some(state) => c.store.repair_log(&state)?,
+            None => {
+                let state = RolloutState::start(&c.spec, now_millis());
+                c.store.save_state(&state)?;
+                c.push(&state)?;
+            }
+        }
+        Ok(c)
+    }
+
+    pub fn with_alerter(mut self, alerter: Alerter) -> Controller {
+        self.alerter = alerter;
+        self
+    }
+
+    pub fn state(&self) -> Result<RolloutState> {
+        self.store.load_state()?.ok_or_else(|| ControlError::NoRollout(self.store.dir().display().to_string()))
+    }
+
+    fn push(&mut self, state: &RolloutState) -> Result<()> {
+        self.sink.push(&state.filter_config(&self.spec))?;
+        self.pushed_epoch = Some(state.epoch);
+        Ok(())
+    }
+
+    /// Makes sure the sink carries the state's configuration (after a
+    /// restart, or when an earlier push failed).
+    pub fn ensure_pushed(&mut self) -> Result<()> {
+        let state = self.state()?;
+        if self.pushed_epoch != Some(state.epoch) {
+            self.push(&state)?;
+        }
+        Ok(())
+    }
+
+    /// Persists a decision and its effects, in the order that loses nothing.
+    fn commit(&mut self, old: &RolloutState, new: &RolloutState, d: &Decision) -> Result<()> {
+        let moved = new.epoch != old.epoch;
+        if d.action == Action::Rollback {
+            // Traffic first: a rollback must not wait for, or fail on, the disk.
+            let pushed = self.push(new);
+            let saved = self.store.save_state(new);
+            let logged = self.store.append_decision(d);
+            pushed?;
+            saved?;
+            logged?;
+            return Ok(());
+        }
+        self.store.save_state(new)?;
+        let pushed = if moved { self.push(new) } else { Ok(()) };
+        let logged = self.store.append_decision(d);
+        pushed?;
+        logged?;
+        Ok(())
+    }
+
+    fn alert(&self, d: &Decision, wait: bool) -> Vec<Alert> {
+        let alerts: Vec<Alert> = d.alerts.iter().map(|k| Alert::from_decision(&self.spec.rollout, *k, d)).collect();
+        if !wait {
+            for a in &alerts {
+                self.alerter.spawn(a.clone());
+            }
+        }
+        alerts
+    }
+
+    /// An operator's command. Works with or without the daemon running (they
+    /// serialize on the state lock).
+    pub async fn command(&mut self, command: Command, reason: &str) -> Result<Decision> {
+        let decision = {
+            let _lock = self.store.lock()?;
+            let old = self.state()?;
+            self.store.repair_log(&old)?;
+            let (new, d) = old.command(&self.spec, command, reason, now_millis())?;
+            self.commit(&old, &new, &d)?;
+            d
+        };
+        for alert in self.alert(&decision, true) {
+            for (i, r) in self.alerter.send(&alert).await.into_iter().enumerate() {
+                if let Err(e) = r {
+                    tracing::error!("alert to webhook {i} not delivered: {e}");
+                }
+            }
+        }
+        Ok(decision)
+    }
+
+    /// One automatic evaluation. `None` when there was nothing to evaluate
+    /// (paused, ended, or the state changed while the stats were read).
+    pub async fn tick(&mut self, source: &mut AdminSource) -> Result<Option<Decision>> {
+        let before = self.state()?;
+        if before.phase != Phase::Running {
+            return Ok(None);
+        }
+        self.ensure_pushed()?;
+        self.read_labels_file()?;
+        if let Ok(t) = serde_json::from_value(before.source_tracker.clone()) {
+            source.set_tracker(t);
+        }
+        let expected = EcdsFileSink::version_info(&before.filter_config(&self.spec));
+        let window = source.read(&self.spec.rollout, before.epoch, &expected).await;
+
+        let decision = {
+            let _lock = self.store.lock()?;
+            let mut old = self.state()?;
+            if old.epoch != before.epoch || old.phase != Phase::Running {
+                return Ok(None);
+            }
+            old.source_tracker = serde_json::to_value(source.tracker()).unwrap_or_default();
+            let (new, d) = old.step(&self.spec, Ok(&window), now_millis());
+            self.commit(&old, &new, &d)?;
+            d
+        };
+        self.alert(&decision, false);
+        Ok(Some(decision))
+    }
+
+    /// Adds labels (from `POST /labels`).
+    pub fn add_labels(&self, records: &[LabelRecord]) -> Result<Intake> {
+        add_labels(&self.store, &self.spec, records)
+    }
+
+    /// Reads what the labels JSONL file gained since the last read.
+    fn read_labels_file(&self) -> Result<()> {
+        let Some(path) = &self.spec.labels.jsonl else { return Ok(()) };
+        let Ok(bytes) = std::fs::read(path) else { return Ok(()) };
+        let _lock = self.store.lock()?;
+        let mut state = self.state()?;
+        let from = (state.labels_offset as usize).min(bytes.len());
+        // Only whole lines: the writer may be mid-line.
+        let Some(end) = bytes[from..].iter().rposition(|b| *b == b'\n').map(|i| from + i + 1) else { return Ok(()) };
+        let (records, errors) = parse_jsonl(&String::from_utf8_lossy(&bytes[from..end]));
+        for e in errors.iter().take(5) {
+            tracing::warn!("labels file {}: {e}", path.display());
+        }
+        state.labels.add(&self.spec.rollout, &records, |stage, version| label_is_known(&self.spec, stage, version));
+        state.labels_offset = end as u64;
+        self.store.save_state(&state)?;
+        Ok(())
+    }
+
+    pub fn status(&self) -> Result<Status> {
+        status(&self.store, &self.spec)
+    }
+
+    /// A stats source for this spec's Envoys.
+    pub fn source(&self) -> AdminSource {
+        AdminSource::new(AdminSourceConfig {
+            endpoints: self.spec.envoy.admin.clone(),
+            timeout: self.spec.envoy.timeout,
+            max_concurrency: 64,
+        })
+    }
+
+    pub fn interval(&self) -> Duration {
+        self.spec.interval
+    }
+}
+
+/// Whether a label's stage and version belong to this rollout.
+fn label_is_known(spec: &RolloutSpec, stage: &str, version: &str) -> bool {
+    (version == spec.champion || version == spec.challenger)
+        && (0..spec.stages.len()).any(|i| spec.stage_name(i) == stage)
+}
+
+/// Adds labels to the state (under the lock).
+pub fn add_labels(store: &Store, spec: &RolloutSpec, records: &[LabelRecord]) -> Result<Intake> {
+    let _lock = store.lock()?;
+    let mut state = store.load_state()?.ok_or_else(|| ControlError::NoRollout(store.dir().display().to_string()))?;
+    let intake = state.labels.add(&spec.rollout, records, |stage, version| label_is_known(spec, stage, version));
+    if intake.accepted > 0 {
+        store.save_state(&state)?;
+    }
+    Ok(intake)
+}
+
+/// The rollout's status as `canary status` shows it.
+pub fn status(store: &Store, spec: &RolloutSpec) -> Result<Status> {
+    let state = store.load_state()?.ok_or_else(|| ControlError::NoRollout(store.dir().display().to_string()))?;
+    let target = state.target(spec);
+    let stage = spec.stages.get(state.stage);
+    let now = now_millis();
+    let in_stage_ms = state.window_started_at.map(|t| now.saturating_sub(t));
+    let time_left_ms = match (stage, in_stage_ms) {
+        (Some(s), Some(e)) if !state.phase.is_final() => Some((s.min_duration.as_millis() as u64).saturating_sub(e)),
+        _ => None,
+    };
+    let requests_left = match (stage, state.last_decision.as_ref().and_then(|d| d.window.as_ref())) {
+        (Some(s), Some(w))
+            if !state.phase.is_final() && state.last_decision.as_ref().map(|d| d.to.epoch) == Some(state.epoch) =>
+        {
+            Some((
+                s.min_requests.saturating_sub(w.champion.answered()),
+                s.min_requests.saturating_sub(w.challenger.answered()),
+            ))
+        }
+        _ => None,
+    };
+    Ok(Status {
+        rollout: spec.rollout.clone(),
+        phase: state.phase,
+        stage: state.stage,
+        stages: spec.stages.len(),
+        stage_name: target.stage_name,
+        weight_bp: target.weight.bp(),
+        epoch: state.epoch,
+        champion: spec.champion.clone(),
+        challenger: spec.challenger.clone(),
+        in_stage_ms,
+        time_left_ms,
+        requests_left,
+        last_decision: state.last_decision,
+        daemon_pid: store.daemon_pid(),
+        state_dir: store.dir().display().to_string(),
+    })
+}

@@ -1,0 +1,108 @@
+//! `canary run`: the evaluation loop and the daemon's HTTP server (labels
+//! intake and a JSON status), until the rollout ends or a signal arrives.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+
+use crate::control::{self, now_millis, Controller};
+use crate::labels::LabelRecord;
+use crate::rollout::{Action, Decision};
+use crate::spec::RolloutSpec;
+use crate::store::Store;
+
+/// What the HTTP handlers need: the state directory and the spec, not the
+/// controller (its lock is held across a whole evaluation).
+type Shared = Arc<(Store, RolloutSpec)>;
+
+/// One line per decision, for people watching the terminal.
+pub fn progress_line(d: &Decision, started: u64) -> String {
+    let t = d.at.saturating_sub(started) as f64 / 1000.0;
+    let counts = d.window.as_ref().map_or(String::new(), |w| {
+        format!(" [champion {} / challenger {} responses]", w.champion.answered(), w.challenger.answered())
+    });
+    let what = match d.action {
+        Action::Hold => format!("hold at {} ({})", d.from.stage_name, d.from.weight),
+        _ => {
+            format!("{:?} {} ({}) → {} ({})", d.action, d.from.stage_name, d.from.weight, d.to.stage_name, d.to.weight)
+                .to_lowercase()
+        }
+    };
+    format!("[{t:7.1}s] #{} {what}{counts}: {}", d.seq, d.reasons.join("; "))
+}
+
+/// Runs the loop until the rollout ends (promoted or rolled back).
+pub async fn run(controller: Controller) -> anyhow::Result<()> {
+    let store = controller.store.clone();
+    let listen = controller.spec.server.listen.clone();
+    let interval = controller.interval();
+    let mut source = controller.source();
+    let app = Router::new()
+        .route("/labels", post(labels))
+        .route("/status", get(status))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .with_state(Arc::new((store.clone(), controller.spec.clone())));
+    let mut c = controller;
+    let listener = tokio::net::TcpListener::bind(&listen).await?;
+    let addr = listener.local_addr()?;
+    crate::durable::write_atomic(&store.dir().join("daemon.addr"), addr.to_string().as_bytes())?;
+    crate::durable::write_atomic(&store.pid_path(), std::process::id().to_string().as_bytes())?;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    println!(
+        "daemon pid {} serving http://{addr} (POST /labels, GET /status); state in {}",
+        std::process::id(),
+        store.dir().display()
+    );
+
+    let started = now_millis();
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        match c.tick(&mut source).await {
+            Ok(Some(d)) => println!("{}", progress_line(&d, started)),
+            Ok(None) => {}
+            Err(e) => eprintln!("evaluation failed, state unchanged: {e}"),
+        }
+        match c.state() {
+            Ok(s) if s.phase.is_final() => {
+                println!("rollout {} ended: {}", c.spec.rollout, s.phase);
+                break;
+            }
+            Ok(_) => {}
+            Err(e) => eprintln!("cannot read the state: {e}"),
+        }
+    }
+    // Give spawned alerts a moment to go out before the process ends.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let _ = std::fs::remove_file(store.pid_path());
+    Ok(())
+}
+
+async fn labels(State(c): State<Shared>, body: axum::body::Bytes) -> Response {
+    let records: Vec<LabelRecord> = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return (StatusCode::BAD_REQUEST, format!("expected a JSON array of label records: {e}\n")).into_response()
+        }
+    };
+    match control::add_labels(&c.0, &c.1, &records) {
+        Ok(intake) => {
+            let code =
+                if intake.rejected > 0 && intake.accepted == 0 { StatusCode::BAD_REQUEST } else { StatusCode::OK };
+            (code, Json(intake)).into_response()
+        }
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
+}
+
+async fn status(State(c): State<Shared>) -> Response {
+    match control::status(&c.0, &c.1) {
+        Ok(s) => Json(s).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
+}
