@@ -102,12 +102,15 @@ fn pct(x: f64) -> String {
     format!("{:.3}%", x * 100.0)
 }
 
-/// Evaluates every configured gate.
+/// Evaluates every configured gate. `min_samples` is the least number of
+/// latency samples per version for the latency gate to judge (histograms
+/// refresh at Envoy's stats flush, so they can lag the counters).
 pub fn evaluate(
     spec: &GatesSpec,
     champion: &VersionWindow,
     challenger: &VersionWindow,
     labels: &LabelEvidence,
+    min_samples: u64,
 ) -> Vec<GateResult> {
     let mut out = vec![];
     let n = (champion.answered(), challenger.answered());
@@ -126,7 +129,7 @@ pub fn evaluate(
         let (a, b) = (champion.latency_us.quantile(q), challenger.latency_us.quantile(q));
         let hn = (champion.latency_us.count(), challenger.latency_us.count());
         out.push(match (a, b) {
-            (Some(a), Some(b)) => {
+            (Some(a), Some(b)) if hn.0 >= min_samples.max(1) && hn.1 >= min_samples.max(1) => {
                 let limit = a * g.latency_tolerance_multiplier;
                 GateResult::at_most(
                     GateKind::Latency,
@@ -148,7 +151,12 @@ pub fn evaluate(
                 hn.0,
                 hn.1,
                 NoDataPolicy::Hold,
-                "no latency samples yet for both versions (histograms refresh at Envoy's stats flush)".into(),
+                format!(
+                    "{} champion and {} challenger latency samples of {} each (histograms refresh at Envoy's stats flush)",
+                    hn.0,
+                    hn.1,
+                    min_samples.max(1)
+                ),
             ),
         });
     }
@@ -279,6 +287,7 @@ mod tests {
             &window(990, 10, 1, 100.0),
             &window(995, 5, 0, 110.0),
             &labels((50, 0.9), (50, 0.89)),
+            1,
         );
         assert_eq!(outcome(&r, GateKind::ErrorRate), (Outcome::Pass, false));
         assert_eq!(outcome(&r, GateKind::Latency), (Outcome::Pass, false));
@@ -293,20 +302,20 @@ mod tests {
         let g = all_gates();
         let base = window(990, 10, 0, 100.0);
         let ok_labels = labels((50, 0.9), (50, 0.9));
-        let r = evaluate(&g, &base, &window(970, 30, 0, 100.0), &ok_labels);
+        let r = evaluate(&g, &base, &window(970, 30, 0, 100.0), &ok_labels, 1);
         assert_eq!(outcome(&r, GateKind::ErrorRate).0, Outcome::Fail, "3% vs 1% + 1pp");
-        let r = evaluate(&g, &base, &window(990, 10, 0, 300.0), &ok_labels);
+        let r = evaluate(&g, &base, &window(990, 10, 0, 300.0), &ok_labels, 1);
         assert_eq!(outcome(&r, GateKind::Latency).0, Outcome::Fail, "3x p99");
-        let r = evaluate(&g, &base, &window(990, 10, 10, 100.0), &ok_labels);
+        let r = evaluate(&g, &base, &window(990, 10, 10, 100.0), &ok_labels, 1);
         assert_eq!(outcome(&r, GateKind::Timeouts).0, Outcome::Fail, "1% timeouts vs 0 + 0.5pp");
-        let r = evaluate(&g, &base, &base, &labels((50, 0.9), (50, 0.85)));
+        let r = evaluate(&g, &base, &base, &labels((50, 0.9), (50, 0.85)), 1);
         assert_eq!(outcome(&r, GateKind::Labels).0, Outcome::Fail, "0.85 < 0.9 - 0.02");
     }
 
     #[test]
     fn margins_and_thresholds_are_reported() {
         let r =
-            evaluate(&all_gates(), &window(990, 10, 0, 100.0), &window(980, 20, 0, 100.0), &LabelEvidence::default());
+            evaluate(&all_gates(), &window(990, 10, 0, 100.0), &window(980, 20, 0, 100.0), &LabelEvidence::default(), 1);
         let e = r.iter().find(|r| r.gate == GateKind::ErrorRate).unwrap();
         assert_eq!((e.champion_n, e.challenger_n), (1000, 1000));
         assert!((e.threshold.unwrap() - 0.02).abs() < 1e-12);
@@ -319,9 +328,17 @@ mod tests {
     fn missing_data_never_passes() {
         let g = all_gates();
         let empty = VersionWindow::default();
-        let r = evaluate(&g, &window(100, 0, 0, 10.0), &empty, &labels((50, 0.9), (3, 1.0)));
+        let r = evaluate(&g, &window(100, 0, 0, 10.0), &empty, &labels((50, 0.9), (3, 1.0)), 1);
         for gate in [GateKind::ErrorRate, GateKind::Latency, GateKind::Timeouts, GateKind::Labels] {
             assert_eq!(outcome(&r, gate), (Outcome::NoData, true), "{gate:?}");
         }
+    }
+
+    #[test]
+    fn latency_waits_for_enough_samples() {
+        let r = evaluate(&all_gates(), &window(990, 10, 0, 100.0), &window(99, 1, 0, 300.0), &LabelEvidence::default(), 200);
+        assert_eq!(outcome(&r, GateKind::Latency), (Outcome::NoData, true));
+        let r = evaluate(&all_gates(), &window(990, 10, 0, 100.0), &window(199, 1, 0, 300.0), &LabelEvidence::default(), 200);
+        assert_eq!(outcome(&r, GateKind::Latency).0, Outcome::Fail);
     }
 }
