@@ -15,7 +15,10 @@ const GATES: &str = "  error_rate: { error_tolerance: 2 }\n  latency: { latency_
 async fn rig(champion_latency_ms: f64, challenger_latency_ms: f64) -> Rig {
     let rig = Rig::start().await.unwrap();
     rig.champion.control(serde_json::json!({"latency_ms": champion_latency_ms, "latency_sigma": 0.1})).await.unwrap();
-    rig.challenger.control(serde_json::json!({"latency_ms": challenger_latency_ms, "latency_sigma": 0.1})).await.unwrap();
+    rig.challenger
+        .control(serde_json::json!({"latency_ms": challenger_latency_ms, "latency_sigma": 0.1}))
+        .await
+        .unwrap();
     rig
 }
 
@@ -220,10 +223,7 @@ async fn a_controller_killed_mid_stage_resumes_the_same_stage() {
     let status = daemon.wait_exit(Duration::from_secs(60)).await.unwrap();
     load.stop().await;
     assert!(status.success(), "{}", daemon.output());
-    let first_after = decisions(&state_dir)
-        .into_iter()
-        .find(|d| d["seq"].as_u64() > before["seq"].as_u64())
-        .unwrap();
+    let first_after = decisions(&state_dir).into_iter().find(|d| d["seq"].as_u64() > before["seq"].as_u64()).unwrap();
     assert_eq!((first_after["from"]["stage"].as_u64(), first_after["from"]["epoch"].as_u64()), (Some(1), Some(epoch)));
     let expected: Vec<(String, String)> =
         [("advance", "5pct"), ("advance", "20pct"), ("advance", "50pct"), ("promote", "100pct")]
@@ -298,7 +298,11 @@ async fn manual_commands_act_while_the_daemon_runs() {
     let paused_at = state(&state_dir);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let still = state(&state_dir);
-    assert_eq!((still["stage"].clone(), still["phase"].clone()), (paused_at["stage"].clone(), "paused".into()), "it moved while paused");
+    assert_eq!(
+        (still["stage"].clone(), still["phase"].clone()),
+        (paused_at["stage"].clone(), "paused".into()),
+        "it moved while paused"
+    );
 
     // Advance acts at once, even while paused.
     let d = manual("advance", &state_dir);
@@ -321,4 +325,52 @@ async fn manual_commands_act_while_the_daemon_runs() {
     assert!(status.success());
     assert_eq!(state(&state_dir)["phase"], "rolled_back");
     assert_log_has_no_gap(&state_dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_label_gate_holds_until_enough_labels_arrive_by_http_and_jsonl() {
+    let rig = rig(5.0, 5.0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let state_dir = dir.path().join("state");
+    let jsonl = dir.path().join("labels.jsonl");
+    std::fs::write(&jsonl, "").unwrap();
+    let gates = "  error_rate: { error_tolerance: 2 }\n  labels: { min_degradation_tolerance: 0.05, min_labels: 20 }";
+    let extra = format!("labels:\n  jsonl: {}\n", jsonl.display());
+    let spec = rollout_spec("labelled", &rig.envoy, "200ms", 10, gates, &extra);
+    let load = load(&rig);
+    let daemon = Daemon::start(&state_dir, Some(&spec)).unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let log = decisions(&state_dir);
+    assert!(log.iter().all(|d| d["action"] == "hold"), "advanced without labels: {}", daemon.output());
+    assert!(log.last().unwrap()["reasons"].to_string().contains("waiting for labels"), "{:?}", log.last());
+
+    // Champion labels by HTTP, challenger labels in the JSONL file: 20 each, 90 % correct.
+    let addr = std::fs::read_to_string(state_dir.join("daemon.addr")).unwrap();
+    let batch: Vec<serde_json::Value> =
+        (0..20).map(|i| serde_json::json!({"version": "v1", "stage": "1pct", "correct": i % 10 != 0})).collect();
+    let resp = reqwest::Client::new().post(format!("http://{addr}/labels")).json(&batch).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let intake: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(intake["accepted"], 20);
+    let bad = reqwest::Client::new()
+        .post(format!("http://{addr}/labels"))
+        .json(&serde_json::json!([{"version": "v9", "stage": "1pct", "correct": true}]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400, "a label for an unknown version is refused");
+    let lines: String =
+        (0..20).map(|i| format!("{{\"version\":\"v2\",\"stage\":\"1pct\",\"correct\":{}}}\n", i % 10 != 0)).collect();
+    std::fs::write(&jsonl, lines).unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while state(&state_dir)["stage"].as_u64() == Some(0) {
+        assert!(Instant::now() < deadline, "did not advance after labels:\n{}", daemon.output());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    load.stop().await;
+    let advance = decisions(&state_dir).into_iter().find(|d| d["action"] == "advance").unwrap();
+    let label_gate = advance["gates"].as_array().unwrap().iter().find(|g| g["gate"] == "labels").unwrap().clone();
+    assert_eq!((label_gate["outcome"].as_str(), label_gate["champion_n"].as_u64()), (Some("pass"), Some(20)));
+    assert_eq!(label_gate["challenger"].as_f64(), Some(0.9));
 }

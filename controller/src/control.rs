@@ -202,7 +202,11 @@ impl Controller {
         }
         self.ensure_pushed()?;
         self.read_labels_file()?;
-        if let Ok(t) = serde_json::from_value(before.source_tracker.clone()) {
+        if let Ok(mut t) = serde_json::from_value::<crate::source::ResetTracker>(before.source_tracker.clone()) {
+            // Earlier epochs are never read again: keep the tracker small.
+            for e in 1..before.epoch {
+                t.forget_epoch(&self.spec.rollout, e);
+            }
             source.set_tracker(t);
         }
         let expected = EcdsFileSink::version_info(&before.filter_config(&self.spec));

@@ -314,8 +314,13 @@ mod tests {
 
     #[test]
     fn margins_and_thresholds_are_reported() {
-        let r =
-            evaluate(&all_gates(), &window(990, 10, 0, 100.0), &window(980, 20, 0, 100.0), &LabelEvidence::default(), 1);
+        let r = evaluate(
+            &all_gates(),
+            &window(990, 10, 0, 100.0),
+            &window(980, 20, 0, 100.0),
+            &LabelEvidence::default(),
+            1,
+        );
         let e = r.iter().find(|r| r.gate == GateKind::ErrorRate).unwrap();
         assert_eq!((e.champion_n, e.challenger_n), (1000, 1000));
         assert!((e.threshold.unwrap() - 0.02).abs() < 1e-12);
@@ -336,9 +341,21 @@ mod tests {
 
     #[test]
     fn latency_waits_for_enough_samples() {
-        let r = evaluate(&all_gates(), &window(990, 10, 0, 100.0), &window(99, 1, 0, 300.0), &LabelEvidence::default(), 200);
+        let r = evaluate(
+            &all_gates(),
+            &window(990, 10, 0, 100.0),
+            &window(99, 1, 0, 300.0),
+            &LabelEvidence::default(),
+            200,
+        );
         assert_eq!(outcome(&r, GateKind::Latency), (Outcome::NoData, true));
-        let r = evaluate(&all_gates(), &window(990, 10, 0, 100.0), &window(199, 1, 0, 300.0), &LabelEvidence::default(), 200);
+        let r = evaluate(
+            &all_gates(),
+            &window(990, 10, 0, 100.0),
+            &window(199, 1, 0, 300.0),
+            &LabelEvidence::default(),
+            200,
+        );
         assert_eq!(outcome(&r, GateKind::Latency).0, Outcome::Fail);
     }
 }

@@ -356,7 +356,8 @@ impl RolloutState {
         let champion = window.version(&spec.champion);
         let challenger = window.version(&spec.challenger);
         let stage = &spec.stages[self.stage];
-        let results = gates::evaluate(&spec.gates, &champion, &challenger, &self.stage_labels(spec), stage.min_requests);
+        let results =
+            gates::evaluate(&spec.gates, &champion, &challenger, &self.stage_labels(spec), stage.min_requests);
         let summary = WindowSummary { champion, challenger, coverage: c.clone(), elapsed_ms };
 
         let short = |have: u64| stage.min_requests.saturating_sub(have);

@@ -32,7 +32,8 @@ impl Histogram {
         if count == 0 || !lower.is_finite() || !width.is_finite() || lower < 0.0 || width < 0.0 {
             return;
         }
-        self.buckets.entry(lower.to_bits()).or_insert(Bucket { lower, width, count: 0 }).count += count;
+        let b = self.buckets.entry(lower.to_bits()).or_insert(Bucket { lower, width, count: 0 });
+        b.count = b.count.saturating_add(count);
     }
 
     pub fn merge(&mut self, other: &Histogram) {
@@ -42,7 +43,7 @@ impl Histogram {
     }
 
     pub fn count(&self) -> u64 {
-        self.buckets.values().map(|b| b.count).sum()
+        self.buckets.values().fold(0u64, |acc, b| acc.saturating_add(b.count))
     }
 
     pub fn buckets(&self) -> impl Iterator<Item = &Bucket> {
@@ -101,18 +102,18 @@ impl VersionWindow {
     }
 
     pub fn merge(&mut self, other: &VersionWindow) {
-        self.requests += other.requests;
-        self.unkeyed += other.unkeyed;
+        self.requests = self.requests.saturating_add(other.requests);
+        self.unkeyed = self.unkeyed.saturating_add(other.unkeyed);
         for (a, b) in self.responses.iter_mut().zip(other.responses) {
-            *a += b;
+            *a = a.saturating_add(b);
         }
-        self.timeouts += other.timeouts;
+        self.timeouts = self.timeouts.saturating_add(other.timeouts);
         self.latency_us.merge(&other.latency_us);
     }
 
     /// Responses seen (the denominator of the rates).
     pub fn answered(&self) -> u64 {
-        self.responses.iter().sum()
+        self.responses.iter().fold(0u64, |acc, n| acc.saturating_add(*n))
     }
 
     pub fn errors(&self) -> u64 {

@@ -596,7 +596,11 @@ impl Drop for Receiver {
 /// Runs `canary` with arguments and returns (success, stdout, stderr).
 pub fn canary(args: &[&str]) -> Result<(bool, String, String)> {
     let out = Command::new(workspace_bin("canary")?).args(args).output()?;
-    Ok((out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned()))
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
 }
 
 /// A `canary run` daemon on a state directory; killed when dropped.
@@ -615,7 +619,10 @@ impl Daemon {
             fs::write(&path, spec)?;
             cmd.arg("--spec").arg(path);
         }
-        let log = state_dir.with_extension(format!("daemon-{}.log", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos()));
+        let log = state_dir.with_extension(format!(
+            "daemon-{}.log",
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos()
+        ));
         let out = fs::File::create(&log)?;
         let proc = Proc::spawn("canary run", cmd.stdout(out.try_clone()?).stderr(out))?;
         Ok(Daemon { proc, log })
@@ -661,8 +668,16 @@ pub fn state(state_dir: &Path) -> serde_json::Value {
 
 /// A rollout spec for the test versions against one Envoy, compressed to
 /// seconds. `extra` is appended (YAML), e.g. alerts.
-pub fn rollout_spec(rollout: &str, envoy: &Envoy, min_duration: &str, min_requests: u64, gates: &str, extra: &str) -> String {
-    let stage = |w: u32| format!("  - {{ weight_percent: {w}, min_duration: {min_duration}, min_requests: {min_requests} }}\n");
+pub fn rollout_spec(
+    rollout: &str,
+    envoy: &Envoy,
+    min_duration: &str,
+    min_requests: u64,
+    gates: &str,
+    extra: &str,
+) -> String {
+    let stage =
+        |w: u32| format!("  - {{ weight_percent: {w}, min_duration: {min_duration}, min_requests: {min_requests} }}\n");
     format!(
         "rollout: {rollout}\nchampion: {CHAMPION}\nchallenger: {CHALLENGER}\ninterval: 200ms\nstages:\n{}{}{}{}  - {{ weight_percent: 100 }}\ngates:\n{gates}\nenvoy:\n  admin: [\"http://127.0.0.1:{}\"]\n  ecds_dir: {}\n  wasm: {}\n  timeout: 1s\n  apply_timeout: 5s\nfilter:\n  key: [{{ header: x-user-id }}, {{ cookie: uid }}]\n{extra}",
         stage(1),
