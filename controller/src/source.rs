@@ -35,7 +35,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use canary_core::metrics::{metric_name, parse_metric_name, rollout_prefix_in_envoy, Counter, Histogram, Stat, PREFIX};
+use canary_core::metrics::{
+    metric_name, parse_metric_name, rollout_prefix_in_envoy, Counter, Histogram, Leaf, Stat, PREFIX,
+};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -154,7 +156,8 @@ fn decode_series(key: &str) -> Option<Series<'_>> {
         None => (key, None),
     };
     let parsed = parse_metric_name(name)?;
-    match (parsed.stat, bucket) {
+    let Leaf::Stat(stat) = parsed.leaf else { return None };
+    match (stat, bucket) {
         (Stat::Counter(counter), None) => Some(Series::Counter { version: parsed.version, counter }),
         (Stat::Histogram(Histogram::LatencyUs), Some(bucket)) => {
             let (lower, width) = bucket.split_once('+')?;
@@ -246,7 +249,8 @@ fn parse_histograms(histograms: &Value, sample: &mut EndpointSample) -> Result<(
 /// `(version, stat)` when `name` is one of the filter's metrics for this epoch.
 fn ours<'a>(name: &'a str, rollout: &str, epoch: u64) -> Option<(&'a str, Stat)> {
     let key = parse_metric_name(name)?;
-    (key.rollout == rollout && key.epoch == epoch && is_name(key.version)).then_some((key.version, key.stat))
+    let Leaf::Stat(stat) = key.leaf else { return None };
+    (key.rollout == rollout && key.epoch == epoch && is_name(key.version)).then_some((key.version, stat))
 }
 
 fn insert(sample: &mut EndpointSample, key: String, name: &str, value: u64) -> Result<(), ParseError> {

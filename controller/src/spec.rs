@@ -328,6 +328,9 @@ impl RolloutSpec {
             key: self.filter.key.clone(),
             unkeyed: self.filter.unkeyed,
             headers: self.filter.headers.clone(),
+            prediction: None,
+            segment: None,
+            shadow: None,
         }
     }
 

@@ -7,10 +7,11 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::headers::{self, HeaderNameError};
+use crate::predict::{PredictionConfig, PredictionPlan, SegmentConfig, SegmentPlan};
 use crate::split::{Arm, Salt, Weight};
 
 /// The plugin configuration as written (see the README's reference).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FilterConfig {
     /// Rollout name; part of every metric name.
@@ -38,6 +39,47 @@ pub struct FilterConfig {
     /// Names of the headers the filter owns.
     #[serde(default)]
     pub headers: OwnedHeaders,
+    /// Where responses carry their prediction, and its bins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prediction: Option<PredictionConfig>,
+    /// A request header that splits the per-version counters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment: Option<SegmentConfig>,
+    /// Copies of champion-served requests sent to the challenger.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowConfig>,
+}
+
+/// `shadow` in the plugin configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowConfig {
+    /// The Envoy cluster the copies go to (the challenger's).
+    pub cluster: String,
+    /// Share of champion-served requests copied, in basis points.
+    #[serde(default = "full")]
+    pub sample_bp: Weight,
+    /// Time the filter waits for a shadow answer.
+    #[serde(default = "default_shadow_timeout")]
+    pub timeout_ms: u32,
+    /// Requests with a longer body are not copied (counted as skipped).
+    #[serde(default = "crate::predict::default_max_body")]
+    pub max_body_bytes: u32,
+    /// Most shadow calls in flight per worker; more are skipped.
+    #[serde(default = "default_in_flight")]
+    pub max_in_flight: u32,
+}
+
+fn full() -> Weight {
+    Weight::FULL
+}
+
+fn default_shadow_timeout() -> u32 {
+    1000
+}
+
+fn default_in_flight() -> u32 {
+    1000
 }
 
 /// One place a user key can come from.
@@ -99,7 +141,7 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    fn invalid(field: impl Into<String>, reason: impl fmt::Display) -> ConfigError {
+    pub(crate) fn invalid(field: impl Into<String>, reason: impl fmt::Display) -> ConfigError {
         ConfigError::Invalid { field: field.into(), reason: reason.to_string() }
     }
 
@@ -217,6 +259,28 @@ impl FilterConfig {
             });
         }
 
+        let prediction = self.prediction.as_ref().map(PredictionConfig::validate).transpose()?;
+        let segment = self.segment.as_ref().map(SegmentConfig::validate).transpose()?;
+        if let Some(seg) = &segment {
+            if owned_names.iter().any(|(_, n)| **n == seg.header) {
+                return Err(ConfigError::invalid("segment.header", format!("`{}` is owned by the filter", seg.header)));
+            }
+        }
+        if let Some(shadow) = &self.shadow {
+            if shadow.cluster.is_empty() || shadow.cluster.len() > 128 {
+                return Err(ConfigError::invalid("shadow.cluster", "must be an Envoy cluster name, 1-128 bytes"));
+            }
+            if shadow.timeout_ms == 0 || shadow.timeout_ms > 60_000 {
+                return Err(ConfigError::invalid("shadow.timeout_ms", "must be within 1..=60000"));
+            }
+            if shadow.max_body_bytes > 1 << 20 {
+                return Err(ConfigError::invalid("shadow.max_body_bytes", "must be at most 1048576"));
+            }
+            if shadow.max_in_flight == 0 {
+                return Err(ConfigError::invalid("shadow.max_in_flight", "must be at least 1"));
+            }
+        }
+
         Ok(Plan {
             rollout: self.rollout.clone(),
             epoch: self.epoch,
@@ -227,13 +291,16 @@ impl FilterConfig {
             key,
             unkeyed: self.unkeyed,
             headers: owned,
+            prediction,
+            segment,
+            shadow: self.shadow.clone(),
         })
     }
 }
 
 /// A validated configuration, lowered for the request path: header names
 /// lowercased, the salt reduced to its seed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
     pub rollout: String,
     pub epoch: u64,
@@ -245,6 +312,9 @@ pub struct Plan {
     pub key: Vec<KeySource>,
     pub unkeyed: UnkeyedPolicy,
     pub headers: OwnedHeaders,
+    pub prediction: Option<PredictionPlan>,
+    pub segment: Option<SegmentPlan>,
+    pub shadow: Option<ShadowConfig>,
 }
 
 impl Plan {

@@ -15,6 +15,7 @@
 pub mod config;
 pub mod headers;
 pub mod metrics;
+pub mod predict;
 pub mod request;
 pub mod split;
 

@@ -1,7 +1,16 @@
 //! Names of the counters the filter publishes through Envoy stats: the
 //! second half of the contract with the controller.
 //!
-//! `canary.rollout.<rollout>.epoch.<epoch>.version.<version>.<stat>`
+//! `canary.rollout.<rollout>.epoch.<epoch>.version.<version>.<leaf>`, where
+//! the leaf is one of
+//!
+//! | leaf | kind | counts |
+//! | --- | --- | --- |
+//! | `rq_total`, `rq_unkeyed`, `rq_1xx`..`rq_5xx`, `rq_timeout` | counter | see [`Counter`] |
+//! | `latency_us` | histogram | see [`Histogram`] |
+//! | `pred.<bin>` | counter | responses whose prediction fell in the bin (`b0`..`bN` for numeric edges, the label or `other` for categories, `unparsed`) |
+//! | `segment.<segment>.<counter>` / `segment.<segment>.latency_us` | counter / histogram | the same, for requests of one segment (an allowed value of the segment header, or `other`) |
+//! | `shadow.<shadow stat>` | counter / histogram | shadow copies sent to this version, see [`ShadowStat`] |
 //!
 //! The epoch is the configuration's, so every request is counted under the
 //! configuration that routed it: a stage's window is the sum of its epoch's
@@ -133,13 +142,117 @@ impl Counter {
     }
 }
 
+/// Outcomes of shadow calls (copies of champion-served requests sent to the
+/// challenger; the user never waits for them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ShadowStat {
+    /// Shadow calls sent.
+    RqTotal,
+    /// Of those answered, answered with a 5xx.
+    Rq5xx,
+    /// No answer: timeout, reset, or the call could not be made.
+    Failed,
+    /// Both predictions parsed and equal (same bin / same label).
+    Agree,
+    /// Both predictions parsed and different.
+    Disagree,
+    /// Answered, but a prediction was missing or unparsed, or the user's
+    /// response never completed.
+    Incomplete,
+    /// Sampled but not sent: the request body was over the limit, or too many
+    /// calls were in flight.
+    Skipped,
+    /// Histogram: microseconds from sending to the shadow's response.
+    LatencyUs,
+}
+
+impl ShadowStat {
+    pub const ALL: [ShadowStat; 8] = [
+        ShadowStat::RqTotal,
+        ShadowStat::Rq5xx,
+        ShadowStat::Failed,
+        ShadowStat::Agree,
+        ShadowStat::Disagree,
+        ShadowStat::Incomplete,
+        ShadowStat::Skipped,
+        ShadowStat::LatencyUs,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ShadowStat::RqTotal => "rq_total",
+            ShadowStat::Rq5xx => "rq_5xx",
+            ShadowStat::Failed => "failed",
+            ShadowStat::Agree => "agree",
+            ShadowStat::Disagree => "disagree",
+            ShadowStat::Incomplete => "incomplete",
+            ShadowStat::Skipped => "skipped",
+            ShadowStat::LatencyUs => "latency_us",
+        }
+    }
+
+    pub fn is_histogram(self) -> bool {
+        self == ShadowStat::LatencyUs
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    pub fn from_name(name: &str) -> Option<ShadowStat> {
+        ShadowStat::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
+
+/// What a metric counts, below `version.<version>.`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Leaf<'a> {
+    Stat(Stat),
+    /// `pred.<bin>`
+    Pred(&'a str),
+    /// `segment.<segment>.<stat>`
+    Segment(&'a str, Stat),
+    /// `shadow.<stat>`
+    Shadow(ShadowStat),
+}
+
+impl From<Counter> for Leaf<'_> {
+    fn from(c: Counter) -> Self {
+        Leaf::Stat(Stat::Counter(c))
+    }
+}
+
+impl From<Histogram> for Leaf<'_> {
+    fn from(h: Histogram) -> Self {
+        Leaf::Stat(Stat::Histogram(h))
+    }
+}
+
+impl From<Stat> for Leaf<'_> {
+    fn from(s: Stat) -> Self {
+        Leaf::Stat(s)
+    }
+}
+
 /// Prefix of every metric this filter defines.
 pub const PREFIX: &str = "canary.rollout.";
 
 /// Full metric name as defined by the filter (without Envoy's `wasmcustom.`).
-pub fn metric_name(rollout: &str, epoch: u64, version: &str, stat: impl Into<Stat>) -> String {
-    let mut s = String::with_capacity(64);
-    let _ = write!(s, "{PREFIX}{rollout}.epoch.{epoch}.version.{version}.{}", stat.into().name());
+pub fn metric_name<'a>(rollout: &str, epoch: u64, version: &str, leaf: impl Into<Leaf<'a>>) -> String {
+    let mut s = String::with_capacity(80);
+    let _ = write!(s, "{PREFIX}{rollout}.epoch.{epoch}.version.{version}.");
+    match leaf.into() {
+        Leaf::Stat(stat) => s.push_str(stat.name()),
+        Leaf::Pred(bin) => {
+            let _ = write!(s, "pred.{bin}");
+        }
+        Leaf::Segment(segment, stat) => {
+            let _ = write!(s, "segment.{segment}.{}", stat.name());
+        }
+        Leaf::Shadow(stat) => {
+            let _ = write!(s, "shadow.{}", stat.name());
+        }
+    }
     s
 }
 
@@ -154,7 +267,7 @@ pub struct MetricKey<'a> {
     pub rollout: &'a str,
     pub epoch: u64,
     pub version: &'a str,
-    pub stat: Stat,
+    pub leaf: Leaf<'a>,
 }
 
 /// Parses a name made by [`metric_name`], with or without Envoy's
@@ -168,8 +281,16 @@ pub fn parse_metric_name(name: &str) -> Option<MetricKey<'_>> {
     let epoch = parts.next()?.parse().ok()?;
     (parts.next()? == "version").then_some(())?;
     let version = parts.next()?;
-    let stat = Stat::from_name(parts.next()?)?;
-    parts.next().is_none().then_some(MetricKey { rollout, epoch, version, stat })
+    let leaf = match parts.next()? {
+        "pred" => Leaf::Pred(parts.next()?),
+        "segment" => {
+            let segment = parts.next()?;
+            Leaf::Segment(segment, Stat::from_name(parts.next()?)?)
+        }
+        "shadow" => Leaf::Shadow(ShadowStat::from_name(parts.next()?)?),
+        name => Leaf::Stat(Stat::from_name(name)?),
+    };
+    parts.next().is_none().then_some(MetricKey { rollout, epoch, version, leaf })
 }
 
 #[cfg(test)]
@@ -182,10 +303,33 @@ mod tests {
         for c in stats {
             let n = metric_name("recs", 7, "v2", c);
             let k = parse_metric_name(&n).unwrap();
-            assert_eq!(k, MetricKey { rollout: "recs", epoch: 7, version: "v2", stat: c });
+            assert_eq!(k, MetricKey { rollout: "recs", epoch: 7, version: "v2", leaf: Leaf::Stat(c) });
             assert_eq!(parse_metric_name(&format!("wasmcustom.{n}")), Some(k));
         }
         assert_eq!(metric_name("r", 1, "v", Counter::Rq5xx), "canary.rollout.r.epoch.1.version.v.rq_5xx");
+    }
+
+    #[test]
+    fn prediction_segment_and_shadow_names_round_trip() {
+        let leaves = [
+            Leaf::Pred("b3"),
+            Leaf::Pred("unparsed"),
+            Leaf::Segment("pro", Stat::Counter(Counter::Rq5xx)),
+            Leaf::Segment("other", Stat::Histogram(Histogram::LatencyUs)),
+            Leaf::Shadow(ShadowStat::Agree),
+            Leaf::Shadow(ShadowStat::LatencyUs),
+        ];
+        for leaf in leaves {
+            let n = metric_name("r", 2, "v2", leaf);
+            assert_eq!(parse_metric_name(&n), Some(MetricKey { rollout: "r", epoch: 2, version: "v2", leaf }), "{n}");
+        }
+        assert_eq!(metric_name("r", 2, "v1", Leaf::Pred("cat")), "canary.rollout.r.epoch.2.version.v1.pred.cat");
+        assert_eq!(
+            metric_name("r", 2, "v1", Leaf::Segment("pro", Stat::Counter(Counter::RqTotal))),
+            "canary.rollout.r.epoch.2.version.v1.segment.pro.rq_total"
+        );
+        assert_eq!(parse_metric_name("canary.rollout.r.epoch.2.version.v1.shadow.bogus"), None);
+        assert_eq!(parse_metric_name("canary.rollout.r.epoch.2.version.v1.segment.pro"), None);
     }
 
     #[test]
