@@ -29,6 +29,14 @@
 //! `filter` is an RE2 regex matched anywhere in the name (hence the anchors
 //! in [`stats_query`]); an invalid one gets HTTP 400 `Invalid re2 regex`.
 //!
+//! Every leaf of the filter's contract ([`canary_core::metrics`]) is read:
+//! the per-version counters and `latency_us`, `pred.<bin>` counters,
+//! `segment.<S>.<counter>` and `segment.<S>.latency_us`, `shadow.<stat>`
+//! counters and `shadow.latency_us`. Bin and segment names follow the
+//! filter's rules (1–64 of `[A-Za-z0-9_-]`), and at most [`MAX_BINS`] bins
+//! and [`MAX_SEGMENTS`] segments per version are accepted: a configuration
+//! cannot define more, so more means the answer is not the filter's.
+//!
 //! Restarts: see [`ResetTracker`].
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -36,7 +44,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use canary_core::metrics::{
-    metric_name, parse_metric_name, rollout_prefix_in_envoy, Counter, Histogram, Leaf, Stat, PREFIX,
+    metric_name, parse_metric_name, rollout_prefix_in_envoy, Counter, Histogram, Leaf, ShadowStat, Stat, PREFIX,
 };
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -52,6 +60,13 @@ pub const MAX_BODY_BYTES: usize = 8 << 20;
 /// Envoy serves in centuries). Bigger values mean a broken or hostile
 /// endpoint, and refusing them keeps every sum far from overflowing.
 pub const MAX_COUNT: u64 = 1 << 53;
+
+/// Most prediction bins accepted per version: the filter's limit on edges or
+/// labels, plus `other` (or the top numeric bin) and `unparsed`.
+pub const MAX_BINS: usize = canary_core::predict::MAX_BINS + 2;
+
+/// Most segments accepted per version: the allowed values plus `other`.
+pub const MAX_SEGMENTS: usize = canary_core::predict::MAX_SEGMENTS + 1;
 
 /// Envoy's uptime gauge, in seconds.
 pub const UPTIME_STAT: &str = "server.uptime";
@@ -92,6 +107,8 @@ pub enum ParseError {
     Stat { name: String, problem: String },
     #[error("`{0}` appears twice")]
     Duplicate(String),
+    #[error("version `{version}` has more than {limit} {what}: not what the filter defines")]
+    TooMany { version: String, what: &'static str, limit: usize },
 }
 
 /// Why an endpoint contributed nothing to a window.
@@ -135,7 +152,36 @@ pub fn counter_series(rollout: &str, epoch: u64, version: &str, counter: Counter
 /// Floats print in their shortest exact form, so a bound round-trips (Envoy
 /// reports bounds such as `830.0000000000001`).
 pub fn bucket_series(rollout: &str, epoch: u64, version: &str, histogram: Histogram, lower: f64, width: f64) -> String {
-    format!("{}@{lower}+{width}", metric_name(rollout, epoch, version, histogram))
+    leaf_bucket_series(rollout, epoch, version, histogram.into(), lower, width)
+}
+
+/// Series key of any leaf that is a counter (the metric name).
+pub fn leaf_series(rollout: &str, epoch: u64, version: &str, leaf: Leaf<'_>) -> String {
+    metric_name(rollout, epoch, version, leaf)
+}
+
+/// Series key of one bucket of any histogram leaf (`latency_us`,
+/// `segment.<S>.latency_us`, `shadow.latency_us`).
+pub fn leaf_bucket_series(rollout: &str, epoch: u64, version: &str, leaf: Leaf<'_>, lower: f64, width: f64) -> String {
+    format!("{}@{lower}+{width}", metric_name(rollout, epoch, version, leaf))
+}
+
+/// Whether a leaf is a histogram (its series are buckets) or a counter.
+fn is_histogram(leaf: Leaf<'_>) -> bool {
+    match leaf {
+        Leaf::Stat(stat) | Leaf::Segment(_, stat) => matches!(stat, Stat::Histogram(_)),
+        Leaf::Pred(_) => false,
+        Leaf::Shadow(stat) => stat.is_histogram(),
+    }
+}
+
+/// Whether the names inside a leaf follow the filter's rules.
+fn leaf_names_ok(leaf: Leaf<'_>) -> bool {
+    match leaf {
+        Leaf::Pred(bin) => is_name(bin),
+        Leaf::Segment(segment, _) => is_name(segment),
+        Leaf::Stat(_) | Leaf::Shadow(_) => true,
+    }
 }
 
 /// Prefix of every series key of one rollout epoch.
@@ -143,11 +189,34 @@ pub fn epoch_scope(rollout: &str, epoch: u64) -> String {
     format!("{PREFIX}{rollout}.epoch.{epoch}.")
 }
 
-/// A series key split back.
+/// A series key split back: which version, and what it counts.
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum Series<'a> {
-    Counter { version: &'a str, counter: Counter },
-    Bucket { version: &'a str, lower: f64, width: f64 },
+struct Series<'a> {
+    version: &'a str,
+    what: What<'a>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum What<'a> {
+    Counter(Counter),
+    /// Responses in a prediction bin.
+    Pred(&'a str),
+    SegmentCounter(&'a str, Counter),
+    ShadowCounter(ShadowStat),
+    /// One bucket of one of the version's histograms.
+    Bucket {
+        of: HistogramOf<'a>,
+        lower: f64,
+        width: f64,
+    },
+}
+
+/// Which of a version's histograms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum HistogramOf<'a> {
+    Latency,
+    Segment(&'a str),
+    Shadow,
 }
 
 fn decode_series(key: &str) -> Option<Series<'_>> {
@@ -156,20 +225,30 @@ fn decode_series(key: &str) -> Option<Series<'_>> {
         None => (key, None),
     };
     let parsed = parse_metric_name(name)?;
-    let Leaf::Stat(stat) = parsed.leaf else { return None };
-    match (stat, bucket) {
-        (Stat::Counter(counter), None) => Some(Series::Counter { version: parsed.version, counter }),
-        (Stat::Histogram(Histogram::LatencyUs), Some(bucket)) => {
+    if !leaf_names_ok(parsed.leaf) {
+        return None;
+    }
+    let what = match (parsed.leaf, bucket) {
+        (Leaf::Stat(Stat::Counter(c)), None) => What::Counter(c),
+        (Leaf::Pred(bin), None) => What::Pred(bin),
+        (Leaf::Segment(segment, Stat::Counter(c)), None) => What::SegmentCounter(segment, c),
+        (Leaf::Shadow(stat), None) if !stat.is_histogram() => What::ShadowCounter(stat),
+        (leaf, Some(bucket)) if is_histogram(leaf) => {
+            let of = match leaf {
+                Leaf::Segment(segment, _) => HistogramOf::Segment(segment),
+                Leaf::Shadow(_) => HistogramOf::Shadow,
+                _ => HistogramOf::Latency,
+            };
             let (lower, width) = bucket.split_once('+')?;
             let (lower, width) = (lower.parse::<f64>().ok()?, width.parse::<f64>().ok()?);
-            (lower.is_finite() && width.is_finite() && lower >= 0.0 && width >= 0.0).then_some(Series::Bucket {
-                version: parsed.version,
-                lower,
-                width,
-            })
+            if !(lower.is_finite() && width.is_finite() && lower >= 0.0 && width >= 0.0) {
+                return None;
+            }
+            What::Bucket { of, lower, width }
         }
-        _ => None,
-    }
+        _ => return None,
+    };
+    Some(Series { version: parsed.version, what })
 }
 
 /// The filter's own rule for rollout and version names: 1–64 of `[A-Za-z0-9_-]`.
@@ -210,15 +289,39 @@ pub fn parse_stats(body: &[u8], rollout: &str, epoch: u64) -> Result<EndpointSam
                 }
             }
             _ => {
-                let Some((version, stat)) = ours(name, rollout, epoch) else { continue };
-                let Stat::Counter(counter) = stat else {
+                let Some((version, leaf)) = ours(name, rollout, epoch) else { continue };
+                if is_histogram(leaf) {
                     return Err(bad(name, "a histogram reported as a single value", value));
-                };
-                insert(&mut sample, counter_series(rollout, epoch, version, counter), name, count(name, value)?)?;
+                }
+                insert(&mut sample, leaf_series(rollout, epoch, version, leaf), name, count(name, value)?)?;
             }
         }
     }
+    check_bounds(&sample)?;
     Ok(sample)
+}
+
+/// Refuses samples with more bins or segments per version than any
+/// configuration defines (keeps windows and the decision log small whatever
+/// an endpoint sends).
+fn check_bounds(sample: &EndpointSample) -> Result<(), ParseError> {
+    let mut bins: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    let mut segments: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for key in sample.series.keys() {
+        let Some(Series { version, what }) = decode_series(key) else { continue };
+        let (set, name, limit, what) = match what {
+            What::Pred(bin) => (bins.entry(version).or_default(), bin, MAX_BINS, "prediction bins"),
+            What::SegmentCounter(segment, _) | What::Bucket { of: HistogramOf::Segment(segment), .. } => {
+                (segments.entry(version).or_default(), segment, MAX_SEGMENTS, "segments")
+            }
+            _ => continue,
+        };
+        set.insert(name);
+        if set.len() > limit {
+            return Err(ParseError::TooMany { version: clip(version, 64), what, limit });
+        }
+    }
+    Ok(())
 }
 
 fn parse_histograms(histograms: &Value, sample: &mut EndpointSample) -> Result<(), ParseError> {
@@ -229,28 +332,29 @@ fn parse_histograms(histograms: &Value, sample: &mut EndpointSample) -> Result<(
     let details = details.as_array().ok_or_else(|| bad("histograms", "`details` is not an array", Some(details)))?;
     for detail in details {
         let name = detail.get("name").and_then(Value::as_str).ok_or_else(|| bad("histograms", "unnamed", None))?;
-        let Some((version, stat)) = ours(name, &sample.rollout, sample.epoch) else { continue };
-        let Stat::Histogram(histogram) = stat else {
+        let Some((version, leaf)) = ours(name, &sample.rollout, sample.epoch) else { continue };
+        if !is_histogram(leaf) {
             return Err(bad(name, "a counter reported as a histogram", None));
-        };
+        }
         let totals =
             detail.get("totals").and_then(Value::as_array).ok_or_else(|| bad(name, "no `totals` array", None))?;
         for bucket in totals {
             let lower = bound(name, "lower_bound", bucket.get("lower_bound"))?;
             let width = bound(name, "width", bucket.get("width"))?;
             let n = count(name, bucket.get("count"))?;
-            let key = bucket_series(&sample.rollout, sample.epoch, version, histogram, lower, width);
+            let key = leaf_bucket_series(&sample.rollout, sample.epoch, version, leaf, lower, width);
             insert(sample, key, name, n)?;
         }
     }
     Ok(())
 }
 
-/// `(version, stat)` when `name` is one of the filter's metrics for this epoch.
-fn ours<'a>(name: &'a str, rollout: &str, epoch: u64) -> Option<(&'a str, Stat)> {
+/// `(version, leaf)` when `name` is one of the filter's metrics for this
+/// epoch, with names inside the filter's rules.
+fn ours<'a>(name: &'a str, rollout: &str, epoch: u64) -> Option<(&'a str, Leaf<'a>)> {
     let key = parse_metric_name(name)?;
-    let Leaf::Stat(stat) = key.leaf else { return None };
-    (key.rollout == rollout && key.epoch == epoch && is_name(key.version)).then_some((key.version, stat))
+    (key.rollout == rollout && key.epoch == epoch && is_name(key.version) && leaf_names_ok(key.leaf))
+        .then_some((key.version, key.leaf))
 }
 
 fn insert(sample: &mut EndpointSample, key: String, name: &str, value: u64) -> Result<(), ParseError> {
@@ -427,8 +531,9 @@ pub struct EndpointRead {
 pub fn merge_reads(epoch: u64, expected_version: &str, reads: &[EndpointRead], tracker: &mut ResetTracker) -> Window {
     let mut window = Window { epoch, ..Window::default() };
     window.coverage.endpoints = reads.len();
-    // Histogram buckets summed here first (saturating), then added once each.
-    let mut buckets: BTreeMap<(String, u64), (f64, f64, u64)> = BTreeMap::new();
+    // Histogram buckets summed here first (saturating), then added once each:
+    // keyed by (version, which histogram, lower bound's bits).
+    let mut buckets: BTreeMap<(String, HistogramKey, u64), (f64, f64, u64)> = BTreeMap::new();
     for read in reads {
         let sample = match &read.outcome {
             Ok(sample) if sample.epoch == epoch => sample,
@@ -454,22 +559,52 @@ pub fn merge_reads(epoch: u64, expected_version: &str, reads: &[EndpointRead], t
             window.coverage.resets.push(read.endpoint.clone());
         }
         for (key, value) in &corrected.series {
-            match decode_series(key) {
-                Some(Series::Counter { version, counter }) => {
-                    window.versions.entry(version.to_string()).or_default().add_counter(counter, *value);
-                }
-                Some(Series::Bucket { version, lower, width }) => {
-                    let slot = buckets.entry((version.to_string(), lower.to_bits())).or_insert((lower, width, 0));
-                    slot.2 = slot.2.saturating_add(*value);
-                }
-                None => {}
+            let Some(Series { version, what }) = decode_series(key) else { continue };
+            if let What::Bucket { of, lower, width } = what {
+                let slot = buckets
+                    .entry((version.to_string(), HistogramKey::from(of), lower.to_bits()))
+                    .or_insert((lower, width, 0));
+                slot.2 = slot.2.saturating_add(*value);
+                continue;
+            }
+            let v = window.versions.entry(version.to_string()).or_default();
+            match what {
+                What::Counter(counter) => v.add_counter(counter, *value),
+                What::Pred(bin) => v.add_prediction(bin, *value),
+                What::SegmentCounter(segment, counter) => v.segment_mut(segment).add_counter(counter, *value),
+                What::ShadowCounter(stat) => v.shadow.add_counter(stat, *value),
+                What::Bucket { .. } => {}
             }
         }
     }
-    for ((version, _), (lower, width, n)) in buckets {
-        window.versions.entry(version).or_default().latency_us.add(lower, width, n);
+    for ((version, of, _), (lower, width, n)) in buckets {
+        let v = window.versions.entry(version).or_default();
+        let histogram = match &of {
+            HistogramKey::Latency => &mut v.latency_us,
+            HistogramKey::Segment(segment) => &mut v.segment_mut(segment).latency_us,
+            HistogramKey::Shadow => &mut v.shadow.latency_us,
+        };
+        histogram.add(lower, width, n);
     }
     window
+}
+
+/// [`HistogramOf`], owned, to key the bucket sums.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum HistogramKey {
+    Latency,
+    Segment(String),
+    Shadow,
+}
+
+impl From<HistogramOf<'_>> for HistogramKey {
+    fn from(of: HistogramOf<'_>) -> Self {
+        match of {
+            HistogramOf::Latency => HistogramKey::Latency,
+            HistogramOf::Segment(s) => HistogramKey::Segment(s.to_string()),
+            HistogramOf::Shadow => HistogramKey::Shadow,
+        }
+    }
 }
 
 /// Reads windows from Envoys' admin APIs.
@@ -840,9 +975,38 @@ mod tests {
     fn series_keys_round_trip() {
         let k = bucket_series("r", 3, "v2", Histogram::LatencyUs, 830.0000000000001, 10.0);
         assert_eq!(k, "canary.rollout.r.epoch.3.version.v2.latency_us@830.0000000000001+10");
-        assert_eq!(decode_series(&k), Some(Series::Bucket { version: "v2", lower: 830.0000000000001, width: 10.0 }));
+        assert_eq!(
+            decode_series(&k),
+            Some(Series {
+                version: "v2",
+                what: What::Bucket { of: HistogramOf::Latency, lower: 830.0000000000001, width: 10.0 }
+            })
+        );
         let k = counter_series("r", 3, "v2", Counter::RqTimeout);
-        assert_eq!(decode_series(&k), Some(Series::Counter { version: "v2", counter: Counter::RqTimeout }));
+        assert_eq!(decode_series(&k), Some(Series { version: "v2", what: What::Counter(Counter::RqTimeout) }));
+        let k = leaf_series("r", 3, "v2", Leaf::Pred("b3"));
+        assert_eq!(decode_series(&k), Some(Series { version: "v2", what: What::Pred("b3") }));
+        let k = leaf_series("r", 3, "v2", Leaf::Segment("pro", Stat::Counter(Counter::Rq5xx)));
+        assert_eq!(
+            decode_series(&k),
+            Some(Series { version: "v2", what: What::SegmentCounter("pro", Counter::Rq5xx) })
+        );
+        let k = leaf_series("r", 3, "v2", Leaf::Shadow(ShadowStat::Agree));
+        assert_eq!(decode_series(&k), Some(Series { version: "v2", what: What::ShadowCounter(ShadowStat::Agree) }));
+        let k = leaf_bucket_series("r", 3, "v2", Leaf::Segment("pro", Histogram::LatencyUs.into()), 5.0, 1.0);
+        assert_eq!(k, "canary.rollout.r.epoch.3.version.v2.segment.pro.latency_us@5+1");
+        assert_eq!(
+            decode_series(&k),
+            Some(Series {
+                version: "v2",
+                what: What::Bucket { of: HistogramOf::Segment("pro"), lower: 5.0, width: 1.0 }
+            })
+        );
+        let k = leaf_bucket_series("r", 3, "v2", Leaf::Shadow(ShadowStat::LatencyUs), 7.0, 1.0);
+        assert_eq!(
+            decode_series(&k),
+            Some(Series { version: "v2", what: What::Bucket { of: HistogramOf::Shadow, lower: 7.0, width: 1.0 } })
+        );
         for junk in [
             "",
             "@",
@@ -850,9 +1014,143 @@ mod tests {
             "x.latency_us@1+1",
             "canary.rollout.r.epoch.3.version.v2.latency_us@nan+1",
             "canary.rollout.r.epoch.3.version.v2.latency_us@1",
+            "canary.rollout.r.epoch.3.version.v2.pred.b0@1+1",
+            "canary.rollout.r.epoch.3.version.v2.shadow.agree@1+1",
+            "canary.rollout.r.epoch.3.version.v2.shadow.latency_us",
+            "canary.rollout.r.epoch.3.version.v2.segment.pro.latency_us",
+            "canary.rollout.r.epoch.3.version.v2.segment.pro.rq_total@1+1",
+            "canary.rollout.r.epoch.3.version.v2.pred.b\u{e9}",
         ] {
             assert_eq!(decode_series(junk), None, "{junk}");
         }
+    }
+
+    /// An answer with every kind of leaf: predictions, segments (counters and
+    /// latency) and shadow stats (counters and latency), in Envoy's shapes.
+    const EXTRAS: &str = r#"{"stats":[
+{"name":"extension_config_discovery.http_filter.canary.version_text","value":"x/1"},
+{"name":"server.uptime","value":30},
+{"name":"wasmcustom.canary.rollout.x.epoch.1.version.v1.rq_total","value":100},
+{"name":"wasmcustom.canary.rollout.x.epoch.1.version.v1.rq_2xx","value":100},
+{"name":"wasmcustom.canary.rollout.x.epoch.1.version.v1.pred.b0","value":40},
+{"name":"wasmcustom.canary.rollout.x.epoch.1.version.v1.pred.b1","value":55},
+{"name":"wasmcustom.canary.rollout.x.epoch.1.version.v1.pred.unparsed","value":5},
+{"name":"wasmcustom.canary.rollout.x.epoch.1.version.v1.segment.pro.rq_total","value":30},
+{"name":"wasmcustom.canary.rollout.x.epoch.1.version.v1.segment.pro.rq_2xx","value":30},
+{"name":"wasmcustom.canary.rollout.x.epoch.1.version.v1.segment.other.rq_total","value":70},
+{"name":"wasmcustom.canary.rollout.x.epoch.1.version.v1.segment.other.rq_2xx","value":69},
+{"name":"wasmcustom.canary.rollout.x.epoch.1.version.v1.segment.other.rq_5xx","value":1},
+{"name":"wasmcustom.canary.rollout.x.epoch.1.version.v2.shadow.rq_total","value":90},
+{"name":"wasmcustom.canary.rollout.x.epoch.1.version.v2.shadow.agree","value":80},
+{"name":"wasmcustom.canary.rollout.x.epoch.1.version.v2.shadow.disagree","value":6},
+{"name":"wasmcustom.canary.rollout.x.epoch.1.version.v2.shadow.failed","value":2},
+{"name":"wasmcustom.canary.rollout.x.epoch.1.version.v2.shadow.incomplete","value":2},
+{"name":"wasmcustom.canary.rollout.x.epoch.1.version.v2.shadow.rq_5xx","value":1},
+{"name":"wasmcustom.canary.rollout.x.epoch.1.version.v2.shadow.skipped","value":3},
+{"histograms":{"supported_percentiles":[0,50,99,100],"details":[
+{"name":"wasmcustom.canary.rollout.x.epoch.1.version.v1.latency_us",
+ "totals":[{"lower_bound":100,"width":10,"count":100}],"intervals":[],"percentiles":[]},
+{"name":"wasmcustom.canary.rollout.x.epoch.1.version.v1.segment.pro.latency_us",
+ "totals":[{"lower_bound":100,"width":10,"count":30}],"intervals":[],"percentiles":[]},
+{"name":"wasmcustom.canary.rollout.x.epoch.1.version.v1.segment.other.latency_us",
+ "totals":[{"lower_bound":100,"width":10,"count":70}],"intervals":[],"percentiles":[]},
+{"name":"wasmcustom.canary.rollout.x.epoch.1.version.v2.shadow.latency_us",
+ "totals":[{"lower_bound":2000,"width":100,"count":85},{"lower_bound":5000,"width":100,"count":3}],"intervals":[],"percentiles":[]}]}}]}"#;
+
+    #[test]
+    fn predictions_segments_and_shadow_stats_are_read_into_the_window() {
+        let a = parse_stats(EXTRAS.as_bytes(), "x", 1).unwrap();
+        assert_eq!(a.series.get("canary.rollout.x.epoch.1.version.v1.pred.b1"), Some(&55));
+        assert_eq!(a.series.get("canary.rollout.x.epoch.1.version.v2.shadow.latency_us@5000+100"), Some(&3));
+        // Two Envoys with the same counts: every field doubles.
+        let reads = [
+            EndpointRead { endpoint: "a".into(), outcome: Ok(a.clone()) },
+            EndpointRead { endpoint: "b".into(), outcome: Ok(a) },
+        ];
+        let w = merge_reads(1, "x/1", &reads, &mut ResetTracker::default());
+        let v1 = w.version("v1");
+        assert_eq!(v1.predictions, [("b0".to_string(), 80), ("b1".into(), 110), ("unparsed".into(), 10)].into());
+        assert_eq!((v1.parsed_predictions(), v1.unparsed_predictions()), (190, 10));
+        assert_eq!(v1.segments.keys().collect::<Vec<_>>(), ["other", "pro"]);
+        let other = &v1.segments["other"];
+        assert_eq!((other.requests, other.answered(), other.errors()), (140, 140, 2));
+        assert_eq!((other.latency_us.count(), v1.segments["pro"].latency_us.count()), (140, 60));
+        assert_eq!(v1.latency_us.count(), 200);
+        assert!(v1.shadow.is_empty(), "the champion gets no shadow calls");
+        let s = w.version("v2").shadow;
+        assert_eq!(
+            (s.requests, s.agree, s.disagree, s.failed, s.incomplete, s.rq_5xx, s.skipped),
+            (180, 160, 12, 4, 4, 2, 6)
+        );
+        assert_eq!(s.latency_us.count(), 176);
+        assert_eq!(s.latency_us.quantile(0.5), Some(2000.0 + 100.0 * 88.0 / 170.0));
+        assert_eq!(w.version("v2").requests, 0, "shadow calls are not user requests");
+    }
+
+    #[test]
+    fn new_leaves_of_the_wrong_kind_or_with_bad_names_are_refused_or_ignored() {
+        let name = |leaf: &str| format!("wasmcustom.canary.rollout.x.epoch.1.version.v1.{leaf}");
+        for histogram in ["shadow.latency_us", "segment.pro.latency_us"] {
+            let err = parse_stats(&body(&format!(r#"{{"name":"{}","value":3}}"#, name(histogram))), "x", 1);
+            assert!(matches!(err, Err(ParseError::Stat { .. })), "{histogram}: {err:?}");
+        }
+        for counter in ["pred.b0", "shadow.agree", "segment.pro.rq_total"] {
+            let detail = format!(r#"{{"histograms":{{"details":[{{"name":"{}","totals":[]}}]}}}}"#, name(counter));
+            assert!(parse_stats(&body(&detail), "x", 1).is_err(), "{counter}");
+        }
+        // Names the filter would never make are not ours: ignored, like any foreign stat.
+        for foreign in ["pred.b~0", "segment.a+b.rq_total", "shadow.bogus", "pred", "segment.pro"] {
+            let sample = parse_stats(&body(&format!(r#"{{"name":"{}","value":3}}"#, name(foreign))), "x", 1).unwrap();
+            assert!(sample.series.is_empty(), "{foreign}: {:?}", sample.series);
+        }
+    }
+
+    #[test]
+    fn more_bins_or_segments_than_a_configuration_can_define_are_refused() {
+        let entries = |leaf: &dyn Fn(usize) -> String, n: usize| {
+            (0..n)
+                .map(|i| {
+                    format!(r#"{{"name":"wasmcustom.canary.rollout.x.epoch.1.version.v1.{}","value":1}}"#, leaf(i))
+                })
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let bins = |i: usize| format!("pred.b{i}");
+        assert!(parse_stats(&body(&entries(&bins, MAX_BINS)), "x", 1).is_ok());
+        let err = parse_stats(&body(&entries(&bins, MAX_BINS + 1)), "x", 1).unwrap_err();
+        assert_eq!(err, ParseError::TooMany { version: "v1".into(), what: "prediction bins", limit: MAX_BINS });
+        let segments = |i: usize| format!("segment.s{i}.rq_total");
+        assert!(parse_stats(&body(&entries(&segments, MAX_SEGMENTS)), "x", 1).is_ok());
+        let err = parse_stats(&body(&entries(&segments, MAX_SEGMENTS + 1)), "x", 1).unwrap_err();
+        assert!(err.to_string().contains("more than 33 segments"), "{err}");
+    }
+
+    #[test]
+    fn the_tracker_carries_prediction_segment_and_shadow_series_across_a_restart() {
+        const PRED: &str = "canary.rollout.r.epoch.1.version.v1.pred.b2";
+        const SEG: &str = "canary.rollout.r.epoch.1.version.v1.segment.pro.rq_5xx";
+        const SEG_BUCKET: &str = "canary.rollout.r.epoch.1.version.v1.segment.pro.latency_us@100+10";
+        const AGREE: &str = "canary.rollout.r.epoch.1.version.v2.shadow.agree";
+        const SHADOW_BUCKET: &str = "canary.rollout.r.epoch.1.version.v2.shadow.latency_us@2000+100";
+        let mut t = ResetTracker::default();
+        let before = [(PRED, 10), (SEG, 3), (SEG_BUCKET, 8), (AGREE, 20), (SHADOW_BUCKET, 20)];
+        t.observe("e", &sample("r", 1, Some(100), &before));
+        // Only a shadow counter went down (uptime unknown): still a restart of the whole endpoint.
+        let after = [(PRED, 12), (SEG, 3), (SEG_BUCKET, 9), (AGREE, 1), (SHADOW_BUCKET, 21)];
+        let got = t.observe("e", &sample("r", 1, None, &after));
+        assert!(got.reset);
+        let want: BTreeMap<String, u64> = [(PRED, 22), (SEG, 6), (SEG_BUCKET, 17), (AGREE, 21), (SHADOW_BUCKET, 41)]
+            .map(|(k, v)| (k.into(), v))
+            .into();
+        assert_eq!(got.series, want);
+        let w = merge_reads(
+            1,
+            "r/1",
+            &[EndpointRead { endpoint: "e".into(), outcome: Ok(sample("r", 1, Some(1), &after)) }],
+            &mut t,
+        );
+        assert_eq!(w.version("v1").predictions["b2"], 22 + 12, "a second restart carries again");
+        assert_eq!(w.version("v2").shadow.agree, 21 + 1);
     }
 
     #[test]

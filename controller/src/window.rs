@@ -4,10 +4,17 @@
 //! Windows need no start snapshot: the filter names its counters by epoch, so
 //! a window is simply "the counters of epoch E", and requests routed by an
 //! earlier or later configuration never enter it.
+//!
+//! Besides the per-version totals, a [`VersionWindow`] carries what the
+//! filter counts when the configuration asks for it: prediction bins
+//! (`pred.<bin>`), per-segment traffic (`segment.<S>.*`) and, under the
+//! challenger's name, the outcome of shadow calls (`shadow.*`). All sums
+//! saturate: a hostile or broken endpoint can make a number wrong, never
+//! wrap it.
 
 use std::collections::BTreeMap;
 
-use canary_core::metrics::Counter;
+use canary_core::metrics::{Counter, ShadowStat};
 use serde::{Deserialize, Serialize};
 
 /// One bucket of a merged histogram (Envoy's log-linear buckets: about two
@@ -83,32 +90,92 @@ pub struct VersionWindow {
     pub timeouts: u64,
     /// Request-to-response-headers latency in microseconds.
     pub latency_us: Histogram,
+    /// Responses per prediction bin (`b0`..`bN`, labels, `other`,
+    /// `unparsed`), when the filter reads predictions.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub predictions: BTreeMap<String, u64>,
+    /// Traffic per segment (an allowed value of the segment header, or
+    /// `other`), when the filter splits by segment.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub segments: BTreeMap<String, SegmentWindow>,
+    /// Shadow calls sent to this version (only ever the challenger's).
+    #[serde(default, skip_serializing_if = "ShadowWindow::is_empty")]
+    pub shadow: ShadowWindow,
+}
+
+/// Adds `value` to the slot of `counter` among a version's or a segment's
+/// counters (one place that knows the order of `responses`).
+fn add_to(
+    counter: Counter,
+    value: u64,
+    requests: &mut u64,
+    unkeyed: &mut u64,
+    responses: &mut [u64; 5],
+    timeouts: &mut u64,
+) {
+    let slot = match counter {
+        Counter::RqTotal => requests,
+        Counter::RqUnkeyed => unkeyed,
+        Counter::Rq1xx => &mut responses[0],
+        Counter::Rq2xx => &mut responses[1],
+        Counter::Rq3xx => &mut responses[2],
+        Counter::Rq4xx => &mut responses[3],
+        Counter::Rq5xx => &mut responses[4],
+        Counter::RqTimeout => timeouts,
+    };
+    *slot = slot.saturating_add(value);
+}
+
+fn add_all(a: &mut [u64; 5], b: &[u64; 5]) {
+    for (a, b) in a.iter_mut().zip(b) {
+        *a = a.saturating_add(*b);
+    }
+}
+
+fn sum(values: impl IntoIterator<Item = u64>) -> u64 {
+    values.into_iter().fold(0u64, |acc, n| acc.saturating_add(n))
 }
 
 impl VersionWindow {
     /// Adds a counter's value.
     pub fn add_counter(&mut self, counter: Counter, value: u64) {
-        let slot = match counter {
-            Counter::RqTotal => &mut self.requests,
-            Counter::RqUnkeyed => &mut self.unkeyed,
-            Counter::Rq1xx => &mut self.responses[0],
-            Counter::Rq2xx => &mut self.responses[1],
-            Counter::Rq3xx => &mut self.responses[2],
-            Counter::Rq4xx => &mut self.responses[3],
-            Counter::Rq5xx => &mut self.responses[4],
-            Counter::RqTimeout => &mut self.timeouts,
-        };
+        add_to(counter, value, &mut self.requests, &mut self.unkeyed, &mut self.responses, &mut self.timeouts);
+    }
+
+    /// Adds responses to a prediction bin.
+    pub fn add_prediction(&mut self, bin: &str, value: u64) {
+        let slot = self.predictions.entry(bin.to_string()).or_default();
         *slot = slot.saturating_add(value);
+    }
+
+    /// The window of one segment, created empty if new.
+    pub fn segment_mut(&mut self, segment: &str) -> &mut SegmentWindow {
+        self.segments.entry(segment.to_string()).or_default()
     }
 
     pub fn merge(&mut self, other: &VersionWindow) {
         self.requests = self.requests.saturating_add(other.requests);
         self.unkeyed = self.unkeyed.saturating_add(other.unkeyed);
-        for (a, b) in self.responses.iter_mut().zip(other.responses) {
-            *a = a.saturating_add(b);
-        }
+        add_all(&mut self.responses, &other.responses);
         self.timeouts = self.timeouts.saturating_add(other.timeouts);
         self.latency_us.merge(&other.latency_us);
+        for (bin, n) in &other.predictions {
+            self.add_prediction(bin, *n);
+        }
+        for (name, segment) in &other.segments {
+            self.segment_mut(name).merge(segment);
+        }
+        self.shadow.merge(&other.shadow);
+    }
+
+    /// Responses whose prediction was read (every bin but `unparsed`).
+    pub fn parsed_predictions(&self) -> u64 {
+        sum(self.predictions.iter().filter(|(bin, _)| bin.as_str() != canary_core::predict::UNPARSED).map(|(_, n)| *n))
+    }
+
+    /// Responses whose prediction could not be read.
+    pub fn unparsed_predictions(&self) -> u64 {
+        self.predictions.get(canary_core::predict::UNPARSED).copied().unwrap_or(0)
     }
 
     /// Responses seen (the denominator of the rates).
@@ -133,6 +200,126 @@ impl VersionWindow {
 
 fn rate(part: u64, whole: u64) -> Option<f64> {
     (whole > 0).then(|| part as f64 / whole as f64)
+}
+
+/// What one version did for the requests of one segment: the same counters
+/// and latency histogram as the version's, restricted to the segment.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SegmentWindow {
+    pub requests: u64,
+    pub unkeyed: u64,
+    /// `[1xx, 2xx, 3xx, 4xx, 5xx]`.
+    pub responses: [u64; 5],
+    pub timeouts: u64,
+    pub latency_us: Histogram,
+}
+
+impl SegmentWindow {
+    pub fn add_counter(&mut self, counter: Counter, value: u64) {
+        add_to(counter, value, &mut self.requests, &mut self.unkeyed, &mut self.responses, &mut self.timeouts);
+    }
+
+    pub fn merge(&mut self, other: &SegmentWindow) {
+        self.requests = self.requests.saturating_add(other.requests);
+        self.unkeyed = self.unkeyed.saturating_add(other.unkeyed);
+        add_all(&mut self.responses, &other.responses);
+        self.timeouts = self.timeouts.saturating_add(other.timeouts);
+        self.latency_us.merge(&other.latency_us);
+    }
+
+    pub fn answered(&self) -> u64 {
+        sum(self.responses)
+    }
+
+    pub fn errors(&self) -> u64 {
+        self.responses[4]
+    }
+
+    /// 5xx share of the segment's responses; `None` with no response.
+    pub fn error_rate(&self) -> Option<f64> {
+        rate(self.errors(), self.answered())
+    }
+}
+
+/// Outcomes of the shadow calls a version received (copies of
+/// champion-served requests; the user never waited for them).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ShadowWindow {
+    /// Calls sent (`shadow.rq_total`).
+    pub requests: u64,
+    /// Answered with a 5xx.
+    pub rq_5xx: u64,
+    /// Not answered: timeout, reset, or the call could not be made.
+    pub failed: u64,
+    /// Both predictions read and equal (same bin or label).
+    pub agree: u64,
+    /// Both predictions read and different.
+    pub disagree: u64,
+    /// Answered, but a prediction was missing or unreadable, or the user's
+    /// response never completed.
+    pub incomplete: u64,
+    /// Sampled but not sent (body over the limit, too many in flight).
+    pub skipped: u64,
+    /// Microseconds from sending a copy to its answer.
+    pub latency_us: Histogram,
+}
+
+impl ShadowWindow {
+    /// Adds a shadow counter's value; the histogram stat is ignored here
+    /// (its buckets go to `latency_us`).
+    pub fn add_counter(&mut self, stat: ShadowStat, value: u64) {
+        let slot = match stat {
+            ShadowStat::RqTotal => &mut self.requests,
+            ShadowStat::Rq5xx => &mut self.rq_5xx,
+            ShadowStat::Failed => &mut self.failed,
+            ShadowStat::Agree => &mut self.agree,
+            ShadowStat::Disagree => &mut self.disagree,
+            ShadowStat::Incomplete => &mut self.incomplete,
+            ShadowStat::Skipped => &mut self.skipped,
+            ShadowStat::LatencyUs => return,
+        };
+        *slot = slot.saturating_add(value);
+    }
+
+    pub fn merge(&mut self, other: &ShadowWindow) {
+        for (a, b) in [
+            (&mut self.requests, other.requests),
+            (&mut self.rq_5xx, other.rq_5xx),
+            (&mut self.failed, other.failed),
+            (&mut self.agree, other.agree),
+            (&mut self.disagree, other.disagree),
+            (&mut self.incomplete, other.incomplete),
+            (&mut self.skipped, other.skipped),
+        ] {
+            *a = a.saturating_add(b);
+        }
+        self.latency_us.merge(&other.latency_us);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == ShadowWindow::default()
+    }
+
+    /// Calls that got an answer (any status): sent minus failed. A call
+    /// still in flight when the stats were read counts as neither yet.
+    pub fn answered(&self) -> u64 {
+        self.requests.saturating_sub(self.failed)
+    }
+
+    /// Calls whose two predictions could be compared.
+    pub fn compared(&self) -> u64 {
+        self.agree.saturating_add(self.disagree)
+    }
+
+    /// agree / (agree + disagree); `None` before any comparison.
+    pub fn agreement(&self) -> Option<f64> {
+        rate(self.agree, self.compared())
+    }
+
+    /// Share of calls sent that failed or answered 5xx; `None` before any call.
+    pub fn error_rate(&self) -> Option<f64> {
+        rate(self.rq_5xx.saturating_add(self.failed).min(self.requests), self.requests)
+    }
 }
 
 /// An endpoint that did not contribute to a window, and why.
@@ -209,6 +396,51 @@ mod tests {
         h.add(-1.0, 1.0, 5);
         h.add(1.0, f64::INFINITY, 5);
         assert_eq!(h.count(), 0);
+    }
+
+    #[test]
+    fn predictions_segments_and_shadow_merge_and_saturate() {
+        let mut a = VersionWindow::default();
+        a.add_prediction("b0", 3);
+        a.add_prediction("unparsed", 2);
+        a.segment_mut("pro").add_counter(Counter::Rq5xx, 1);
+        a.segment_mut("pro").add_counter(Counter::Rq2xx, 9);
+        a.shadow.add_counter(ShadowStat::RqTotal, 10);
+        a.shadow.add_counter(ShadowStat::Agree, 7);
+        a.shadow.add_counter(ShadowStat::Disagree, 1);
+        a.shadow.add_counter(ShadowStat::Failed, 2);
+        a.shadow.add_counter(ShadowStat::LatencyUs, 99);
+        let mut b = a.clone();
+        b.add_prediction("b0", u64::MAX);
+        b.segment_mut("free").add_counter(Counter::RqTotal, 4);
+        a.merge(&b);
+        assert_eq!(a.predictions["b0"], u64::MAX, "saturates");
+        assert_eq!((a.parsed_predictions(), a.unparsed_predictions()), (u64::MAX, 4));
+        assert_eq!(a.segments["pro"].answered(), 20);
+        assert_eq!(a.segments["pro"].error_rate(), Some(0.1));
+        assert_eq!(a.segments["free"].requests, 4);
+        assert_eq!((a.shadow.requests, a.shadow.answered(), a.shadow.compared()), (20, 16, 16));
+        assert_eq!(a.shadow.agreement(), Some(14.0 / 16.0));
+        assert_eq!(a.shadow.error_rate(), Some(0.2));
+        assert_eq!(ShadowWindow::default().agreement(), None);
+    }
+
+    #[test]
+    fn empty_extras_are_left_out_of_the_json_and_read_back_as_empty() {
+        let v = VersionWindow::default();
+        let json = serde_json::to_value(&v).unwrap();
+        for absent in ["predictions", "segments", "shadow"] {
+            assert!(json.get(absent).is_none(), "{absent} in {json}");
+        }
+        // Decisions written before these fields existed still read.
+        let old = r#"{"requests":1,"unkeyed":0,"responses":[0,1,0,0,0],"timeouts":0,"latency_us":{"buckets":{}}}"#;
+        let back: VersionWindow = serde_json::from_str(old).unwrap();
+        assert_eq!(back.requests, 1);
+        let mut full = VersionWindow::default();
+        full.add_prediction("cat", 1);
+        full.segment_mut("pro").add_counter(Counter::RqTotal, 1);
+        full.shadow.add_counter(ShadowStat::Skipped, 1);
+        assert_eq!(serde_json::from_value::<VersionWindow>(serde_json::to_value(&full).unwrap()).unwrap(), full);
     }
 
     #[test]
