@@ -7,6 +7,7 @@ pub mod daemon;
 pub mod durable;
 pub mod gates;
 pub mod labels;
+pub mod psi;
 pub mod rollout;
 pub mod sink;
 pub mod source;

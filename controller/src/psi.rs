@@ -1,0 +1,373 @@
+//! Prediction distributions: the population stability index (PSI) between
+//! the challenger's and the champion's prediction bins, and numeric bin
+//! edges derived from a champion's observed distribution. Pure: counts in,
+//! numbers out.
+//!
+//! ```text
+//! k bins (every bin either version counted, `unparsed` excluded)
+//! p_i = (champion_i   + 0.5) / (N + 0.5 k)        N = champion's parsed predictions
+//! c_i = (challenger_i + 0.5) / (M + 0.5 k)        M = challenger's parsed predictions
+//! PSI(challenger ‖ champion) = Σ_i (c_i − p_i) · ln(c_i / p_i)
+//! ```
+//!
+//! Every term is ≥ 0 (`c − p` and `ln(c / p)` always have the same sign),
+//! so PSI is 0 for identical shares and grows with any shift. Rules of thumb:
+//! below 0.1 no real change, 0.1–0.25 a moderate one, above 0.25 a large one.
+//!
+//! **Smoothing.** A bin with no count in one version makes `ln(c / p)`
+//! infinite, and small samples leave rare bins empty by chance: PSI would be
+//! infinite (or undefined) for a challenger that is fine. Adding 0.5 to every
+//! bin's count before normalising (the Jeffreys prior, the same ½ as the
+//! Haldane–Anscombe correction of odds ratios) keeps every share above 0,
+//! keeps PSI finite, and moves a bin with n counts by less than 0.5 / n of
+//! its share, which is nothing once a bin has a few dozen counts. Its cost:
+//! with tiny samples PSI is pulled towards 0 (the pseudo-counts look alike in
+//! both versions), which is why the gate also needs a minimum number of
+//! parsed predictions per version.
+//!
+//! **Bins.** The bins compared are those that either version counted at
+//! least once: Envoy hides counters never incremented, and a bin empty in
+//! both versions carries no evidence either way. `unparsed` (a response whose
+//! prediction could not be read) is not part of the distribution, because
+//! it measures the response format, not the model's output; its share is
+//! reported next to PSI so a challenger that stops answering in the expected
+//! format is visible (its 5xx and the gates over them catch the worst cases).
+//!
+//! **Edges.** Numeric bins are only comparable when both versions use the
+//! same edges, and the filter's counters for an epoch are named by bin
+//! index: edges must be fixed before a rollout's first stage. The spec
+//! carries them (`filter.prediction.bins.numeric`), and [`quantile_edges`]
+//! (or `canary bin-edges`) derives them from the champion's observed
+//! predictions, so that each bin holds about 1/k of the champion's traffic:
+//! that is how "edges derived from the champion's distribution and pushed in
+//! the configuration" works here.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::window::Histogram;
+
+/// Pseudo-count added to every bin before normalising (see the module docs).
+pub const SMOOTHING: f64 = 0.5;
+
+/// The bin name of predictions that could not be read.
+pub use canary_core::predict::UNPARSED;
+
+/// One bin's part of a PSI.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BinTerm {
+    pub bin: String,
+    pub champion: u64,
+    pub challenger: u64,
+    /// Smoothed shares.
+    pub champion_share: f64,
+    pub challenger_share: f64,
+    /// `(c − p) · ln(c / p)`.
+    pub term: f64,
+}
+
+/// PSI(challenger ‖ champion) and what it is made of.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Psi {
+    pub value: f64,
+    pub bins: Vec<BinTerm>,
+    /// Parsed predictions (every bin but `unparsed`).
+    pub champion_n: u64,
+    pub challenger_n: u64,
+    pub champion_unparsed: u64,
+    pub challenger_unparsed: u64,
+}
+
+impl Psi {
+    /// Share of the champion's responses whose prediction was unreadable.
+    pub fn champion_unparsed_share(&self) -> Option<f64> {
+        share(self.champion_unparsed, self.champion_n)
+    }
+
+    pub fn challenger_unparsed_share(&self) -> Option<f64> {
+        share(self.challenger_unparsed, self.challenger_n)
+    }
+}
+
+fn share(unparsed: u64, parsed: u64) -> Option<f64> {
+    let total = unparsed.saturating_add(parsed);
+    (total > 0).then(|| unparsed as f64 / total as f64)
+}
+
+fn total(counts: &BTreeMap<String, u64>) -> u64 {
+    counts.iter().filter(|(bin, _)| bin.as_str() != UNPARSED).fold(0u64, |acc, (_, n)| acc.saturating_add(*n))
+}
+
+/// PSI between two versions' prediction bin counts (see the module docs for
+/// the formula and the smoothing). `None` when either version has no parsed
+/// prediction: there is no distribution to compare.
+pub fn psi(champion: &BTreeMap<String, u64>, challenger: &BTreeMap<String, u64>) -> Option<Psi> {
+    let (n, m) = (total(champion), total(challenger));
+    if n == 0 || m == 0 {
+        return None;
+    }
+    let count = |counts: &BTreeMap<String, u64>, bin: &str| counts.get(bin).copied().unwrap_or(0);
+    let mut names: Vec<&String> = champion
+        .iter()
+        .chain(challenger)
+        .filter(|(bin, c)| bin.as_str() != UNPARSED && **c > 0)
+        .map(|(b, _)| b)
+        .collect();
+    names.sort();
+    names.dedup();
+    let k = names.len() as f64;
+    let (pn, cn) = (n as f64 + SMOOTHING * k, m as f64 + SMOOTHING * k);
+    let bins: Vec<BinTerm> = names
+        .into_iter()
+        .map(|bin| {
+            let (a, b) = (count(champion, bin), count(challenger, bin));
+            let p = (a as f64 + SMOOTHING) / pn;
+            let c = (b as f64 + SMOOTHING) / cn;
+            BinTerm {
+                bin: bin.clone(),
+                champion: a,
+                challenger: b,
+                champion_share: p,
+                challenger_share: c,
+                term: (c - p) * (c / p).ln(),
+            }
+        })
+        .collect();
+    Some(Psi {
+        value: bins.iter().map(|t| t.term).sum::<f64>().max(0.0),
+        bins,
+        champion_n: n,
+        challenger_n: m,
+        champion_unparsed: count(champion, UNPARSED),
+        challenger_unparsed: count(challenger, UNPARSED),
+    })
+}
+
+/// Why no edges could be derived.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EdgesError {
+    #[error("{bins} bins asked: between 2 and {} are possible", MAX_EDGES + 1)]
+    Bins { bins: usize },
+    #[error("no values to derive edges from")]
+    Empty,
+    #[error("value #{index} is {value}: only finite numbers can be binned")]
+    NotFinite { index: usize, value: f64 },
+    #[error("every value is {0}: one bin holds them all, there is no edge to draw")]
+    AllEqual(f64),
+}
+
+/// Most edges the filter accepts.
+pub const MAX_EDGES: usize = canary_core::predict::MAX_BINS;
+
+fn check_bins(bins: usize) -> Result<(), EdgesError> {
+    if (2..=MAX_EDGES + 1).contains(&bins) {
+        Ok(())
+    } else {
+        Err(EdgesError::Bins { bins })
+    }
+}
+
+/// Keeps edges that rise strictly and lie above `floor` (an edge at or
+/// below the smallest value would leave the first bin empty).
+fn rising(edges: impl IntoIterator<Item = f64>, floor: f64) -> Vec<f64> {
+    let mut out: Vec<f64> = vec![];
+    for e in edges {
+        if e.is_finite() && e > floor && out.last().is_none_or(|last| e > *last) {
+            out.push(e);
+        }
+    }
+    out
+}
+
+/// `bins − 1` edges at the i/bins quantiles of observed values, so that
+/// each bin `[e(i−1), e(i))` holds about 1/bins of them. An edge is the
+/// midpoint between the two values around the quantile's rank (so exactly
+/// round(i·n/bins) values fall below it when values are distinct). Ties can
+/// merge quantiles: duplicates are dropped, so fewer edges may come back,
+/// always strictly rising, as the filter requires.
+pub fn quantile_edges(values: &[f64], bins: usize) -> Result<Vec<f64>, EdgesError> {
+    check_bins(bins)?;
+    if let Some((index, value)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+        return Err(EdgesError::NotFinite { index, value: *value });
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let (Some(&first), n) = (sorted.first(), sorted.len()) else { return Err(EdgesError::Empty) };
+    let edges = rising(
+        (1..bins).map(|i| {
+            // Rank round(i·n/bins), kept inside 1..n so both neighbours exist.
+            let j = ((i * n + bins / 2) / bins).clamp(1, n.saturating_sub(1).max(1));
+            let (lo, hi) = (sorted[j - 1], sorted.get(j).copied().unwrap_or(sorted[j - 1]));
+            lo + (hi - lo) / 2.0
+        }),
+        first,
+    );
+    if edges.is_empty() {
+        return Err(EdgesError::AllEqual(first));
+    }
+    Ok(edges)
+}
+
+/// The same from a merged histogram (e.g. a latency-like distribution the
+/// champion reported): edges at its interpolated i/bins quantiles.
+pub fn histogram_edges(histogram: &Histogram, bins: usize) -> Result<Vec<f64>, EdgesError> {
+    check_bins(bins)?;
+    let floor = histogram.buckets().next().map(|b| b.lower).ok_or(EdgesError::Empty)?;
+    let edges = rising((1..bins).filter_map(|i| histogram.quantile(i as f64 / bins as f64)), floor);
+    if edges.is_empty() {
+        return Err(EdgesError::AllEqual(floor));
+    }
+    Ok(edges)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counts(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
+        pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-6
+    }
+
+    #[test]
+    fn psi_of_a_shifted_quartile_distribution_by_hand() {
+        // Champion 24 per bin: (24 + 0.5) / (96 + 4·0.5) = 24.5 / 98 = 0.25 each.
+        // Challenger 9, 24, 24, 41: (x + 0.5) / (98 + 2) = 0.095, 0.245, 0.245, 0.415.
+        //   (0.095 − 0.25) · ln(0.095 / 0.25) = −0.155 · −0.967584 = 0.149976
+        //   (0.245 − 0.25) · ln(0.245 / 0.25) = −0.005 · −0.020203 = 0.000101   (× 2)
+        //   (0.415 − 0.25) · ln(0.415 / 0.25) =  0.165 ·  0.506818 = 0.083625
+        //   PSI = 0.149976 + 0.000202 + 0.083625 = 0.233803
+        let a = counts(&[("b0", 24), ("b1", 24), ("b2", 24), ("b3", 24)]);
+        let b = counts(&[("b0", 9), ("b1", 24), ("b2", 24), ("b3", 41)]);
+        let p = psi(&a, &b).unwrap();
+        assert!(close(p.value, 0.233803), "{}", p.value);
+        assert!(close(p.bins[0].challenger_share, 0.095) && close(p.bins[3].champion_share, 0.25));
+        assert!(close(p.bins[0].term, 0.149976), "{:?}", p.bins[0]);
+        assert_eq!((p.champion_n, p.challenger_n), (96, 98));
+    }
+
+    #[test]
+    fn psi_with_a_bin_empty_in_one_version_stays_finite_by_hand() {
+        // Champion cat 6, dog 3, bird 0; challenger 3, 3, 3. k = 3.
+        //   champion   (6.5, 3.5, 0.5) / 10.5 = 13/21, 7/21, 1/21
+        //   challenger (3.5, 3.5, 3.5) / 10.5 =  7/21, 7/21, 7/21
+        //   cat:  (7/21 − 13/21) · ln(7/13) = (−6/21) · (−0.619039) = 0.176868
+        //   dog:  0
+        //   bird: (7/21 − 1/21) · ln(7)     = ( 6/21) · ( 1.945910) = 0.555974
+        //   PSI = (6/21) · (0.619039 + 1.945910) = 0.732843
+        // Without smoothing the bird term would be (1/3 − 0) · ln(1/3 / 0) = ∞.
+        let a = counts(&[("cat", 6), ("dog", 3)]);
+        let b = counts(&[("cat", 3), ("dog", 3), ("bird", 3)]);
+        let p = psi(&a, &b).unwrap();
+        assert!(close(p.value, 0.732843), "{}", p.value);
+        let bird = p.bins.iter().find(|t| t.bin == "bird").unwrap();
+        assert!(close(bird.champion_share, 1.0 / 21.0) && close(bird.term, 0.555974), "{bird:?}");
+    }
+
+    #[test]
+    fn identical_shares_give_zero_and_psi_is_symmetric_in_sign() {
+        let a = counts(&[("b0", 10), ("b1", 30)]);
+        let b = counts(&[("b0", 100), ("b1", 300)]);
+        // Smoothing moves the small sample a little: b0 = 10.5/41 = 0.25610 vs
+        // 100.5/401 = 0.25062: 2 · 0.00547 · ln(0.25610/0.25062) ≈ 0.00016 (both bins).
+        let p = psi(&a, &b).unwrap();
+        assert!(p.value > 0.0 && p.value < 2e-4, "{}", p.value);
+        assert_eq!(psi(&a, &a).unwrap().value, 0.0);
+        let c = counts(&[("b0", 30), ("b1", 10)]);
+        assert!(psi(&a, &c).unwrap().value > 0.0 && psi(&c, &a).unwrap().value > 0.0);
+        assert!(close(psi(&a, &c).unwrap().value, psi(&c, &a).unwrap().value), "same k and n: symmetric");
+    }
+
+    #[test]
+    fn unparsed_is_left_out_of_the_distribution_and_reported() {
+        let a = counts(&[("b0", 24), ("b1", 24), ("b2", 24), ("b3", 24), ("unparsed", 4)]);
+        let b = counts(&[("b0", 9), ("b1", 24), ("b2", 24), ("b3", 41), ("unparsed", 98)]);
+        let p = psi(&a, &b).unwrap();
+        assert!(close(p.value, 0.233803), "same as without unparsed: {}", p.value);
+        assert_eq!((p.champion_unparsed, p.challenger_unparsed), (4, 98));
+        assert_eq!((p.champion_unparsed_share(), p.challenger_unparsed_share()), (Some(0.04), Some(0.5)));
+        assert!(p.bins.iter().all(|t| t.bin != UNPARSED));
+    }
+
+    #[test]
+    fn no_parsed_prediction_means_no_psi() {
+        let a = counts(&[("b0", 5)]);
+        assert_eq!(psi(&a, &counts(&[])), None);
+        assert_eq!(psi(&a, &counts(&[("unparsed", 50)])), None);
+        assert_eq!(psi(&counts(&[("b0", 0)]), &a), None);
+        // One bin in both: nothing can differ.
+        assert_eq!(psi(&a, &counts(&[("b0", 500)])).unwrap().value, 0.0);
+    }
+
+    #[test]
+    fn the_integration_tests_shift_gives_psi_near_a_half() {
+        // Uniform u in [0,1), edges at the quartiles, challenger x = u + s:
+        // shares (0.25 − s, 0.25, 0.25, 0.25 + s), so
+        // PSI = s · ln((0.25 + s) / (0.25 − s)) = s · ln((1 + 4s) / (1 − 4s)); s = 0.2085 → 0.501.
+        let s = 0.2085_f64;
+        let exact = s * ((1.0 + 4.0 * s) / (1.0 - 4.0 * s)).ln();
+        assert!((exact - 0.501).abs() < 1e-3, "{exact}");
+        let n = 1_000_000.0;
+        let a = counts(&[("b0", 250_000), ("b1", 250_000), ("b2", 250_000), ("b3", 250_000)]);
+        let shares = [0.25 - s, 0.25, 0.25, 0.25 + s];
+        let b: BTreeMap<String, u64> =
+            shares.iter().enumerate().map(|(i, x)| (format!("b{i}"), (x * n) as u64)).collect();
+        assert!((psi(&a, &b).unwrap().value - exact).abs() < 1e-3);
+    }
+
+    #[test]
+    fn quantile_edges_split_values_into_equal_bins() {
+        let values: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(quantile_edges(&values, 4).unwrap(), vec![25.5, 50.5, 75.5]);
+        assert_eq!(quantile_edges(&values, 2).unwrap(), vec![50.5]);
+        // Order does not matter.
+        let mut shuffled = values.clone();
+        shuffled.reverse();
+        assert_eq!(quantile_edges(&shuffled, 4).unwrap(), vec![25.5, 50.5, 75.5]);
+        // Three values, three bins: one value per bin.
+        let e = quantile_edges(&[0.1, 0.5, 0.9], 3).unwrap();
+        assert!(e.len() == 2 && close(e[0], 0.3) && close(e[1], 0.7), "{e:?}");
+    }
+
+    #[test]
+    fn quantile_edges_drop_ties_and_never_leave_the_first_bin_empty() {
+        // n = 8: ranks 2, 4, 6 → midpoints 1, 1.5, 2.5; the 1 would leave b0 empty.
+        assert_eq!(quantile_edges(&[1.0, 1.0, 1.0, 1.0, 2.0, 2.0, 3.0, 4.0], 4).unwrap(), vec![1.5, 2.5]);
+        assert_eq!(quantile_edges(&[7.0; 10], 4), Err(EdgesError::AllEqual(7.0)));
+        assert_eq!(quantile_edges(&[7.0], 4), Err(EdgesError::AllEqual(7.0)));
+        for (values, bins) in [(vec![0.0, 1.0, 1.0, 2.0, 5.0, 5.0, 5.0, 9.0], 8), (vec![3.0, 1.0, 2.0], 65)] {
+            let e = quantile_edges(&values, bins).unwrap();
+            assert!(e.windows(2).all(|w| w[0] < w[1]), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn quantile_edges_refuse_what_cannot_be_binned() {
+        assert_eq!(quantile_edges(&[], 4), Err(EdgesError::Empty));
+        assert_eq!(quantile_edges(&[1.0, 2.0], 1), Err(EdgesError::Bins { bins: 1 }));
+        assert_eq!(quantile_edges(&[1.0, 2.0], 66), Err(EdgesError::Bins { bins: 66 }));
+        // NaN is not equal to itself: compare the index only.
+        assert!(matches!(quantile_edges(&[1.0, f64::NAN], 2), Err(EdgesError::NotFinite { index: 1, .. })));
+        let err = quantile_edges(&[1.0, f64::INFINITY], 2).unwrap_err();
+        assert_eq!(err.to_string(), "value #1 is inf: only finite numbers can be binned");
+    }
+
+    #[test]
+    fn edges_from_a_merged_histogram() {
+        let mut h = Histogram::default();
+        // 100 samples spread evenly over [0, 400): 25 per 100-wide bucket.
+        for lower in [0.0, 100.0, 200.0, 300.0] {
+            h.add(lower, 100.0, 25);
+        }
+        assert_eq!(histogram_edges(&h, 4).unwrap(), vec![100.0, 200.0, 300.0]);
+        assert_eq!(histogram_edges(&h, 8).unwrap(), vec![50.0, 100.0, 150.0, 200.0, 250.0, 300.0, 350.0]);
+        assert_eq!(histogram_edges(&Histogram::default(), 4), Err(EdgesError::Empty));
+        let mut narrow = Histogram::default();
+        narrow.add(5.0, 0.0, 10);
+        assert_eq!(histogram_edges(&narrow, 4), Err(EdgesError::AllEqual(5.0)));
+    }
+}
