@@ -29,6 +29,7 @@ fn vars() -> Vec<(&'static str, String)> {
         ("CHAMPION_PORT", "1".into()),
         ("CHALLENGER_PORT", "2".into()),
         ("DEFAULT_CONFIG", default_plugin_config("v1", "v2")),
+        ("ACCESS_LOG", "/dev/null".into()),
     ]
 }
 

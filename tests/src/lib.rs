@@ -102,7 +102,12 @@ pub struct Backend {
 
 impl Backend {
     pub fn start(version: &str, extra_args: &[&str]) -> Result<Backend> {
-        let bin = workspace_bin("model-backend")?;
+        Backend::start_bin("model-backend", version, extra_args)
+    }
+
+    /// A backend from another binary of this package (e.g. `echo-backend`).
+    pub fn start_bin(bin: &str, version: &str, extra_args: &[&str]) -> Result<Backend> {
+        let bin = workspace_bin(bin)?;
         let mut proc = Proc::spawn(
             &format!("backend {version}"),
             Command::new(bin)
@@ -233,6 +238,7 @@ impl Envoy {
             ("CHAMPION_PORT", opts.champion_port.to_string()),
             ("CHALLENGER_PORT", opts.challenger_port.to_string()),
             ("DEFAULT_CONFIG", default_plugin_config(&opts.champion, &opts.challenger)),
+            ("ACCESS_LOG", dir.path().join("access.log").display().to_string()),
         ];
         let config = render_template(&root().join("envoy").join(&opts.template), &vars)?;
         let path = dir.path().join("envoy.yaml");
@@ -250,6 +256,8 @@ impl Envoy {
                 .arg("-c")
                 .arg(&config)
                 .args(["--disable-hot-restart", "--concurrency", &opts.concurrency.to_string(), "-l", "info"])
+                // Access-log lines reach the file within 200 ms (default 10 s).
+                .args(["--file-flush-interval-msec", "200"])
                 .arg("--admin-address-path")
                 .arg(&admin_file)
                 .stdout(Stdio::null())
@@ -307,6 +315,15 @@ impl Envoy {
 
     pub fn log(&self) -> String {
         fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// The access log's lines (one JSON object each).
+    pub fn access_log(&self) -> Vec<serde_json::Value> {
+        fs::read_to_string(self.dir.path().join("access.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -17,6 +17,7 @@ pub mod headers;
 pub mod metrics;
 pub mod predict;
 pub mod request;
+pub mod shadow;
 pub mod split;
 
 pub use config::{ConfigError, FilterConfig, Plan};

@@ -349,3 +349,164 @@ mod tests {
         assert_eq!(Counter::for_status(600), None);
     }
 }
+
+/// One metric of a configuration, by what it counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Metric {
+    /// Per-version counter or latency histogram.
+    Version(crate::split::Arm, Stat),
+    /// The same, for one segment (index into the segment plan's names).
+    Segment(crate::split::Arm, u16, Stat),
+    /// Responses in one prediction bin (index into the prediction plan's names).
+    Pred(crate::split::Arm, u16),
+    /// Shadow calls to the challenger.
+    Shadow(ShadowStat),
+}
+
+/// Stats per version (and per segment): the counters, then the histogram.
+const STATS: usize = Counter::ALL.len() + Histogram::ALL.len();
+
+impl Stat {
+    /// Position among the [`STATS`] per-version stats.
+    pub fn index(self) -> usize {
+        match self {
+            Stat::Counter(c) => c.index(),
+            Stat::Histogram(h) => Counter::ALL.len() + h.index(),
+        }
+    }
+
+    fn all() -> impl Iterator<Item = Stat> {
+        Counter::ALL.into_iter().map(Stat::Counter).chain(Histogram::ALL.into_iter().map(Stat::Histogram))
+    }
+}
+
+/// Every metric a configuration defines, laid out in one flat table so the
+/// filter keeps their host ids in a `Vec` and finds one by arithmetic.
+///
+/// Per arm: `[stats][prediction bins][segments × stats]`, then the shadow stats.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricTable {
+    bins: usize,
+    segments: usize,
+    shadow: bool,
+}
+
+impl MetricTable {
+    pub fn new(plan: &crate::config::Plan) -> MetricTable {
+        MetricTable {
+            bins: plan.prediction.as_ref().map_or(0, |p| p.names.len()),
+            segments: plan.segment.as_ref().map_or(0, |s| s.names.len()),
+            shadow: plan.shadow.is_some(),
+        }
+    }
+
+    fn arm_stride(&self) -> usize {
+        STATS + self.bins + self.segments * STATS
+    }
+
+    pub fn len(&self) -> usize {
+        2 * self.arm_stride() + if self.shadow { ShadowStat::ALL.len() } else { 0 }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Where a metric sits; `None` if this configuration does not define it.
+    pub fn index(&self, m: Metric) -> Option<usize> {
+        let arm_base = |arm: crate::split::Arm| arm.index() * self.arm_stride();
+        match m {
+            Metric::Version(arm, stat) => Some(arm_base(arm) + stat.index()),
+            Metric::Pred(arm, bin) => {
+                let bin = usize::from(bin);
+                (bin < self.bins).then(|| arm_base(arm) + STATS + bin)
+            }
+            Metric::Segment(arm, seg, stat) => {
+                let seg = usize::from(seg);
+                (seg < self.segments).then(|| arm_base(arm) + STATS + self.bins + seg * STATS + stat.index())
+            }
+            Metric::Shadow(s) => self.shadow.then(|| 2 * self.arm_stride() + s.index()),
+        }
+    }
+
+    /// `(is_histogram, name)` of every metric, in table order.
+    pub fn definitions(&self, plan: &crate::config::Plan) -> Vec<(bool, String)> {
+        let mut out = Vec::with_capacity(self.len());
+        for arm in crate::split::Arm::BOTH {
+            let version = plan.version(arm);
+            for stat in Stat::all() {
+                out.push((matches!(stat, Stat::Histogram(_)), metric_name(&plan.rollout, plan.epoch, version, stat)));
+            }
+            for bin in plan.prediction.iter().flat_map(|p| p.names.iter()) {
+                out.push((false, metric_name(&plan.rollout, plan.epoch, version, Leaf::Pred(bin))));
+            }
+            for seg in plan.segment.iter().flat_map(|s| s.names.iter()) {
+                for stat in Stat::all() {
+                    let name = metric_name(&plan.rollout, plan.epoch, version, Leaf::Segment(seg, stat));
+                    out.push((matches!(stat, Stat::Histogram(_)), name));
+                }
+            }
+        }
+        if self.shadow {
+            let version = plan.version(crate::split::Arm::Challenger);
+            for s in ShadowStat::ALL {
+                out.push((s.is_histogram(), metric_name(&plan.rollout, plan.epoch, version, Leaf::Shadow(s))));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod table_tests {
+    use super::*;
+    use crate::config::Plan;
+    use crate::split::Arm;
+
+    #[test]
+    fn every_metric_has_one_slot_and_the_right_name() {
+        let plan = Plan::from_json(
+            br#"{"rollout":"r","epoch":3,"stage":"s","salt":"x","champion":"a","challenger":"b","challenger_weight_bp":0,
+                "prediction":{"from":{"header":"x-p"},"bins":{"categorical":["cat","dog"]}},
+                "segment":{"header":"x-tier","values":["free","pro"]},
+                "shadow":{"cluster":"b"}}"#,
+        )
+        .unwrap();
+        let t = MetricTable::new(&plan);
+        let defs = t.definitions(&plan);
+        assert_eq!(defs.len(), t.len());
+        let mut all = vec![];
+        for arm in Arm::BOTH {
+            all.extend(Stat::all().map(|s| Metric::Version(arm, s)));
+            all.extend((0..4).map(|b| Metric::Pred(arm, b)));
+            for seg in 0..3 {
+                all.extend(Stat::all().map(|s| Metric::Segment(arm, seg, s)));
+            }
+        }
+        all.extend(ShadowStat::ALL.map(Metric::Shadow));
+        let mut seen: Vec<usize> = all.iter().map(|m| t.index(*m).unwrap()).collect();
+        seen.sort();
+        assert_eq!(seen, (0..t.len()).collect::<Vec<_>>());
+        let name = |m| defs[t.index(m).unwrap()].1.clone();
+        assert_eq!(name(Metric::Pred(Arm::Challenger, 1)), "canary.rollout.r.epoch.3.version.b.pred.dog");
+        assert_eq!(
+            name(Metric::Segment(Arm::Champion, 1, Stat::Counter(Counter::Rq5xx))),
+            "canary.rollout.r.epoch.3.version.a.segment.pro.rq_5xx"
+        );
+        assert_eq!(name(Metric::Shadow(ShadowStat::Agree)), "canary.rollout.r.epoch.3.version.b.shadow.agree");
+        assert!(defs[t.index(Metric::Shadow(ShadowStat::LatencyUs)).unwrap()].0);
+        assert_eq!(t.index(Metric::Pred(Arm::Champion, 4)), None);
+        assert_eq!(t.index(Metric::Segment(Arm::Champion, 3, Stat::Counter(Counter::RqTotal))), None);
+    }
+
+    #[test]
+    fn a_plain_configuration_has_only_the_version_stats() {
+        let plan = Plan::from_json(
+            br#"{"rollout":"r","stage":"s","salt":"x","champion":"a","challenger":"b","challenger_weight_bp":0}"#,
+        )
+        .unwrap();
+        let t = MetricTable::new(&plan);
+        assert_eq!(t.len(), 2 * STATS);
+        assert_eq!(t.index(Metric::Shadow(ShadowStat::Agree)), None);
+    }
+}

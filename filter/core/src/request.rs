@@ -7,14 +7,18 @@
 //!                        ▼                           ▼
 //!            set version, stage, unkeyed headers (replacing client copies)
 //!            clear route cache (the route table matches the version header)
-//!            count rq_total [+ rq_unkeyed]
-//!  response headers ──► same tags on the response, count the status class
+//!            count rq_total [+ rq_unkeyed], per version and segment
+//!  response headers ──► same tags on the response, count the status class,
+//!                       record latency; prediction from a header now, or
+//!  response body    ──► copied chunk by chunk (never held back) up to the
+//!                       limit, binned from JSON at the end
 //! ```
 
 use crate::config::{KeySource, Plan, UnkeyedPolicy};
 use crate::headers::cookie_value;
-use crate::metrics::{Counter, Histogram};
-use crate::split::{arm_for, Arm};
+use crate::metrics::{Counter, Histogram, Metric, Stat};
+use crate::predict::PredictionSource;
+use crate::split::{arm_for, Arm, Salt};
 
 /// What the request path needs from the proxy.
 pub trait Host {
@@ -22,22 +26,30 @@ pub trait Host {
     fn request_header(&self, name: &str) -> Option<Vec<u8>>;
     /// Sets (replacing every existing value) or, with `None`, removes a request header.
     fn set_request_header(&mut self, name: &str, value: Option<&[u8]>);
+    /// Value of a response header.
+    fn response_header(&self, name: &str) -> Option<Vec<u8>>;
     /// Sets or removes a response header.
     fn set_response_header(&mut self, name: &str, value: Option<&[u8]>);
     /// The response's `:status`.
     fn response_status(&self) -> Option<u16>;
+    /// The response body chunk being passed through (`size` bytes).
+    fn response_body(&self, size: usize) -> Option<Vec<u8>>;
     /// Makes the proxy pick the route again after the headers changed.
     fn clear_route_cache(&mut self);
-    /// Adds one to a per-version counter.
-    fn count(&mut self, arm: Arm, counter: Counter);
-    /// Records a value in a per-version histogram.
-    fn record(&mut self, arm: Arm, histogram: Histogram, value: u64);
+    /// Adds one to a counter.
+    fn increment(&mut self, metric: Metric);
+    /// Records a value in a histogram.
+    fn record(&mut self, metric: Metric, value: u64);
     /// The proxy's clock, in nanoseconds.
     fn now_nanos(&self) -> u64;
 }
 
 /// Header that Envoy fills with a unique id per request.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Seed perturbation for the shadow sample, so that which users are shadowed
+/// is independent of which users are on the challenger.
+const SHADOW_SEED: &str = "canary-shadow-sample";
 
 /// The routing decision for one request, kept for its response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +58,31 @@ pub struct Routed {
     pub unkeyed: bool,
     /// When the request headers were seen ([`Host::now_nanos`]).
     pub started_ns: u64,
+    /// Segment index, when segments are configured.
+    pub segment: Option<u16>,
+    /// A copy of this (champion-served) request goes to the shadow cluster.
+    pub shadow: bool,
+}
+
+/// What happens to the response's prediction.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Capture {
+    /// Nothing to capture (no prediction configured, or already counted).
+    #[default]
+    Off,
+    /// Copying body chunks until the end of the stream.
+    Reading(Vec<u8>),
+    /// Over the limit: will count as unparsed at the end.
+    TooLarge,
+}
+
+/// Per-request state of the filter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exchange {
+    pub routed: Routed,
+    pub capture: Capture,
+    /// The response's prediction bin, once known.
+    pub bin: Option<u16>,
 }
 
 /// Reads the user key: the first configured source that has a non-empty value.
@@ -59,37 +96,57 @@ pub fn user_key<H: Host + ?Sized>(plan: &Plan, host: &H) -> Option<Vec<u8>> {
     })
 }
 
+fn count<H: Host + ?Sized>(host: &mut H, routed: &Routed, counter: Counter) {
+    host.increment(Metric::Version(routed.arm, Stat::Counter(counter)));
+    if let Some(seg) = routed.segment {
+        host.increment(Metric::Segment(routed.arm, seg, Stat::Counter(counter)));
+    }
+}
+
 /// Picks the version for a request, tags it and counts it.
 pub fn route_request<H: Host + ?Sized>(plan: &Plan, host: &mut H) -> Routed {
     let started_ns = host.now_nanos();
-    let routed = match user_key(plan, host) {
-        Some(key) => Routed { arm: arm_for(plan.salt.bucket(&key), plan.weight), unkeyed: false, started_ns },
-        None => {
-            let arm = match plan.unkeyed {
-                UnkeyedPolicy::Champion => Arm::Champion,
-                UnkeyedPolicy::SplitByRequestId => host
-                    .request_header(REQUEST_ID_HEADER)
-                    .map_or(Arm::Champion, |id| arm_for(plan.salt.bucket(&id), plan.weight)),
-            };
-            Routed { arm, unkeyed: true, started_ns }
-        }
+    let key = user_key(plan, host);
+    let unkeyed = key.is_none();
+    // Unkeyed requests may still be split (and sampled) by Envoy's request id.
+    let hash_input = match (key, plan.unkeyed) {
+        (Some(key), _) => Some(key),
+        (None, UnkeyedPolicy::SplitByRequestId) => host.request_header(REQUEST_ID_HEADER),
+        (None, UnkeyedPolicy::Champion) => None,
     };
+    let arm = match (&hash_input, unkeyed, plan.unkeyed) {
+        (Some(k), false, _) | (Some(k), true, UnkeyedPolicy::SplitByRequestId) => {
+            arm_for(plan.salt.bucket(k), plan.weight)
+        }
+        _ => Arm::Champion,
+    };
+    let shadow = match (&plan.shadow, arm) {
+        (Some(s), Arm::Champion) => {
+            let input = hash_input.or_else(|| host.request_header(REQUEST_ID_HEADER)).unwrap_or_default();
+            arm_for(Salt::new(SHADOW_SEED).bucket_with(&plan.salt, &input), s.sample_bp) == Arm::Challenger
+        }
+        _ => false,
+    };
+    let segment = plan.segment.as_ref().map(|s| s.segment_of(host.request_header(&s.header).as_deref()) as u16);
+    let routed = Routed { arm, unkeyed, started_ns, segment, shadow };
+
     let h = &plan.headers;
     // Setting replaces any client-sent copy: no client picks its version.
-    host.set_request_header(&h.version, Some(plan.version(routed.arm).as_bytes()));
+    host.set_request_header(&h.version, Some(plan.version(arm).as_bytes()));
     host.set_request_header(&h.stage, Some(plan.stage.as_bytes()));
-    host.set_request_header(&h.unkeyed, routed.unkeyed.then_some(b"1".as_slice()));
+    host.set_request_header(&h.unkeyed, unkeyed.then_some(b"1".as_slice()));
     host.clear_route_cache();
-    host.count(routed.arm, Counter::RqTotal);
-    if routed.unkeyed {
-        host.count(routed.arm, Counter::RqUnkeyed);
+    count(host, &routed, Counter::RqTotal);
+    if unkeyed {
+        count(host, &routed, Counter::RqUnkeyed);
     }
     routed
 }
 
 /// Tags the response with the version and stage that served it, counts its
-/// status class and records its latency.
-pub fn tag_response<H: Host + ?Sized>(plan: &Plan, host: &mut H, routed: Routed) {
+/// status class, records its latency and starts the prediction capture.
+/// `end_of_stream`: the response has no body.
+pub fn tag_response<H: Host + ?Sized>(plan: &Plan, host: &mut H, routed: Routed, end_of_stream: bool) -> Exchange {
     let h = &plan.headers;
     host.set_response_header(&h.version, Some(plan.version(routed.arm).as_bytes()));
     host.set_response_header(&h.stage, Some(plan.stage.as_bytes()));
@@ -98,40 +155,105 @@ pub fn tag_response<H: Host + ?Sized>(plan: &Plan, host: &mut H, routed: Routed)
     }
     let status = host.response_status();
     if let Some(class) = status.and_then(Counter::for_status) {
-        host.count(routed.arm, class);
+        count(host, &routed, class);
     }
     if status == Some(504) {
-        host.count(routed.arm, Counter::RqTimeout);
+        count(host, &routed, Counter::RqTimeout);
     }
     let latency_us = host.now_nanos().saturating_sub(routed.started_ns) / 1000;
-    host.record(routed.arm, Histogram::LatencyUs, latency_us);
+    let latency = Stat::Histogram(Histogram::LatencyUs);
+    host.record(Metric::Version(routed.arm, latency), latency_us);
+    if let Some(seg) = routed.segment {
+        host.record(Metric::Segment(routed.arm, seg, latency), latency_us);
+    }
+
+    let mut exchange = Exchange { routed, capture: Capture::Off, bin: None };
+    let Some(p) = &plan.prediction else { return exchange };
+    match &p.from {
+        PredictionSource::Header(name) => {
+            let bin = p.bin_of_header(host.response_header(name).as_deref());
+            settle(host, &mut exchange, bin);
+        }
+        PredictionSource::JsonPointer(_) => {
+            let declared = host
+                .response_header("content-length")
+                .and_then(|v| std::str::from_utf8(&v).ok()?.trim().parse::<usize>().ok());
+            if end_of_stream {
+                settle(host, &mut exchange, p.unparsed());
+            } else if declared.is_some_and(|n| n > p.max_body_bytes) {
+                exchange.capture = Capture::TooLarge;
+            } else {
+                exchange.capture = Capture::Reading(Vec::with_capacity(declared.unwrap_or(1024).min(p.max_body_bytes)));
+            }
+        }
+    }
+    exchange
+}
+
+fn settle<H: Host + ?Sized>(host: &mut H, exchange: &mut Exchange, bin: usize) {
+    let bin = bin as u16;
+    host.increment(Metric::Pred(exchange.routed.arm, bin));
+    exchange.bin = Some(bin);
+    exchange.capture = Capture::Off;
+}
+
+/// One response body chunk. The chunk is copied, never held back: the client
+/// gets its response at the same pace with or without capture.
+pub fn on_response_body<H: Host + ?Sized>(
+    plan: &Plan,
+    host: &mut H,
+    exchange: &mut Exchange,
+    chunk_size: usize,
+    end_of_stream: bool,
+) {
+    let Some(p) = &plan.prediction else { return };
+    if let Capture::Reading(buf) = &mut exchange.capture {
+        if buf.len() + chunk_size > p.max_body_bytes {
+            exchange.capture = Capture::TooLarge;
+        } else if chunk_size > 0 {
+            match host.response_body(chunk_size) {
+                Some(chunk) => buf.extend_from_slice(&chunk),
+                None => exchange.capture = Capture::TooLarge,
+            }
+        }
+    }
+    if end_of_stream {
+        let bin = match std::mem::take(&mut exchange.capture) {
+            Capture::Reading(buf) => p.bin_of_json(&buf),
+            Capture::TooLarge => p.unparsed(),
+            Capture::Off => return,
+        };
+        settle(host, exchange, bin);
+    }
 }
 
 #[cfg(test)]
-mod tests {
+mod tests_support {
     use std::collections::HashMap;
 
     use super::*;
-    use crate::split::Salt;
 
     /// An in-memory proxy.
     #[derive(Default)]
-    struct FakeHost {
-        request: Vec<(String, Vec<u8>)>,
-        response: Vec<(String, Vec<u8>)>,
-        status: Option<u16>,
-        route_cache_cleared: u32,
-        counts: HashMap<(Arm, Counter), u64>,
-        recorded: Vec<(Arm, Histogram, u64)>,
-        clock_ns: std::cell::Cell<u64>,
+    pub struct FakeHost {
+        pub request: Vec<(String, Vec<u8>)>,
+        pub response: Vec<(String, Vec<u8>)>,
+        pub status: Option<u16>,
+        pub body: Vec<u8>,
+        pub route_cache_cleared: u32,
+        pub counts: HashMap<Metric, u64>,
+        pub recorded: Vec<(Metric, u64)>,
+        pub clock_ns: std::cell::Cell<u64>,
     }
 
+    pub type Fake = FakeHost;
+
     impl FakeHost {
-        fn with_request_header(mut self, name: &str, value: &str) -> Self {
+        pub fn with_request_header(mut self, name: &str, value: &str) -> Self {
             self.request.push((name.to_string(), value.as_bytes().to_vec()));
             self
         }
-        fn with_status(mut self, status: u16) -> Self {
+        pub fn with_status(mut self, status: u16) -> Self {
             self.status = Some(status);
             self
         }
@@ -144,14 +266,17 @@ mod tests {
                 list.push((name.to_string(), v.to_vec()));
             }
         }
-        fn req(&self, name: &str) -> Option<String> {
+        pub fn req(&self, name: &str) -> Option<String> {
             Self::get(&self.request, name)
         }
-        fn resp(&self, name: &str) -> Option<String> {
+        pub fn resp(&self, name: &str) -> Option<String> {
             Self::get(&self.response, name)
         }
-        fn count_of(&self, arm: Arm, c: Counter) -> u64 {
-            self.counts.get(&(arm, c)).copied().unwrap_or(0)
+        pub fn count_of(&self, arm: Arm, c: Counter) -> u64 {
+            self.metric(Metric::Version(arm, Stat::Counter(c)))
+        }
+        pub fn metric(&self, m: Metric) -> u64 {
+            self.counts.get(&m).copied().unwrap_or(0)
         }
     }
 
@@ -162,20 +287,26 @@ mod tests {
         fn set_request_header(&mut self, name: &str, value: Option<&[u8]>) {
             Self::set(&mut self.request, name, value)
         }
+        fn response_header(&self, name: &str) -> Option<Vec<u8>> {
+            self.response.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone())
+        }
         fn set_response_header(&mut self, name: &str, value: Option<&[u8]>) {
             Self::set(&mut self.response, name, value)
         }
         fn response_status(&self) -> Option<u16> {
             self.status
         }
+        fn response_body(&self, size: usize) -> Option<Vec<u8>> {
+            Some(self.body[..size.min(self.body.len())].to_vec())
+        }
         fn clear_route_cache(&mut self) {
             self.route_cache_cleared += 1;
         }
-        fn count(&mut self, arm: Arm, counter: Counter) {
-            *self.counts.entry((arm, counter)).or_default() += 1;
+        fn increment(&mut self, metric: Metric) {
+            *self.counts.entry(metric).or_default() += 1;
         }
-        fn record(&mut self, arm: Arm, histogram: Histogram, value: u64) {
-            self.recorded.push((arm, histogram, value));
+        fn record(&mut self, metric: Metric, value: u64) {
+            self.recorded.push((metric, value));
         }
         fn now_nanos(&self) -> u64 {
             // Each look at the clock is 1.5 ms later than the one before.
@@ -183,6 +314,12 @@ mod tests {
             self.clock_ns.get()
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tests_support::FakeHost;
+    use super::*;
 
     fn plan(weight_bp: u64, extra: &str) -> Plan {
         Plan::from_json(
@@ -215,12 +352,15 @@ mod tests {
         assert_eq!(host.count_of(Arm::Challenger, Counter::RqTotal), 1);
 
         host.status = Some(503);
-        tag_response(&p, &mut host, routed);
+        tag_response(&p, &mut host, routed, true);
         assert_eq!(host.resp("x-model-version").as_deref(), Some("v2"));
         assert_eq!(host.resp("x-canary-stage").as_deref(), Some("s5000"));
         assert_eq!(host.count_of(Arm::Challenger, Counter::Rq5xx), 1);
         assert_eq!(host.count_of(Arm::Challenger, Counter::RqTimeout), 0);
-        assert_eq!(host.recorded, vec![(Arm::Challenger, Histogram::LatencyUs, 1500)]);
+        assert_eq!(
+            host.recorded,
+            vec![(Metric::Version(Arm::Challenger, Stat::Histogram(Histogram::LatencyUs)), 1500)]
+        );
     }
 
     #[test]
@@ -228,7 +368,7 @@ mod tests {
         let p = plan(0, "");
         let mut host = FakeHost::default().with_request_header("x-user-id", "u").with_status(504);
         let routed = route_request(&p, &mut host);
-        tag_response(&p, &mut host, routed);
+        tag_response(&p, &mut host, routed, true);
         assert_eq!(host.count_of(Arm::Champion, Counter::Rq5xx), 1);
         assert_eq!(host.count_of(Arm::Champion, Counter::RqTimeout), 1);
     }
@@ -270,7 +410,7 @@ mod tests {
         assert_eq!((routed.arm, routed.unkeyed), (Arm::Champion, true));
         assert_eq!(host.req("x-canary-unkeyed").as_deref(), Some("1"));
         assert_eq!(host.count_of(Arm::Champion, Counter::RqUnkeyed), 1);
-        tag_response(&p, &mut host, routed);
+        tag_response(&p, &mut host, routed, true);
         assert_eq!(host.resp("x-canary-unkeyed").as_deref(), Some("1"));
         assert_eq!(host.count_of(Arm::Champion, Counter::Rq2xx), 1);
     }
@@ -302,5 +442,109 @@ mod tests {
             let mut hb = FakeHost::default().with_request_header("x-user-id", &user);
             assert_eq!(route_request(&a, &mut ha).arm, route_request(&b, &mut hb).arm);
         }
+    }
+}
+
+#[cfg(test)]
+mod capture_tests {
+    use super::tests_support::*;
+    use super::*;
+    use crate::metrics::Metric;
+
+    fn plan_with(extra: &str) -> Plan {
+        Plan::from_json(
+            format!(
+                r#"{{"rollout":"r","epoch":1,"stage":"s","salt":"salt","champion":"v1","challenger":"v2",
+                    "challenger_weight_bp":0{extra}}}"#
+            )
+            .as_bytes(),
+        )
+        .unwrap()
+    }
+
+    const NUMERIC_HEADER: &str =
+        r#","prediction":{"from":{"header":"x-prediction"},"bins":{"numeric":[0.25,0.5,0.75]}}"#;
+    const JSON_LABEL: &str =
+        r#","prediction":{"from":{"json_pointer":"/label"},"max_body_bytes":64,"bins":{"categorical":["cat","dog"]}}"#;
+
+    fn respond(plan: &Plan, host: &mut Fake, body_chunks: &[&[u8]]) -> Exchange {
+        let routed = route_request(plan, host);
+        host.status = Some(200);
+        let mut ex = tag_response(plan, host, routed, body_chunks.is_empty());
+        for (i, chunk) in body_chunks.iter().enumerate() {
+            host.body = chunk.to_vec();
+            on_response_body(plan, host, &mut ex, chunk.len(), i + 1 == body_chunks.len());
+        }
+        ex
+    }
+
+    #[test]
+    fn numeric_prediction_from_a_header_lands_in_its_bin() {
+        let plan = plan_with(NUMERIC_HEADER);
+        let mut host = Fake::default().with_request_header("x-user-id", "u");
+        host.response.push(("x-prediction".into(), b"0.6".to_vec()));
+        let ex = respond(&plan, &mut host, &[]);
+        assert_eq!(ex.bin, Some(2));
+        assert_eq!(host.metric(Metric::Pred(Arm::Champion, 2)), 1);
+    }
+
+    #[test]
+    fn categorical_prediction_from_a_json_body_in_chunks() {
+        let plan = plan_with(JSON_LABEL);
+        let mut host = Fake::default().with_request_header("x-user-id", "u");
+        let ex = respond(&plan, &mut host, &[br#"{"lab"#, br#"el":"dog","p":1}"#]);
+        assert_eq!(ex.bin, Some(1));
+        assert_eq!(host.metric(Metric::Pred(Arm::Champion, 1)), 1);
+    }
+
+    #[test]
+    fn oversized_or_malformed_bodies_are_unparsed() {
+        let plan = plan_with(JSON_LABEL);
+        let unparsed = plan.prediction.as_ref().unwrap().unparsed() as u16;
+        let mut host = Fake::default().with_request_header("x-user-id", "u");
+        let big = format!(r#"{{"label":"cat","pad":"{}"}}"#, "x".repeat(100));
+        assert_eq!(respond(&plan, &mut host, &[big.as_bytes()]).bin, Some(unparsed));
+        assert_eq!(respond(&plan, &mut host, &[b"{not json"]).bin, Some(unparsed));
+        // A declared length over the limit is not even copied.
+        let mut host = Fake::default().with_request_header("x-user-id", "u");
+        host.response.push(("content-length".into(), b"5000".to_vec()));
+        let routed = route_request(&plan, &mut host);
+        let ex = tag_response(&plan, &mut host, routed, false);
+        assert_eq!(ex.capture, Capture::TooLarge);
+        assert_eq!(respond(&plan, &mut Fake::default(), &[]).bin, Some(unparsed));
+    }
+
+    #[test]
+    fn segments_split_the_counters_and_unknown_values_go_to_other() {
+        let plan = plan_with(r#","segment":{"header":"x-tier","values":["free","pro"]}"#);
+        for (tier, seg) in [(Some("pro"), 1u16), (Some("gold"), 2), (None, 2)] {
+            let mut host = Fake::default().with_request_header("x-user-id", "u");
+            if let Some(t) = tier {
+                host = host.with_request_header("x-tier", t);
+            }
+            let ex = respond(&plan, &mut host, &[]);
+            assert_eq!(ex.routed.segment, Some(seg));
+            assert_eq!(host.metric(Metric::Segment(Arm::Champion, seg, Stat::Counter(Counter::RqTotal))), 1);
+            assert_eq!(host.metric(Metric::Segment(Arm::Champion, seg, Stat::Counter(Counter::Rq2xx))), 1);
+        }
+    }
+
+    #[test]
+    fn shadow_samples_champion_requests_at_the_rate() {
+        let plan = plan_with(r#","shadow":{"cluster":"v2","sample_bp":2500}"#);
+        let mut sampled = 0;
+        for i in 0..20_000 {
+            let mut host = Fake::default().with_request_header("x-user-id", &format!("user-{i}"));
+            let routed = route_request(&plan, &mut host);
+            sampled += usize::from(routed.shadow);
+        }
+        assert!((4500..5500).contains(&sampled), "{sampled} of 20000 sampled at 25%");
+        // Challenger-served requests are never shadowed.
+        let mut host = Fake::default().with_request_header("x-user-id", "u");
+        let all = Plan::from_json(
+            br#"{"rollout":"r","stage":"s","salt":"x","champion":"v1","challenger":"v2","challenger_weight_bp":10000,"shadow":{"cluster":"v2"}}"#,
+        )
+        .unwrap();
+        assert!(!route_request(&all, &mut host).shadow);
     }
 }

@@ -109,6 +109,12 @@ impl Salt {
     pub fn bucket(self, key: &[u8]) -> u16 {
         (xxh3_64_with_seed(key, self.seed) % u64::from(BUCKETS)) as u16
     }
+
+    /// A bucket under this salt mixed with another: an independent draw for
+    /// the same key (used to sample shadow traffic).
+    pub fn bucket_with(self, other: &Salt, key: &[u8]) -> u16 {
+        (xxh3_64_with_seed(key, self.seed ^ other.seed.rotate_left(17)) % u64::from(BUCKETS)) as u16
+    }
 }
 
 /// The arm a bucket falls in at a given weight.
