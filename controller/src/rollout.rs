@@ -13,10 +13,16 @@
 //! A stage may roll back as soon as both versions have `min_requests`
 //! responses; it advances only after `min_duration` too. Its window starts
 //! when every Envoy has applied the stage's configuration.
+//!
+//! A shadow stage (the first, at 0 %) counts the challenger's evidence in
+//! shadow calls sent to it instead of responses to users, and is judged by
+//! the shadow gate (see [`crate::gates`]). Its configuration is the only one
+//! with the filter's `shadow` part: advancing, rolling back or promoting
+//! stops the copies.
 
 use serde::{Deserialize, Serialize};
 
-use crate::gates::{self, GateResult, LabelEvidence, Outcome};
+use crate::gates::{self, GateResult, LabelEvidence, Outcome, StageContext};
 use crate::labels::LabelBook;
 use crate::spec::RolloutSpec;
 use crate::window::{Coverage, VersionWindow, Window};
@@ -176,6 +182,18 @@ pub struct CommandRefused {
 /// Name of the stage the filter reports after a rollback.
 pub const ROLLED_BACK_STAGE: &str = "rolled-back";
 
+/// The evidence counted against a stage's `min_requests`: the champion's
+/// responses, and the challenger's responses, or in a shadow stage the
+/// shadow calls sent to it. Calls sent, not calls answered: a challenger that
+/// times out on every copy must reach the gates (and fail them), not hold
+/// the stage forever. Copies that could not be sent at all are not counted:
+/// that is a configuration problem, not the challenger's, and the hold
+/// reason says how many failed.
+pub fn evidence(shadow_stage: bool, w: &WindowSummary) -> (u64, u64) {
+    let challenger = if shadow_stage { w.challenger.shadow.requests } else { w.challenger.answered() };
+    (w.champion.answered(), challenger)
+}
+
 impl RolloutState {
     pub fn start(spec: &RolloutSpec, now: Millis) -> RolloutState {
         RolloutState {
@@ -217,7 +235,12 @@ impl RolloutState {
     /// The filter configuration for [`RolloutState::target`].
     pub fn filter_config(&self, spec: &RolloutSpec) -> FilterConfig {
         let t = self.target(spec);
-        spec.filter_config(&t.stage_name, t.weight, t.epoch)
+        spec.filter_config(&t.stage_name, t.weight, t.epoch, self.in_shadow_stage(spec))
+    }
+
+    /// Whether traffic is in a shadow stage now (never once the rollout ended).
+    pub fn in_shadow_stage(&self, spec: &RolloutSpec) -> bool {
+        !self.phase.is_final() && spec.is_shadow_stage(self.stage)
     }
 
     /// Labels of the current stage, per version.
@@ -356,17 +379,27 @@ impl RolloutState {
         let champion = window.version(&spec.champion);
         let challenger = window.version(&spec.challenger);
         let stage = &spec.stages[self.stage];
-        let results =
-            gates::evaluate(&spec.gates, &champion, &challenger, &self.stage_labels(spec), stage.min_requests);
+        let shadow = spec.is_shadow_stage(self.stage);
+        let context = StageContext { min_samples: stage.min_requests, shadow };
+        let results = gates::evaluate(&spec.gates, &champion, &challenger, &self.stage_labels(spec), context);
         let summary = WindowSummary { champion, challenger, coverage: c.clone(), elapsed_ms };
 
         let short = |have: u64| stage.min_requests.saturating_sub(have);
-        let (need_a, need_b) = (short(summary.champion.answered()), short(summary.challenger.answered()));
+        let (have_a, have_b) = evidence(shadow, &summary);
+        let (need_a, need_b) = (short(have_a), short(have_b));
         if need_a > 0 || need_b > 0 {
-            let reason = format!(
-                "too few responses to judge: need {need_a} more from the champion and {need_b} more from the challenger (minimum {} each)",
-                stage.min_requests
-            );
+            let reason = if shadow {
+                let s = &summary.challenger.shadow;
+                format!(
+                    "too few to judge: need {need_a} more responses from the champion and {need_b} more shadow calls to the challenger (minimum {} each; {} copies failed, {} skipped)",
+                    stage.min_requests, s.failed, s.skipped
+                )
+            } else {
+                format!(
+                    "too few responses to judge: need {need_a} more from the champion and {need_b} more from the challenger (minimum {} each)",
+                    stage.min_requests
+                )
+            };
             return hold(next, vec![reason], results, Some(summary), vec![]);
         }
 
@@ -399,12 +432,12 @@ impl RolloutState {
             return hold(next, waiting, results, Some(summary), vec![]);
         }
         let action = self.forward(spec);
-        let reasons = vec![format!(
-            "every gate passed over {:.1} s with {} champion and {} challenger responses",
-            elapsed_ms as f64 / 1000.0,
-            summary.champion.answered(),
-            summary.challenger.answered()
-        )];
+        let seconds = elapsed_ms as f64 / 1000.0;
+        let reasons = vec![if shadow {
+            format!("every gate passed over {seconds:.1} s with {have_a} champion responses and {have_b} shadow calls")
+        } else {
+            format!("every gate passed over {seconds:.1} s with {have_a} champion and {have_b} challenger responses")
+        }];
         next.finish(action, false, now, spec, (reasons, results, Some(summary), vec![]))
     }
 
@@ -607,5 +640,115 @@ alerts: { source_failures: 2 }
         let (_, d) = s.step(&spec, Ok(&window(9, 500, 0, 0)), 1000);
         assert_eq!(d.action, Action::Hold);
         assert!(d.reasons[0].contains("epoch 9, not 1"), "{:?}", d.reasons);
+    }
+
+    const SHADOW_SPEC: &str = r#"
+rollout: r
+champion: v1
+challenger: v2
+interval: 1s
+stages:
+  - { shadow: true, min_duration: 10s, min_requests: 100 }
+  - { weight_percent: 10, min_duration: 10s, min_requests: 100 }
+  - { weight_percent: 100 }
+gates:
+  error_rate: { error_tolerance: 1 }
+  prediction: { max_psi: 0.2 }
+  shadow: { min_agreement: 0.9, error_tolerance: 1, latency_tolerance_multiplier: 2 }
+envoy: { admin: ["http://a"], ecds_dir: /x, wasm: /y.wasm }
+filter:
+  prediction: { from: { header: x-prediction }, bins: { numeric: [0.25, 0.5, 0.75] } }
+"#;
+
+    /// A shadow-stage window: the champion served `n`, the challenger got
+    /// `sent` copies of which `agree` agreed (the rest disagreed).
+    fn shadow_window(epoch: u64, n: u64, sent: u64, agree: u64) -> Window {
+        use canary_core::metrics::ShadowStat;
+        let mut w = window(epoch, n, 0, 0);
+        for vw in w.versions.values_mut() {
+            vw.latency_us.add(10_000.0, 100.0, n);
+        }
+        let c = w.versions.get_mut("v2").unwrap();
+        *c = VersionWindow::default();
+        c.shadow.add_counter(ShadowStat::RqTotal, sent);
+        c.shadow.add_counter(ShadowStat::Agree, agree);
+        c.shadow.add_counter(ShadowStat::Disagree, sent - agree);
+        c.shadow.latency_us.add(12_000.0, 100.0, sent);
+        w.coverage.endpoints = 1;
+        w.coverage.applied = 1;
+        w.coverage.answered = 1;
+        w
+    }
+
+    #[test]
+    fn a_shadow_stage_counts_shadow_calls_advances_on_agreement_and_stops_the_copies() {
+        let spec = RolloutSpec::from_yaml(SHADOW_SPEC).unwrap();
+        let s = RolloutState::start(&spec, 0);
+        assert!(s.in_shadow_stage(&spec));
+        let c = s.filter_config(&spec);
+        assert_eq!((c.challenger_weight_bp, c.stage.as_str()), (Weight::ZERO, "shadow"));
+        assert_eq!(c.shadow.as_ref().map(|s| s.cluster.as_str()), Some("v2"));
+        assert!(c.prediction.is_some());
+
+        // 500 champion responses but only 60 copies sent: hold, counting shadow calls.
+        let (s, d) = s.step(&spec, Ok(&shadow_window(1, 500, 60, 60)), 1_000);
+        assert_eq!(d.action, Action::Hold);
+        assert!(
+            d.reasons[0].contains("need 0 more responses from the champion and 40 more shadow calls"),
+            "{:?}",
+            d.reasons
+        );
+        // Enough, all agreeing, but too early.
+        let (s, d) = s.step(&spec, Ok(&shadow_window(1, 500, 200, 195)), 2_000);
+        assert_eq!(d.action, Action::Hold);
+        assert!(d.reasons.iter().any(|r| r.contains("more in the stage")), "{:?}", d.reasons);
+        let (s, d) = s.step(&spec, Ok(&shadow_window(1, 5000, 2000, 1950)), 12_000);
+        assert_eq!(d.action, Action::Advance, "{:?}", d.reasons);
+        assert!(d.reasons[0].contains("5000 champion responses and 2000 shadow calls"), "{:?}", d.reasons);
+        let kinds: Vec<_> = d.gates.iter().map(|g| g.gate).collect();
+        assert!(
+            kinds.contains(&crate::gates::GateKind::ShadowAgreement)
+                && !kinds.contains(&crate::gates::GateKind::ErrorRate)
+        );
+        // The next stage serves users and sends no copies.
+        assert!(!s.in_shadow_stage(&spec));
+        let c = s.filter_config(&spec);
+        assert_eq!((c.challenger_weight_bp.bp(), c.shadow.is_none(), c.prediction.is_some()), (1000, true, true));
+    }
+
+    #[test]
+    fn disagreement_in_the_shadow_stage_rolls_back_and_the_copies_stop() {
+        let spec = RolloutSpec::from_yaml(SHADOW_SPEC).unwrap();
+        let s = RolloutState::start(&spec, 0);
+        let (s, d) = s.step(&spec, Ok(&shadow_window(1, 500, 200, 140)), 1_000);
+        assert_eq!(d.action, Action::Rollback);
+        assert!(d.reasons[0].contains("ShadowAgreement gate failed: shadow agreement 70.000%"), "{:?}", d.reasons);
+        assert_eq!(s.phase, Phase::RolledBack);
+        assert!(!s.in_shadow_stage(&spec));
+        assert_eq!(s.filter_config(&spec).shadow, None, "a rollback stops the copies too");
+    }
+
+    #[test]
+    fn a_shifted_prediction_distribution_rolls_back_a_live_stage() {
+        let spec = RolloutSpec::from_yaml(SHADOW_SPEC).unwrap();
+        let (s, _) = RolloutState::start(&spec, 0).command(&spec, Command::Advance, "", 1).unwrap();
+        let mut w = window(2, 1000, 0, 0);
+        for (version, bins) in [("v1", [250, 250, 250, 250]), ("v2", [40, 250, 250, 460])] {
+            for (i, n) in bins.into_iter().enumerate() {
+                w.versions.get_mut(version).unwrap().add_prediction(&format!("b{i}"), n);
+            }
+        }
+        w.coverage.endpoints = 1;
+        w.coverage.applied = 1;
+        let (s, d) = s.step(&spec, Ok(&w), 2_000);
+        assert_eq!(d.action, Action::Rollback, "{:?}", d.reasons);
+        assert!(d.reasons[0].starts_with("Prediction gate failed: PSI 0.5"), "{:?}", d.reasons);
+        let psi = d.gates.iter().find(|g| g.gate == crate::gates::GateKind::Prediction).unwrap().challenger.unwrap();
+        // Shares (0.04, 0.25, 0.25, 0.46) vs quarters: 0.21·ln(6.25) + 0.21·ln(1.84) ≈ 0.3848 + 0.1281 = 0.513,
+        // a little less after smoothing.
+        assert!((psi - 0.51).abs() < 0.01, "{psi}");
+        assert_eq!(s.phase, Phase::RolledBack);
+        // The summary carries the bins for the record.
+        assert_eq!(d.window.unwrap().challenger.predictions["b3"], 460);
     }
 }

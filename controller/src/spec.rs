@@ -6,7 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use canary_core::config::{KeySource, OwnedHeaders, UnkeyedPolicy};
+use canary_core::config::{KeySource, OwnedHeaders, ShadowConfig, UnkeyedPolicy};
+use canary_core::predict::{PredictionConfig, SegmentConfig};
 use canary_core::{FilterConfig, Weight};
 use serde::{Deserialize, Serialize};
 
@@ -71,17 +72,29 @@ fn default_interval() -> Duration {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StageSpec {
-    /// Name (defaults to `<weight>pct`); sent in the stage header.
+    /// Name (defaults to `<weight>pct`, or `shadow`); sent in the stage header.
     #[serde(default)]
     pub name: Option<String>,
     /// Challenger share in percent, e.g. `1`, `0.5`, `100` (resolution 0.01).
-    pub weight_percent: f64,
+    /// Required, except in a shadow stage, where it is 0 (left out or 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_percent: Option<f64>,
+    /// A shadow stage: no user is served by the challenger; the filter sends
+    /// copies of champion-served requests to it (`filter.shadow`) and the
+    /// `shadow` gate judges its answers. Only the first stage may be one.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub shadow: bool,
     /// Least time in the stage before it may advance (it may roll back earlier).
     #[serde(with = "humantime_serde", default)]
     pub min_duration: Duration,
-    /// Least responses per version before gates are evaluated at all.
+    /// Least responses per version before gates are evaluated at all (in a
+    /// shadow stage: champion responses and shadow answers).
     #[serde(default)]
     pub min_requests: u64,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 const DAY: u64 = 24 * 3600;
@@ -90,7 +103,8 @@ const DAY: u64 = 24 * 3600;
 pub fn default_stages() -> Vec<StageSpec> {
     let s = |w: f64, days: u64, min_requests| StageSpec {
         name: None,
-        weight_percent: w,
+        weight_percent: Some(w),
+        shadow: false,
         min_duration: Duration::from_secs(days * DAY),
         min_requests,
     };
@@ -111,6 +125,9 @@ pub struct GatesSpec {
     pub timeouts: Option<TimeoutGate>,
     #[serde(default)]
     pub labels: Option<LabelGate>,
+    /// Judged only in a shadow stage, on the challenger's shadow answers.
+    #[serde(default)]
+    pub shadow: Option<ShadowGate>,
 }
 
 /// Challenger 5xx rate ≤ champion's + `error_tolerance` percentage points.
@@ -145,14 +162,40 @@ pub enum NoDataPolicy {
     Ignore,
 }
 
-/// PSI(challenger ‖ champion) < `max_psi` over the prediction bins.
+/// PSI(challenger ‖ champion) < `max_psi` over the prediction bins the
+/// filter counts (`filter.prediction`); see [`crate::psi`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PredictionGate {
     pub max_psi: f64,
-    /// The filter does not count predictions yet: this says whether that blocks.
+    /// Whether too few predictions block the stage (`hold`) or not (`ignore`).
     #[serde(default)]
     pub on_no_data: NoDataPolicy,
+    /// Parsed predictions needed per version before PSI is judged; the
+    /// stage's `min_requests` when larger. PSI of small samples is noisy
+    /// (about (bins − 1) × (1/n + 1/m) for two samples of one distribution).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub min_predictions: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// The shadow stage's gate, over the copies sent to the challenger:
+/// agreement with the champion's prediction, errors and latency.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowGate {
+    /// agree / (agree + disagree) must be at least this (0..=1).
+    pub min_agreement: f64,
+    /// Shadow (5xx + failed) / sent ≤ champion 5xx rate + this many points.
+    pub error_tolerance: f64,
+    /// Shadow latency quantile ≤ champion's × this (≥ 1).
+    pub latency_tolerance_multiplier: f64,
+    /// The latency quantile compared, default 0.99.
+    #[serde(default = "default_quantile")]
+    pub quantile: f64,
 }
 
 /// Challenger 504 rate ≤ champion's + `timeout_tolerance` percentage points.
@@ -199,7 +242,7 @@ fn default_apply_timeout() -> Duration {
 }
 
 /// Filter settings passed through to its configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FilterSpec {
     /// `[{header: x-user-id}, {cookie: uid}]`, as in the plugin configuration.
@@ -207,6 +250,20 @@ pub struct FilterSpec {
     pub key: Vec<KeySource>,
     pub unkeyed: UnkeyedPolicy,
     pub headers: OwnedHeaders,
+    /// Where responses carry their prediction and how it is binned, as in
+    /// the plugin configuration (`from: {header: x-prediction}`, `bins:
+    /// {numeric: [0.25, 0.5, 0.75]}`). Every stage gets it. Numeric edges
+    /// are fixed for the whole rollout: derive them from the champion
+    /// beforehand (`canary bin-edges`).
+    #[serde(with = "serde_yaml_ng::with::singleton_map_recursive", skip_serializing_if = "Option::is_none")]
+    pub prediction: Option<PredictionConfig>,
+    /// A request header whose allowed values split the counters. Every
+    /// stage gets it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub segment: Option<SegmentConfig>,
+    /// Where and how shadow copies go; only shadow stages get it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowSpec>,
 }
 
 impl Default for FilterSpec {
@@ -215,6 +272,42 @@ impl Default for FilterSpec {
             key: vec![KeySource::Header("x-user-id".into())],
             unkeyed: UnkeyedPolicy::default(),
             headers: OwnedHeaders::default(),
+            prediction: None,
+            segment: None,
+            shadow: None,
+        }
+    }
+}
+
+/// `filter.shadow`: the filter's `shadow` configuration in spec units.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShadowSpec {
+    /// Envoy cluster of the challenger; default: the challenger's version
+    /// name (`envoy/sidecar.yaml` names clusters after versions).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// How long the filter waits for a shadow answer (1 ms – 60 s).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Share of champion-served requests copied, in percent (0.01 resolution).
+    pub sample_percent: f64,
+    /// Requests with a longer body are not copied (counted as skipped).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<u32>,
+    /// Most shadow calls in flight per Envoy worker; more are skipped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<u32>,
+}
+
+impl Default for ShadowSpec {
+    fn default() -> Self {
+        ShadowSpec {
+            cluster: None,
+            timeout: Duration::from_secs(1),
+            sample_percent: 100.0,
+            max_body_bytes: None,
+            max_in_flight: None,
         }
     }
 }
@@ -306,17 +399,43 @@ impl RolloutSpec {
     pub fn stage_name(&self, index: usize) -> String {
         match self.stages.get(index) {
             Some(StageSpec { name: Some(n), .. }) => n.clone(),
-            Some(s) => format!("{}pct", s.weight_percent).replace('.', "_"),
+            Some(StageSpec { shadow: true, .. }) => "shadow".into(),
+            Some(s) => format!("{}pct", s.weight_percent.unwrap_or(0.0)).replace('.', "_"),
             None => format!("stage{index}"),
         }
     }
 
     pub fn stage_weight(&self, index: usize) -> Weight {
-        self.stages.get(index).and_then(|s| percent_to_weight(s.weight_percent).ok()).unwrap_or(Weight::ZERO)
+        self.stages
+            .get(index)
+            .and_then(|s| percent_to_weight(s.weight_percent.unwrap_or(0.0)).ok())
+            .unwrap_or(Weight::ZERO)
     }
 
-    /// The filter configuration for a stage name, weight and epoch.
-    pub fn filter_config(&self, stage: &str, weight: Weight, epoch: u64) -> FilterConfig {
+    /// Whether stage `index` is a shadow stage.
+    pub fn is_shadow_stage(&self, index: usize) -> bool {
+        self.stages.get(index).is_some_and(|s| s.shadow)
+    }
+
+    /// The filter's `shadow` configuration for a shadow stage: `filter.shadow`
+    /// or its defaults. Out-of-range values are clamped here and refused by
+    /// [`RolloutSpec::validate`], so what is pushed always passes the filter.
+    pub fn shadow_config(&self) -> ShadowConfig {
+        let spec = self.filter.shadow.clone().unwrap_or_default();
+        ShadowConfig {
+            cluster: spec.cluster.unwrap_or_else(|| self.challenger.clone()),
+            sample_bp: percent_to_weight(spec.sample_percent).unwrap_or(Weight::FULL),
+            timeout_ms: u32::try_from(spec.timeout.as_millis()).unwrap_or(u32::MAX),
+            max_body_bytes: spec.max_body_bytes.unwrap_or_else(canary_core::predict::default_max_body),
+            max_in_flight: spec.max_in_flight.unwrap_or(1000),
+        }
+    }
+
+    /// The filter configuration for a stage name, weight and epoch. `shadow`
+    /// adds the `shadow` configuration: only for a shadow stage, never after
+    /// a rollback or a promotion. `prediction` and `segment` go to every stage
+    /// (the same bins everywhere, so stages compare).
+    pub fn filter_config(&self, stage: &str, weight: Weight, epoch: u64, shadow: bool) -> FilterConfig {
         FilterConfig {
             rollout: self.rollout.clone(),
             epoch,
@@ -328,9 +447,9 @@ impl RolloutSpec {
             key: self.filter.key.clone(),
             unkeyed: self.filter.unkeyed,
             headers: self.filter.headers.clone(),
-            prediction: None,
-            segment: None,
-            shadow: None,
+            prediction: self.filter.prediction.clone(),
+            segment: self.filter.segment.clone(),
+            shadow: shadow.then(|| self.shadow_config()),
         }
     }
 
@@ -342,7 +461,28 @@ impl RolloutSpec {
         let mut previous = Weight::ZERO;
         for (i, stage) in self.stages.iter().enumerate() {
             let field = format!("stages[{i}].weight_percent");
-            let w = percent_to_weight(stage.weight_percent).map_err(|e| invalid(&field, e))?;
+            if stage.shadow {
+                if i != 0 {
+                    return Err(invalid(
+                        format!("stages[{i}].shadow"),
+                        "only the first stage may be a shadow stage (it comes before any user is served)",
+                    ));
+                }
+                if stage.weight_percent.is_some_and(|w| w != 0.0) {
+                    return Err(invalid(
+                        &field,
+                        "a shadow stage serves no user from the challenger: leave weight_percent out or set 0",
+                    ));
+                }
+                continue;
+            }
+            let Some(percent) = stage.weight_percent else {
+                return Err(invalid(&field, "is required (only a shadow stage may leave it out)"));
+            };
+            let w = percent_to_weight(percent).map_err(|e| invalid(&field, e))?;
+            if w == Weight::ZERO {
+                return Err(invalid(&field, "0 is only allowed in a shadow stage (`shadow: true`, the first stage)"));
+            }
             if w <= previous {
                 return Err(invalid(&field, format!("{w} must be above the previous stage's {previous}")));
             }
@@ -354,13 +494,25 @@ impl RolloutSpec {
                 "the last stage must be 100",
             ));
         }
-        // The filter's own rules check names, salt and headers, for every stage.
+        let has_shadow_stage = self.stages.iter().any(|s| s.shadow);
+        if let Some(shadow) = &self.filter.shadow {
+            self.validate_shadow_spec(shadow)?;
+        }
+        // The filter's own rules check names, salt, headers, prediction and
+        // segment settings, for every stage.
         for i in 0..self.stages.len() {
-            let config = self.filter_config(&self.stage_name(i), self.stage_weight(i), 0);
+            let config = self.filter_config(&self.stage_name(i), self.stage_weight(i), 0, self.is_shadow_stage(i));
             config.validate().map_err(|e| {
                 let field = match e.field() {
                     "stage" => format!("stages[{i}].name"),
-                    f if f.starts_with("key") || f.starts_with("headers") || f == "unkeyed" => format!("filter.{f}"),
+                    "shadow.timeout_ms" => "filter.shadow.timeout".into(),
+                    "shadow.sample_bp" => "filter.shadow.sample_percent".into(),
+                    f if ["key", "headers", "unkeyed", "prediction", "segment", "shadow"]
+                        .iter()
+                        .any(|p| f.starts_with(p)) =>
+                    {
+                        format!("filter.{f}")
+                    }
                     f => f.to_string(),
                 };
                 invalid(field, e)
@@ -376,7 +528,46 @@ impl RolloutSpec {
             && g.timeouts.is_none()
             && g.labels.is_none()
         {
-            return Err(invalid("gates", "needs at least one gate; a rollout with no gate advances on time alone"));
+            let what = if g.shadow.is_some() {
+                "needs a gate over live traffic too (error_rate, latency, prediction, timeouts or labels): \
+                 the shadow gate only judges the shadow stage, and the others would advance on time alone"
+            } else {
+                "needs at least one gate; a rollout with no gate advances on time alone"
+            };
+            return Err(invalid("gates", what));
+        }
+        match (&g.shadow, has_shadow_stage) {
+            (Some(_), false) => {
+                return Err(invalid(
+                    "gates.shadow",
+                    "is only judged in a shadow stage: add `shadow: true` to the first stage, or remove the gate",
+                ))
+            }
+            (None, true) => return Err(invalid(
+                "gates.shadow",
+                "a shadow stage needs the shadow gate: nothing else is judged there (the challenger serves no user)",
+            )),
+            _ => {}
+        }
+        if let Some(s) = &g.shadow {
+            if !(s.min_agreement.is_finite() && (0.0..=1.0).contains(&s.min_agreement)) {
+                return Err(invalid("gates.shadow.min_agreement", "must be within 0..=1 (0.9 = 90 % agreement)"));
+            }
+            if !(s.error_tolerance.is_finite() && s.error_tolerance >= 0.0) {
+                return Err(invalid(
+                    "gates.shadow.error_tolerance",
+                    format!("{} must be a number >= 0", s.error_tolerance),
+                ));
+            }
+            if !(s.latency_tolerance_multiplier.is_finite() && s.latency_tolerance_multiplier >= 1.0) {
+                return Err(invalid(
+                    "gates.shadow.latency_tolerance_multiplier",
+                    "must be >= 1 (1.5 = 50 % slower allowed)",
+                ));
+            }
+            if !(s.quantile > 0.0 && s.quantile < 1.0) {
+                return Err(invalid("gates.shadow.quantile", "must be within (0, 1), e.g. 0.99"));
+            }
         }
         let non_negative = |field: &str, v: f64| {
             if v.is_finite() && v >= 0.0 {
@@ -402,6 +593,13 @@ impl RolloutSpec {
         if let Some(p) = &g.prediction {
             if !(p.max_psi.is_finite() && p.max_psi > 0.0) {
                 return Err(invalid("gates.prediction.max_psi", "must be > 0 (0.1 small shift, 0.25 large)"));
+            }
+            if self.filter.prediction.is_none() && p.on_no_data == NoDataPolicy::Hold {
+                return Err(invalid(
+                    "filter.prediction",
+                    "is needed by gates.prediction (on_no_data: hold): without it the filter counts no \
+                     prediction and every stage would hold forever",
+                ));
             }
         }
         if let Some(t) = &g.timeouts {
@@ -434,6 +632,24 @@ impl RolloutSpec {
                 "server.listen",
                 format!("`{}` is not an address like 127.0.0.1:8080", self.server.listen),
             ));
+        }
+        Ok(())
+    }
+
+    fn validate_shadow_spec(&self, shadow: &ShadowSpec) -> Result<(), SpecError> {
+        if let Some(cluster) = &shadow.cluster {
+            if cluster.is_empty() || cluster.len() > 128 {
+                return Err(invalid("filter.shadow.cluster", "must be an Envoy cluster name, 1-128 bytes"));
+            }
+        }
+        let ms = shadow.timeout.as_millis();
+        if !(1..=60_000).contains(&ms) {
+            return Err(invalid("filter.shadow.timeout", format!("{:?} must be within 1ms..=60s", shadow.timeout)));
+        }
+        let sample =
+            percent_to_weight(shadow.sample_percent).map_err(|e| invalid("filter.shadow.sample_percent", e))?;
+        if sample == Weight::ZERO {
+            return Err(invalid("filter.shadow.sample_percent", "must be above 0: a shadow stage needs copies"));
         }
         Ok(())
     }
@@ -580,8 +796,186 @@ alerts:
     #[test]
     fn filter_config_follows_the_stage() {
         let spec = RolloutSpec::from_yaml(EXAMPLE).unwrap();
-        let c = spec.filter_config(&spec.stage_name(1), spec.stage_weight(1), 7);
+        let c = spec.filter_config(&spec.stage_name(1), spec.stage_weight(1), 7, false);
         assert_eq!((c.stage.as_str(), c.challenger_weight_bp.bp(), c.epoch), ("5pct", 500, 7));
         assert!(c.validate().is_ok());
+    }
+
+    const SHADOW_SPEC: &str = r#"
+rollout: recs-v3
+champion: v1
+challenger: v2
+interval: 1s
+stages:
+  - { shadow: true, min_duration: 1h, min_requests: 500 }
+  - { weight_percent: 5, min_duration: 1h, min_requests: 500 }
+  - { weight_percent: 100 }
+gates:
+  error_rate: { error_tolerance: 0.5 }
+  prediction: { max_psi: 0.2, min_predictions: 300 }
+  shadow: { min_agreement: 0.9, error_tolerance: 1.0, latency_tolerance_multiplier: 1.5 }
+envoy: { admin: ["http://127.0.0.1:9901"], ecds_dir: /x, wasm: /y.wasm }
+filter:
+  prediction:
+    from: { header: x-prediction }
+    bins: { numeric: [0.25, 0.5, 0.75] }
+  segment: { header: x-tier, values: [free, pro] }
+  shadow: { timeout: 250ms, sample_percent: 50 }
+"#;
+
+    fn shadow_with(path: &[&str], value: serde_yaml_ng::Value) -> Result<RolloutSpec, SpecError> {
+        let mut doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(SHADOW_SPEC).unwrap();
+        let mut at = &mut doc;
+        for (i, key) in path.iter().enumerate() {
+            if i + 1 == path.len() {
+                at[*key] = value.clone();
+            } else {
+                at = &mut at[*key];
+            }
+        }
+        RolloutSpec::from_yaml(&serde_yaml_ng::to_string(&doc).unwrap())
+    }
+
+    #[test]
+    fn a_shadow_stage_gets_the_shadow_configuration_and_no_other_stage_does() {
+        let spec = RolloutSpec::from_yaml(SHADOW_SPEC).unwrap();
+        assert_eq!((spec.stage_name(0), spec.stage_weight(0)), ("shadow".to_string(), Weight::ZERO));
+        assert!(spec.is_shadow_stage(0) && !spec.is_shadow_stage(1) && !spec.is_shadow_stage(9));
+        let c = spec.filter_config(&spec.stage_name(0), spec.stage_weight(0), 1, true);
+        assert_eq!(
+            c.shadow,
+            Some(ShadowConfig {
+                cluster: "v2".into(),
+                sample_bp: Weight::from_bp(5000).unwrap(),
+                timeout_ms: 250,
+                max_body_bytes: 64 * 1024,
+                max_in_flight: 1000,
+            })
+        );
+        assert!(c.validate().is_ok());
+        for i in 1..3 {
+            let c = spec.filter_config(&spec.stage_name(i), spec.stage_weight(i), 1, spec.is_shadow_stage(i));
+            assert_eq!(c.shadow, None, "stage {i}");
+        }
+        assert_eq!(spec.gates.prediction.as_ref().unwrap().min_predictions, 300);
+        assert_eq!(RolloutSpec::from_yaml(&spec.to_yaml()).unwrap(), spec, "round-trips through the stored copy");
+    }
+
+    #[test]
+    fn prediction_and_segment_pass_through_to_every_stage() {
+        use canary_core::predict::{Bins, PredictionSource};
+        let spec = RolloutSpec::from_yaml(SHADOW_SPEC).unwrap();
+        for i in 0..spec.stages.len() {
+            let c = spec.filter_config(&spec.stage_name(i), spec.stage_weight(i), 3, spec.is_shadow_stage(i));
+            let p = c.prediction.as_ref().unwrap();
+            assert_eq!(p.from, PredictionSource::Header("x-prediction".into()));
+            assert_eq!(p.bins, Bins::Numeric(vec![0.25, 0.5, 0.75]));
+            assert_eq!(c.segment.as_ref().unwrap().values, ["free", "pro"]);
+            let plan = c.validate().unwrap();
+            assert_eq!(plan.prediction.unwrap().names, ["b0", "b1", "b2", "b3", "unparsed"]);
+        }
+        // Categorical bins and a JSON pointer, as YAML.
+        let text = SHADOW_SPEC.replace(
+            "    from: { header: x-prediction }\n    bins: { numeric: [0.25, 0.5, 0.75] }",
+            "    from: { json_pointer: /label }\n    bins: { categorical: [cat, dog] }\n    max_body_bytes: 1024",
+        );
+        let spec = RolloutSpec::from_yaml(&text).unwrap();
+        let p = spec.filter.prediction.clone().unwrap();
+        assert_eq!(
+            (p.from, p.bins, p.max_body_bytes),
+            (PredictionSource::JsonPointer("/label".into()), Bins::Categorical(vec!["cat".into(), "dog".into()]), 1024)
+        );
+        assert_eq!(RolloutSpec::from_yaml(&spec.to_yaml()).unwrap(), spec);
+    }
+
+    #[test]
+    fn shadow_prediction_and_segment_errors_name_the_field() {
+        use serde_yaml_ng::Value;
+        let stage = |text: &str| -> Value { serde_yaml_ng::from_str(text).unwrap() };
+        let cases: Vec<(Vec<&str>, Value, &str)> = vec![
+            (
+                vec!["stages"],
+                Value::Sequence(vec![
+                    stage("{weight_percent: 5}"),
+                    stage("{shadow: true}"),
+                    stage("{weight_percent: 100}"),
+                ]),
+                "stages[1].shadow",
+            ),
+            (
+                vec!["stages"],
+                Value::Sequence(vec![stage("{shadow: true, weight_percent: 5}"), stage("{weight_percent: 100}")]),
+                "stages[0].weight_percent",
+            ),
+            (
+                vec!["stages"],
+                Value::Sequence(vec![
+                    stage("{shadow: true}"),
+                    stage("{weight_percent: 0}"),
+                    stage("{weight_percent: 100}"),
+                ]),
+                "stages[1].weight_percent",
+            ),
+            (
+                vec!["stages"],
+                Value::Sequence(vec![
+                    stage("{shadow: true}"),
+                    stage("{min_requests: 5}"),
+                    stage("{weight_percent: 100}"),
+                ]),
+                "stages[1].weight_percent",
+            ),
+            (
+                vec!["stages"],
+                Value::Sequence(vec![stage("{weight_percent: 5}"), stage("{weight_percent: 100}")]),
+                "gates.shadow",
+            ),
+            (vec!["gates", "shadow"], Value::Null, "gates.shadow"),
+            (vec!["gates", "shadow", "min_agreement"], 1.5.into(), "gates.shadow.min_agreement"),
+            (vec!["gates", "shadow", "error_tolerance"], (-1.0).into(), "gates.shadow.error_tolerance"),
+            (
+                vec!["gates", "shadow", "latency_tolerance_multiplier"],
+                0.9.into(),
+                "gates.shadow.latency_tolerance_multiplier",
+            ),
+            (vec!["gates", "shadow", "colour"], "red".into(), "gates.shadow.colour"),
+            (vec!["filter", "shadow", "timeout"], "0s".into(), "filter.shadow.timeout"),
+            (vec!["filter", "shadow", "timeout"], "2m".into(), "filter.shadow.timeout"),
+            (vec!["filter", "shadow", "sample_percent"], 0.into(), "filter.shadow.sample_percent"),
+            (vec!["filter", "shadow", "sample_percent"], 100.5.into(), "filter.shadow.sample_percent"),
+            (vec!["filter", "shadow", "cluster"], "".into(), "filter.shadow.cluster"),
+            (vec!["filter", "shadow", "max_in_flight"], 0.into(), "filter.shadow.max_in_flight"),
+            (
+                vec!["filter", "prediction", "bins"],
+                stage("{numeric: [0.5, 0.25]}"),
+                "filter.prediction.bins.numeric[1]",
+            ),
+            (vec!["filter", "prediction", "from"], stage("{header: 'bad header'}"), "filter.prediction.from.header"),
+            (vec!["filter", "prediction", "max_body_bytes"], 0.into(), "filter.prediction.max_body_bytes"),
+            (vec!["filter", "segment", "values"], Value::Sequence(vec!["other".into()]), "filter.segment.values[0]"),
+            (vec!["filter", "segment", "header"], "x-model-version".into(), "filter.segment.header"),
+            (vec!["filter", "prediction"], Value::Null, "filter.prediction"),
+        ];
+        for (path, value, field) in cases {
+            assert_eq!(field_of(shadow_with(&path, value.clone())), field, "{path:?} = {value:?}");
+        }
+    }
+
+    #[test]
+    fn the_shadow_gate_alone_is_not_enough() {
+        let mut doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(SHADOW_SPEC).unwrap();
+        let gates = doc["gates"].as_mapping_mut().unwrap();
+        gates.remove("error_rate");
+        gates.remove("prediction");
+        let err = RolloutSpec::from_yaml(&serde_yaml_ng::to_string(&doc).unwrap()).unwrap_err();
+        assert!(err.to_string().contains("needs a gate over live traffic too"), "{err}");
+    }
+
+    #[test]
+    fn a_prediction_gate_that_ignores_missing_data_needs_no_prediction_config() {
+        // The pre-existing shape of specs (and tests): allowed, and never blocks.
+        let spec = with(&["filter"], serde_yaml_ng::from_str("{key: [{header: x-user-id}]}").unwrap()).unwrap();
+        assert!(spec.filter.prediction.is_none());
+        assert_eq!(spec.gates.prediction.unwrap().on_no_data, NoDataPolicy::Ignore);
     }
 }

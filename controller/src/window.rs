@@ -300,8 +300,11 @@ impl ShadowWindow {
         *self == ShadowWindow::default()
     }
 
-    /// Calls that got an answer (any status): sent minus failed. A call
-    /// still in flight when the stats were read counts as neither yet.
+    /// Calls that got an answer (any status), about: sent minus failed. The
+    /// filter counts as `failed` both copies sent that got no answer (they
+    /// are in `requests`) and copies it could not send (they are not), so
+    /// this can undercount; the exact number of answers is the shadow latency
+    /// histogram's count, which lags the counters by a stats flush.
     pub fn answered(&self) -> u64 {
         self.requests.saturating_sub(self.failed)
     }
@@ -316,9 +319,18 @@ impl ShadowWindow {
         rate(self.agree, self.compared())
     }
 
-    /// Share of calls sent that failed or answered 5xx; `None` before any call.
+    /// Calls that failed or answered 5xx.
+    pub fn errors(&self) -> u64 {
+        self.rq_5xx.saturating_add(self.failed)
+    }
+
+    /// Share of calls that failed or answered 5xx; `None` before any call.
+    /// Over `requests` (copies sent), or over the errors when they are more:
+    /// copies the filter could not send count as `failed` without being in
+    /// `requests`, so this leans towards a higher rate, never a lower one,
+    /// and a challenger nobody can reach reads 100 %.
     pub fn error_rate(&self) -> Option<f64> {
-        rate(self.rq_5xx.saturating_add(self.failed).min(self.requests), self.requests)
+        rate(self.errors(), self.requests.max(self.errors()))
     }
 }
 
@@ -423,6 +435,9 @@ mod tests {
         assert_eq!(a.shadow.agreement(), Some(14.0 / 16.0));
         assert_eq!(a.shadow.error_rate(), Some(0.2));
         assert_eq!(ShadowWindow::default().agreement(), None);
+        let unsendable = ShadowWindow { failed: 5, ..ShadowWindow::default() };
+        assert_eq!(unsendable.error_rate(), Some(1.0), "copies that could not be sent are errors");
+        assert_eq!(ShadowWindow::default().error_rate(), None);
     }
 
     #[test]
