@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::alert::{Alert, Alerter};
 use crate::labels::{parse_jsonl, Intake, LabelRecord};
-use crate::rollout::{Action, Command, Decision, Millis, Phase, RolloutState};
+use crate::rollout::{evidence, Action, Command, Decision, Millis, Phase, RolloutState, WindowSummary};
 use crate::sink::{EcdsFileSink, SinkError};
 use crate::source::{AdminSource, AdminSourceConfig};
 use crate::spec::RolloutSpec;
@@ -68,8 +68,14 @@ pub struct Status {
     pub challenger: String,
     pub in_stage_ms: Option<u64>,
     pub time_left_ms: Option<u64>,
-    /// Responses still needed per version before the gates are judged.
+    /// Responses still needed per version before the gates are judged (in
+    /// a shadow stage, the challenger's are shadow calls).
     pub requests_left: Option<(u64, u64)>,
+    /// Whether the current stage is a shadow stage.
+    pub shadow_stage: bool,
+    /// Per-segment 5xx counts of the last decision's window, when the filter
+    /// splits by segment.
+    pub segments: Vec<SegmentStatus>,
     pub last_decision: Option<Decision>,
     pub daemon_pid: Option<u32>,
     pub state_dir: String,
@@ -286,6 +292,31 @@ pub fn add_labels(store: &Store, spec: &RolloutSpec, records: &[LabelRecord]) ->
     Ok(intake)
 }
 
+/// One segment's 5xx evidence, per version.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SegmentStatus {
+    pub segment: String,
+    /// `(5xx, responses)` of the champion.
+    pub champion: (u64, u64),
+    /// `(5xx, responses)` of the challenger.
+    pub challenger: (u64, u64),
+}
+
+/// Per-segment evidence of a window summary: every segment either version
+/// saw, in name order.
+pub fn segment_status(w: &WindowSummary) -> Vec<SegmentStatus> {
+    let names: std::collections::BTreeSet<&String> =
+        w.champion.segments.keys().chain(w.challenger.segments.keys()).collect();
+    names
+        .into_iter()
+        .map(|name| {
+            let counts =
+                |v: &crate::window::VersionWindow| v.segments.get(name).map_or((0, 0), |s| (s.errors(), s.answered()));
+            SegmentStatus { segment: name.clone(), champion: counts(&w.champion), challenger: counts(&w.challenger) }
+        })
+        .collect()
+}
+
 /// The rollout's status as `canary status` shows it.
 pub fn status(store: &Store, spec: &RolloutSpec) -> Result<Status> {
     let state = store.load_state()?.ok_or_else(|| ControlError::NoRollout(store.dir().display().to_string()))?;
@@ -297,17 +328,17 @@ pub fn status(store: &Store, spec: &RolloutSpec) -> Result<Status> {
         (Some(s), Some(e)) if !state.phase.is_final() => Some((s.min_duration.as_millis() as u64).saturating_sub(e)),
         _ => None,
     };
+    let shadow_stage = state.in_shadow_stage(spec);
     let requests_left = match (stage, state.last_decision.as_ref().and_then(|d| d.window.as_ref())) {
         (Some(s), Some(w))
             if !state.phase.is_final() && state.last_decision.as_ref().map(|d| d.to.epoch) == Some(state.epoch) =>
         {
-            Some((
-                s.min_requests.saturating_sub(w.champion.answered()),
-                s.min_requests.saturating_sub(w.challenger.answered()),
-            ))
+            let (a, b) = evidence(shadow_stage, w);
+            Some((s.min_requests.saturating_sub(a), s.min_requests.saturating_sub(b)))
         }
         _ => None,
     };
+    let segments = state.last_decision.as_ref().and_then(|d| d.window.as_ref()).map(segment_status).unwrap_or_default();
     Ok(Status {
         rollout: spec.rollout.clone(),
         phase: state.phase,
@@ -321,8 +352,40 @@ pub fn status(store: &Store, spec: &RolloutSpec) -> Result<Status> {
         in_stage_ms,
         time_left_ms,
         requests_left,
+        shadow_stage,
+        segments,
         last_decision: state.last_decision,
         daemon_pid: store.daemon_pid(),
         state_dir: store.dir().display().to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use canary_core::metrics::Counter;
+
+    use super::*;
+    use crate::window::{Coverage, VersionWindow};
+
+    #[test]
+    fn segment_status_lists_every_segment_of_either_version() {
+        let mut champion = VersionWindow::default();
+        champion.segment_mut("pro").add_counter(Counter::Rq2xx, 99);
+        champion.segment_mut("pro").add_counter(Counter::Rq5xx, 1);
+        champion.segment_mut("other").add_counter(Counter::Rq2xx, 10);
+        let mut challenger = VersionWindow::default();
+        challenger.segment_mut("pro").add_counter(Counter::Rq5xx, 2);
+        challenger.segment_mut("free").add_counter(Counter::Rq2xx, 5);
+        let w = WindowSummary { champion, challenger, coverage: Coverage::default(), elapsed_ms: 0 };
+        let got = segment_status(&w);
+        let row = |segment: &str, champion, challenger| SegmentStatus { segment: segment.into(), champion, challenger };
+        assert_eq!(got, vec![row("free", (0, 0), (0, 5)), row("other", (0, 10), (0, 0)), row("pro", (1, 100), (2, 2))]);
+        let empty = WindowSummary {
+            champion: VersionWindow::default(),
+            challenger: VersionWindow::default(),
+            coverage: Coverage::default(),
+            elapsed_ms: 0,
+        };
+        assert!(segment_status(&empty).is_empty());
+    }
 }

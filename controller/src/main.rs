@@ -63,6 +63,17 @@ enum Command {
     },
     /// Check a rollout spec (YAML).
     CheckSpec { file: PathBuf },
+    /// Numeric prediction bin edges at the champion's quantiles: reads
+    /// observed predictions (numbers separated by whitespace or commas) from
+    /// FILE or stdin, prints `bins - 1` edges for `filter.prediction.bins`.
+    /// Edges are fixed for a whole rollout: derive them before it starts.
+    BinEdges {
+        /// Bins wanted (2..=65); ties may give fewer.
+        #[arg(long, default_value_t = 10)]
+        bins: usize,
+        /// The observed values; stdin when absent.
+        file: Option<PathBuf>,
+    },
     /// Validate a filter plugin configuration and write it as the ECDS file
     /// Envoy watches (atomically: temp file, then rename).
     Push {
@@ -116,7 +127,8 @@ fn print_status(s: &Status) {
         println!("  in stage for {}{left}", ms(e));
     }
     if let Some((a, b)) = s.requests_left {
-        println!("  responses still needed before judging: {a} champion, {b} challenger");
+        let what = if s.shadow_stage { "shadow calls" } else { "challenger" };
+        println!("  responses still needed before judging: {a} champion, {b} {what}");
     }
     match &s.last_decision {
         Some(d) => {
@@ -129,6 +141,23 @@ fn print_status(s: &Status) {
             );
             for g in &d.gates {
                 println!("    {:?}: {:?} — {}", g.gate, g.outcome, g.detail);
+            }
+            let rate = |(errors, n): (u64, u64)| {
+                if n == 0 {
+                    "-".to_string()
+                } else {
+                    format!("{:.2}% ({errors}/{n})", errors as f64 * 100.0 / n as f64)
+                }
+            };
+            for seg in &s.segments {
+                println!(
+                    "    segment {}: 5xx {} {}, {} {}",
+                    seg.segment,
+                    s.champion,
+                    rate(seg.champion),
+                    s.challenger,
+                    rate(seg.challenger)
+                );
             }
         }
         None => println!("  no decision yet"),
@@ -196,6 +225,22 @@ async fn main() -> anyhow::Result<()> {
             let stages: Vec<String> =
                 (0..s.stages.len()).map(|i| format!("{} {}", s.stage_name(i), s.stage_weight(i))).collect();
             println!("ok: rollout {}: {} → {}; stages {}", s.rollout, s.champion, s.challenger, stages.join(", "));
+        }
+        Command::BinEdges { bins, file } => {
+            let text = match &file {
+                Some(path) => {
+                    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?
+                }
+                None => std::io::read_to_string(std::io::stdin()).context("cannot read stdin")?,
+            };
+            let values = text
+                .split(|c: char| c.is_whitespace() || c == ',')
+                .filter(|t| !t.is_empty())
+                .enumerate()
+                .map(|(i, t)| t.parse::<f64>().with_context(|| format!("value #{i} `{t}` is not a number")))
+                .collect::<anyhow::Result<Vec<f64>>>()?;
+            let edges = canary_controller::psi::quantile_edges(&values, bins)?;
+            println!("{}", serde_json::json!({ "numeric": edges }));
         }
         Command::Push { file, ecds_dir, wasm } => {
             let c = read_config(&file)?;
