@@ -3,8 +3,30 @@
 //! routing headers it received), after a latency drawn from a log-normal
 //! distribution (long right tail), failing a configurable share with 500.
 //!
+//! Every answer carries a prediction, a deterministic function of the
+//! request's `x-user-id` (so two backends agree user by user):
+//!
+//! ```text
+//! u     = unit(hash(user))                     uniform in [0, 1)
+//! flip  = unit(hash("disagree/" + user)) < disagree_rate
+//! u'    = flip ? (u + 0.5) mod 1 : u
+//! x     = u' + prediction_shift                header `x-prediction`, body `"prediction"`
+//! label = cat if u' < 0.5, dog if u' < 0.8, bird otherwise          body `"label"`
+//! ```
+//!
+//! `hash` is FNV-1a 64 then the splitmix64 finaliser; `unit` takes its top
+//! 53 bits. With shift 0 and no disagreement two backends give identical
+//! predictions. `disagree_rate p` changes the prediction of a fixed share p
+//! of users (the same users on every request): `(u + 0.5) mod 1` is still
+//! uniform, so the distribution (and PSI) does not move, and it always lands
+//! in another label and in another quartile bin (edges 0.25/0.5/0.75) or
+//! half, so agreement with an honest backend is 1 − p for those bins. A
+//! shift s moves the distribution: with quartile edges PSI is
+//! s · ln((1 + 4s) / (1 − 4s)) (0.5 at s ≈ 0.2085).
+//!
 //! Knobs can change while it runs: `POST /_control` with any of
-//! `{"error_rate": 0.2, "latency_ms": 50, "latency_sigma": 0.5}`.
+//! `{"error_rate": 0.2, "latency_ms": 50, "latency_sigma": 0.5,
+//! "prediction_shift": 0.2, "disagree_rate": 0.1}`.
 //! `GET /_stats` returns `{"requests", "errors", "last_request_unix_ms"}`
 //! (model requests only). Prints `listening on 127.0.0.1:PORT` once it
 //! accepts connections.
@@ -44,10 +66,20 @@ struct Args {
     /// Random seed.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Added to every numeric prediction (moves the distribution).
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
+    prediction_shift: f64,
+    /// Share of users (fixed by their id) whose prediction differs from an
+    /// honest backend's (0..=1).
+    #[arg(long, default_value_t = 0.0)]
+    disagree_rate: f64,
 }
 
 /// Header carrying the backend's own version name.
 const SERVED_BY: &str = "x-served-by";
+
+/// Header carrying the numeric prediction.
+const PREDICTION: &str = "x-prediction";
 
 #[derive(Clone, Copy, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -55,6 +87,8 @@ struct Knobs {
     error_rate: f64,
     latency_ms: f64,
     latency_sigma: f64,
+    prediction_shift: f64,
+    disagree_rate: f64,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -63,6 +97,42 @@ struct KnobUpdate {
     error_rate: Option<f64>,
     latency_ms: Option<f64>,
     latency_sigma: Option<f64>,
+    prediction_shift: Option<f64>,
+    disagree_rate: Option<f64>,
+}
+
+/// FNV-1a 64 of `salt` then `key`, finished with splitmix64 (FNV alone
+/// mixes its last bytes poorly: ids differing in a final digit would get
+/// close values).
+fn hash(salt: &str, key: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in salt.bytes().chain(key.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+/// Uniform in [0, 1) from the top 53 bits.
+fn unit(h: u64) -> f64 {
+    (h >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// The prediction for a user: `(x, label)`, see the module docs.
+fn prediction(user: &str, shift: f64, disagree_rate: f64) -> (f64, &'static str) {
+    let u = unit(hash("", user));
+    let flip = disagree_rate > 0.0 && unit(hash("disagree/", user)) < disagree_rate;
+    let u = if flip { (u + 0.5).fract() } else { u };
+    let label = if u < 0.5 {
+        "cat"
+    } else if u < 0.8 {
+        "dog"
+    } else {
+        "bird"
+    };
+    (u + shift, label)
 }
 
 struct Backend {
@@ -96,13 +166,25 @@ fn check(k: &Knobs) -> Result<(), String> {
     if !(k.latency_ms >= 0.0 && k.latency_sigma >= 0.0 && k.latency_ms.is_finite() && k.latency_sigma.is_finite()) {
         return Err("latency_ms and latency_sigma must be finite and >= 0".into());
     }
+    if !k.prediction_shift.is_finite() {
+        return Err(format!("prediction_shift {} must be finite", k.prediction_shift));
+    }
+    if !(0.0..=1.0).contains(&k.disagree_rate) {
+        return Err(format!("disagree_rate {} is outside 0..=1", k.disagree_rate));
+    }
     Ok(())
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let knobs = Knobs { error_rate: args.error_rate, latency_ms: args.latency_ms, latency_sigma: args.latency_sigma };
+    let knobs = Knobs {
+        error_rate: args.error_rate,
+        latency_ms: args.latency_ms,
+        latency_sigma: args.latency_sigma,
+        prediction_shift: args.prediction_shift,
+        disagree_rate: args.disagree_rate,
+    };
     check(&knobs).map_err(anyhow::Error::msg)?;
     let backend = Arc::new(Backend {
         version: args.version.clone(),
@@ -129,6 +211,8 @@ async fn control(State(b): State<Arc<Backend>>, Json(update): Json<KnobUpdate>) 
     next.error_rate = update.error_rate.unwrap_or(next.error_rate);
     next.latency_ms = update.latency_ms.unwrap_or(next.latency_ms);
     next.latency_sigma = update.latency_sigma.unwrap_or(next.latency_sigma);
+    next.prediction_shift = update.prediction_shift.unwrap_or(next.prediction_shift);
+    next.disagree_rate = update.disagree_rate.unwrap_or(next.disagree_rate);
     match check(&next) {
         Ok(()) => {
             *knobs = next;
@@ -166,8 +250,15 @@ async fn predict(State(b): State<Arc<Backend>>, headers: HeaderMap) -> Response 
         return (StatusCode::INTERNAL_SERVER_ERROR, out, json!({"error": "injected failure"}).to_string())
             .into_response();
     }
+    let k = *b.knobs.lock().unwrap_or_else(|e| e.into_inner());
+    let (x, label) = prediction(&seen("x-user-id").unwrap_or_default(), k.prediction_shift, k.disagree_rate);
+    if let Ok(v) = HeaderValue::from_str(&x.to_string()) {
+        out.insert(PREDICTION, v);
+    }
     let body = json!({
         "version": b.version,
+        "prediction": x,
+        "label": label,
         "seen": {
             "x-model-version": seen("x-model-version"),
             "x-canary-stage": seen("x-canary-stage"),
@@ -175,4 +266,46 @@ async fn predict(State(b): State<Arc<Backend>>, headers: HeaderMap) -> Response 
         }
     });
     (StatusCode::OK, out, body.to_string()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn predictions_are_uniform_per_user_and_deterministic() {
+        let users: Vec<String> = (0..20_000).map(|i| format!("load-{i}")).collect();
+        let mut quartiles = [0usize; 4];
+        let mut labels = std::collections::BTreeMap::new();
+        for u in &users {
+            let (x, label) = prediction(u, 0.0, 0.0);
+            assert_eq!(prediction(u, 0.0, 0.0), (x, label));
+            quartiles[(x * 4.0) as usize] += 1;
+            *labels.entry(label).or_insert(0usize) += 1;
+        }
+        for q in quartiles {
+            assert!((4700..5300).contains(&q), "{quartiles:?}");
+        }
+        assert!((9700..10_300).contains(&labels["cat"]), "{labels:?}");
+        assert!((5700..6300).contains(&labels["dog"]), "{labels:?}");
+    }
+
+    #[test]
+    fn disagreeing_users_change_label_and_quartile_and_the_share_is_the_rate() {
+        let users: Vec<String> = (0..20_000).map(|i| format!("u{i}")).collect();
+        let mut flipped = 0;
+        for u in &users {
+            let (a, la) = prediction(u, 0.0, 0.0);
+            let (b, lb) = prediction(u, 0.0, 0.3);
+            if (a, la) != (b, lb) {
+                flipped += 1;
+                assert_ne!(la, lb, "{u}");
+                assert_ne!((a * 4.0) as usize, (b * 4.0) as usize, "{u}: same quartile");
+            }
+        }
+        assert!((5700..6300).contains(&flipped), "{flipped} of 20000 at 0.3");
+        // A shift moves every value, not the label.
+        assert_eq!(prediction("u1", 0.2, 0.0).1, prediction("u1", 0.0, 0.0).1);
+        assert!((prediction("u1", 0.2, 0.0).0 - prediction("u1", 0.0, 0.0).0 - 0.2).abs() < 1e-12);
+    }
 }
