@@ -1,6 +1,7 @@
 # make help lists the targets. Everything installs what it needs first.
 SHELL := /bin/bash
 CARGO ?= cargo
+SCENARIO ?= healthy
 DEMO_ARGS ?=
 
 .PHONY: help setup wasm build test unit integration lint demo clean
@@ -30,8 +31,15 @@ integration: build ## Tests against the real Envoy running the built .wasm
 
 test: lint unit integration ## Everything CI runs: lint, unit and integration tests
 
-demo: build ## Start Envoy + filter + two model backends and show requests splitting at each stage
-	$(CARGO) run -q -p canary-tests --bin demo -- $(DEMO_ARGS)
+demo: build ## A complete local rollout (SCENARIO=healthy|faulty, DEMO_ARGS="--stage-seconds 20 ...")
+	$(CARGO) run -q -p canary-tests --bin demo -- --scenario $(SCENARIO) $(DEMO_ARGS)
 
 clean: ## Remove build output (keeps .tools/)
 	$(CARGO) clean
+
+.PHONY: bench bench-smoke
+bench: setup ## Filter cost per request vs no filter, no-op wasm, native split (~6 min): bench/results/<date>/
+	@bash bench/run.sh full $(BENCH_ARGS)
+
+bench-smoke: setup ## One short round of the bench (< 1 min once built): target/bench-smoke/
+	@bash bench/run.sh smoke $(BENCH_ARGS)

@@ -1,25 +1,59 @@
-//! `make demo` runs end to end (a reduced run) and leaves no process behind.
+//! `make demo` end to end, reduced (short stages): the healthy scenario ends
+//! promoted, the faulty one rolled back with the alert shown; reports are
+//! written and no process is left behind.
 
 use std::process::Command;
 use std::time::Duration;
 
 use canary_tests::{pid_alive, workspace_bin};
 
-#[test]
-fn demo_shows_the_split_at_every_stage_and_stops_what_it_started() {
-    let out = Command::new(workspace_bin("demo").unwrap()).args(["--users", "400"]).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "demo failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    for stage in ["1pct", "5pct", "20pct", "50pct", "100pct"] {
-        assert!(stdout.lines().any(|l| l.starts_with(stage)), "no row for {stage}:\n{stdout}");
-    }
-    let last = stdout.lines().find(|l| l.starts_with("100pct")).unwrap();
-    let cols: Vec<&str> = last.split_whitespace().collect();
-    // stage weight applied requests v1 v2 share moved-back counted
-    assert_eq!(&cols[3..6], ["400", "0", "400"], "{last}");
-    assert_eq!(cols[8], "400", "{last}");
+fn run_demo(scenario: &str) -> (String, std::path::PathBuf, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("out");
+    let out = Command::new(workspace_bin("demo").unwrap())
+        .args(["--scenario", scenario, "--stage-seconds", "1.5", "--timeout-seconds", "120", "--out"])
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "demo {scenario} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    (stdout, out_dir, dir)
+}
 
-    let pid: u32 = stdout.split("Envoy (pid ").nth(1).and_then(|s| s.split(')').next()).unwrap().parse().unwrap();
+fn pids(stdout: &str) -> Vec<u32> {
+    ["Envoy ", "controller daemon (pid "]
+        .iter()
+        .filter_map(|p| stdout.split(p).nth(1)?.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        .collect()
+}
+
+fn assert_nothing_left(stdout: &str) {
+    let pids = pids(stdout);
+    assert_eq!(pids.len(), 2, "{stdout}");
     std::thread::sleep(Duration::from_millis(200));
-    assert!(!pid_alive(pid), "demo left Envoy (pid {pid}) running");
+    for pid in pids {
+        assert!(!pid_alive(pid), "demo left pid {pid} running");
+    }
+}
+
+#[test]
+fn the_healthy_demo_is_promoted_and_writes_reports() {
+    let (stdout, out, _dir) = run_demo("healthy");
+    assert!(stdout.contains("rollout promoted"), "{stdout}");
+    for stage in ["1pct", "5pct", "20pct", "50pct"] {
+        assert!(stdout.contains(&format!("{stage} (")), "no decision shown for {stage}:\n{stdout}");
+    }
+    let reports: Vec<_> = std::fs::read_dir(out.join("reports")).unwrap().collect();
+    assert_eq!(reports.len(), 5, "4 stage reports and an index");
+    assert_nothing_left(&stdout);
+}
+
+#[test]
+fn the_faulty_demo_is_rolled_back_with_the_alert_shown() {
+    let (stdout, out, _dir) = run_demo("faulty");
+    assert!(stdout.contains("rollout rolled back"), "{stdout}");
+    assert!(stdout.contains("fault injected"), "{stdout}");
+    assert!(stdout.contains("ALERT (webhook received): *canary demo: rolled back"), "{stdout}");
+    assert!(out.join("reports/README.md").exists());
+    assert_nothing_left(&stdout);
 }
