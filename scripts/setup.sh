@@ -66,4 +66,14 @@ WASM_ENV="RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc RUSTC_BOOTSTRAP=1 CARGO_
 ENV
   fi
 fi
+
+# --- bench tools (only with `setup.sh bench`: make bench / bench-smoke) ------
+# wrk, the load generator; taskset (util-linux) pins processes to cores.
+bench_tools() {
+  command -v wrk >/dev/null && command -v taskset >/dev/null && return 0
+  command -v wrk >/dev/null || apt_install wrk
+  command -v taskset >/dev/null || apt_install util-linux
+  command -v wrk >/dev/null || { log "wrk is missing and could not be installed (apt-get install wrk, or your OS's package)"; return 1; }
+}
+if [ "${1:-}" = bench ]; then bench_tools; fi
 log "ok"

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# `make bench` / `make bench-smoke`: installs and builds what the bench needs
+# (through scripts/setup.sh and scripts/build-wasm.sh, so the rustup and the
+# Debian wasm toolchains both work), runs the criterion micro-benchmarks of
+# the pure core, then the side-by-side Envoy benchmark.
+#
+#   bash bench/run.sh full  [ARGS]   → bench/results/<UTC date>/   (~6 min)
+#   bash bench/run.sh smoke [ARGS]   → target/bench-smoke/          (one short round)
+#
+# ARGS go to `canary-bench run` (e.g. --rounds 8, --rate 3000, --connections 64).
+# BENCH_ENVOY_CPU / BENCH_LOAD_CPU choose the two cores (default 0 and 1).
+# Linux only: it pins with taskset and reads /proc.
+set -euo pipefail
+mode="${1:-full}"
+shift || true
+case "$mode" in full|smoke) ;; *) echo "usage: bench/run.sh full|smoke [canary-bench run args]" >&2; exit 2 ;; esac
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+CARGO="${CARGO:-cargo}"
+target_dir="${CARGO_TARGET_DIR:-$root/target}"
+envoy_cpu="${BENCH_ENVOY_CPU:-0}"
+load_cpu="${BENCH_LOAD_CPU:-1}"
+started=$(date +%s)
+
+bash scripts/setup.sh bench
+filter_wasm="$(bash scripts/build-wasm.sh)"
+noop_wasm="$(bash scripts/build-wasm.sh canary-noop-filter)"
+# shellcheck disable=SC1091
+. .tools/wasm.env
+case "$WASM_FLAGS" in *build-std*) route="Debian rustc-web + build-std" ;; *) route="rustup target" ;; esac
+# shellcheck disable=SC2016,SC2086
+wasm_rustc="$(env $WASM_ENV sh -c '"${RUSTC:-rustc}" --version')"
+toolchain="wasm32-unknown-unknown via $route, $wasm_rustc, profile wasm"
+
+"$CARGO" build -q --release -p canary-bench --bin canary-bench
+"$CARGO" bench -q --no-run -p canary-bench --bench core 2>/dev/null
+
+if [ "$mode" = full ]; then
+  out="$root/bench/results/$(date -u +%F)"
+  crit_args=(--warm-up-time 1 --measurement-time 3)
+  smoke=()
+else
+  out="$target_dir/bench-smoke"
+  crit_args=(--warm-up-time 0.1 --measurement-time 0.3)
+  smoke=(--smoke)
+fi
+crit="$target_dir/bench-criterion/$mode"
+rm -rf "$crit"
+mkdir -p "$crit" "$out"
+echo "bench: criterion micro-benchmarks of canary-core (log: $crit/criterion.log)" >&2
+CRITERION_HOME="$crit" taskset -c "$envoy_cpu" "$CARGO" bench -q -p canary-bench --bench core -- "${crit_args[@]}" \
+  >"$crit/criterion.log" 2>&1 || { tail -20 "$crit/criterion.log" >&2; exit 1; }
+
+taskset -c "$load_cpu" "$target_dir/release/canary-bench" run "${smoke[@]}" \
+  --out "$out" \
+  --envoy "${CANARY_ENVOY:-$root/.tools/venv/bin/envoy}" \
+  --filter-wasm "$filter_wasm" --noop-wasm "$noop_wasm" \
+  --criterion "$crit" \
+  --envoy-cpu "$envoy_cpu" --load-cpu "$load_cpu" \
+  --wasm-toolchain "$toolchain" \
+  "$@"
+echo "bench: $mode run took $(( $(date +%s) - started )) s in all (builds included); results in $out" >&2

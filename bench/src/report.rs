@@ -1,0 +1,501 @@
+//! What a run produced: `results.json` (everything, per slice too),
+//! `results.md` (tables) and `chart.svg` (drawn by hand from the numbers).
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::stats::Estimate;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub nproc: u64,
+    pub cpu_model: String,
+    pub kernel: String,
+    pub envoy_cpu: usize,
+    pub load_cpu: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Versions {
+    pub envoy: String,
+    pub rustc: String,
+    pub wasm_toolchain: String,
+    pub git_commit: String,
+    /// Uncommitted changes in the work tree when the run started.
+    pub git_dirty: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Settings {
+    pub mode: String,
+    pub rounds: usize,
+    pub saturation_slice_s: u64,
+    pub fixed_rate_slice_s: u64,
+    pub warmup_s: u64,
+    pub pause_between_slices_ms: u64,
+    pub envoy_concurrency: u32,
+    pub wrk_threads: u32,
+    pub wrk_connections: usize,
+    pub fixed_rate_rps: f64,
+    pub fixed_rate_rule: String,
+    pub fixed_rate_connections: usize,
+    pub order: String,
+    /// A slice during which other processes used more cores than this is measured again…
+    pub foreign_threshold_cores: f64,
+    /// …at most this many times.
+    pub max_retries: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WasmSizes {
+    pub filter_bytes: u64,
+    pub noop_bytes: u64,
+}
+
+/// One configuration's numbers.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConfigResult {
+    pub key: String,
+    pub label: String,
+    /// What Envoy runs: template and filter.
+    pub envoy: String,
+    /// Upstream answer (`/small` or `/json`).
+    pub path: String,
+    pub plugin_config: Option<String>,
+    /// `ok`, `not available` or `failed`.
+    pub status: String,
+    pub reason: Option<String>,
+    pub pid: Option<u32>,
+    pub rss_kib_after_warmup: Option<u64>,
+    pub rss_kib_at_end: Option<u64>,
+    pub throughput_rps: Option<Estimate>,
+    pub cpu_us_per_request: Option<Estimate>,
+    pub cpu_us_per_request_fixed_rate: Option<Estimate>,
+    /// Envoy CPU seconds per wall second during saturation slices (≈1: Envoy is the bottleneck).
+    pub envoy_cpu_utilisation: Option<Estimate>,
+    /// The same during fixed-rate slices.
+    pub envoy_cpu_utilisation_fixed_rate: Option<Estimate>,
+    pub latency_p50_us: Option<f64>,
+    pub latency_p99_us: Option<f64>,
+    pub latency_p999_us: Option<f64>,
+    /// p99 from the scheduled send time (includes waiting for a free connection).
+    pub latency_p99_from_schedule_us: Option<f64>,
+    pub fixed_rate_achieved_rps: Option<Estimate>,
+    /// Busy share of the load generator's core during saturation slices.
+    pub load_core_busy: Option<Estimate>,
+    /// Share of Envoy's core taken by the hypervisor (steal) during saturation slices.
+    pub envoy_core_steal: Option<Estimate>,
+    pub errors: u64,
+    pub requests: u64,
+}
+
+/// One configuration against a baseline, from per-round differences and ratios.
+#[derive(Debug, Clone, Serialize)]
+pub struct Comparison {
+    pub row: String,
+    pub baseline: String,
+    pub rounds: usize,
+    pub cpu_delta_us: Option<Estimate>,
+    pub cpu_ratio: Option<Estimate>,
+    pub throughput_ratio: Option<Estimate>,
+    pub p50_delta_us: Option<Estimate>,
+    pub p99_delta_us: Option<Estimate>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Micro {
+    pub id: String,
+    pub mean_ns: f64,
+    pub mean_lo_ns: f64,
+    pub mean_hi_ns: f64,
+    pub median_ns: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Target {
+    pub target: String,
+    pub configuration: String,
+    pub measured: String,
+    /// `met`, `not met`, `inconclusive` (the interval straddles the limit) or `not measured`.
+    pub verdict: String,
+}
+
+/// One load slice.
+#[derive(Debug, Clone, Serialize)]
+pub struct Slice {
+    pub round: usize,
+    pub row: String,
+    /// `saturation` or `fixed_rate`.
+    pub kind: String,
+    pub requests: u64,
+    pub errors: u64,
+    pub duration_s: f64,
+    pub throughput_rps: f64,
+    pub envoy_cpu_s: f64,
+    pub cpu_us_per_request: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub p99_from_schedule_us: Option<f64>,
+    pub envoy_core_busy: f64,
+    pub envoy_core_steal: f64,
+    pub load_core_busy: f64,
+    /// Cores used by processes other than the bench's during the slice.
+    pub foreign_cores: f64,
+    /// 1 unless the slice was measured again because of foreign load.
+    pub attempts: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Results {
+    pub date: String,
+    pub wall_seconds: f64,
+    pub machine: Machine,
+    pub versions: Versions,
+    pub settings: Settings,
+    pub wasm: WasmSizes,
+    pub configurations: Vec<ConfigResult>,
+    pub comparisons: Vec<Comparison>,
+    pub micro: Vec<Micro>,
+    pub targets: Vec<Target>,
+    pub notes: Vec<String>,
+    pub slices: Vec<Slice>,
+}
+
+fn est(e: &Option<Estimate>, decimals: usize) -> String {
+    e.as_ref().map_or("–".into(), |e| e.fmt(decimals))
+}
+
+fn num(x: Option<f64>, decimals: usize) -> String {
+    x.map_or("–".into(), |x| format!("{x:.decimals$}"))
+}
+
+fn pct(e: &Option<Estimate>) -> String {
+    e.as_ref().map_or("–".into(), |e| {
+        let scaled =
+            Estimate { mean: e.mean * 100.0, lo: e.lo.map(|x| x * 100.0), hi: e.hi.map(|x| x * 100.0), n: e.n };
+        format!("{} %", scaled.fmt(1))
+    })
+}
+
+impl Results {
+    fn config(&self, key: &str) -> Option<&ConfigResult> {
+        self.configurations.iter().find(|c| c.key == key)
+    }
+
+    fn label(&self, key: &str) -> String {
+        self.config(key).map_or(key.to_string(), |c| c.label.clone())
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut md = String::new();
+        let s = &self.settings;
+        let _ = writeln!(md, "# Filter cost on the request path — {} ({})\n", self.date, s.mode);
+        let _ = writeln!(
+            md,
+            "Machine: {} cores, {}, Linux {}. Envoy pinned to core {}, load generator and upstream to core {}.  ",
+            self.machine.nproc,
+            self.machine.cpu_model,
+            self.machine.kernel,
+            self.machine.envoy_cpu,
+            self.machine.load_cpu
+        );
+        let _ = writeln!(md, "Envoy: `{}`.  ", self.versions.envoy);
+        let _ = writeln!(
+            md,
+            "rustc (host): `{}`; wasm toolchain: `{}`; commit `{}`{}.  ",
+            self.versions.rustc,
+            self.versions.wasm_toolchain,
+            self.versions.git_commit,
+            if self.versions.git_dirty { " (work tree had uncommitted changes)" } else { "" }
+        );
+        let _ = writeln!(
+            md,
+            "Settings: {} rounds; per round every configuration gets a {} s saturation slice (wrk, {} thread, {} connections) and a {} s fixed-rate slice ({:.0} req/s open loop, {} connections; {}); {}; {} s warm-up each; {} ms pause between slices; a slice is measured again (up to {} times) when other processes used more than {} cores meanwhile; Envoy `--concurrency {}`. Run took {:.0} s.\n",
+            s.rounds,
+            s.saturation_slice_s,
+            s.wrk_threads,
+            s.wrk_connections,
+            s.fixed_rate_slice_s,
+            s.fixed_rate_rps,
+            s.fixed_rate_connections,
+            s.fixed_rate_rule,
+            s.order,
+            s.warmup_s,
+            s.pause_between_slices_ms,
+            s.max_retries,
+            s.foreign_threshold_cores,
+            s.envoy_concurrency,
+            self.wall_seconds
+        );
+        let _ = writeln!(md, "## Per configuration\n");
+        let _ = writeln!(
+            md,
+            "Means over rounds with 95 % t-intervals in brackets. CPU = Envoy's utime+stime over the slice / requests served. Latency pooled over all fixed-rate slices (request write → last response byte).\n"
+        );
+        let _ = writeln!(
+            md,
+            "| configuration | status | throughput (req/s) | Envoy CPU µs/req (saturated) | Envoy CPU µs/req (fixed rate) | Envoy core use sat. / fixed | p50 µs | p99 µs | p99.9 µs | RSS MiB |"
+        );
+        let _ = writeln!(md, "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+        for c in &self.configurations {
+            let status = match &c.reason {
+                Some(r) if c.status != "ok" => format!("{}: {}", c.status, r.replace('\n', " ").replace('|', "\\|")),
+                _ => c.status.clone(),
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                c.label,
+                status,
+                est(&c.throughput_rps, 0),
+                est(&c.cpu_us_per_request, 2),
+                est(&c.cpu_us_per_request_fixed_rate, 2),
+                match (c.envoy_cpu_utilisation, c.envoy_cpu_utilisation_fixed_rate) {
+                    (Some(a), Some(b)) => format!("{:.0} % / {:.0} %", a.mean * 100.0, b.mean * 100.0),
+                    _ => "–".into(),
+                },
+                num(c.latency_p50_us, 0),
+                num(c.latency_p99_us, 0),
+                num(c.latency_p999_us, 0),
+                num(c.rss_kib_after_warmup.map(|k| k as f64 / 1024.0), 1),
+            );
+        }
+        let _ = writeln!(md, "\n## Overhead, paired within each round\n");
+        let _ = writeln!(
+            md,
+            "Per round: the configuration's value minus (or divided by) the baseline's from the same round, then the mean and 95 % t-interval of those per-round numbers over the rounds.\n"
+        );
+        let _ = writeln!(
+            md,
+            "| configuration | vs baseline | Δ CPU µs/req | CPU ratio | throughput ratio | Δ p50 µs | Δ p99 µs |"
+        );
+        let _ = writeln!(md, "| --- | --- | --- | --- | --- | --- | --- |");
+        for c in &self.comparisons {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                self.label(&c.row),
+                self.label(&c.baseline),
+                est(&c.cpu_delta_us, 2),
+                est(&c.cpu_ratio, 3),
+                pct(&c.throughput_ratio),
+                est(&c.p50_delta_us, 0),
+                est(&c.p99_delta_us, 0),
+            );
+        }
+        let _ = writeln!(md, "\n## Targets\n");
+        let _ = writeln!(md, "| target | configuration | measured | verdict |");
+        let _ = writeln!(md, "| --- | --- | --- | --- |");
+        for t in &self.targets {
+            let _ = writeln!(md, "| {} | {} | {} | **{}** |", t.target, t.configuration, t.measured, t.verdict);
+        }
+        let _ = writeln!(md, "\n## Pure core (host, criterion)\n");
+        if self.micro.is_empty() {
+            let _ = writeln!(md, "Not measured in this run.");
+        } else {
+            let _ = writeln!(md, "| benchmark | mean ns [95 % CI] | median ns |");
+            let _ = writeln!(md, "| --- | --- | --- |");
+            for m in &self.micro {
+                let _ = writeln!(
+                    md,
+                    "| `{}` | {:.1} [{:.1}, {:.1}] | {:.1} |",
+                    m.id, m.mean_ns, m.mean_lo_ns, m.mean_hi_ns, m.median_ns
+                );
+            }
+        }
+        let _ = writeln!(md, "\n## Sizes\n");
+        let _ = writeln!(
+            md,
+            "- `canary_filter.wasm`: {} bytes ({:.1} KB); `canary_noop_filter.wasm`: {} bytes ({:.1} KB).",
+            self.wasm.filter_bytes,
+            self.wasm.filter_bytes as f64 / 1000.0,
+            self.wasm.noop_bytes,
+            self.wasm.noop_bytes as f64 / 1000.0
+        );
+        let rss = |k: &str| self.config(k).and_then(|c| c.rss_kib_after_warmup);
+        if let (Some(none), Some(noop)) = (rss("none"), rss("noop")) {
+            let filter = rss("split");
+            let _ = writeln!(
+                md,
+                "- Envoy VmRSS after warm-up: no filter {:.1} MiB; no-op wasm {:.1} MiB (+{:.1}); canary filter {} (V8 with one VM for the main thread and one for the worker).",
+                none as f64 / 1024.0,
+                noop as f64 / 1024.0,
+                (noop as f64 - none as f64) / 1024.0,
+                filter.map_or("not available".into(), |f| format!(
+                    "{:.1} MiB (+{:.1} vs no filter, {:+.1} vs no-op)",
+                    f as f64 / 1024.0,
+                    (f as f64 - none as f64) / 1024.0,
+                    (f as f64 - noop as f64) / 1024.0
+                ))
+            );
+        }
+        if !self.notes.is_empty() {
+            let _ = writeln!(md, "\n## Notes\n");
+            for n in &self.notes {
+                let _ = writeln!(md, "- {n}");
+            }
+        }
+        let _ = writeln!(md, "\n![chart](chart.svg)");
+        md
+    }
+
+    /// Three panels — CPU per request, throughput, p50/p99 — one bar per configuration.
+    pub fn svg(&self) -> String {
+        let rows: Vec<&ConfigResult> = self.configurations.iter().collect();
+        let (label_w, panel_w, gap, row_h, top) = (300.0, 220.0, 30.0, 30.0, 70.0);
+        let width = label_w + 3.0 * panel_w + 3.0 * gap;
+        let height = top + rows.len() as f64 * row_h + 70.0;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" viewBox="0 0 {width:.0} {height:.0}" font-family="sans-serif" font-size="12">"#
+        );
+        let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
+        let _ = writeln!(
+            s,
+            r#"<text x="10" y="22" font-size="16" font-weight="bold">Filter cost on the request path — {} ({}, {} rounds)</text>"#,
+            xml(&self.date),
+            xml(&self.settings.mode),
+            self.settings.rounds
+        );
+        let colour = |key: &str| match key {
+            k if k.starts_with("none") => "#9e9e9e",
+            k if k.starts_with("noop") => "#5b8bd0",
+            "native" => "#5aa469",
+            _ => "#e08a2e",
+        };
+        type Get<'a> = Box<dyn Fn(&ConfigResult) -> Option<(f64, Option<f64>, Option<f64>)> + 'a>;
+        let panels: [(&str, Get); 3] = [
+            (
+                "Envoy CPU µs per request (saturated)",
+                Box::new(|c: &ConfigResult| c.cpu_us_per_request.map(|e| (e.mean, e.lo, e.hi))),
+            ),
+            (
+                "Throughput, k req/s",
+                Box::new(|c: &ConfigResult| {
+                    c.throughput_rps.map(|e| (e.mean / 1e3, e.lo.map(|x| x / 1e3), e.hi.map(|x| x / 1e3)))
+                }),
+            ),
+            (
+                "Latency at fixed rate, µs (bar p50, tick p99)",
+                Box::new(|c: &ConfigResult| c.latency_p50_us.map(|p50| (p50, None, c.latency_p99_us))),
+            ),
+        ];
+        for (i, (title, get)) in panels.iter().enumerate() {
+            let x0 = label_w + i as f64 * (panel_w + gap);
+            let max = rows
+                .iter()
+                .filter_map(|c| get(c))
+                .map(|(m, _, hi)| hi.unwrap_or(m).max(m))
+                .fold(0.0_f64, f64::max)
+                .max(1e-9)
+                * 1.15;
+            let _ = writeln!(s, r#"<text x="{x0:.0}" y="52" font-weight="bold">{}</text>"#, xml(title));
+            let axis_bottom = top + rows.len() as f64 * row_h;
+            let _ = writeln!(
+                s,
+                r##"<line x1="{x0:.0}" y1="{:.0}" x2="{x0:.0}" y2="{axis_bottom:.0}" stroke="#444"/>"##,
+                top - 5.0
+            );
+            for tick in 0..=4 {
+                let v = max * f64::from(tick) / 4.0;
+                let x = x0 + panel_w * f64::from(tick) / 4.0;
+                let _ = writeln!(
+                    s,
+                    r##"<line x1="{x:.1}" y1="{:.0}" x2="{x:.1}" y2="{axis_bottom:.0}" stroke="#ddd"/><text x="{x:.1}" y="{:.0}" text-anchor="middle" fill="#555">{}</text>"##,
+                    top - 5.0,
+                    axis_bottom + 14.0,
+                    short(v)
+                );
+            }
+            for (r, c) in rows.iter().enumerate() {
+                let y = top + r as f64 * row_h;
+                match get(c) {
+                    Some((mean, lo, hi)) => {
+                        let w = panel_w * mean / max;
+                        let _ = writeln!(
+                            s,
+                            r#"<rect x="{x0:.1}" y="{:.1}" width="{w:.1}" height="{:.1}" fill="{}"/>"#,
+                            y + 6.0,
+                            row_h - 12.0,
+                            colour(&c.key)
+                        );
+                        if let (Some(lo), Some(hi)) = (lo, hi) {
+                            let (xl, xh) = (x0 + panel_w * lo / max, x0 + panel_w * hi / max);
+                            let ym = y + row_h / 2.0;
+                            let _ = writeln!(
+                                s,
+                                r##"<path d="M{xl:.1},{ym:.1}H{xh:.1}M{xl:.1},{:.1}V{:.1}M{xh:.1},{:.1}V{:.1}" stroke="#000" fill="none"/>"##,
+                                ym - 5.0,
+                                ym + 5.0,
+                                ym - 5.0,
+                                ym + 5.0
+                            );
+                        } else if let (None, Some(hi)) = (lo, hi) {
+                            let xh = x0 + panel_w * hi / max;
+                            let _ = writeln!(
+                                s,
+                                r##"<path d="M{xh:.1},{:.1}V{:.1}" stroke="#000" stroke-width="2"/><text x="{:.1}" y="{:.1}" fill="#333">{}</text>"##,
+                                y + 4.0,
+                                y + row_h - 4.0,
+                                xh + 3.0,
+                                y + row_h / 2.0 + 4.0,
+                                short(hi)
+                            );
+                        }
+                        let _ = writeln!(
+                            s,
+                            r##"<text x="{:.1}" y="{:.1}" fill="#fff" font-size="11">{}</text>"##,
+                            x0 + 3.0,
+                            y + row_h / 2.0 + 4.0,
+                            if w > 34.0 { short(mean) } else { String::new() }
+                        );
+                    }
+                    None => {
+                        let _ = writeln!(
+                            s,
+                            r##"<text x="{:.1}" y="{:.1}" fill="#999" font-style="italic">{}</text>"##,
+                            x0 + 4.0,
+                            y + row_h / 2.0 + 4.0,
+                            if c.status == "ok" { "–" } else { "not available" }
+                        );
+                    }
+                }
+            }
+        }
+        for (r, c) in rows.iter().enumerate() {
+            let y = top + r as f64 * row_h + row_h / 2.0 + 4.0;
+            let _ = writeln!(s, r#"<text x="10" y="{y:.1}">{}</text>"#, xml(&c.label));
+        }
+        let _ = writeln!(
+            s,
+            r##"<text x="10" y="{:.0}" fill="#555">{} cores ({}); {}; Envoy --concurrency 1 on core {}, wrk/upstream on core {}; {} s saturation + {} s fixed-rate slices at {:.0} req/s; whiskers: 95 % t-interval over rounds.</text>"##,
+            height - 14.0,
+            self.machine.nproc,
+            xml(&self.machine.cpu_model),
+            xml(self.versions.envoy.split_whitespace().last().unwrap_or_default()),
+            self.machine.envoy_cpu,
+            self.machine.load_cpu,
+            self.settings.saturation_slice_s,
+            self.settings.fixed_rate_slice_s,
+            self.settings.fixed_rate_rps
+        );
+        let _ = writeln!(s, "</svg>");
+        s
+    }
+}
+
+fn short(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn xml(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
