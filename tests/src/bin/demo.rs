@@ -212,13 +212,13 @@ async fn run(args: &Args) -> Result<bool> {
             && !fault.swap(true, Ordering::SeqCst)
         {
             if let Some(c) = &challenger {
-                c.control(serde_json::json!({"error_rate": 0.06, "latency_ms": 24})).await?;
+                c.control(serde_json::json!({"error_rate": 0.06, "latency_ms": 24, "prediction_shift": 0.15})).await?;
             }
             if tty {
                 print!("\r\x1b[2K");
             }
             println!(
-                "[{:6.1}s] fault injected: the challenger now fails 6 % of requests, 3x slower, less accurate",
+                "[{:6.1}s] fault injected: the challenger now fails 6 % of requests, 3x slower, shifted predictions, less accurate",
                 started.elapsed().as_secs_f64()
             );
         }
