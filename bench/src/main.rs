@@ -28,6 +28,11 @@ use canary_bench::{http, upstream};
 enum Cli {
     /// The benchmark (normally through `make bench` / `make bench-smoke`).
     Run(Box<RunArgs>),
+    /// Rewrites results.md and chart.svg from a results.json.
+    Report {
+        /// The results folder.
+        dir: PathBuf,
+    },
     /// The bench's upstream (started by `run`).
     Upstream {
         #[arg(long, default_value = "127.0.0.1:0")]
@@ -102,6 +107,12 @@ struct RunArgs {
 fn main() -> Result<()> {
     match Cli::parse() {
         Cli::Upstream { listen } => upstream::serve(&listen),
+        Cli::Report { dir } => {
+            let results: Results = serde_json::from_slice(&fs::read(dir.join("results.json"))?)?;
+            fs::write(dir.join("results.md"), results.markdown())?;
+            fs::write(dir.join("chart.svg"), results.svg())?;
+            Ok(())
+        }
         Cli::Run(args) => {
             procs::install_signal_handlers();
             let result = run(&args);
@@ -276,6 +287,8 @@ struct RoundValues {
     /// Saturation slice: busy share of the load generator's core, steal share of Envoy's.
     load_busy: Option<f64>,
     steal: Option<f64>,
+    /// Saturation slice: cores used by other processes.
+    foreign: Option<f64>,
 }
 
 /// CPU accounting around one slice.
@@ -657,6 +670,7 @@ fn run(args: &RunArgs) -> Result<()> {
             v.cpu_sat = Some(cpu_s * 1e6 / w.requests.max(1) as f64);
             v.util = Some(cpu_s / w.duration_s.max(1e-9));
             v.load_busy = Some(win.load_busy);
+            v.foreign = Some(win.foreign_cores);
             v.steal = Some(win.envoy_steal);
             slices.push(Slice {
                 round,
@@ -795,8 +809,10 @@ fn run(args: &RunArgs) -> Result<()> {
         c.fixed_rate_achieved_rps = Estimate::of(&series(&c.key, |v| v.achieved));
         c.load_core_busy = Estimate::of(&series(&c.key, |v| v.load_busy));
         c.envoy_core_steal = Estimate::of(&series(&c.key, |v| v.steal));
+        let foreign = Estimate::of(&series(&c.key, |v| v.foreign)).map_or(0.0, |e| e.mean);
         if let (Some(u), Some(l)) = (c.envoy_cpu_utilisation, c.load_core_busy) {
-            if u.mean < 0.9 {
+            // Only meaningful when nothing else was running.
+            if u.mean < 0.9 && foreign <= args.foreign_threshold {
                 notes.push(format!(
                     "{}: Envoy used {:.0} % of its core during saturation slices while the load core was {:.0} % busy{}",
                     c.label,

@@ -3,11 +3,11 @@
 
 use std::fmt::Write as _;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::stats::Estimate;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Machine {
     pub nproc: u64,
     pub cpu_model: String,
@@ -16,7 +16,7 @@ pub struct Machine {
     pub load_cpu: usize,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Versions {
     pub envoy: String,
     pub rustc: String,
@@ -26,7 +26,7 @@ pub struct Versions {
     pub git_dirty: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Settings {
     pub mode: String,
     pub rounds: usize,
@@ -47,14 +47,14 @@ pub struct Settings {
     pub max_retries: usize,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WasmSizes {
     pub filter_bytes: u64,
     pub noop_bytes: u64,
 }
 
 /// One configuration's numbers.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ConfigResult {
     pub key: String,
     pub label: String,
@@ -91,7 +91,7 @@ pub struct ConfigResult {
 }
 
 /// One configuration against a baseline, from per-round differences and ratios.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Comparison {
     pub row: String,
     pub baseline: String,
@@ -103,7 +103,7 @@ pub struct Comparison {
     pub p99_delta_us: Option<Estimate>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Micro {
     pub id: String,
     pub mean_ns: f64,
@@ -112,7 +112,7 @@ pub struct Micro {
     pub median_ns: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Target {
     pub target: String,
     pub configuration: String,
@@ -122,7 +122,7 @@ pub struct Target {
 }
 
 /// One load slice.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Slice {
     pub round: usize,
     pub row: String,
@@ -146,7 +146,7 @@ pub struct Slice {
     pub attempts: usize,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Results {
     pub date: String,
     pub wall_seconds: f64,
@@ -205,7 +205,7 @@ impl Results {
             md,
             "rustc (host): `{}`; wasm toolchain: `{}`; commit `{}`{}.  ",
             self.versions.rustc,
-            self.versions.wasm_toolchain,
+            if self.versions.wasm_toolchain.is_empty() { "not recorded" } else { &self.versions.wasm_toolchain },
             self.versions.git_commit,
             if self.versions.git_dirty { " (work tree had uncommitted changes)" } else { "" }
         );
@@ -340,12 +340,15 @@ impl Results {
         md
     }
 
-    /// Three panels — CPU per request, throughput, p50/p99 — one bar per configuration.
+    /// Three panels — CPU per request, throughput, fixed-rate latency — one
+    /// bar per configuration, whiskers for the 95 % intervals, dashed lines
+    /// for the targets.
     pub fn svg(&self) -> String {
         let rows: Vec<&ConfigResult> = self.configurations.iter().collect();
-        let (label_w, panel_w, gap, row_h, top) = (300.0, 220.0, 30.0, 30.0, 70.0);
+        let (label_w, panel_w, gap, row_h, top) = (290.0, 250.0, 45.0, 30.0, 78.0);
         let width = label_w + 3.0 * panel_w + 3.0 * gap;
-        let height = top + rows.len() as f64 * row_h + 70.0;
+        let axis_bottom = top + rows.len() as f64 * row_h;
+        let height = axis_bottom + 78.0;
         let mut s = String::new();
         let _ = writeln!(
             s,
@@ -354,7 +357,7 @@ impl Results {
         let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
         let _ = writeln!(
             s,
-            r#"<text x="10" y="22" font-size="16" font-weight="bold">Filter cost on the request path — {} ({}, {} rounds)</text>"#,
+            r#"<text x="10" y="24" font-size="16" font-weight="bold">canary filter: cost on Envoy's request path — {} ({} run, {} rounds)</text>"#,
             xml(&self.date),
             xml(&self.settings.mode),
             self.settings.rounds
@@ -365,129 +368,208 @@ impl Results {
             "native" => "#5aa469",
             _ => "#e08a2e",
         };
-        type Get<'a> = Box<dyn Fn(&ConfigResult) -> Option<(f64, Option<f64>, Option<f64>)> + 'a>;
-        let panels: [(&str, Get); 3] = [
-            (
-                "Envoy CPU µs per request (saturated)",
-                Box::new(|c: &ConfigResult| c.cpu_us_per_request.map(|e| (e.mean, e.lo, e.hi))),
-            ),
-            (
-                "Throughput, k req/s",
-                Box::new(|c: &ConfigResult| {
+        let cfg = |k: &str| self.config(k);
+        let mean_of = |k: &str, f: fn(&ConfigResult) -> Option<Estimate>| cfg(k).and_then(f).map(|e| e.mean);
+        let cpu_target = mean_of("noop", |c| c.cpu_us_per_request).map(|m| (m + 5.0, "no-op + 5 µs".to_string()));
+        let thr_target =
+            mean_of("none", |c| c.throughput_rps).map(|m| (m * 0.85 / 1e3, "85 % of no filter".to_string()));
+        let p99_target =
+            cfg("none").and_then(|c| c.latency_p99_us).map(|m| (m + 50.0, "no-filter p99 + 50 µs".to_string()));
+        struct Panel<'a> {
+            title: &'a str,
+            get: Box<dyn Fn(&ConfigResult) -> Option<(f64, Option<f64>, Option<f64>)> + 'a>,
+            log: bool,
+            target: Option<(f64, String)>,
+        }
+        let panels = [
+            Panel {
+                title: "Envoy CPU µs per request (saturated)",
+                get: Box::new(|c: &ConfigResult| c.cpu_us_per_request.map(|e| (e.mean, e.lo, e.hi))),
+                log: false,
+                target: cpu_target,
+            },
+            Panel {
+                title: "Throughput, thousand req/s",
+                get: Box::new(|c: &ConfigResult| {
                     c.throughput_rps.map(|e| (e.mean / 1e3, e.lo.map(|x| x / 1e3), e.hi.map(|x| x / 1e3)))
                 }),
-            ),
-            (
-                "Latency at fixed rate, µs (bar p50, tick p99)",
-                Box::new(|c: &ConfigResult| c.latency_p50_us.map(|p50| (p50, None, c.latency_p99_us))),
-            ),
+                log: false,
+                target: thr_target,
+            },
+            Panel {
+                title: "Fixed rate: p50 (bar), p99 (tick), µs",
+                get: Box::new(|c: &ConfigResult| c.latency_p50_us.map(|p50| (p50, None, c.latency_p99_us))),
+                log: true,
+                target: p99_target,
+            },
         ];
-        for (i, (title, get)) in panels.iter().enumerate() {
+        for (i, panel) in panels.iter().enumerate() {
             let x0 = label_w + i as f64 * (panel_w + gap);
-            let max = rows
+            let data_max = rows
                 .iter()
-                .filter_map(|c| get(c))
+                .filter_map(|c| (panel.get)(c))
                 .map(|(m, _, hi)| hi.unwrap_or(m).max(m))
+                .chain(panel.target.as_ref().map(|t| t.0))
                 .fold(0.0_f64, f64::max)
-                .max(1e-9)
-                * 1.15;
-            let _ = writeln!(s, r#"<text x="{x0:.0}" y="52" font-weight="bold">{}</text>"#, xml(title));
-            let axis_bottom = top + rows.len() as f64 * row_h;
+                .max(1e-9);
+            let (ticks, scale): (Vec<f64>, Box<dyn Fn(f64) -> f64>) = if panel.log {
+                let lo = 50.0_f64;
+                let mut ticks = vec![];
+                let mut decade = 10.0_f64;
+                'outer: loop {
+                    for m in [1.0, 2.0, 5.0] {
+                        let t = decade * m;
+                        if t >= lo {
+                            ticks.push(t);
+                        }
+                        if t >= data_max * 1.05 {
+                            break 'outer;
+                        }
+                    }
+                    decade *= 10.0;
+                }
+                let hi = ticks.last().copied().unwrap_or(lo * 10.0);
+                (ticks, Box::new(move |v: f64| panel_w * ((v.max(lo) / lo).ln() / (hi / lo).ln())))
+            } else {
+                let step = nice_step(data_max * 1.05 / 4.0);
+                let n = (data_max * 1.05 / step).ceil().max(1.0);
+                let max = step * n;
+                ((0..=n as usize).map(|k| k as f64 * step).collect(), Box::new(move |v: f64| panel_w * v / max))
+            };
+            let _ = writeln!(s, r#"<text x="{x0:.0}" y="58" font-weight="bold">{}</text>"#, xml(panel.title));
+            for t in &ticks {
+                let x = x0 + scale(*t);
+                // On the log axis only 1× and 5× a power of ten are labelled.
+                let mantissa = *t / 10f64.powf(t.log10().floor());
+                let span = ticks.last().copied().unwrap_or(1.0) / ticks.first().copied().unwrap_or(1.0);
+                let label =
+                    !panel.log || (mantissa - 1.0).abs() < 1e-9 || ((mantissa - 5.0).abs() < 1e-9 && span <= 100.0);
+                let _ = writeln!(
+                    s,
+                    r##"<line x1="{x:.1}" y1="{:.0}" x2="{x:.1}" y2="{axis_bottom:.0}" stroke="#e4e4e4"/><text x="{x:.1}" y="{:.0}" text-anchor="middle" fill="#555" font-size="11">{}</text>"##,
+                    top - 6.0,
+                    axis_bottom + 14.0,
+                    if label { short(*t) } else { String::new() }
+                );
+            }
             let _ = writeln!(
                 s,
                 r##"<line x1="{x0:.0}" y1="{:.0}" x2="{x0:.0}" y2="{axis_bottom:.0}" stroke="#444"/>"##,
-                top - 5.0
+                top - 6.0
             );
-            for tick in 0..=4 {
-                let v = max * f64::from(tick) / 4.0;
-                let x = x0 + panel_w * f64::from(tick) / 4.0;
-                let _ = writeln!(
-                    s,
-                    r##"<line x1="{x:.1}" y1="{:.0}" x2="{x:.1}" y2="{axis_bottom:.0}" stroke="#ddd"/><text x="{x:.1}" y="{:.0}" text-anchor="middle" fill="#555">{}</text>"##,
-                    top - 5.0,
-                    axis_bottom + 14.0,
-                    short(v)
-                );
-            }
             for (r, c) in rows.iter().enumerate() {
                 let y = top + r as f64 * row_h;
-                match get(c) {
-                    Some((mean, lo, hi)) => {
-                        let w = panel_w * mean / max;
+                let Some((mean, lo, hi)) = (panel.get)(c) else {
+                    let _ = writeln!(
+                        s,
+                        r##"<text x="{:.1}" y="{:.1}" fill="#999" font-style="italic">{}</text>"##,
+                        x0 + 4.0,
+                        y + row_h / 2.0 + 4.0,
+                        if c.status == "ok" { "–" } else { "not available" }
+                    );
+                    continue;
+                };
+                let w = scale(mean);
+                let _ = writeln!(
+                    s,
+                    r#"<rect x="{x0:.1}" y="{:.1}" width="{w:.1}" height="{:.1}" fill="{}"/>"#,
+                    y + 6.0,
+                    row_h - 12.0,
+                    colour(&c.key)
+                );
+                let ym = y + row_h / 2.0;
+                match (lo, hi) {
+                    (Some(lo), Some(hi)) => {
+                        let (xl, xh) = (x0 + scale(lo), x0 + scale(hi));
                         let _ = writeln!(
                             s,
-                            r#"<rect x="{x0:.1}" y="{:.1}" width="{w:.1}" height="{:.1}" fill="{}"/>"#,
-                            y + 6.0,
-                            row_h - 12.0,
-                            colour(&c.key)
-                        );
-                        if let (Some(lo), Some(hi)) = (lo, hi) {
-                            let (xl, xh) = (x0 + panel_w * lo / max, x0 + panel_w * hi / max);
-                            let ym = y + row_h / 2.0;
-                            let _ = writeln!(
-                                s,
-                                r##"<path d="M{xl:.1},{ym:.1}H{xh:.1}M{xl:.1},{:.1}V{:.1}M{xh:.1},{:.1}V{:.1}" stroke="#000" fill="none"/>"##,
-                                ym - 5.0,
-                                ym + 5.0,
-                                ym - 5.0,
-                                ym + 5.0
-                            );
-                        } else if let (None, Some(hi)) = (lo, hi) {
-                            let xh = x0 + panel_w * hi / max;
-                            let _ = writeln!(
-                                s,
-                                r##"<path d="M{xh:.1},{:.1}V{:.1}" stroke="#000" stroke-width="2"/><text x="{:.1}" y="{:.1}" fill="#333">{}</text>"##,
-                                y + 4.0,
-                                y + row_h - 4.0,
-                                xh + 3.0,
-                                y + row_h / 2.0 + 4.0,
-                                short(hi)
-                            );
-                        }
-                        let _ = writeln!(
-                            s,
-                            r##"<text x="{:.1}" y="{:.1}" fill="#fff" font-size="11">{}</text>"##,
-                            x0 + 3.0,
-                            y + row_h / 2.0 + 4.0,
-                            if w > 34.0 { short(mean) } else { String::new() }
+                            r##"<path d="M{xl:.1},{ym:.1}H{xh:.1}M{xl:.1},{:.1}V{:.1}M{xh:.1},{:.1}V{:.1}" stroke="#000" fill="none"/>"##,
+                            ym - 5.0,
+                            ym + 5.0,
+                            ym - 5.0,
+                            ym + 5.0
                         );
                     }
-                    None => {
+                    (None, Some(hi)) => {
+                        let xh = x0 + scale(hi);
                         let _ = writeln!(
                             s,
-                            r##"<text x="{:.1}" y="{:.1}" fill="#999" font-style="italic">{}</text>"##,
-                            x0 + 4.0,
-                            y + row_h / 2.0 + 4.0,
-                            if c.status == "ok" { "–" } else { "not available" }
+                            r##"<path d="M{xh:.1},{:.1}V{:.1}" stroke="#000" stroke-width="2"/><text x="{:.1}" y="{:.1}" fill="#333" font-size="11">{}</text>"##,
+                            y + 4.0,
+                            y + row_h - 4.0,
+                            xh + 3.0,
+                            ym + 4.0,
+                            short(hi)
                         );
                     }
+                    _ => {}
                 }
+                if w > 34.0 {
+                    let _ = writeln!(
+                        s,
+                        r##"<text x="{:.1}" y="{:.1}" fill="#fff" font-size="11">{}</text>"##,
+                        x0 + 3.0,
+                        ym + 4.0,
+                        short(mean)
+                    );
+                }
+            }
+            if let Some((v, label)) = &panel.target {
+                let x = x0 + scale(*v);
+                let _ = writeln!(
+                    s,
+                    r##"<line x1="{x:.1}" y1="{:.0}" x2="{x:.1}" y2="{axis_bottom:.0}" stroke="#c0392b" stroke-dasharray="4 3"/><text x="{x:.1}" y="{:.0}" text-anchor="middle" fill="#c0392b" font-size="11">target: {}</text>"##,
+                    top - 6.0,
+                    top - 9.0,
+                    xml(label)
+                );
             }
         }
         for (r, c) in rows.iter().enumerate() {
             let y = top + r as f64 * row_h + row_h / 2.0 + 4.0;
             let _ = writeln!(s, r#"<text x="10" y="{y:.1}">{}</text>"#, xml(&c.label));
         }
-        let _ = writeln!(
-            s,
-            r##"<text x="10" y="{:.0}" fill="#555">{} cores ({}); {}; Envoy --concurrency 1 on core {}, wrk/upstream on core {}; {} s saturation + {} s fixed-rate slices at {:.0} req/s; whiskers: 95 % t-interval over rounds.</text>"##,
-            height - 14.0,
-            self.machine.nproc,
-            xml(&self.machine.cpu_model),
-            xml(self.versions.envoy.split_whitespace().last().unwrap_or_default()),
-            self.machine.envoy_cpu,
-            self.machine.load_cpu,
-            self.settings.saturation_slice_s,
-            self.settings.fixed_rate_slice_s,
-            self.settings.fixed_rate_rps
-        );
+        let envoy_version = self
+            .versions
+            .envoy
+            .split('/')
+            .find(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit() || c == '.'))
+            .unwrap_or("?");
+        let footer = [
+            format!(
+                "{} cores ({}), Envoy {envoy_version} --concurrency 1 pinned to core {}, wrk + upstream + fixed-rate client on core {}.",
+                self.machine.nproc, self.machine.cpu_model, self.machine.envoy_cpu, self.machine.load_cpu
+            ),
+            format!(
+                "Per round: {} s wrk slice ({} connections) and {} s open-loop slice at {:.0} req/s per configuration, interleaved; whiskers: 95 % t-interval over {} rounds.",
+                self.settings.saturation_slice_s,
+                self.settings.wrk_connections,
+                self.settings.fixed_rate_slice_s,
+                self.settings.fixed_rate_rps,
+                self.settings.rounds
+            ),
+        ];
+        for (k, line) in footer.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                r##"<text x="10" y="{:.0}" fill="#555" font-size="11">{}</text>"##,
+                axis_bottom + 40.0 + 16.0 * k as f64,
+                xml(line)
+            );
+        }
         let _ = writeln!(s, "</svg>");
         s
     }
 }
 
+/// 1, 2, 2.5 or 5 × a power of ten, at least `raw`.
+fn nice_step(raw: f64) -> f64 {
+    let mag = 10f64.powf(raw.max(1e-12).log10().floor());
+    [1.0, 2.0, 2.5, 5.0, 10.0].iter().map(|m| m * mag).find(|s| *s >= raw).unwrap_or(10.0 * mag)
+}
+
 fn short(v: f64) -> String {
-    if v >= 100.0 {
+    if v >= 100.0 || v == v.round() {
         format!("{v:.0}")
     } else if v >= 10.0 {
         format!("{v:.1}")

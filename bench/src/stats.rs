@@ -1,6 +1,6 @@
 //! Percentiles and confidence intervals.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Nearest-rank percentile (q in 0..=100) of a sorted slice.
 pub fn percentile_sorted(sorted: &[u32], q: f64) -> Option<f64> {
@@ -25,7 +25,7 @@ pub fn t975(df: usize) -> f64 {
 }
 
 /// A mean with its 95 % t-interval over independent rounds.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Estimate {
     pub mean: f64,
     /// `None` with fewer than two rounds.
