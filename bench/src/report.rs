@@ -377,7 +377,7 @@ impl Results {
             cfg("none").and_then(|c| c.latency_p99_us).map(|m| (m + 50.0, "no-filter p99 + 50 µs".to_string()));
         struct Panel<'a> {
             title: &'a str,
-            get: Box<dyn Fn(&ConfigResult) -> Option<(f64, Option<f64>, Option<f64>)> + 'a>,
+            get: Getter<'a>,
             log: bool,
             target: Option<(f64, String)>,
         }
@@ -561,6 +561,10 @@ impl Results {
         s
     }
 }
+
+/// A bar: value, and the interval (low, high) or, for latency, the p99 tick.
+type Bar = (f64, Option<f64>, Option<f64>);
+type Getter<'a> = Box<dyn Fn(&ConfigResult) -> Option<Bar> + 'a>;
 
 /// 1, 2, 2.5 or 5 × a power of ten, at least `raw`.
 fn nice_step(raw: f64) -> f64 {
