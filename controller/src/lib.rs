@@ -12,5 +12,6 @@ pub mod rollout;
 pub mod sink;
 pub mod source;
 pub mod spec;
+pub mod stats;
 pub mod store;
 pub mod window;
