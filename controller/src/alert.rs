@@ -21,6 +21,9 @@ pub struct Alert {
     pub challenger_weight_bp: u16,
     pub title: String,
     pub reasons: Vec<String>,
+    /// The stage report's Markdown summary, when a stage ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub report: Option<String>,
 }
 
 impl Alert {
@@ -47,7 +50,13 @@ impl Alert {
             challenger_weight_bp: d.to.weight.bp(),
             title,
             reasons: d.reasons.clone(),
+            report: None,
         }
+    }
+
+    pub fn with_report(mut self, report: Option<String>) -> Alert {
+        self.report = report;
+        self
     }
 
     /// The body for a webhook of the given format.

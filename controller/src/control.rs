@@ -168,8 +168,29 @@ impl Controller {
         Ok(())
     }
 
+    /// After a stage ends, writes every stage's report and the rollout's
+    /// into `STATE_DIR/reports`; returns the Markdown summary of the stage
+    /// that ended. A failed write is logged: it never blocks the rollout.
+    fn stage_ended(&self, d: &Decision) -> Option<String> {
+        if !matches!(d.action, Action::Advance | Action::Promote | Action::Rollback) {
+            return None;
+        }
+        if let Err(e) = crate::report::write_all(&self.store, &self.spec, None, now_millis()) {
+            tracing::error!("stage report not written: {e}");
+        }
+        let state = self.store.load_state().ok().flatten()?;
+        let log = self.store.decisions().ok()?;
+        crate::report::stage_report(&self.spec, &state, &log, d.from.epoch, now_millis())
+            .map(|r| crate::report::markdown(&r))
+    }
+
     fn alert(&self, d: &Decision, wait: bool) -> Vec<Alert> {
-        let alerts: Vec<Alert> = d.alerts.iter().map(|k| Alert::from_decision(&self.spec.rollout, *k, d)).collect();
+        let summary = self.stage_ended(d);
+        let alerts: Vec<Alert> = d
+            .alerts
+            .iter()
+            .map(|k| Alert::from_decision(&self.spec.rollout, *k, d).with_report(summary.clone()))
+            .collect();
         if !wait {
             for a in &alerts {
                 self.alerter.spawn(a.clone());

@@ -8,6 +8,7 @@ pub mod durable;
 pub mod gates;
 pub mod labels;
 pub mod psi;
+pub mod report;
 pub mod rollout;
 pub mod sink;
 pub mod source;

@@ -56,6 +56,18 @@ enum Command {
     Advance(Manual),
     /// Send every user back to the champion now (0 % challenger).
     Rollback(Manual),
+    /// Write canary analysis reports (JSON + HTML per stage and for the whole
+    /// rollout) and print the Markdown summary.
+    Report {
+        #[arg(long, env = "CANARY_STATE_DIR")]
+        state_dir: PathBuf,
+        /// Folder for the report files (default: STATE_DIR/reports).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Summarise this stage instead of the whole rollout.
+        #[arg(long)]
+        stage: Option<String>,
+    },
     /// Check a filter plugin configuration (JSON) with the filter's own rules.
     CheckConfig {
         /// The plugin configuration file.
@@ -207,6 +219,31 @@ async fn main() -> anyhow::Result<()> {
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&s)?),
                 Output::Human => print_status(&s),
+            }
+        }
+        Command::Report { state_dir, out, stage } => {
+            let c = Controller::open(&state_dir, None, false)?;
+            let now = canary_controller::control::now_millis();
+            let files = canary_controller::report::write_all(&c.store, &c.spec, out.as_deref(), now)?;
+            let state = c.state()?;
+            let log = c.store.decisions()?;
+            let report = match &stage {
+                Some(name) => {
+                    let epoch = log
+                        .iter()
+                        .rev()
+                        .find(|d| &d.from.stage_name == name)
+                        .map(|d| d.from.epoch)
+                        .with_context(|| format!("no decision for stage `{name}` in the log"))?;
+                    canary_controller::report::stage_report(&c.spec, &state, &log, epoch, now)
+                }
+                None => canary_controller::report::rollout_report(&c.spec, &state, &log, now),
+            };
+            if let Some(r) = report {
+                println!("{}", canary_controller::report::markdown(&r));
+            }
+            for f in files {
+                eprintln!("wrote {}", f.display());
             }
         }
         Command::Pause(m) => manual(RolloutCommand::Pause, m).await?,

@@ -1,0 +1,829 @@
+//! Canary analysis reports: per stage and for the whole rollout, as a JSON
+//! document (schema `canary.report/v1`, documented in the README), a
+//! self-contained HTML page (inline CSS and SVG, no network fetch) and a
+//! Markdown summary. Built only from what the controller recorded — the
+//! decision log, the state and the spec — so a report can be rebuilt and
+//! checked at any time.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::gates::{GateResult, Outcome};
+use crate::labels::LabelStats;
+use crate::rollout::{Action, Decision, Millis, RolloutState, Target};
+use crate::spec::RolloutSpec;
+use crate::stats::{newcombe_diff, quantile_interval, welch_diff, wilson, Interval};
+use crate::store::{Store, StoreError};
+use crate::window::{Bucket, VersionWindow};
+
+pub const SCHEMA: &str = "canary.report/v1";
+/// Confidence of the intervals shown (the gates' own levels are in their results).
+pub const CONFIDENCE: f64 = 0.95;
+
+/// A value with its interval.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Estimate {
+    pub value: Option<f64>,
+    pub interval: Option<Interval>,
+    pub n: u64,
+}
+
+/// One metric compared between the versions.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MetricRow {
+    pub metric: String,
+    pub unit: String,
+    pub higher_is_better: bool,
+    pub champion: Estimate,
+    pub challenger: Estimate,
+    /// Challenger − champion, with its interval when one exists.
+    pub difference: Estimate,
+    /// The challenger's point estimate is worse than the champion's.
+    pub challenger_worse: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SegmentRow {
+    pub segment: String,
+    pub rows: Vec<MetricRow>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TimelineEntry {
+    pub seq: u64,
+    pub at: Millis,
+    pub action: Action,
+    pub manual: bool,
+    pub from: Target,
+    pub to: Target,
+    pub reasons: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Inputs {
+    pub spec_sha256: String,
+    pub spec: serde_json::Value,
+    pub filter_config_sha256: String,
+    pub filter_config: serde_json::Value,
+    pub epoch: u64,
+    /// Milliseconds the window covered.
+    pub window_ms: u64,
+    /// Decision-log sequence numbers the report is built from.
+    pub decisions: Vec<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Distributions {
+    pub latency_us: BTreeMap<String, Vec<Bucket>>,
+    /// Bin names, then per version the count per bin.
+    pub prediction_bins: Vec<String>,
+    pub predictions: BTreeMap<String, Vec<u64>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Recommendation {
+    pub action: String,
+    pub reasons: Vec<String>,
+}
+
+/// One report.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    pub schema: &'static str,
+    pub rollout: String,
+    pub champion: String,
+    pub challenger: String,
+    /// `stage` or `rollout`.
+    pub scope: String,
+    pub stage: Option<String>,
+    pub stage_index: Option<usize>,
+    pub generated_at: Millis,
+    pub inputs: Inputs,
+    pub comparison: Vec<MetricRow>,
+    pub gates: Vec<GateResult>,
+    /// Metrics where the challenger's estimate is worse.
+    pub worse: Vec<String>,
+    pub segments: Vec<SegmentRow>,
+    pub distributions: Distributions,
+    pub timeline: Vec<TimelineEntry>,
+    pub recommendation: Recommendation,
+    /// For the whole-rollout report: the stage reports' comparisons.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<StageSummary>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StageSummary {
+    pub stage: String,
+    pub action: Action,
+    pub comparison: Vec<MetricRow>,
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().fold(String::with_capacity(64), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+fn rate_row(metric: &str, a: (u64, u64), b: (u64, u64)) -> MetricRow {
+    let est = |(x, n): (u64, u64)| Estimate {
+        value: (n > 0).then(|| x as f64 / n as f64),
+        interval: wilson(x, n, CONFIDENCE),
+        n,
+    };
+    let (ca, cb) = (est(a), est(b));
+    let diff = Estimate {
+        value: ca.value.zip(cb.value).map(|(x, y)| y - x),
+        interval: newcombe_diff(a.0, a.1, b.0, b.1, CONFIDENCE),
+        n: a.1.min(b.1),
+    };
+    let worse = matches!((ca.value, cb.value), (Some(x), Some(y)) if y > x);
+    MetricRow {
+        metric: metric.into(),
+        unit: "share".into(),
+        higher_is_better: false,
+        champion: ca,
+        challenger: cb,
+        difference: diff,
+        challenger_worse: worse,
+    }
+}
+
+fn quantile_row(q: f64, a: &VersionWindow, b: &VersionWindow) -> MetricRow {
+    let est = |w: &VersionWindow| Estimate {
+        value: w.latency_us.quantile(q).map(|v| v / 1000.0),
+        interval: quantile_interval(&w.latency_us, q, CONFIDENCE)
+            .map(|i| Interval { low: i.low / 1000.0, high: i.high / 1000.0 }),
+        n: w.latency_us.count(),
+    };
+    let (ca, cb) = (est(a), est(b));
+    let worse = matches!((ca.value, cb.value), (Some(x), Some(y)) if y > x);
+    MetricRow {
+        metric: format!("latency p{}", q * 100.0),
+        unit: "ms".into(),
+        higher_is_better: false,
+        difference: Estimate { value: ca.value.zip(cb.value).map(|(x, y)| y - x), interval: None, n: ca.n.min(cb.n) },
+        champion: ca,
+        challenger: cb,
+        challenger_worse: worse,
+    }
+}
+
+fn label_row(a: LabelStats, b: LabelStats) -> MetricRow {
+    let est = |s: LabelStats| {
+        let interval = (s.n >= 2).then(|| {
+            let m = s.sum / s.n as f64;
+            let var = ((s.sum_sq - s.sum * s.sum / s.n as f64) / (s.n as f64 - 1.0)).max(0.0);
+            let half = crate::stats::z_two_sided(CONFIDENCE) * (var / s.n as f64).sqrt();
+            Interval { low: m - half, high: m + half }
+        });
+        Estimate { value: s.mean(), interval, n: s.n }
+    };
+    let (ca, cb) = (est(a), est(b));
+    let worse = matches!((ca.value, cb.value), (Some(x), Some(y)) if y < x);
+    MetricRow {
+        metric: "label metric".into(),
+        unit: "mean outcome".into(),
+        higher_is_better: true,
+        difference: Estimate {
+            value: ca.value.zip(cb.value).map(|(x, y)| y - x),
+            interval: welch_diff(a.n, a.sum, a.sum_sq, b.n, b.sum, b.sum_sq, CONFIDENCE),
+            n: a.n.min(b.n),
+        },
+        champion: ca,
+        challenger: cb,
+        challenger_worse: worse,
+    }
+}
+
+fn comparison(a: &VersionWindow, b: &VersionWindow, labels: Option<(LabelStats, LabelStats)>) -> Vec<MetricRow> {
+    let mut rows = vec![
+        rate_row("error rate (5xx)", (a.errors(), a.answered()), (b.errors(), b.answered())),
+        rate_row("timeout rate (504)", (a.timeouts, a.answered()), (b.timeouts, b.answered())),
+        quantile_row(0.5, a, b),
+        quantile_row(0.99, a, b),
+    ];
+    if let Some((x, y)) = labels.filter(|(x, y)| x.n + y.n > 0) {
+        rows.push(label_row(x, y));
+    }
+    if b.shadow.requests > 0 {
+        let s = &b.shadow;
+        let compared = s.agree + s.disagree;
+        rows.push(MetricRow {
+            metric: "shadow agreement".into(),
+            unit: "share".into(),
+            higher_is_better: true,
+            champion: Estimate { value: Some(1.0), interval: None, n: compared },
+            challenger: Estimate {
+                value: (compared > 0).then(|| s.agree as f64 / compared as f64),
+                interval: wilson(s.agree, compared, CONFIDENCE),
+                n: compared,
+            },
+            difference: Estimate { value: None, interval: None, n: compared },
+            challenger_worse: s.disagree > 0,
+        });
+    }
+    rows
+}
+
+/// The decisions of one stage (by its epoch), and the one with the evidence.
+fn stage_decisions(log: &[Decision], epoch: u64) -> (Vec<&Decision>, Option<&Decision>) {
+    let of_stage: Vec<&Decision> = log.iter().filter(|d| d.from.epoch == epoch).collect();
+    let evidence = of_stage.iter().rev().find(|d| d.window.is_some()).copied();
+    (of_stage, evidence)
+}
+
+fn timeline(log: &[&Decision]) -> Vec<TimelineEntry> {
+    log.iter()
+        .filter(|d| d.action != Action::Hold)
+        .map(|d| TimelineEntry {
+            seq: d.seq,
+            at: d.at,
+            action: d.action,
+            manual: d.manual,
+            from: d.from.clone(),
+            to: d.to.clone(),
+            reasons: d.reasons.clone(),
+        })
+        .collect()
+}
+
+fn recommendation_of(d: Option<&Decision>, state: &RolloutState, ended: Option<&Decision>) -> Recommendation {
+    match ended.or(d) {
+        Some(d) => Recommendation {
+            action: match d.action {
+                Action::Advance | Action::Promote => "advance".into(),
+                Action::Rollback => "rollback".into(),
+                _ => "hold".into(),
+            },
+            reasons: d.reasons.clone(),
+        },
+        None => Recommendation { action: "hold".into(), reasons: vec![format!("no evaluation yet ({})", state.phase)] },
+    }
+}
+
+/// Builds the report of the stage whose configuration had `epoch`.
+pub fn stage_report(
+    spec: &RolloutSpec,
+    state: &RolloutState,
+    log: &[Decision],
+    epoch: u64,
+    now: Millis,
+) -> Option<Report> {
+    let (decisions, evidence) = stage_decisions(log, epoch);
+    let first = decisions.first()?;
+    let stage_index = first.from.stage;
+    let stage_name = first.from.stage_name.clone();
+    let ended = decisions
+        .iter()
+        .rev()
+        .find(|d| matches!(d.action, Action::Advance | Action::Promote | Action::Rollback))
+        .copied();
+    let window = evidence.and_then(|d| d.window.as_ref());
+    let empty = VersionWindow::default();
+    let (a, b) = window.map_or((&empty, &empty), |w| (&w.champion, &w.challenger));
+    let labels = (state.labels.stats(&stage_name, &spec.champion), state.labels.stats(&stage_name, &spec.challenger));
+    let rows = comparison(a, b, Some(labels));
+    let worse = rows.iter().filter(|r| r.challenger_worse).map(|r| r.metric.clone()).collect();
+    let mut segments = vec![];
+    for (name, sa) in &a.segments {
+        let sb = b.segments.get(name).cloned().unwrap_or_default();
+        let as_version = |s: &crate::window::SegmentWindow| VersionWindow {
+            requests: s.requests,
+            unkeyed: s.unkeyed,
+            responses: s.responses,
+            timeouts: s.timeouts,
+            latency_us: s.latency_us.clone(),
+            ..Default::default()
+        };
+        segments.push(SegmentRow { segment: name.clone(), rows: comparison(&as_version(sa), &as_version(&sb), None) });
+    }
+    let bins: Vec<String> = {
+        let mut names: Vec<String> = a.predictions.keys().chain(b.predictions.keys()).cloned().collect();
+        names.sort_by_key(|n| bin_order(n));
+        names.dedup();
+        names
+    };
+    let counts =
+        |w: &VersionWindow| bins.iter().map(|n| w.predictions.get(n).copied().unwrap_or(0)).collect::<Vec<_>>();
+    let target = Target { stage: stage_index, stage_name: stage_name.clone(), weight: first.from.weight, epoch };
+    let filter = spec.filter_config(
+        &target.stage_name,
+        target.weight,
+        epoch,
+        spec.stages.get(stage_index).is_some_and(|s| s.shadow),
+    );
+    let spec_json = serde_json::to_value(spec).unwrap_or_default();
+    Some(Report {
+        schema: SCHEMA,
+        rollout: spec.rollout.clone(),
+        champion: spec.champion.clone(),
+        challenger: spec.challenger.clone(),
+        scope: "stage".into(),
+        stage: Some(stage_name),
+        stage_index: Some(stage_index),
+        generated_at: now,
+        inputs: Inputs {
+            spec_sha256: sha256(spec.to_yaml().as_bytes()),
+            spec: spec_json,
+            filter_config_sha256: sha256(filter.to_json().as_bytes()),
+            filter_config: serde_json::from_str(&filter.to_json()).unwrap_or_default(),
+            epoch,
+            window_ms: window.map_or(0, |w| w.elapsed_ms),
+            decisions: decisions.iter().map(|d| d.seq).collect(),
+        },
+        comparison: rows,
+        gates: evidence.map(|d| d.gates.clone()).unwrap_or_default(),
+        worse,
+        segments,
+        distributions: Distributions {
+            latency_us: BTreeMap::from([
+                (spec.champion.clone(), a.latency_us.buckets().copied().collect()),
+                (spec.challenger.clone(), b.latency_us.buckets().copied().collect()),
+            ]),
+            predictions: BTreeMap::from([(spec.champion.clone(), counts(a)), (spec.challenger.clone(), counts(b))]),
+            prediction_bins: bins,
+        },
+        timeline: timeline(&decisions),
+        recommendation: recommendation_of(evidence, state, ended),
+        stages: vec![],
+    })
+}
+
+/// `b0 < b1 < … < b10`, labels in name order, `other`, then `unparsed`.
+fn bin_order(name: &str) -> (u8, u64, String) {
+    match name {
+        "unparsed" => (3, 0, String::new()),
+        "other" => (2, 0, String::new()),
+        n => match n.strip_prefix('b').and_then(|d| d.parse::<u64>().ok()) {
+            Some(i) => (0, i, String::new()),
+            None => (1, 0, n.to_string()),
+        },
+    }
+}
+
+/// The whole rollout: every stage's comparison, the timeline, the outcome.
+pub fn rollout_report(spec: &RolloutSpec, state: &RolloutState, log: &[Decision], now: Millis) -> Option<Report> {
+    let mut epochs: Vec<u64> = log.iter().map(|d| d.from.epoch).collect();
+    epochs.dedup();
+    let stage_reports: Vec<Report> = epochs.iter().filter_map(|e| stage_report(spec, state, log, *e, now)).collect();
+    let last = stage_reports.iter().rev().find(|r| !r.gates.is_empty()).or(stage_reports.last())?.clone();
+    let all: Vec<&Decision> = log.iter().collect();
+    let final_reasons =
+        log.iter().rev().find(|d| d.action != Action::Hold).map(|d| d.reasons.clone()).unwrap_or_default();
+    Some(Report {
+        scope: "rollout".into(),
+        stage: None,
+        stage_index: None,
+        timeline: timeline(&all),
+        recommendation: Recommendation {
+            action: match state.phase {
+                crate::rollout::Phase::Promoted => "promoted".into(),
+                crate::rollout::Phase::RolledBack => "rolled back".into(),
+                _ => last.recommendation.action.clone(),
+            },
+            reasons: if state.phase.is_final() { final_reasons } else { last.recommendation.reasons.clone() },
+        },
+        stages: stage_reports
+            .iter()
+            .filter_map(|r| {
+                Some(StageSummary {
+                    stage: r.stage.clone()?,
+                    action: r.timeline.last().map_or(Action::Hold, |t| t.action),
+                    comparison: r.comparison.clone(),
+                })
+            })
+            .collect(),
+        ..last
+    })
+}
+
+/// The Markdown summary (stdout, alerts).
+pub fn markdown(r: &Report) -> String {
+    let mut s = String::new();
+    let title = r.stage.as_ref().map_or_else(|| "whole rollout".to_string(), |st| format!("stage {st}"));
+    let _ = writeln!(s, "## canary {} — {title}: recommend **{}**\n", r.rollout, r.recommendation.action);
+    for reason in &r.recommendation.reasons {
+        let _ = writeln!(s, "- {reason}");
+    }
+    let _ = writeln!(
+        s,
+        "\n| metric | {} (champion) | {} (challenger) | difference | |\n| --- | --- | --- | --- | --- |",
+        r.champion, r.challenger
+    );
+    for row in &r.comparison {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} |",
+            row.metric,
+            fmt_est(&row.champion, &row.unit),
+            fmt_est(&row.challenger, &row.unit),
+            fmt_est(&row.difference, &row.unit),
+            if row.challenger_worse { "**worse**" } else { "" }
+        );
+    }
+    if !r.gates.is_empty() {
+        let _ = writeln!(s, "\n| gate | outcome | detail |\n| --- | --- | --- |");
+        for g in &r.gates {
+            let _ = writeln!(s, "| {:?} | {:?} | {} |", g.gate, g.outcome, g.detail);
+        }
+    }
+    s
+}
+
+fn fmt_num(x: f64, unit: &str) -> String {
+    match unit {
+        "share" => format!("{:.3}%", x * 100.0),
+        "ms" => format!("{x:.1} ms"),
+        _ => format!("{x:.4}"),
+    }
+}
+
+fn fmt_est(e: &Estimate, unit: &str) -> String {
+    match (e.value, e.interval) {
+        (Some(v), Some(i)) => format!("{} [{} – {}]", fmt_num(v, unit), fmt_num(i.low, unit), fmt_num(i.high, unit)),
+        (Some(v), None) => fmt_num(v, unit),
+        _ => "—".into(),
+    }
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+const COLORS: [&str; 2] = ["#2563eb", "#dc2626"];
+
+/// Latency distributions as step lines over a log-scaled axis.
+fn latency_svg(d: &BTreeMap<String, Vec<Bucket>>, order: [&str; 2]) -> String {
+    let (w, h, pad) = (640.0, 220.0, 40.0);
+    let all: Vec<&Bucket> = d.values().flatten().filter(|b| b.count > 0).collect();
+    if all.is_empty() {
+        return "<p class=\"muted\">no latency samples</p>".into();
+    }
+    let lo = all.iter().map(|b| b.lower.max(1.0)).fold(f64::INFINITY, f64::min).log10();
+    let hi = all.iter().map(|b| (b.lower + b.width).max(1.0)).fold(0.0, f64::max).log10().max(lo + 0.1);
+    let x = |v: f64| pad + (v.max(1.0).log10() - lo) / (hi - lo) * (w - 2.0 * pad);
+    let mut svg = format!(
+        "<svg viewBox=\"0 0 {w} {h}\" width=\"{w}\" height=\"{h}\" role=\"img\" aria-label=\"latency distributions\">"
+    );
+    let max_share = order
+        .iter()
+        .filter_map(|v| d.get(*v))
+        .flat_map(|bs| {
+            let n: u64 = bs.iter().map(|b| b.count).sum();
+            bs.iter().map(move |b| b.count as f64 / n.max(1) as f64)
+        })
+        .fold(0.0, f64::max)
+        .max(1e-9);
+    for (i, v) in order.iter().enumerate() {
+        let Some(bs) = d.get(*v) else { continue };
+        let n: u64 = bs.iter().map(|b| b.count).sum();
+        let mut path = String::new();
+        for b in bs {
+            let y = h - pad - (b.count as f64 / n.max(1) as f64) / max_share * (h - 2.0 * pad);
+            let _ = write!(path, "M{:.1},{:.1}H{:.1} ", x(b.lower), y, x(b.lower + b.width).max(x(b.lower) + 1.0));
+        }
+        let _ = write!(svg, "<path d=\"{path}\" stroke=\"{}\" stroke-width=\"2\" fill=\"none\"/>", COLORS[i]);
+        let _ = write!(
+            svg,
+            "<text x=\"{}\" y=\"16\" fill=\"{}\" font-size=\"12\">{}</text>",
+            pad + 140.0 * i as f64,
+            COLORS[i],
+            esc(v)
+        );
+    }
+    for t in [1.0f64, 10.0, 100.0, 1000.0, 10_000.0, 100_000.0, 1_000_000.0, 10_000_000.0] {
+        if t.log10() >= lo && t.log10() <= hi {
+            let label = if t >= 1000.0 { format!("{} ms", t / 1000.0) } else { format!("{t} µs") };
+            let _ = write!(
+                svg,
+                "<text x=\"{:.1}\" y=\"{}\" font-size=\"11\" text-anchor=\"middle\">{label}</text>",
+                x(t),
+                h - 10.0
+            );
+        }
+    }
+    let _ = write!(
+        svg,
+        "<line x1=\"{pad}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"#888\"/></svg>",
+        h - pad,
+        w - pad,
+        h - pad
+    );
+    svg
+}
+
+/// Prediction distributions as grouped bars (share of each version's answers).
+fn predictions_svg(bins: &[String], d: &BTreeMap<String, Vec<u64>>, order: [&str; 2]) -> String {
+    if bins.is_empty() {
+        return "<p class=\"muted\">no prediction counters (the filter is not reading predictions)</p>".into();
+    }
+    let (w, h, pad) = (640.0, 220.0, 40.0);
+    let slot = (w - 2.0 * pad) / bins.len() as f64;
+    let shares: Vec<Vec<f64>> = order
+        .iter()
+        .map(|v| {
+            let c = d.get(*v).cloned().unwrap_or_default();
+            let n: u64 = c.iter().sum();
+            c.iter().map(|x| *x as f64 / n.max(1) as f64).collect()
+        })
+        .collect();
+    let max = shares.iter().flatten().copied().fold(0.0, f64::max).max(1e-9);
+    let mut svg = format!("<svg viewBox=\"0 0 {w} {h}\" width=\"{w}\" height=\"{h}\" role=\"img\" aria-label=\"prediction distributions\">");
+    for (i, s) in shares.iter().enumerate() {
+        for (j, share) in s.iter().enumerate() {
+            let bh = share / max * (h - 2.0 * pad);
+            let _ = write!(
+                svg,
+                "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{}\"><title>{} {}: {:.2}%</title></rect>",
+                pad + j as f64 * slot + 2.0 + i as f64 * (slot - 4.0) / 2.0,
+                h - pad - bh,
+                (slot - 4.0) / 2.0,
+                bh,
+                COLORS[i],
+                esc(order[i]),
+                esc(&bins[j]),
+                share * 100.0
+            );
+        }
+        let _ = write!(
+            svg,
+            "<text x=\"{}\" y=\"16\" fill=\"{}\" font-size=\"12\">{}</text>",
+            pad + 140.0 * i as f64,
+            COLORS[i],
+            esc(order[i])
+        );
+    }
+    for (j, b) in bins.iter().enumerate() {
+        let _ = write!(
+            svg,
+            "<text x=\"{:.1}\" y=\"{}\" font-size=\"11\" text-anchor=\"middle\">{}</text>",
+            pad + (j as f64 + 0.5) * slot,
+            h - 10.0,
+            esc(b)
+        );
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
+fn table(rows: &[MetricRow], champion: &str, challenger: &str) -> String {
+    let mut t = format!(
+        "<table><tr><th>metric</th><th>{} (champion)</th><th>{} (challenger)</th><th>difference</th></tr>",
+        esc(champion),
+        esc(challenger)
+    );
+    for r in rows {
+        let _ = write!(
+            t,
+            "<tr class=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            if r.challenger_worse { "worse" } else { "" },
+            esc(&r.metric),
+            esc(&fmt_est(&r.champion, &r.unit)),
+            esc(&fmt_est(&r.challenger, &r.unit)),
+            esc(&fmt_est(&r.difference, &r.unit))
+        );
+    }
+    t.push_str("</table>");
+    t
+}
+
+/// The self-contained HTML page.
+pub fn html(r: &Report) -> String {
+    let order = [r.champion.as_str(), r.challenger.as_str()];
+    let title = r.stage.as_ref().map_or_else(|| "whole rollout".to_string(), |s| format!("stage {s}"));
+    let mut b = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>canary {} — {}</title><style>\
+body{{font:14px/1.45 system-ui,sans-serif;margin:24px;color:#111;max-width:1000px}}table{{border-collapse:collapse;margin:8px 0 16px}}\
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}tr.worse td{{background:#fee2e2}}.pass{{color:#15803d}}.fail{{color:#b91c1c;font-weight:bold}}\
+.no_data{{color:#92400e}}.rec{{font-size:18px;padding:8px 12px;border-radius:6px;background:#eef2ff;display:inline-block}}.muted{{color:#666}}code{{font-size:12px}}\
+</style></head><body>",
+        esc(&r.rollout),
+        esc(&title)
+    );
+    let _ = write!(b, "<h1>canary {} — {}</h1>", esc(&r.rollout), esc(&title));
+    let _ = write!(b, "<p class=\"rec\">Recommendation: <b>{}</b></p><ul>", esc(&r.recommendation.action));
+    for reason in &r.recommendation.reasons {
+        let _ = write!(b, "<li>{}</li>", esc(reason));
+    }
+    b.push_str("</ul>");
+    if !r.worse.is_empty() {
+        let _ = write!(b, "<p>The challenger is worse on: <b>{}</b> (highlighted).</p>", esc(&r.worse.join(", ")));
+    }
+    b.push_str("<h2>Champion vs challenger</h2>");
+    b.push_str(&table(&r.comparison, &r.champion, &r.challenger));
+    let _ = write!(b, "<p class=\"muted\">Intervals: {:.0} % (Wilson for rates, Newcombe for their difference, order statistics for latency quantiles, normal / Welch for label means).</p>", CONFIDENCE * 100.0);
+    if !r.gates.is_empty() {
+        b.push_str("<h2>Gates</h2><table><tr><th>gate</th><th>outcome</th><th>champion</th><th>challenger</th><th>threshold</th><th>margin</th><th>detail</th></tr>");
+        for g in &r.gates {
+            let o = match g.outcome {
+                Outcome::Pass => "pass",
+                Outcome::Fail => "fail",
+                Outcome::NoData => "no_data",
+            };
+            let f = |x: Option<f64>| x.map_or("—".to_string(), |v| format!("{v:.5}"));
+            let _ = write!(
+                b,
+                "<tr><td>{:?}</td><td class=\"{o}\">{o}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                g.gate,
+                f(g.champion),
+                f(g.challenger),
+                f(g.threshold),
+                f(g.margin),
+                esc(&g.detail)
+            );
+        }
+        b.push_str("</table>");
+    }
+    if !r.segments.is_empty() {
+        b.push_str("<h2>Segments</h2>");
+        for s in &r.segments {
+            let _ = write!(b, "<h3>{}</h3>{}", esc(&s.segment), table(&s.rows, &r.champion, &r.challenger));
+        }
+    }
+    if !r.stages.is_empty() {
+        b.push_str("<h2>Stages</h2>");
+        for s in &r.stages {
+            let _ = write!(
+                b,
+                "<h3>{} — {:?}</h3>{}",
+                esc(&s.stage),
+                s.action,
+                table(&s.comparison, &r.champion, &r.challenger)
+            );
+        }
+    }
+    b.push_str("<h2>Latency distributions</h2>");
+    b.push_str(&latency_svg(&r.distributions.latency_us, order));
+    b.push_str("<h2>Prediction distributions</h2>");
+    b.push_str(&predictions_svg(&r.distributions.prediction_bins, &r.distributions.predictions, order));
+    b.push_str("<h2>Decision timeline</h2><table><tr><th>#</th><th>at (UTC ms)</th><th>action</th><th>from → to</th><th>reasons</th></tr>");
+    for t in &r.timeline {
+        let _ = write!(
+            b,
+            "<tr><td>{}</td><td>{}</td><td>{:?}{}</td><td>{} ({}) → {} ({})</td><td>{}</td></tr>",
+            t.seq,
+            t.at,
+            t.action,
+            if t.manual { " (operator)" } else { "" },
+            esc(&t.from.stage_name),
+            t.from.weight,
+            esc(&t.to.stage_name),
+            t.to.weight,
+            esc(&t.reasons.join("; "))
+        );
+    }
+    b.push_str("</table><h2>Inputs</h2>");
+    let _ = write!(
+        b,
+        "<p>epoch {} · window {:.1} s · decisions {:?} · spec sha256 <code>{}</code> · filter configuration sha256 <code>{}</code></p>",
+        r.inputs.epoch,
+        r.inputs.window_ms as f64 / 1000.0,
+        r.inputs.decisions.first().zip(r.inputs.decisions.last()),
+        r.inputs.spec_sha256,
+        r.inputs.filter_config_sha256
+    );
+    let _ = write!(
+        b,
+        "<details><summary>filter configuration</summary><pre>{}</pre></details>",
+        esc(&serde_json::to_string_pretty(&r.inputs.filter_config).unwrap_or_default())
+    );
+    b.push_str("</body></html>\n");
+    b
+}
+
+/// Writes `<stem>.json` and `<stem>.html` into `dir`.
+pub fn write(dir: &Path, stem: &str, r: &Report) -> Result<Vec<PathBuf>, StoreError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| StoreError::Io { what: "write the report", path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let json = dir.join(format!("{stem}.json"));
+    let html_path = dir.join(format!("{stem}.html"));
+    let body = serde_json::to_vec_pretty(r).unwrap_or_default();
+    crate::durable::write_atomic(&json, &body).map_err(io(&json))?;
+    crate::durable::write_atomic(&html_path, html(r).as_bytes()).map_err(io(&html_path))?;
+    Ok(vec![json, html_path])
+}
+
+/// File stem of a stage's report.
+pub fn stage_stem(index: usize, stage: &str, epoch: u64) -> String {
+    format!("stage-{}-{stage}-epoch{epoch}", index + 1)
+}
+
+/// Writes every stage's report and the whole rollout's into `STATE_DIR/reports`
+/// (or `out`); returns the files written.
+pub fn write_all(
+    store: &Store,
+    spec: &RolloutSpec,
+    out: Option<&Path>,
+    now: Millis,
+) -> Result<Vec<PathBuf>, StoreError> {
+    let state = store.load_state()?.ok_or_else(|| StoreError::Corrupt {
+        path: store.dir().join("state.json"),
+        message: "no rollout state".into(),
+    })?;
+    let log = store.decisions()?;
+    let dir = out.map_or_else(|| store.dir().join("reports"), Path::to_path_buf);
+    let mut files = vec![];
+    let mut epochs: Vec<u64> = log.iter().map(|d| d.from.epoch).collect();
+    epochs.dedup();
+    for e in epochs {
+        if let Some(r) = stage_report(spec, &state, &log, e, now) {
+            let stem = stage_stem(r.stage_index.unwrap_or(0), r.stage.as_deref().unwrap_or("stage"), e);
+            files.extend(write(&dir, &stem, &r)?);
+        }
+    }
+    if let Some(r) = rollout_report(spec, &state, &log, now) {
+        files.extend(write(&dir, "rollout", &r)?);
+    }
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use canary_core::metrics::Counter;
+
+    use super::*;
+    use crate::rollout::RolloutState;
+    use crate::window::{Coverage, Window};
+
+    fn spec() -> RolloutSpec {
+        RolloutSpec::from_yaml(
+            r#"
+rollout: r
+champion: v1
+challenger: v2
+stages: [{ weight_percent: 10, min_requests: 10 }, { weight_percent: 100 }]
+gates: { error_rate: { error_tolerance: 1 } }
+envoy: { admin: ["http://a"], ecds_dir: /x, wasm: /y }
+"#,
+        )
+        .unwrap()
+    }
+
+    fn window(epoch: u64, errors: u64) -> Window {
+        let mut w = Window { epoch, ..Default::default() };
+        for (v, e) in [("v1", 1), ("v2", errors)] {
+            let mut vw = VersionWindow::default();
+            vw.add_counter(Counter::RqTotal, 1000);
+            vw.add_counter(Counter::Rq2xx, 1000 - e);
+            vw.add_counter(Counter::Rq5xx, e);
+            vw.latency_us.add(10_000.0, 1000.0, 990);
+            vw.latency_us.add(50_000.0, 5000.0, 10);
+            vw.predictions.insert("b0".into(), 600);
+            vw.predictions.insert("b1".into(), 400);
+            w.versions.insert(v.into(), vw);
+        }
+        w.coverage = Coverage { endpoints: 1, answered: 1, applied: 1, failures: vec![], resets: vec![] };
+        w
+    }
+
+    #[test]
+    fn a_rolled_back_stage_report_highlights_what_got_worse_and_says_why() {
+        let spec = spec();
+        let s0 = RolloutState::start(&spec, 0);
+        let mut few = window(1, 0);
+        few.versions.get_mut("v2").unwrap().responses[1] = 5;
+        let (s1, d1) = s0.step(&spec, Ok(&few), 1000);
+        assert_eq!(d1.action, Action::Hold, "{:?}", d1.reasons);
+        let (s2, d2) = s1.step(&spec, Ok(&window(1, 80)), 2000);
+        assert_eq!(d2.action, Action::Rollback, "{:?}", d2.reasons);
+        let log = vec![d1, d2];
+        let r = stage_report(&spec, &s2, &log, 1, 3000).unwrap();
+        assert_eq!(r.schema, SCHEMA);
+        assert_eq!(r.recommendation.action, "rollback");
+        assert!(r.worse.contains(&"error rate (5xx)".to_string()), "{:?}", r.worse);
+        let err = &r.comparison[0];
+        assert_eq!(err.challenger.value, Some(0.08));
+        assert!(err.difference.interval.unwrap().low > 0.0, "the difference is clearly above 0: {err:?}");
+        assert_eq!(r.inputs.decisions, vec![1, 2]);
+        assert_eq!(r.inputs.filter_config["challenger_weight_bp"], 1000);
+        assert_eq!(r.distributions.prediction_bins, ["b0", "b1"]);
+        let page = html(&r);
+        assert!(
+            page.contains("<svg")
+                && page.contains("class=\"worse\"")
+                && !page.contains("http://")
+                && !page.contains("https://")
+        );
+        let md = markdown(&r);
+        assert!(md.contains("recommend **rollback**") && md.contains("**worse**"), "{md}");
+        let whole = rollout_report(&spec, &s2, &log, 3000).unwrap();
+        assert_eq!((whole.scope.as_str(), whole.recommendation.action.as_str()), ("rollout", "rolled back"));
+        assert_eq!(whole.stages.len(), 1);
+    }
+
+    #[test]
+    fn bins_are_ordered_numerically_then_labels_other_unparsed() {
+        let mut names = vec!["unparsed", "b10", "other", "b2", "cat"];
+        names.sort_by_key(|n| bin_order(n));
+        assert_eq!(names, ["b2", "b10", "cat", "other", "unparsed"]);
+    }
+}
