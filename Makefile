@@ -26,7 +26,8 @@ lint: ## rustfmt and clippy (host crates, and the filter glue) with warnings as 
 unit: ## Native unit tests of the pure core and the controller
 	$(CARGO) test -p canary-core -p canary-controller
 
-integration: build ## Tests against the real Envoy running the built .wasm
+integration: build ## Tests against the real Envoy running the built .wasm (and headless Chromium)
+	@bash scripts/setup.sh browser
 	$(CARGO) test -p canary-tests -- --test-threads=1
 
 test: lint unit integration ## Everything CI runs: lint, unit and integration tests

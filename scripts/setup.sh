@@ -75,5 +75,14 @@ bench_tools() {
   command -v taskset >/dev/null || apt_install util-linux
   command -v wrk >/dev/null || { log "wrk is missing and could not be installed (apt-get install wrk, or your OS's package)"; return 1; }
 }
+# --- headless browser (with `setup.sh browser`: the integration tests) --------
+# The report HTML and the dashboard are checked in Debian's Chromium;
+# CANARY_CHROMIUM points at another Chromium/Chrome binary instead.
+browser() {
+  [ -n "${CANARY_CHROMIUM:-}" ] && [ -x "$CANARY_CHROMIUM" ] && return 0
+  command -v chromium >/dev/null && return 0
+  apt_install chromium || { log "no Chromium: install it (apt-get install chromium) or set CANARY_CHROMIUM"; return 1; }
+}
 if [ "${1:-}" = bench ]; then bench_tools; fi
+if [ "${1:-}" = browser ]; then browser; fi
 log "ok"

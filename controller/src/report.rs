@@ -497,7 +497,8 @@ fn latency_svg(d: &BTreeMap<String, Vec<Bucket>>, order: [&str; 2]) -> String {
             esc(v)
         );
     }
-    for t in [1.0f64, 10.0, 100.0, 1000.0, 10_000.0, 100_000.0, 1_000_000.0, 10_000_000.0] {
+    let ticks = (0..8).flat_map(|e| [1.0, 2.0, 5.0].map(|m| m * 10f64.powi(e)));
+    for t in ticks {
         if t.log10() >= lo && t.log10() <= hi {
             let label = if t >= 1000.0 { format!("{} ms", t / 1000.0) } else { format!("{t} µs") };
             let _ = write!(
@@ -681,10 +682,11 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}tr.worse td{{backg
     b.push_str("</table><h2>Inputs</h2>");
     let _ = write!(
         b,
-        "<p>epoch {} · window {:.1} s · decisions {:?} · spec sha256 <code>{}</code> · filter configuration sha256 <code>{}</code></p>",
+        "<p>epoch {} · window {:.1} s · decisions #{}–#{} · spec sha256 <code>{}</code> · filter configuration sha256 <code>{}</code></p>",
         r.inputs.epoch,
         r.inputs.window_ms as f64 / 1000.0,
-        r.inputs.decisions.first().zip(r.inputs.decisions.last()),
+        r.inputs.decisions.first().copied().unwrap_or(0),
+        r.inputs.decisions.last().copied().unwrap_or(0),
         r.inputs.spec_sha256,
         r.inputs.filter_config_sha256
     );

@@ -226,7 +226,7 @@ async fn run(args: &Args) -> Result<bool> {
         if tty {
             print!("\r\x1b[2K{line}");
             let _ = std::io::stdout().flush();
-        } else if line != last_line && shown_seq % 10 == 0 {
+        } else if line != last_line && shown_seq.is_multiple_of(10) {
             println!("{line}");
         }
         last_line = line;
