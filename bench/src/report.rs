@@ -81,6 +81,15 @@ pub struct ConfigResult {
     pub latency_p999_us: Option<f64>,
     /// p99 from the scheduled send time (includes waiting for a free connection).
     pub latency_p99_from_schedule_us: Option<f64>,
+    /// The same, over the fixed-rate slices during which other processes used
+    /// no more than the threshold only.
+    pub latency_quiet_p50_us: Option<f64>,
+    pub latency_quiet_p99_us: Option<f64>,
+    pub quiet_fixed_rate_slices: usize,
+    /// What one Envoy core could serve at this CPU cost: 1 s / CPU per request
+    /// (saturated). Unlike the measured throughput, other processes on the
+    /// machine barely move it.
+    pub capacity_rps: Option<Estimate>,
     pub fixed_rate_achieved_rps: Option<Estimate>,
     /// Busy share of the load generator's core during saturation slices.
     pub load_core_busy: Option<Estimate>,
@@ -101,6 +110,10 @@ pub struct Comparison {
     pub throughput_ratio: Option<Estimate>,
     pub p50_delta_us: Option<Estimate>,
     pub p99_delta_us: Option<Estimate>,
+    /// Baseline CPU per request / this one's: the ratio of Envoy-core capacities.
+    pub capacity_ratio: Option<Estimate>,
+    /// Δ p99 over the rounds where both fixed-rate slices were quiet.
+    pub p99_delta_quiet_us: Option<Estimate>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -231,13 +244,13 @@ impl Results {
         let _ = writeln!(md, "## Per configuration\n");
         let _ = writeln!(
             md,
-            "Means over rounds with 95 % t-intervals in brackets. CPU = Envoy's utime+stime over the slice / requests served. Latency pooled over all fixed-rate slices (request write → last response byte).\n"
+            "Means over rounds with 95 % t-intervals in brackets. CPU = Envoy's utime+stime over the slice / requests served; capacity = 1 s / that (what one Envoy core could serve). Latency pooled over all fixed-rate slices (request write → last response byte); the quiet column pools only the slices during which other processes used no more than the threshold.\n"
         );
         let _ = writeln!(
             md,
-            "| configuration | status | throughput (req/s) | Envoy CPU µs/req (saturated) | Envoy CPU µs/req (fixed rate) | Envoy core use sat. / fixed | p50 µs | p99 µs | p99.9 µs | RSS MiB |"
+            "| configuration | status | throughput (req/s) | capacity (req/s) | Envoy CPU µs/req (saturated) | Envoy CPU µs/req (fixed rate) | Envoy core use sat. / fixed | p50 µs | p99 µs | p99.9 µs | quiet slices: p50 / p99 µs (n) | RSS MiB |"
         );
-        let _ = writeln!(md, "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+        let _ = writeln!(md, "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
         for c in &self.configurations {
             let status = match &c.reason {
                 Some(r) if c.status != "ok" => format!("{}: {}", c.status, r.replace('\n', " ").replace('|', "\\|")),
@@ -245,10 +258,11 @@ impl Results {
             };
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 c.label,
                 status,
                 est(&c.throughput_rps, 0),
+                est(&c.capacity_rps, 0),
                 est(&c.cpu_us_per_request, 2),
                 est(&c.cpu_us_per_request_fixed_rate, 2),
                 match (c.envoy_cpu_utilisation, c.envoy_cpu_utilisation_fixed_rate) {
@@ -258,6 +272,16 @@ impl Results {
                 num(c.latency_p50_us, 0),
                 num(c.latency_p99_us, 0),
                 num(c.latency_p999_us, 0),
+                if c.quiet_fixed_rate_slices > 0 {
+                    format!(
+                        "{} / {} ({})",
+                        num(c.latency_quiet_p50_us, 0),
+                        num(c.latency_quiet_p99_us, 0),
+                        c.quiet_fixed_rate_slices
+                    )
+                } else {
+                    "–".into()
+                },
                 num(c.rss_kib_after_warmup.map(|k| k as f64 / 1024.0), 1),
             );
         }
@@ -268,20 +292,22 @@ impl Results {
         );
         let _ = writeln!(
             md,
-            "| configuration | vs baseline | Δ CPU µs/req | CPU ratio | throughput ratio | Δ p50 µs | Δ p99 µs |"
+            "| configuration | vs baseline | Δ CPU µs/req | CPU ratio | throughput ratio (wrk) | capacity ratio | Δ p50 µs | Δ p99 µs | Δ p99 µs, quiet rounds |"
         );
-        let _ = writeln!(md, "| --- | --- | --- | --- | --- | --- | --- |");
+        let _ = writeln!(md, "| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
         for c in &self.comparisons {
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 self.label(&c.row),
                 self.label(&c.baseline),
                 est(&c.cpu_delta_us, 2),
                 est(&c.cpu_ratio, 3),
                 pct(&c.throughput_ratio),
+                pct(&c.capacity_ratio),
                 est(&c.p50_delta_us, 0),
                 est(&c.p99_delta_us, 0),
+                c.p99_delta_quiet_us.as_ref().map_or("–".into(), |e| format!("{} (n={})", e.fmt(0), e.n)),
             );
         }
         let _ = writeln!(md, "\n## Targets\n");
