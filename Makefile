@@ -4,7 +4,7 @@ CARGO ?= cargo
 SCENARIO ?= healthy
 DEMO_ARGS ?=
 
-.PHONY: help setup wasm build test unit integration lint demo clean
+.PHONY: help setup wasm build test unit integration lint demo fuzz clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
@@ -23,8 +23,9 @@ lint: ## rustfmt and clippy (host crates, and the filter glue) with warnings as 
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-unit: ## Native unit tests of the pure core and the controller
+unit: ## Native unit tests of the pure core and the controller, and the fuzz corpus replayed
 	$(CARGO) test -p canary-core -p canary-controller
+	$(CARGO) test --manifest-path fuzz/Cargo.toml --target-dir target
 
 integration: build ## Tests against the real Envoy running the built .wasm (and headless Chromium)
 	@bash scripts/setup.sh browser
@@ -34,6 +35,10 @@ test: lint unit integration ## Everything CI runs: lint, unit and integration te
 
 demo: build ## A complete local rollout (SCENARIO=healthy|faulty, DEMO_ARGS="--stage-seconds 20 ...")
 	$(CARGO) run -q -p canary-tests --bin demo -- --scenario $(SCENARIO) $(DEMO_ARGS)
+
+FUZZ_SECONDS ?= 60
+fuzz: ## Coverage-guided fuzzing (cargo-fuzz, nightly; installed if missing), FUZZ_SECONDS per target
+	bash scripts/fuzz.sh $(FUZZ_SECONDS)
 
 clean: ## Remove build output (keeps .tools/)
 	$(CARGO) clean
