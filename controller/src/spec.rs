@@ -111,10 +111,28 @@ pub fn default_stages() -> Vec<StageSpec> {
     vec![s(1.0, 1, 1000), s(5.0, 1, 1000), s(20.0, 2, 1000), s(50.0, 2, 1000), s(100.0, 0, 0)]
 }
 
-/// The gates; each is optional, at least one is required.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// The gates; each is optional, at least one is required. `method`,
+/// `alpha` and `look_growth` say how every gate turns its evidence into a
+/// verdict (see [`crate::gates`] and the README's "How a stage is judged").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GatesSpec {
+    /// `sequential` (the default): interval statistics at looks on a
+    /// geometric sample-size schedule with alpha spending, three-valued
+    /// (pass, fail, inconclusive). `threshold`: the point estimates against
+    /// the tolerances at every evaluation (the naive rule, kept for
+    /// comparison and `canary replay`).
+    #[serde(default)]
+    pub method: GateMethod,
+    /// Per gate and stage: the most a gate may ever wrongly fail a challenger
+    /// within tolerance, and the most it may ever wrongly pass one outside
+    /// it, over every look of the stage (0 < alpha < 0.5; default 0.05).
+    #[serde(default = "default_alpha")]
+    pub alpha: f64,
+    /// Sample-size growth between two looks (default 1.5: looks at
+    /// min_requests, ×1.5, ×2.25, …); within 1.1..=10.
+    #[serde(default = "default_look_growth")]
+    pub look_growth: f64,
     #[serde(default)]
     pub error_rate: Option<ErrorRateGate>,
     #[serde(default)]
@@ -128,6 +146,57 @@ pub struct GatesSpec {
     /// Judged only in a shadow stage, on the challenger's shadow answers.
     #[serde(default)]
     pub shadow: Option<ShadowGate>,
+}
+
+impl Default for GatesSpec {
+    fn default() -> Self {
+        GatesSpec {
+            method: GateMethod::default(),
+            alpha: default_alpha(),
+            look_growth: default_look_growth(),
+            error_rate: None,
+            latency: None,
+            prediction: None,
+            timeouts: None,
+            labels: None,
+            shadow: None,
+        }
+    }
+}
+
+impl GatesSpec {
+    /// The look schedule and error budget of the sequential method.
+    pub fn schedule(&self) -> crate::stats::LookSchedule {
+        crate::stats::LookSchedule { alpha: self.alpha, growth: self.look_growth }
+    }
+}
+
+fn default_alpha() -> f64 {
+    0.05
+}
+
+fn default_look_growth() -> f64 {
+    1.5
+}
+
+/// How the gates decide.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum GateMethod {
+    /// Intervals at spent looks: pass, fail or inconclusive.
+    #[default]
+    Sequential,
+    /// Point estimates against the tolerances at every evaluation.
+    Threshold,
+}
+
+impl std::fmt::Display for GateMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            GateMethod::Sequential => "sequential",
+            GateMethod::Threshold => "threshold",
+        })
+    }
 }
 
 /// Challenger 5xx rate ≤ champion's + `error_tolerance` percentage points.
@@ -264,6 +333,10 @@ pub struct FilterSpec {
     /// Where and how shadow copies go; only shadow stages get it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shadow: Option<ShadowSpec>,
+    /// A QA override header and its secret (`<secret>:<version>`); every
+    /// stage gets it. Overridden requests are not counted.
+    #[serde(rename = "override", skip_serializing_if = "Option::is_none")]
+    pub qa_override: Option<canary_core::config::OverrideConfig>,
 }
 
 impl Default for FilterSpec {
@@ -275,6 +348,7 @@ impl Default for FilterSpec {
             prediction: None,
             segment: None,
             shadow: None,
+            qa_override: None,
         }
     }
 }
@@ -450,6 +524,7 @@ impl RolloutSpec {
             prediction: self.filter.prediction.clone(),
             segment: self.filter.segment.clone(),
             shadow: shadow.then(|| self.shadow_config()),
+            qa_override: self.filter.qa_override.clone(),
         }
     }
 
@@ -548,6 +623,18 @@ impl RolloutSpec {
                 "a shadow stage needs the shadow gate: nothing else is judged there (the challenger serves no user)",
             )),
             _ => {}
+        }
+        if !(g.alpha.is_finite() && g.alpha > 0.0 && g.alpha < 0.5) {
+            return Err(invalid(
+                "gates.alpha",
+                format!("{} must be within (0, 0.5): the error budget per gate and stage, e.g. 0.05", g.alpha),
+            ));
+        }
+        if !(g.look_growth.is_finite() && (1.1..=10.0).contains(&g.look_growth)) {
+            return Err(invalid(
+                "gates.look_growth",
+                format!("{} must be within 1.1..=10: sample-size growth between two looks, e.g. 1.5", g.look_growth),
+            ));
         }
         if let Some(s) = &g.shadow {
             if !(s.min_agreement.is_finite() && (0.0..=1.0).contains(&s.min_agreement)) {
@@ -726,6 +813,11 @@ alerts:
         assert_eq!(spec.stages[0].min_duration, Duration::from_secs(DAY));
         assert_eq!(spec.salt(), "recs-v2");
         assert_eq!(spec.gates.prediction.as_ref().unwrap().on_no_data, NoDataPolicy::Ignore);
+        assert_eq!((spec.gates.method, spec.gates.alpha, spec.gates.look_growth), (GateMethod::Sequential, 0.05, 1.5));
+        let threshold = with(&["gates", "method"], "threshold".into()).unwrap();
+        assert_eq!(threshold.gates.method, GateMethod::Threshold);
+        let tuned = with(&["gates", "alpha"], 0.01.into()).unwrap();
+        assert_eq!(tuned.gates.schedule(), crate::stats::LookSchedule { alpha: 0.01, growth: 1.5 });
         assert_eq!(spec.filter.key, vec![KeySource::Header("x-user-id".into()), KeySource::Cookie("uid".into())]);
         // What the store writes back reads the same.
         assert_eq!(RolloutSpec::from_yaml(&spec.to_yaml()).unwrap(), spec);
@@ -762,6 +854,11 @@ alerts:
             (vec!["gates", "error_rate", "error_tolerance"], (-1.0).into(), "gates.error_rate.error_tolerance"),
             (vec!["gates", "labels", "min_labels"], 0.into(), "gates.labels.min_labels"),
             (vec!["gates", "prediction", "on_no_data"], "maybe".into(), "gates.prediction.on_no_data"),
+            (vec!["gates", "method"], "bayesian".into(), "gates.method"),
+            (vec!["gates", "alpha"], 0.5.into(), "gates.alpha"),
+            (vec!["gates", "alpha"], 0.0.into(), "gates.alpha"),
+            (vec!["gates", "look_growth"], 1.0.into(), "gates.look_growth"),
+            (vec!["gates", "look_growth"], "fast".into(), "gates.look_growth"),
             (vec!["envoy", "admin"], Value::Sequence(vec![]), "envoy.admin"),
             (vec!["envoy", "admin"], Value::Sequence(vec!["127.0.0.1:9901".into()]), "envoy.admin[0]"),
             (vec!["server", "listen"], "everywhere".into(), "server.listen"),

@@ -48,7 +48,24 @@ pub struct FilterConfig {
     /// Copies of champion-served requests sent to the challenger.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow: Option<ShadowConfig>,
+    /// A QA override: a request carrying `<secret>:<version>` in this header
+    /// goes to that version. Without the secret the header is only removed.
+    #[serde(default, rename = "override", skip_serializing_if = "Option::is_none")]
+    pub qa_override: Option<OverrideConfig>,
 }
+
+/// `override` in the plugin configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverrideConfig {
+    /// The request header carrying `<secret>:<version>`.
+    pub header: String,
+    /// At least 16 bytes; compared in constant time.
+    pub secret: String,
+}
+
+/// Shortest QA override secret accepted.
+pub const MIN_SECRET_LEN: usize = 16;
 
 /// `shadow` in the plugin configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -266,6 +283,27 @@ impl FilterConfig {
                 return Err(ConfigError::invalid("segment.header", format!("`{}` is owned by the filter", seg.header)));
             }
         }
+        let qa_override = match &self.qa_override {
+            Some(o) => {
+                let header = check_header("override.header", &o.header)?;
+                if owned_names.iter().any(|(_, n)| **n == header)
+                    || key.iter().any(|k| matches!(k, KeySource::Header(h) if *h == header))
+                {
+                    return Err(ConfigError::invalid(
+                        "override.header",
+                        format!("`{header}` is already used by the filter"),
+                    ));
+                }
+                if o.secret.len() < MIN_SECRET_LEN || o.secret.contains(':') {
+                    return Err(ConfigError::invalid(
+                        "override.secret",
+                        format!("must be at least {MIN_SECRET_LEN} bytes and contain no ':'"),
+                    ));
+                }
+                Some(OverrideConfig { header, secret: o.secret.clone() })
+            }
+            None => None,
+        };
         if let Some(shadow) = &self.shadow {
             if shadow.cluster.is_empty() || shadow.cluster.len() > 128 {
                 return Err(ConfigError::invalid("shadow.cluster", "must be an Envoy cluster name, 1-128 bytes"));
@@ -294,6 +332,7 @@ impl FilterConfig {
             prediction,
             segment,
             shadow: self.shadow.clone(),
+            qa_override,
         })
     }
 }
@@ -315,6 +354,7 @@ pub struct Plan {
     pub prediction: Option<PredictionPlan>,
     pub segment: Option<SegmentPlan>,
     pub shadow: Option<ShadowConfig>,
+    pub qa_override: Option<OverrideConfig>,
 }
 
 impl Plan {

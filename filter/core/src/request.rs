@@ -42,6 +42,9 @@ pub trait Host {
     fn record(&mut self, metric: Metric, value: u64);
     /// The proxy's clock, in nanoseconds.
     fn now_nanos(&self) -> u64;
+    /// Records a per-request mark for the access log (Envoy filter state
+    /// `wasm.<key>`), never sent to the client or the model.
+    fn mark(&mut self, key: &str, value: &[u8]);
 }
 
 /// Header that Envoy fills with a unique id per request.
@@ -62,6 +65,8 @@ pub struct Routed {
     pub segment: Option<u16>,
     /// A copy of this (champion-served) request goes to the shadow cluster.
     pub shadow: bool,
+    /// Routed by the QA override: not counted in the rollout's metrics.
+    pub overridden: bool,
 }
 
 /// What happens to the response's prediction.
@@ -97,15 +102,42 @@ pub fn user_key<H: Host + ?Sized>(plan: &Plan, host: &H) -> Option<Vec<u8>> {
 }
 
 fn count<H: Host + ?Sized>(host: &mut H, routed: &Routed, counter: Counter) {
+    if routed.overridden {
+        return;
+    }
     host.increment(Metric::Version(routed.arm, Stat::Counter(counter)));
     if let Some(seg) = routed.segment {
         host.increment(Metric::Segment(routed.arm, seg, Stat::Counter(counter)));
     }
 }
 
+/// Constant-time equality (the time taken does not depend on where the
+/// inputs differ).
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The arm a QA override asks for, if the header carries the secret and a
+/// version of this rollout. The header is removed either way, so it never
+/// reaches the model.
+fn qa_override<H: Host + ?Sized>(plan: &Plan, host: &mut H) -> Option<Arm> {
+    let o = plan.qa_override.as_ref()?;
+    let value = host.request_header(&o.header)?;
+    host.set_request_header(&o.header, None);
+    let colon = value.iter().rposition(|b| *b == b':')?;
+    let (secret, version) = (&value[..colon], &value[colon + 1..]);
+    if !same_secret(secret, o.secret.as_bytes()) {
+        return None;
+    }
+    let arm = Arm::BOTH.into_iter().find(|a| plan.version(*a).as_bytes() == version)?;
+    host.mark("canary_override", version);
+    Some(arm)
+}
+
 /// Picks the version for a request, tags it and counts it.
 pub fn route_request<H: Host + ?Sized>(plan: &Plan, host: &mut H) -> Routed {
     let started_ns = host.now_nanos();
+    let forced = qa_override(plan, host);
     let key = user_key(plan, host);
     let unkeyed = key.is_none();
     // Unkeyed requests may still be split (and sampled) by Envoy's request id.
@@ -114,13 +146,15 @@ pub fn route_request<H: Host + ?Sized>(plan: &Plan, host: &mut H) -> Routed {
         (None, UnkeyedPolicy::SplitByRequestId) => host.request_header(REQUEST_ID_HEADER),
         (None, UnkeyedPolicy::Champion) => None,
     };
-    let arm = match (&hash_input, unkeyed, plan.unkeyed) {
-        (Some(k), false, _) | (Some(k), true, UnkeyedPolicy::SplitByRequestId) => {
+    let arm = match (forced, &hash_input, unkeyed, plan.unkeyed) {
+        (Some(arm), ..) => arm,
+        (None, Some(k), false, _) | (None, Some(k), true, UnkeyedPolicy::SplitByRequestId) => {
             arm_for(plan.salt.bucket(k), plan.weight)
         }
         _ => Arm::Champion,
     };
     let shadow = match (&plan.shadow, arm) {
+        _ if forced.is_some() => false,
         (Some(s), Arm::Champion) => {
             let input = hash_input.or_else(|| host.request_header(REQUEST_ID_HEADER)).unwrap_or_default();
             arm_for(Salt::new(SHADOW_SEED).bucket_with(&plan.salt, &input), s.sample_bp) == Arm::Challenger
@@ -128,7 +162,7 @@ pub fn route_request<H: Host + ?Sized>(plan: &Plan, host: &mut H) -> Routed {
         _ => false,
     };
     let segment = plan.segment.as_ref().map(|s| s.segment_of(host.request_header(&s.header).as_deref()) as u16);
-    let routed = Routed { arm, unkeyed, started_ns, segment, shadow };
+    let routed = Routed { arm, unkeyed, started_ns, segment, shadow, overridden: forced.is_some() };
 
     let h = &plan.headers;
     // Setting replaces any client-sent copy: no client picks its version.
@@ -160,6 +194,10 @@ pub fn tag_response<H: Host + ?Sized>(plan: &Plan, host: &mut H, routed: Routed,
     if status == Some(504) {
         count(host, &routed, Counter::RqTimeout);
     }
+    let mut exchange = Exchange { routed, capture: Capture::Off, bin: None };
+    if routed.overridden {
+        return exchange;
+    }
     let latency_us = host.now_nanos().saturating_sub(routed.started_ns) / 1000;
     let latency = Stat::Histogram(Histogram::LatencyUs);
     host.record(Metric::Version(routed.arm, latency), latency_us);
@@ -167,7 +205,6 @@ pub fn tag_response<H: Host + ?Sized>(plan: &Plan, host: &mut H, routed: Routed,
         host.record(Metric::Segment(routed.arm, seg, latency), latency_us);
     }
 
-    let mut exchange = Exchange { routed, capture: Capture::Off, bin: None };
     let Some(p) = &plan.prediction else { return exchange };
     match &p.from {
         PredictionSource::Header(name) => {
@@ -244,6 +281,7 @@ mod tests_support {
         pub counts: HashMap<Metric, u64>,
         pub recorded: Vec<(Metric, u64)>,
         pub clock_ns: std::cell::Cell<u64>,
+        pub marks: Vec<(String, Vec<u8>)>,
     }
 
     pub type Fake = FakeHost;
@@ -307,6 +345,9 @@ mod tests_support {
         }
         fn record(&mut self, metric: Metric, value: u64) {
             self.recorded.push((metric, value));
+        }
+        fn mark(&mut self, key: &str, value: &[u8]) {
+            self.marks.push((key.to_string(), value.to_vec()));
         }
         fn now_nanos(&self) -> u64 {
             // Each look at the clock is 1.5 ms later than the one before.
@@ -512,6 +553,33 @@ mod capture_tests {
         let ex = tag_response(&plan, &mut host, routed, false);
         assert_eq!(ex.capture, Capture::TooLarge);
         assert_eq!(respond(&plan, &mut Fake::default(), &[]).bin, Some(unparsed));
+    }
+
+    #[test]
+    fn the_qa_override_needs_the_secret_and_is_never_counted() {
+        let plan = plan_with(r#","override":{"header":"x-canary-override","secret":"0123456789abcdef"}"#);
+        // With the secret: the asked-for version, marked, not counted, header removed.
+        let mut host = Fake::default()
+            .with_request_header("x-user-id", "u")
+            .with_request_header("x-canary-override", "0123456789abcdef:v2");
+        let ex = respond(&plan, &mut host, &[]);
+        assert_eq!((ex.routed.arm, ex.routed.overridden), (Arm::Challenger, true));
+        assert_eq!(host.req("x-canary-override"), None);
+        assert_eq!(host.req("x-model-version").as_deref(), Some("v2"));
+        assert_eq!(host.marks, vec![("canary_override".to_string(), b"v2".to_vec())]);
+        assert!(host.counts.is_empty(), "override traffic must not enter the rollout's windows: {:?}", host.counts);
+        // Wrong secret, wrong version, no colon: the hash decides, header removed.
+        for forged in ["0123456789abcdeX:v2", "0123456789abcdef:v9", "v2", ":v2", "0123456789abcdef"] {
+            let mut host =
+                Fake::default().with_request_header("x-user-id", "u").with_request_header("x-canary-override", forged);
+            let ex = respond(&plan, &mut host, &[]);
+            assert_eq!((ex.routed.arm, ex.routed.overridden), (Arm::Champion, false), "{forged}");
+            assert_eq!(host.req("x-canary-override"), None);
+        }
+        let short = Plan::from_json(
+            br#"{"rollout":"r","stage":"s","salt":"x","champion":"a","challenger":"b","challenger_weight_bp":0,"override":{"header":"x-o","secret":"short"}}"#,
+        );
+        assert_eq!(short.unwrap_err().field(), "override.secret");
     }
 
     #[test]

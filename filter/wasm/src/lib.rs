@@ -282,6 +282,10 @@ impl Host for Envoy<'_> {
     fn now_nanos(&self) -> u64 {
         now_nanos()
     }
+
+    fn mark(&mut self, key: &str, value: &[u8]) {
+        let _ = hostcalls::set_property(vec![key], Some(value));
+    }
 }
 
 impl Request {

@@ -198,6 +198,9 @@ async fn main() -> anyhow::Result<()> {
         .route("/_control", post(control))
         .route("/_stats", get(stats))
         .fallback(predict)
+        // Read whole request bodies (up to 8 MiB) before answering: a server
+        // that answers first and closes makes Envoy report a reset (503).
+        .layer(axum::extract::DefaultBodyLimit::max(8 << 20))
         .with_state(backend);
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;
     println!("listening on {}", listener.local_addr()?);
@@ -231,7 +234,7 @@ async fn stats(State(b): State<Arc<Backend>>) -> Response {
     .into_response()
 }
 
-async fn predict(State(b): State<Arc<Backend>>, headers: HeaderMap) -> Response {
+async fn predict(State(b): State<Arc<Backend>>, headers: HeaderMap, _body: axum::body::Bytes) -> Response {
     let (delay, fail) = b.draw();
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
