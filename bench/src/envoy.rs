@@ -242,6 +242,16 @@ pub fn children_cpu_s() -> f64 {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
+/// Niceness of a process (field 19 of `/proc/<pid>/stat`).
+pub fn niceness(pid: u32) -> Result<i64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let rest = stat.rsplit_once(") ").map(|(_, r)| r).ok_or_else(|| anyhow!("bad /proc/{pid}/stat"))?;
+    rest.split_whitespace()
+        .nth(19 - 3)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow!("no nice in /proc/{pid}/stat"))
+}
+
 /// VmRSS of a process, KiB.
 pub fn rss_kib(pid: u32) -> Result<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -262,6 +272,7 @@ mod tests {
         assert!(cpu_ticks(pid).is_ok());
         assert!(rss_kib(pid).unwrap() > 0);
         assert!(clock_ticks_per_second() >= 100);
+        assert!((-20..=19).contains(&niceness(pid).unwrap()));
     }
 
     #[test]

@@ -939,6 +939,7 @@ fn run(args: &RunArgs) -> Result<()> {
             fixed_rate_connections: args.fixed_connections,
             order: "configurations interleaved, start rotated by one each round".into(),
             foreign_threshold_cores: args.foreign_threshold,
+            niceness: envoy::niceness(std::process::id()).unwrap_or(0),
             max_retries: args.retries,
         },
         wasm,

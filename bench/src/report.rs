@@ -45,6 +45,9 @@ pub struct Settings {
     pub foreign_threshold_cores: f64,
     /// …at most this many times.
     pub max_retries: usize,
+    /// Niceness the bench's processes ran at (0 unless BENCH_NICE was set).
+    #[serde(default)]
+    pub niceness: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -224,7 +227,7 @@ impl Results {
         );
         let _ = writeln!(
             md,
-            "Settings: {} rounds; per round every configuration gets a {} s saturation slice (wrk, {} thread, {} connections) and a {} s fixed-rate slice ({:.0} req/s open loop, {} connections; {}); {}; {} s warm-up each; {} ms pause between slices; a slice is measured again (up to {} times) when other processes used more than {} cores meanwhile; Envoy `--concurrency {}`. Run took {:.0} s.\n",
+            "Settings: {} rounds; per round every configuration gets a {} s saturation slice (wrk, {} thread, {} connections) and a {} s fixed-rate slice ({:.0} req/s open loop, {} connections; {}); {}; {} s warm-up each; {} ms pause between slices; a slice is measured again (up to {} times) when other processes used more than {} cores meanwhile; Envoy `--concurrency {}`; niceness {}. Run took {:.0} s.\n",
             s.rounds,
             s.saturation_slice_s,
             s.wrk_threads,
@@ -239,6 +242,7 @@ impl Results {
             s.max_retries,
             s.foreign_threshold_cores,
             s.envoy_concurrency,
+            s.niceness,
             self.wall_seconds
         );
         let _ = writeln!(md, "## Per configuration\n");
