@@ -9,9 +9,6 @@
 #
 # ARGS go to `canary-bench run` (e.g. --rounds 8, --rate 3000, --connections 64).
 # BENCH_ENVOY_CPU / BENCH_LOAD_CPU choose the two cores (default 0 and 1).
-# BENCH_NICE=-10 (say) runs the bench's processes at that niceness (root
-# only), so that other work on a shared machine disturbs it less — and gets
-# less CPU meanwhile. Off by default; results.json records the niceness.
 # Linux only: it pins with taskset and reads /proc.
 set -euo pipefail
 mode="${1:-full}"
@@ -54,9 +51,7 @@ echo "bench: criterion micro-benchmarks of canary-core (log: $crit/criterion.log
 CRITERION_HOME="$crit" taskset -c "$envoy_cpu" "$CARGO" bench -q -p canary-bench --bench core -- "${crit_args[@]}" \
   >"$crit/criterion.log" 2>&1 || { tail -20 "$crit/criterion.log" >&2; exit 1; }
 
-nice_cmd=()
-[ -n "${BENCH_NICE:-}" ] && nice_cmd=(nice -n "$BENCH_NICE")
-"${nice_cmd[@]}" taskset -c "$load_cpu" "$target_dir/release/canary-bench" run "${smoke[@]}" \
+taskset -c "$load_cpu" "$target_dir/release/canary-bench" run "${smoke[@]}" \
   --out "$out" \
   --envoy "${CANARY_ENVOY:-$root/.tools/venv/bin/envoy}" \
   --filter-wasm "$filter_wasm" --noop-wasm "$noop_wasm" \

@@ -45,7 +45,9 @@ pub struct Settings {
     pub foreign_threshold_cores: f64,
     /// …at most this many times.
     pub max_retries: usize,
-    /// Niceness the bench's processes ran at (0 unless BENCH_NICE was set).
+    /// Niceness the bench ran at (e.g. under `nice make bench`). Tried at -10
+    /// on the shared development machine: it did not keep other sessions'
+    /// work off Envoy's core (they run in other cgroups), so it is not a knob.
     #[serde(default)]
     pub niceness: i64,
 }
