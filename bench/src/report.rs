@@ -152,8 +152,8 @@ pub struct Slice {
     pub throughput_rps: f64,
     pub envoy_cpu_s: f64,
     pub cpu_us_per_request: f64,
-    pub p50_us: f64,
-    pub p99_us: f64,
+    pub p50_us: Option<f64>,
+    pub p99_us: Option<f64>,
     pub p99_from_schedule_us: Option<f64>,
     pub envoy_core_busy: f64,
     pub envoy_core_steal: f64,
@@ -378,9 +378,9 @@ impl Results {
     pub fn svg(&self) -> String {
         let rows: Vec<&ConfigResult> = self.configurations.iter().collect();
         let (label_w, panel_w, gap, row_h, top) = (290.0, 250.0, 45.0, 30.0, 78.0);
-        let width = label_w + 3.0 * panel_w + 3.0 * gap;
+        let width = label_w + 3.0 * panel_w + 2.0 * gap + 90.0;
         let axis_bottom = top + rows.len() as f64 * row_h;
-        let height = axis_bottom + 78.0;
+        let height = axis_bottom + 94.0;
         let mut s = String::new();
         let _ = writeln!(
             s,
@@ -579,6 +579,11 @@ impl Results {
                 self.settings.fixed_rate_slice_s,
                 self.settings.fixed_rate_rps,
                 self.settings.rounds
+            ),
+            format!(
+                "Other processes used {:.2} cores on average during the kept slices (threshold {} cores): see results.md for what that does to throughput and latency.",
+                self.slices.iter().map(|s| s.foreign_cores).sum::<f64>() / self.slices.len().max(1) as f64,
+                self.settings.foreign_threshold_cores
             ),
         ];
         for (k, line) in footer.iter().enumerate() {
