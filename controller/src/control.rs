@@ -1,5 +1,5 @@
 //! The controller's operations, shared by the daemon (`canary run`), the CLI
-//! commands and, later, the dashboard: one code path for every change.
+//! commands and the dashboard: one code path for every change.
 //!
 //! ```text
 //!  tick:    read stats (no lock) ─► lock ─► reload state ─► RolloutState::step ─► commit ─► unlock ─► alerts
@@ -132,7 +132,10 @@ impl Controller {
     }
 
     fn push(&mut self, state: &RolloutState) -> Result<()> {
-        self.sink.push(&state.filter_config(&self.spec))?;
+        let started = std::time::Instant::now();
+        let pushed = self.sink.push(&state.filter_config(&self.spec));
+        crate::metrics::METRICS.sink_push(started.elapsed(), pushed.is_ok());
+        pushed?;
         self.pushed_epoch = Some(state.epoch);
         Ok(())
     }
@@ -237,7 +240,9 @@ impl Controller {
             source.set_tracker(t);
         }
         let expected = EcdsFileSink::version_info(&before.filter_config(&self.spec));
+        let read_started = std::time::Instant::now();
         let window = source.read(&self.spec.rollout, before.epoch, &expected).await;
+        crate::metrics::METRICS.source_read(&window, read_started.elapsed());
 
         let decision = {
             let _lock = self.store.lock()?;

@@ -1,5 +1,6 @@
 //! `canary run`: the evaluation loop and the daemon's HTTP server (labels
-//! intake and a JSON status), until the rollout ends or a signal arrives.
+//! intake, a JSON status, the dashboard and its API, `/metrics`), until the
+//! rollout ends or a signal arrives.
 
 use std::sync::Arc;
 
@@ -10,7 +11,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 
 use crate::control::{self, now_millis, Controller};
+use crate::dashboard::{Hub, Token};
 use crate::labels::LabelRecord;
+use crate::metrics::METRICS;
 use crate::rollout::{Action, Decision};
 use crate::spec::RolloutSpec;
 use crate::store::Store;
@@ -35,17 +38,22 @@ pub fn progress_line(d: &Decision, started: u64) -> String {
     format!("[{t:7.1}s] #{} {what}{counts}: {}", d.seq, d.reasons.join("; "))
 }
 
-/// Runs the loop until the rollout ends (promoted or rolled back).
-pub async fn run(controller: Controller) -> anyhow::Result<()> {
+/// Runs the loop until the rollout ends (promoted or rolled back). With a
+/// `token`, the dashboard's controls accept it; without, they are disabled.
+pub async fn run(controller: Controller, token: Option<Token>) -> anyhow::Result<()> {
     let store = controller.store.clone();
     let listen = controller.spec.server.listen.clone();
     let interval = controller.interval();
     let mut source = controller.source();
+    let controls = if token.is_some() { "enabled" } else { "disabled (no --token-file or CANARY_TOKEN)" };
+    let hub = Hub::new(store.clone(), controller.spec.clone(), token.is_some());
+    tokio::spawn(hub.clone().run());
     let app = Router::new()
         .route("/labels", post(labels))
         .route("/status", get(status))
         .route("/healthz", get(|| async { "ok\n" }))
-        .with_state(Arc::new((store.clone(), controller.spec.clone())));
+        .with_state(Arc::new((store.clone(), controller.spec.clone())))
+        .merge(crate::dashboard::router(hub.clone(), token));
     let mut c = controller;
     let listener = tokio::net::TcpListener::bind(&listen).await?;
     let addr = listener.local_addr()?;
@@ -53,7 +61,7 @@ pub async fn run(controller: Controller) -> anyhow::Result<()> {
     crate::durable::write_atomic(&store.pid_path(), std::process::id().to_string().as_bytes())?;
     tokio::spawn(async move { axum::serve(listener, app).await });
     println!(
-        "daemon pid {} serving http://{addr} (POST /labels, GET /status); state in {}",
+        "daemon pid {} serving http://{addr} (dashboard at /, POST /labels, GET /status, GET /metrics; controls {controls}); state in {}",
         std::process::id(),
         store.dir().display()
     );
@@ -64,9 +72,16 @@ pub async fn run(controller: Controller) -> anyhow::Result<()> {
     loop {
         ticker.tick().await;
         match c.tick(&mut source).await {
-            Ok(Some(d)) => println!("{}", progress_line(&d, started)),
+            Ok(Some(d)) => {
+                METRICS.evaluation(true);
+                hub.wake();
+                println!("{}", progress_line(&d, started));
+            }
             Ok(None) => {}
-            Err(e) => eprintln!("evaluation failed, state unchanged: {e}"),
+            Err(e) => {
+                METRICS.evaluation(false);
+                eprintln!("evaluation failed, state unchanged: {e}");
+            }
         }
         match c.state() {
             Ok(s) if s.phase.is_final() => {
@@ -77,7 +92,9 @@ pub async fn run(controller: Controller) -> anyhow::Result<()> {
             Err(e) => eprintln!("cannot read the state: {e}"),
         }
     }
-    // Give spawned alerts a moment to go out before the process ends.
+    // The final state reaches open dashboards; spawned alerts get a moment
+    // to go out before the process ends.
+    hub.refresh();
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let _ = std::fs::remove_file(store.pid_path());
     Ok(())

@@ -4,9 +4,11 @@
 pub mod alert;
 pub mod control;
 pub mod daemon;
+pub mod dashboard;
 pub mod durable;
 pub mod gates;
 pub mod labels;
+pub mod metrics;
 pub mod psi;
 pub mod report;
 pub mod rollout;

@@ -40,6 +40,11 @@ enum Command {
         /// Accept a spec that differs from the one the rollout started with (recorded).
         #[arg(long)]
         accept_spec_change: bool,
+        /// A file holding the operator token that the dashboard's controls
+        /// (pause, resume, advance, rollback) require; else env CANARY_TOKEN;
+        /// with neither, the controls are disabled.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
     },
     /// Show the stage, weight, time and requests left, and the last decision.
     Status {
@@ -194,6 +199,11 @@ async fn manual(command: RolloutCommand, m: Manual) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The dashboard's operator token: `--token-file`, else `CANARY_TOKEN`.
+fn daemon_token(file: Option<&std::path::Path>) -> anyhow::Result<Option<canary_controller::dashboard::Token>> {
+    canary_controller::dashboard::Token::load(file, std::env::var("CANARY_TOKEN").ok())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -202,13 +212,14 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let Cli { command } = Cli::parse();
     match command {
-        Command::Run { spec, state_dir, accept_spec_change } => {
+        Command::Run { spec, state_dir, accept_spec_change, token_file } => {
+            let token = daemon_token(token_file.as_deref())?;
             let spec = spec.map(|p| RolloutSpec::load(&p)).transpose()?;
             let controller = Controller::open(&state_dir, spec, accept_spec_change)?;
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
             let pid_path = controller.store.pid_path();
             tokio::select! {
-                r = daemon::run(controller) => r?,
+                r = daemon::run(controller, token) => r?,
                 _ = tokio::signal::ctrl_c() => { let _ = std::fs::remove_file(&pid_path); }
                 _ = term.recv() => { let _ = std::fs::remove_file(&pid_path); }
             }

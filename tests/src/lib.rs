@@ -15,6 +15,8 @@ use canary_controller::sink::EcdsFileSink;
 use canary_core::FilterConfig;
 use futures::StreamExt;
 
+pub mod cdp;
+
 /// The repository's root.
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()

@@ -1,0 +1,452 @@
+// canary dashboard: draws /api/state, kept live by server-sent events
+// (/api/events), with hand-written SVG charts. No library, no network but
+// this controller. Every field is read defensively: the JSON may gain fields.
+'use strict';
+(function () {
+  const $ = (id) => document.getElementById(id);
+  const SVG = 'http://www.w3.org/2000/svg';
+  const app = { snap: null, receivedAt: 0, busy: false, timelineKey: '', reportsKey: '' };
+  // For tests and the curious: when each decision was first drawn (ms since the epoch).
+  const shown = {};
+  window.canaryDashboard = { shown: shown, snapshots: 0, transport: '' };
+
+  // ---- formatting ----------------------------------------------------------
+  const isNum = (v) => typeof v === 'number' && isFinite(v);
+  function pct(bp) {
+    if (!isNum(bp)) return '–';
+    const p = bp / 100;
+    return (Number.isInteger(p) ? String(p) : p.toFixed(2)) + '%';
+  }
+  function dur(ms) {
+    if (!isNum(ms)) return '–';
+    const s = Math.max(0, Math.round(ms / 1000));
+    if (s < 60) return s + ' s';
+    const m = Math.floor(s / 60);
+    if (m < 60) return m + ' min ' + String(s % 60).padStart(2, '0') + ' s';
+    const h = Math.floor(m / 60);
+    if (h < 48) return h + ' h ' + String(m % 60).padStart(2, '0') + ' min';
+    return Math.floor(h / 24) + ' d ' + (h % 24) + ' h';
+  }
+  function clock(ms) {
+    if (!isNum(ms)) return '';
+    const d = new Date(ms);
+    return d.toLocaleTimeString([], { hour12: false });
+  }
+  function sig(v, digits) {
+    if (!isNum(v)) return '–';
+    if (v === 0) return '0';
+    const a = Math.abs(v);
+    if (a >= 1000) return v.toFixed(0);
+    return Number(v.toPrecision(digits || 3)).toString();
+  }
+  const fmtPct = (v) => (isNum(v) ? sig(v * 100, 3) + '%' : '–');
+  const fmtMs = (v) => (isNum(v) ? sig(v, 3) + ' ms' : '–');
+  // Gate values by kind: rates are fractions, latencies microseconds.
+  const GATE_FORMAT = {
+    error_rate: fmtPct, timeouts: fmtPct, shadow_error_rate: fmtPct, shadow_agreement: fmtPct,
+    latency: (v) => fmtMs(isNum(v) ? v / 1000 : v), shadow_latency: (v) => fmtMs(isNum(v) ? v / 1000 : v),
+    prediction: (v) => (isNum(v) ? v.toFixed(4) : '–'), labels: (v) => (isNum(v) ? v.toFixed(4) : '–'),
+  };
+  const gateName = (g) => String(g || '?').replace(/_/g, ' ');
+  function setText(el, t) { if (el && el.textContent !== t) el.textContent = t; }
+  function h(tag, attrs, children) {
+    const e = document.createElement(tag);
+    for (const k in attrs || {}) {
+      if (k === 'class') e.className = attrs[k]; else if (k === 'text') e.textContent = attrs[k]; else e.setAttribute(k, attrs[k]);
+    }
+    for (const c of children || []) if (c != null) e.append(c);
+    return e;
+  }
+  function s(tag, attrs) {
+    const e = document.createElementNS(SVG, tag);
+    for (const k in attrs || {}) e.setAttribute(k, attrs[k]);
+    return e;
+  }
+
+  // ---- header, stages, cards --------------------------------------------
+  function renderHeader(d) {
+    setText($('rollout'), d.rollout || '–');
+    setText($('champion'), d.champion || '–');
+    setText($('challenger'), d.challenger || '–');
+    const phase = String(d.phase || 'unknown');
+    const badge = $('phase');
+    setText(badge, phase.replace(/_/g, ' '));
+    badge.className = 'badge ' + phase;
+    document.title = (d.rollout || 'canary') + ' · ' + pct(d.weight_bp) + ' · ' + phase.replace(/_/g, ' ');
+  }
+
+  function renderStages(d) {
+    const ol = $('stages');
+    const stages = Array.isArray(d.stages) ? d.stages : [];
+    const phase = d.phase;
+    ol.replaceChildren(...stages.map((st, i) => {
+      let cls = '';
+      if (phase === 'promoted' || i < d.stage) cls = 'done';
+      if (i === d.stage && phase !== 'promoted') cls = phase === 'rolled_back' ? 'stopped' : 'current';
+      const info = [];
+      if (st.shadow) info.push('shadow');
+      if (isNum(st.min_duration_ms) && st.min_duration_ms > 0) info.push('≥ ' + dur(st.min_duration_ms));
+      if (isNum(st.min_requests) && st.min_requests > 0) info.push('≥ ' + st.min_requests + ' resp.');
+      return h('li', { class: cls, title: st.name || '' }, [h('b', { text: pct(st.weight_bp) }), (st.name || '') + (info.length ? ' · ' + info.join(', ') : '')]);
+    }));
+  }
+
+  function renderCards(d) {
+    setText($('weight'), pct(d.weight_bp));
+    const stages = Array.isArray(d.stages) ? d.stages.length : 0;
+    setText($('stage-name'), 'stage ' + ((d.stage | 0) + 1) + ' of ' + stages + ' · ' + (d.stage_name || '') +
+      (d.shadow_stage ? ' (shadow)' : '') + ' · epoch ' + (d.epoch ?? '–'));
+    const rl = Array.isArray(d.requests_left) ? d.requests_left : null;
+    if (rl) {
+      const total = (rl[0] | 0) + (rl[1] | 0);
+      setText($('requests-left'), total === 0 ? 'met' : String(total));
+      setText($('requests-left-sub'), (d.champion || 'champion') + ' ' + rl[0] + ' · ' + (d.challenger || 'challenger') + ' ' + rl[1] +
+        (d.shadow_stage ? ' shadow calls' : ''));
+    } else {
+      setText($('requests-left'), '–');
+      setText($('requests-left-sub'), d.phase === 'promoted' || d.phase === 'rolled_back' ? 'the rollout has ended' : 'no evaluation in this stage yet');
+    }
+    renderClock();
+    const ld = d.last_decision;
+    const box = $('last-decision');
+    if (!ld) { box.replaceChildren('no decision yet'); return; }
+    const move = ld.action === 'hold' ? 'at ' + ld.from_stage + ' (' + pct(ld.from_weight_bp) + ')'
+      : ld.from_stage + ' (' + pct(ld.from_weight_bp) + ') → ' + ld.to_stage + ' (' + pct(ld.to_weight_bp) + ')';
+    const reasons = Array.isArray(ld.reasons) ? ld.reasons.join('; ') : '';
+    box.replaceChildren(
+      h('div', {}, [h('b', { text: '#' + ld.seq + ' ' }), h('span', { class: 'badge ' + ld.action, text: String(ld.action || '') }),
+        ' ' + move + ' · ' + clock(ld.at) + (ld.manual ? ' · operator' : '')]),
+      h('div', { class: 'reasons', title: reasons, text: reasons }));
+  }
+
+  // Time left and time in stage move between snapshots: counted here.
+  function renderClock() {
+    const d = app.snap;
+    if (!d) return;
+    const ended = d.phase === 'promoted' || d.phase === 'rolled_back';
+    const since = Date.now() - app.receivedAt;
+    if (isNum(d.time_left_ms) && !ended) {
+      const left = Math.max(0, d.time_left_ms - since);
+      setText($('time-left'), left === 0 ? 'minimum met' : dur(left));
+    } else {
+      setText($('time-left'), '–');
+    }
+    const stage = (d.stages || [])[d.stage] || {};
+    setText($('in-stage'), isNum(d.in_stage_ms) && !ended
+      ? 'in stage ' + dur(d.in_stage_ms + since) + (isNum(stage.min_duration_ms) ? ' of at least ' + dur(stage.min_duration_ms) : '')
+      : (ended ? 'the rollout has ended' : 'waiting for every Envoy to apply the stage'));
+  }
+
+  // ---- gates ------------------------------------------------------------
+  // An interval the gate may report: [lo, hi] or {low|lower, high|upper}.
+  function interval(r, f) {
+    for (const k of Object.keys(r)) {
+      if (!/interval|(^|_)ci$/.test(k)) continue;
+      const v = r[k];
+      let lo, hi;
+      if (Array.isArray(v) && v.length === 2) { lo = v[0]; hi = v[1]; }
+      else if (v && typeof v === 'object') { lo = v.low ?? v.lower ?? v.lo; hi = v.high ?? v.upper ?? v.hi; }
+      if (isNum(lo) && isNum(hi)) return k.replace(/_/g, ' ') + ' [' + f(lo) + ', ' + f(hi) + ']';
+    }
+    return null;
+  }
+  function renderGates(d) {
+    const tbody = $('gates').tBodies[0];
+    const g = d.gates;
+    const results = g && Array.isArray(g.results) ? g.results : [];
+    const note = !g ? 'no gate judged yet'
+      : 'decision #' + g.seq + ' at ' + clock(g.at) + ', stage ' + g.stage_name + (g.epoch !== d.epoch ? ' (an earlier stage)' : '');
+    setText($('gates-note'), note);
+    if (!results.length) {
+      tbody.replaceChildren(h('tr', {}, [h('td', { colspan: '8', class: 'detail', text: 'no gate results yet' })]));
+      return;
+    }
+    tbody.replaceChildren(...results.map((r) => {
+      const f = GATE_FORMAT[r.gate] || ((v) => sig(v, 4));
+      const outcome = String(r.outcome || 'unknown');
+      const ci = interval(r, f);
+      return h('tr', { 'data-gate': String(r.gate) }, [
+        h('td', { text: gateName(r.gate) }),
+        h('td', { class: 'num', text: f(r.champion) }),
+        h('td', { class: 'num' }, [f(r.challenger), ci ? h('span', { class: 'ci', text: ci }) : null]),
+        h('td', { class: 'num', text: f(r.threshold) }),
+        h('td', { class: 'num', text: isNum(r.margin) ? (r.margin >= 0 ? '+' : '') + f(r.margin) : '–' }),
+        h('td', { class: 'num', text: (r.champion_n ?? '–') + ' / ' + (r.challenger_n ?? '–') }),
+        h('td', {}, [h('span', { class: 'badge ' + outcome, text: outcome.replace(/_/g, ' ') }), r.blocks ? h('div', { class: 'muted', text: 'blocks' }) : null]),
+        h('td', { class: 'detail', text: String(r.detail || '') }),
+      ]);
+    }));
+  }
+
+  // ---- charts -------------------------------------------------------------
+  function niceStep(range, ticks) {
+    const raw = range / Math.max(1, ticks);
+    const p = Math.pow(10, Math.floor(Math.log10(raw)));
+    const n = raw / p;
+    return (n <= 1 ? 1 : n <= 2 ? 2 : n <= 2.5 ? 2.5 : n <= 5 ? 5 : 10) * p;
+  }
+  function relTime(ms) {
+    const s = Math.round(ms / 1000);
+    if (Math.abs(s) < 3600) return Math.floor(s / 60) + ':' + String(s % 60).padStart(2, '0');
+    return Math.floor(s / 3600) + 'h' + String(Math.floor((s % 3600) / 60)).padStart(2, '0');
+  }
+
+  // lines: [{cls, values}], t: times (ms); opts: {fmt, zero, limit, stages}
+  function drawChart(box, t, lines, opts) {
+    const W = Math.max(280, Math.round(box.clientWidth || 400));
+    const H = 150;
+    const m = { l: 50, r: 12, t: 12, b: 20 };
+    let lo = Infinity, hi = -Infinity;
+    for (const l of lines) for (const v of l.values) if (isNum(v)) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
+    if (isNum(opts.limit)) { lo = Math.min(lo, opts.limit); hi = Math.max(hi, opts.limit); }
+    if (opts.zero) lo = Math.min(0, lo);
+    const span = opts.minSpan || 1;
+    if (hi - lo < span) { const mid = (hi + lo) / 2; lo = opts.zero ? lo : mid - span / 2; hi = lo + span; }
+    const step = niceStep(hi - lo, 4);
+    lo = Math.floor(lo / step) * step;
+    hi = Math.ceil(hi / step) * step;
+    const t0 = t[0], t1 = t[t.length - 1] > t0 ? t[t.length - 1] : t0 + 1000;
+    const x = (ms) => m.l + ((ms - t0) / (t1 - t0)) * (W - m.l - m.r);
+    const y = (v) => H - m.b - ((v - lo) / (hi - lo)) * (H - m.t - m.b);
+    const svg = s('svg', { viewBox: '0 0 ' + W + ' ' + H, preserveAspectRatio: 'none', role: 'img' });
+    for (let v = lo; v <= hi + step / 2; v += step) {
+      svg.append(s('line', { class: 'grid', x1: m.l, x2: W - m.r, y1: y(v), y2: y(v) }));
+      const label = s('text', { class: 'axis', x: m.l - 5, y: y(v) + 3, 'text-anchor': 'end' });
+      label.textContent = opts.fmt(v);
+      svg.append(label);
+    }
+    const xStep = niceStep((t1 - t0) / 1000, 4) * 1000;
+    for (let ms = 0; t0 + ms <= t1; ms += xStep) {
+      const label = s('text', { class: 'axis', x: x(t0 + ms), y: H - 5, 'text-anchor': 'middle' });
+      label.textContent = relTime(ms);
+      svg.append(label);
+    }
+    for (const st of opts.stages || []) {
+      const sx = x(st.at);
+      svg.append(s('line', { class: 'stage', x1: sx, x2: sx, y1: m.t, y2: H - m.b }));
+      const right = sx > W - m.r - 34;
+      const label = s('text', { class: 'stage-label', x: right ? sx - 3 : sx + 3, y: m.t + 8, 'text-anchor': right ? 'end' : 'start' });
+      label.textContent = st.label;
+      svg.append(label);
+    }
+    if (isNum(opts.limit)) svg.append(s('line', { class: 'limit', x1: m.l, x2: W - m.r, y1: y(opts.limit), y2: y(opts.limit) }));
+    for (const l of lines) {
+      let d = '', pen = false, last = null;
+      l.values.forEach((v, i) => {
+        // A gap, unless a missing value only means "not measured since".
+        if (!isNum(v)) { pen = pen && !!opts.connect; return; }
+        d += (pen ? 'L' : 'M') + x(t[i]).toFixed(1) + ' ' + y(v).toFixed(1);
+        pen = true;
+        last = i;
+      });
+      if (d) svg.append(s('path', { class: l.cls, d: d }));
+      if (last !== null) svg.append(s('circle', { class: 'dot-' + l.cls, cx: x(t[last]), cy: y(l.values[last]), r: 2.5 }));
+    }
+    box.replaceChildren(svg);
+  }
+
+  const last = (a) => { if (!Array.isArray(a)) return null; for (let i = a.length - 1; i >= 0; i--) if (isNum(a[i])) return a[i]; return null; };
+  const arr = (a, n) => (Array.isArray(a) ? a : new Array(n).fill(null));
+  function gateLimit(d, kind) {
+    const r = d.gates && Array.isArray(d.gates.results) ? d.gates.results.find((g) => g.gate === kind) : null;
+    return r && isNum(r.threshold) ? r.threshold : null;
+  }
+  const CHARTS = [
+    { id: 'rps', title: 'Request rate', key: 'rps', fmt: (v) => sig(v, 3) + '/s', zero: true, always: true, minSpan: 1 },
+    { id: 'errors', title: 'Error rate (5xx)', key: 'error_rate', fmt: fmtPct, zero: true, always: true, minSpan: 0.01 },
+    // Envoy refreshes histograms at its stats flush: latency points come
+    // at that pace, and the line joins them.
+    { id: 'p50', title: 'Latency p50', key: 'p50_ms', fmt: fmtMs, zero: true, always: true, minSpan: 1, connect: true },
+    { id: 'p99', title: 'Latency p99', key: 'p99_ms', fmt: fmtMs, zero: true, always: true, minSpan: 1, connect: true },
+    { id: 'psi', title: 'PSI of the predictions', single: 'psi', fmt: (v) => sig(v, 3), zero: true, minSpan: 0.05, limit: (d) => gateLimit(d, 'prediction') },
+    { id: 'labels', title: 'Label metric (mean outcome)', key: 'label', fmt: (v) => sig(v, 3), minSpan: 0.05, connect: true },
+    { id: 'agreement', title: 'Shadow agreement', single: 'agreement', fmt: fmtPct, minSpan: 0.05, limit: (d) => gateLimit(d, 'shadow_agreement') },
+  ];
+
+  function renderCharts(d) {
+    const sr = d.series || {};
+    const t = Array.isArray(sr.t) ? sr.t : [];
+    const n = t.length;
+    const container = $('charts');
+    const epochs = arr(sr.epoch, n), weights = arr(sr.weight_bp, n);
+    const stages = [];
+    for (let i = 1; i < n; i++) {
+      if (epochs[i] !== epochs[i - 1]) stages.push({ at: t[i - 1] + (t[i] - t[i - 1]) / 2, label: pct(weights[i]) });
+    }
+    for (const c of CHARTS) {
+      let lines;
+      if (c.single) lines = [{ cls: 'single', values: arr(sr[c.single], n), name: d.challenger }];
+      else lines = [
+        { cls: 'champion', values: arr((sr.champion || {})[c.key], n), name: d.champion },
+        { cls: 'challenger', values: arr((sr.challenger || {})[c.key], n), name: d.challenger },
+      ];
+      const has = lines.some((l) => l.values.some(isNum));
+      let wrap = document.getElementById('chart-' + c.id);
+      if (!has && !c.always) { if (wrap) wrap.remove(); continue; }
+      if (!wrap) {
+        wrap = h('div', { class: 'chart', id: 'chart-' + c.id }, [h('h3', {}, [h('span', { text: c.title }), h('span', { class: 'now' })]), h('div', { class: 'plot' })]);
+        const order = CHARTS.map((x) => x.id);
+        const after = Array.from(container.children).find((e) => order.indexOf(e.id.slice(6)) > order.indexOf(c.id));
+        container.insertBefore(wrap, after || null);
+      }
+      const now = lines.map((l) => (l.name || '') + ' ' + c.fmt(last(l.values))).join(' · ');
+      setText(wrap.querySelector('.now'), has ? now : '');
+      const plot = wrap.querySelector('.plot');
+      if (!has || n < 1) { plot.replaceChildren(h('div', { class: 'empty', text: 'no data yet' })); continue; }
+      drawChart(plot, t, lines, { fmt: c.fmt, zero: c.zero, minSpan: c.minSpan, connect: c.connect, limit: c.limit ? c.limit(d) : null, stages: stages });
+    }
+  }
+
+  // ---- timeline, reports ----------------------------------------------------
+  function renderTimeline(d) {
+    const items = Array.isArray(d.timeline) ? d.timeline : [];
+    const key = items.length + ':' + (items[0] ? items[0].seq : '');
+    if (key === app.timelineKey) return;
+    app.timelineKey = key;
+    const ol = $('timeline');
+    if (!items.length) { ol.replaceChildren(h('li', { class: 'why', text: 'no stage change or command yet' })); return; }
+    ol.replaceChildren(...items.map((e) => {
+      const move = ['pause', 'resume'].includes(e.action) ? 'at ' + e.from_stage + ' (' + pct(e.from_weight_bp) + ')'
+        : e.from_stage + ' (' + pct(e.from_weight_bp) + ') → ' + e.to_stage + ' (' + pct(e.to_weight_bp) + ')';
+      const why = Array.isArray(e.reasons) ? e.reasons.join('; ') : '';
+      return h('li', { 'data-seq': String(e.seq) }, [
+        h('time', { text: clock(e.at) }), h('span', { class: 'badge ' + e.action, text: String(e.action || '') }),
+        ' #' + e.seq + ' ' + move, e.manual ? h('span', { class: 'manual', text: 'operator' }) : null,
+        h('div', { class: 'why', text: why })]);
+    }));
+  }
+  function renderReports(d) {
+    const list = Array.isArray(d.reports) ? d.reports : [];
+    const key = list.map((r) => r.name + r.modified).join('|');
+    if (key === app.reportsKey) return;
+    app.reportsKey = key;
+    const ul = $('reports');
+    const html = list.filter((r) => /\.html$/.test(r.name || ''));
+    if (!html.length) { ul.replaceChildren(h('li', { class: 'muted', text: 'none yet: a report is written when a stage ends' })); return; }
+    ul.replaceChildren(...html.map((r) => {
+      const json = list.find((x) => x.name === r.name.replace(/\.html$/, '.json'));
+      return h('li', {}, [h('a', { href: r.url, target: '_blank', rel: 'noopener', text: r.name.replace(/\.html$/, '') }),
+        json ? h('span', {}, [' (', h('a', { href: json.url, target: '_blank', rel: 'noopener', text: 'json' }), ')']) : null]);
+    }));
+  }
+
+  // ---- controls ---------------------------------------------------------------
+  const ALLOWED = {
+    pause: ['running'], resume: ['paused'], advance: ['running', 'paused'], rollback: ['running', 'paused', 'promoted'],
+  };
+  function renderControls(d) {
+    const c = d.controls || {};
+    const enabled = !!c.enabled;
+    setText($('controls-note'), String(c.message || ''));
+    $('token').disabled = !enabled;
+    $('reason').disabled = !enabled;
+    for (const cmd of Object.keys(ALLOWED)) {
+      $('btn-' + cmd).disabled = !enabled || app.busy || !ALLOWED[cmd].includes(d.phase);
+    }
+  }
+  function message(text, ok) {
+    const p = $('control-msg');
+    p.textContent = text;
+    p.className = 'msg ' + (ok ? 'ok' : 'err');
+  }
+  async function command(cmd) {
+    const d = app.snap || {};
+    const token = $('token').value.trim();
+    if (!token) { message('enter the operator token first', false); $('token').focus(); return; }
+    if (cmd === 'rollback' && !window.confirm('Roll back ' + (d.rollout || 'the rollout') + ' now? Every user goes back to ' + (d.champion || 'the champion') + ' (0 %) and the rollout ends.')) return;
+    if (cmd === 'advance') {
+      const next = (d.stages || [])[(d.stage | 0) + 1];
+      if (!window.confirm('Advance ' + (d.rollout || 'the rollout') + ' to ' + (next ? next.name + ' (' + pct(next.weight_bp) + ')' : 'the next stage') + ' now, without waiting for the gates?')) return;
+    }
+    app.busy = true;
+    renderControls(d);
+    message(cmd + '…', true);
+    try {
+      const r = await fetch('/api/' + cmd, {
+        method: 'POST',
+        headers: { Authorization: 'Bearer ' + token, 'Content-Type': 'application/json' },
+        body: JSON.stringify({ reason: $('reason').value }),
+        cache: 'no-store',
+      });
+      let body = {};
+      try { body = await r.json(); } catch (e) { /* not JSON */ }
+      if (r.ok) {
+        message('#' + body.seq + ' ' + body.action + ': ' + body.from_stage + ' → ' + body.to_stage + ' (' + pct(body.to_weight_bp) + ')', true);
+        $('reason').value = '';
+      } else if (r.status === 401) {
+        message('the token was refused (401): nothing changed', false);
+      } else {
+        message((body.error || r.statusText) + ' (' + r.status + ')', false);
+      }
+    } catch (e) {
+      message('could not reach the controller: ' + e, false);
+    } finally {
+      app.busy = false;
+      if (app.snap) renderControls(app.snap);
+    }
+  }
+
+  // ---- snapshots ---------------------------------------------------------------
+  function render(d) {
+    app.snap = d;
+    app.receivedAt = Date.now();
+    window.canaryDashboard.snapshots++;
+    renderHeader(d);
+    renderStages(d);
+    renderCards(d);
+    renderGates(d);
+    renderCharts(d);
+    renderTimeline(d);
+    renderReports(d);
+    renderControls(d);
+    setText($('updated'), 'updated ' + clock(app.receivedAt) + (d.error ? ' · ' + d.error : ''));
+    const ld = d.last_decision;
+    if (ld && isNum(ld.seq) && !(ld.seq in shown)) shown[ld.seq] = Date.now();
+  }
+  function accept(text) {
+    let d;
+    try { d = JSON.parse(text); } catch (e) { return; }
+    if (d && typeof d === 'object') render(d);
+  }
+  function conn(text, cls) {
+    const c = $('conn');
+    setText(c, text);
+    c.className = 'conn ' + cls;
+  }
+
+  // Server-sent events: pushed on every change, reconnects by itself.
+  function live() {
+    if (!window.EventSource) return poll();
+    window.canaryDashboard.transport = 'sse';
+    const es = new EventSource('/api/events');
+    es.addEventListener('state', (e) => { conn('live', 'live'); accept(e.data); });
+    es.onopen = () => conn('live', 'live');
+    es.onerror = () => conn(es.readyState === EventSource.CLOSED ? 'disconnected' : 'reconnecting… (last state shown)', 'down');
+  }
+  // Without EventSource: ask every 2 s.
+  async function poll() {
+    window.canaryDashboard.transport = 'poll';
+    for (;;) {
+      try {
+        const r = await fetch('/api/state', { cache: 'no-store' });
+        accept(await r.text());
+        conn('live (polling)', 'live');
+      } catch (e) {
+        conn('unreachable (last state shown)', 'down');
+      }
+      await new Promise((res) => setTimeout(res, 2000));
+    }
+  }
+
+  function start() {
+    for (const cmd of Object.keys(ALLOWED)) $('btn-' + cmd).addEventListener('click', () => command(cmd));
+    const token = $('token');
+    try { token.value = sessionStorage.getItem('canary-token') || ''; } catch (e) { /* storage off */ }
+    token.addEventListener('change', () => { try { sessionStorage.setItem('canary-token', token.value); } catch (e) { /* storage off */ } });
+    setInterval(renderClock, 1000);
+    let resize = 0;
+    window.addEventListener('resize', () => { clearTimeout(resize); resize = setTimeout(() => app.snap && renderCharts(app.snap), 150); });
+    live();
+  }
+  if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', start); else start();
+})();
