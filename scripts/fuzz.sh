@@ -31,14 +31,17 @@ for t in $targets; do
       -max_total_time="$seconds" -rss_limit_mb=2048 -malloc_limit_mb=512 -max_len=65536 -print_final_stats=1 \
       >"$out" 2>&1; then
     result=ok
+  elif grep -q "failed to build fuzz script" "$out"; then
+    result=BUILD
+    failed=1
   else
     result=CRASH
     failed=1
     for a in artifacts/"$t"/*; do [ -f "$a" ] && cp "$a" "$root/fuzz/regressions/$t/"; done
   fi
-  execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$out" | grep -o '[0-9]*$' | tail -1)
-  cov=$(grep -o 'cov: [0-9]*' "$out" | tail -1 | grep -o '[0-9]*')
+  execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$out" | grep -o '[0-9]*$' | tail -1 || true)
+  cov=$(grep -o 'cov: [0-9]*' "$out" | tail -1 | grep -o '[0-9]*' || true)
   summary="$summary\n$(printf '%-14s %-6s %12s executions  %6s edges' "$t" "$result" "${execs:-?}" "${cov:-?}")"
 done
 printf 'target         result       executions          coverage%b\n' "$summary"
-[ "$failed" = 0 ] || { log "crashes copied to fuzz/regressions/ (see target/fuzz-<target>.log)"; exit 1; }
+[ "$failed" = 0 ] || { log "a target failed: crashes are copied to fuzz/regressions/; see target/fuzz-<target>.log"; exit 1; }
