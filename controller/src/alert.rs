@@ -166,6 +166,7 @@ mod tests {
             gates: vec![],
             window: None,
             alerts: vec![AlertKind::Rollback],
+            labels: None,
         }
     }
 

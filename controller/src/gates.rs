@@ -1,8 +1,9 @@
 //! Health gates: champion vs challenger over the same window. Pure: numbers
 //! in, one [`GateResult`] per configured gate out, each with its inputs,
-//! values, threshold and margin, so every decision can say why.
+//! values, threshold, margin and (sequential method) the intervals, look and
+//! confidence behind the verdict, so every decision can say why.
 //!
-//! | gate | passes when |
+//! | gate | tolerance: the challenger is acceptable when |
 //! | --- | --- |
 //! | error_rate | challenger 5xx rate ≤ champion's + `error_tolerance` points |
 //! | latency | challenger p99 ≤ champion p99 × `latency_tolerance_multiplier` |
@@ -10,6 +11,36 @@
 //! | timeouts | challenger 504 rate ≤ champion's + `timeout_tolerance` points |
 //! | labels | challenger mean outcome ≥ champion's − `min_degradation_tolerance` |
 //! | shadow (3 results) | agreement ≥ `min_agreement`; shadow error rate ≤ champion's + `error_tolerance` points; shadow p99 ≤ champion p99 × `latency_tolerance_multiplier` |
+//!
+//! **Two methods** (`gates.method`). `threshold` compares the point
+//! estimates with the tolerances at every evaluation: pass or fail. It is
+//! the naive rule — with small samples noise alone fails good challengers
+//! and passes bad ones, and looking every interval multiplies both errors —
+//! kept for comparison and `canary replay`.
+//!
+//! `sequential` (the default) judges intervals, three-valued: **fail** when
+//! the interval lies wholly on the wrong side of the tolerance, **pass**
+//! when it lies wholly on the right side, **inconclusive** otherwise (the
+//! stage holds, and the result says about how many more samples a decision
+//! needs, for 80 % power). Intervals: Newcombe for the difference of two
+//! rates, distribution-free order statistics for latency quantiles (one per
+//! version, compared as two one-sided bounds), Welch for the difference of
+//! label means, Wilson for shadow agreement, and a normal approximation of
+//! PSI's sampling distribution (see [`prediction_gate`]).
+//!
+//! **Repeated looks.** The controller evaluates every interval; testing at a
+//! fixed level each time would let noise win eventually. A gate therefore
+//! decides only at *looks* ([`LookSchedule`]): look 1 when the smaller
+//! version's sample reaches the stage's minimum (`min_requests`; `min_labels`
+//! for labels; the larger of `min_requests` and `min_predictions` for PSI),
+//! look k + 1 when it has grown by `look_growth`. Look k spends
+//! `alpha · 6 / (π² k²)` per side (these sum to `alpha` over all looks), so
+//! per gate and stage the chance of ever failing a challenger within
+//! tolerance, and of ever passing one outside it, stays below `alpha`.
+//! **Each look is spent once**: the first evaluation that reaches look k
+//! judges it; later evaluations at the same look carry that verdict
+//! ([`GateResult::carried`]) until the sample reaches look k + 1 — the state
+//! machine keeps the spent verdicts of the current stage and passes them in.
 //!
 //! In a shadow stage the challenger serves no user, so the gates over its
 //! live traffic (error_rate, latency, timeouts, labels) are not judged; the
@@ -24,15 +55,23 @@ use serde::{Deserialize, Serialize};
 
 use crate::labels::LabelStats;
 use crate::psi;
-use crate::spec::{GatesSpec, NoDataPolicy};
-use crate::window::VersionWindow;
+use crate::spec::{GateMethod, GatesSpec, NoDataPolicy};
+use crate::stats::{self, Interval, LookSchedule};
+use crate::window::{Histogram, VersionWindow};
+
+/// Power the "needed" estimates aim for: the chance that the look they
+/// point to decides, if the observed difference is the true one.
+pub const POWER: f64 = 0.8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     Pass,
     Fail,
-    /// Not enough data to say.
+    /// Sequential method: the interval straddles the tolerance; more data
+    /// will tell (the stage holds).
+    Inconclusive,
+    /// Not enough data to even compute (no sample, or below the first look).
     NoData,
 }
 
@@ -58,7 +97,8 @@ pub struct GateResult {
     pub gate: GateKind,
     pub outcome: Outcome,
     /// Whether this outcome stops the stage from advancing (a pass never
-    /// does; no data does unless the spec says to ignore it).
+    /// does; inconclusive always does; no data does unless the spec says to
+    /// ignore it).
     pub blocks: bool,
     /// Sample sizes the values come from (responses, or labels).
     pub champion_n: u64,
@@ -75,45 +115,86 @@ pub struct GateResult {
     /// unparsed shares and per-bin terms).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub notes: BTreeMap<String, f64>,
+    /// Sequential method: the champion's interval (latency quantile).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub champion_interval: Option<Interval>,
+    /// Sequential method: the challenger's interval (latency quantile,
+    /// shadow agreement, bias-corrected PSI).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub challenger_interval: Option<Interval>,
+    /// Challenger − champion (rates, label means).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub difference: Option<f64>,
+    /// Sequential method: the interval of the difference.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub difference_interval: Option<Interval>,
+    /// Sequential method: the look the verdict was reached at (from 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub look: Option<u32>,
+    /// Sequential method: two-sided confidence of the intervals at that look.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<f64>,
+    /// Inconclusive: about how many more samples per version (of the
+    /// smaller one) a verdict likely needs (80 % power, at the look that
+    /// sample size reaches). `None` when it cannot be told.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub needed: Option<u64>,
+    /// The verdict of a look already spent earlier in the stage, carried
+    /// until the sample reaches the next look (its numbers are that look's).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub carried: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl GateResult {
-    fn no_data(gate: GateKind, champion_n: u64, challenger_n: u64, policy: NoDataPolicy, detail: String) -> GateResult {
-        GateResult {
-            gate,
-            outcome: Outcome::NoData,
-            blocks: policy == NoDataPolicy::Hold,
-            champion_n,
-            challenger_n,
-            champion: None,
-            challenger: None,
-            threshold: None,
-            margin: None,
-            detail,
-            notes: BTreeMap::new(),
-        }
-    }
-
-    /// A "lower is better" comparison: pass iff challenger ≤ threshold.
-    fn at_most(gate: GateKind, n: (u64, u64), values: (f64, f64), threshold: f64, detail: String) -> GateResult {
-        let margin = threshold - values.1;
-        let outcome = if margin >= 0.0 { Outcome::Pass } else { Outcome::Fail };
+    fn base(gate: GateKind, outcome: Outcome, n: (u64, u64), detail: String) -> GateResult {
         GateResult {
             gate,
             outcome,
             blocks: outcome != Outcome::Pass,
             champion_n: n.0,
             challenger_n: n.1,
+            champion: None,
+            challenger: None,
+            threshold: None,
+            margin: None,
+            detail,
+            notes: BTreeMap::new(),
+            champion_interval: None,
+            challenger_interval: None,
+            difference: None,
+            difference_interval: None,
+            look: None,
+            confidence: None,
+            needed: None,
+            carried: false,
+        }
+    }
+
+    fn no_data(gate: GateKind, champion_n: u64, challenger_n: u64, policy: NoDataPolicy, detail: String) -> GateResult {
+        GateResult {
+            blocks: policy == NoDataPolicy::Hold,
+            ..GateResult::base(gate, Outcome::NoData, (champion_n, challenger_n), detail)
+        }
+    }
+
+    /// Threshold method, "lower is better": pass iff challenger ≤ threshold.
+    fn at_most(gate: GateKind, n: (u64, u64), values: (f64, f64), threshold: f64, detail: String) -> GateResult {
+        let margin = threshold - values.1;
+        let outcome = if margin >= 0.0 { Outcome::Pass } else { Outcome::Fail };
+        GateResult {
             champion: Some(values.0),
             challenger: Some(values.1),
             threshold: Some(threshold),
             margin: Some(margin),
-            detail,
-            notes: BTreeMap::new(),
+            ..GateResult::base(gate, outcome, n, detail)
         }
     }
 
-    /// A "higher is better" comparison: pass iff value ≥ threshold.
+    /// Threshold method, "higher is better": pass iff value ≥ threshold.
     fn at_least(
         gate: GateKind,
         n: (u64, u64),
@@ -124,23 +205,22 @@ impl GateResult {
         let margin = values.1 - threshold;
         let outcome = if margin >= 0.0 { Outcome::Pass } else { Outcome::Fail };
         GateResult {
-            gate,
-            outcome,
-            blocks: outcome != Outcome::Pass,
-            champion_n: n.0,
-            challenger_n: n.1,
             champion: values.0,
             challenger: Some(values.1),
             threshold: Some(threshold),
             margin: Some(margin),
-            detail,
-            notes: BTreeMap::new(),
+            ..GateResult::base(gate, outcome, n, detail)
         }
     }
 
     fn with_notes(mut self, notes: impl IntoIterator<Item = (String, f64)>) -> GateResult {
         self.notes.extend(notes);
         self
+    }
+
+    /// Whether this result spent a look (a sequential verdict reached now).
+    pub fn spends_look(&self) -> bool {
+        self.look.is_some() && !self.carried && self.outcome != Outcome::NoData
     }
 }
 
@@ -149,7 +229,8 @@ impl GateResult {
 pub struct StageContext {
     /// Least samples per version for a gate to judge (the stage's
     /// `min_requests`, at least 1): latency samples, parsed predictions,
-    /// shadow comparisons.
+    /// shadow comparisons. With the sequential method, also the sample size
+    /// of the first look.
     pub min_samples: u64,
     /// A shadow stage: the challenger serves no user, its shadow answers are judged.
     pub shadow: bool,
@@ -166,7 +247,7 @@ impl StageContext {
 }
 
 /// Label outcomes of the stage, per version.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct LabelEvidence {
     pub champion: LabelStats,
     pub challenger: LabelStats,
@@ -176,27 +257,124 @@ fn pct(x: f64) -> String {
     format!("{:.3}%", x * 100.0)
 }
 
+/// Percentage points with a sign.
+fn pp(x: f64) -> String {
+    format!("{:+.3}", x * 100.0)
+}
+
+/// How a gate judges: the method, the look schedule, and the verdicts of
+/// looks already spent in this stage.
+#[derive(Clone, Copy)]
+struct Judge<'a> {
+    method: GateMethod,
+    schedule: LookSchedule,
+    spent: &'a [GateResult],
+}
+
+impl Judge<'_> {
+    fn sequential(&self) -> bool {
+        self.method == GateMethod::Sequential
+    }
+
+    /// The spent verdict of `gate` at look `k` or later, if any: carried
+    /// (a look's verdict is reached once, by the first evaluation at it).
+    fn carried(&self, gate: GateKind, k: u32, now: (u64, u64), n0: u64) -> Option<GateResult> {
+        let spent = self.spent.iter().rev().find(|r| r.gate == gate && r.look.is_some_and(|l| l >= k))?;
+        let look = spent.look.unwrap_or(k);
+        let mut r = spent.clone();
+        r.carried = true;
+        r.blocks = r.outcome != Outcome::Pass;
+        r.detail = format!(
+            "{} [verdict of look {look}, carried: the next look is at {} per version, now {} and {}]",
+            spent.detail,
+            self.schedule.look_at(look + 1, n0),
+            now.0,
+            now.1
+        );
+        Some(r)
+    }
+}
+
+/// About how many more samples (of the smaller version) the first look
+/// that could decide needs: the standard error shrinks as 1/√n, and a look
+/// k′ decides with probability [`POWER`] when `(z_k′ + z_power) · se ≤
+/// distance`. `z_at(k)` is the normal quantile the look's bound uses.
+fn needed(
+    n_min: u64,
+    n0: u64,
+    k: u32,
+    se_now: f64,
+    distance: f64,
+    schedule: &LookSchedule,
+    z_at: impl Fn(u32) -> f64,
+) -> Option<u64> {
+    if !(se_now.is_finite() && se_now > 0.0 && distance.is_finite() && distance > 0.0 && n_min > 0) {
+        return None;
+    }
+    let zp = stats::z(POWER);
+    // No look before the one the next look's z already asks for (z grows with the look).
+    let at_least = n_min as f64 * ((z_at(k + 1) + zp) * se_now / distance).powi(2);
+    if !at_least.is_finite() || at_least > 1e15 {
+        return None;
+    }
+    let first = schedule.look(at_least.ceil() as u64, n0).max(k + 1);
+    (first..first + 60).find_map(|look| {
+        let at = schedule.look_at(look, n0);
+        let required = n_min as f64 * ((z_at(look) + zp) * se_now / distance).powi(2);
+        (at as f64 >= required).then(|| at.saturating_sub(n_min))
+    })
+}
+
+/// The interval-vs-tolerance verdict: fail when wholly on the bad side,
+/// pass when wholly on the good side (`bad_above`: higher is worse).
+fn verdict(i: Interval, limit: f64, bad_above: bool) -> Outcome {
+    let (fail, pass) = if bad_above { (i.low > limit, i.high <= limit) } else { (i.high < limit, i.low >= limit) };
+    if fail {
+        Outcome::Fail
+    } else if pass {
+        Outcome::Pass
+    } else {
+        Outcome::Inconclusive
+    }
+}
+
+/// The words after a sequential verdict.
+fn verdict_words(outcome: Outcome, needed: Option<u64>, what: &str) -> String {
+    match outcome {
+        Outcome::Fail => "worse than the tolerance allows".into(),
+        Outcome::Pass => "within the tolerance".into(),
+        _ => match needed {
+            Some(n) => format!("inconclusive: needs ~{n} more {what} per version"),
+            None => "inconclusive: more data needed".into(),
+        },
+    }
+}
+
 /// Evaluates every gate configured for the stage. `stage.min_samples` is
 /// the least number of samples per version for a sampled gate to judge
 /// (latency samples, parsed predictions, shadow comparisons; histograms
-/// refresh at Envoy's stats flush, so they can lag the counters).
+/// refresh at Envoy's stats flush, so they can lag the counters), and the
+/// first look of the sequential method. `spent`: the sequential verdicts
+/// already reached in this stage (see the module docs); empty for threshold.
 pub fn evaluate(
     spec: &GatesSpec,
     champion: &VersionWindow,
     challenger: &VersionWindow,
     labels: &LabelEvidence,
     stage: StageContext,
+    spent: &[GateResult],
 ) -> Vec<GateResult> {
+    let judge = Judge { method: spec.method, schedule: spec.schedule(), spent };
     let min_samples = stage.min_samples.max(1);
     let mut out = vec![];
     if stage.shadow {
         if let Some(g) = &spec.prediction {
             // The challenger's predictions are compared, not binned, in a
             // shadow stage: without bins PSI waits for the first live stage.
-            out.push(prediction_gate(g, champion, challenger, min_samples, NoDataPolicy::Ignore));
+            out.push(prediction_gate(g, champion, challenger, min_samples, NoDataPolicy::Ignore, judge));
         }
         if let Some(g) = &spec.shadow {
-            out.extend(shadow_gates(g, champion, challenger, min_samples));
+            out.extend(shadow_gates(g, champion, challenger, min_samples, judge));
         }
         return out;
     }
@@ -206,107 +384,336 @@ pub fn evaluate(
             GateKind::ErrorRate,
             "5xx rate",
             n,
-            champion.errors(),
-            challenger.errors(),
+            (champion.errors(), challenger.errors()),
             g.error_tolerance,
+            min_samples,
+            judge,
         ));
     }
     if let Some(g) = &spec.latency {
-        let q = g.quantile;
-        let (a, b) = (champion.latency_us.quantile(q), challenger.latency_us.quantile(q));
-        let hn = (champion.latency_us.count(), challenger.latency_us.count());
-        out.push(match (a, b) {
-            (Some(a), Some(b)) if hn.0 >= min_samples && hn.1 >= min_samples => {
-                let limit = a * g.latency_tolerance_multiplier;
-                GateResult::at_most(
-                    GateKind::Latency,
-                    hn,
-                    (a, b),
-                    limit,
-                    format!(
-                        "p{}: challenger {:.1} ms vs champion {:.1} ms × {} = {:.1} ms",
-                        q * 100.0,
-                        b / 1000.0,
-                        a / 1000.0,
-                        g.latency_tolerance_multiplier,
-                        limit / 1000.0
-                    ),
-                )
-            }
-            _ => GateResult::no_data(
-                GateKind::Latency,
-                hn.0,
-                hn.1,
-                NoDataPolicy::Hold,
-                format!(
-                    "{} champion and {} challenger latency samples of {} each (histograms refresh at Envoy's stats flush)",
-                    hn.0,
-                    hn.1,
-                    min_samples
-                ),
-            ),
-        });
+        out.push(latency_gate(
+            GateKind::Latency,
+            "challenger",
+            (&champion.latency_us, &challenger.latency_us),
+            g.quantile,
+            g.latency_tolerance_multiplier,
+            min_samples,
+            judge,
+        ));
     }
     if let Some(g) = &spec.prediction {
-        out.push(prediction_gate(g, champion, challenger, min_samples, g.on_no_data));
+        out.push(prediction_gate(g, champion, challenger, min_samples, g.on_no_data, judge));
     }
     if let Some(g) = &spec.timeouts {
         out.push(rate_gate(
             GateKind::Timeouts,
             "timeout rate",
             n,
-            champion.timeouts,
-            challenger.timeouts,
+            (champion.timeouts, challenger.timeouts),
             g.timeout_tolerance,
+            min_samples,
+            judge,
         ));
     }
     if let Some(g) = &spec.labels {
-        let (a, b) = (labels.champion, labels.challenger);
-        out.push(match (a.mean(), b.mean()) {
-            (Some(ma), Some(mb)) if a.n >= g.min_labels && b.n >= g.min_labels => {
-                // Higher is better: express as "challenger shortfall ≤ tolerance".
-                let threshold = ma - g.min_degradation_tolerance;
-                let margin = mb - threshold;
-                let outcome = if margin >= 0.0 { Outcome::Pass } else { Outcome::Fail };
-                GateResult {
-                    gate: GateKind::Labels,
-                    outcome,
-                    blocks: outcome != Outcome::Pass,
-                    champion_n: a.n,
-                    challenger_n: b.n,
-                    champion: Some(ma),
-                    challenger: Some(mb),
-                    threshold: Some(threshold),
-                    margin: Some(margin),
-                    detail: format!(
-                        "label metric: challenger {mb:.4} vs champion {ma:.4} − {} = {threshold:.4}",
-                        g.min_degradation_tolerance
-                    ),
-                    notes: BTreeMap::new(),
-                }
-            }
-            _ => GateResult::no_data(
+        out.push(label_gate(g, labels, judge));
+    }
+    out
+}
+
+/// Challenger − champion rate ≤ `tolerance_pp` points. Threshold: the point
+/// estimates, judged from one response each. Sequential: the Newcombe
+/// interval of the difference at the look's confidence, from the first look
+/// (`n0` responses each).
+fn rate_gate(
+    kind: GateKind,
+    what: &str,
+    n: (u64, u64),
+    events: (u64, u64),
+    tolerance_pp: f64,
+    n0: u64,
+    judge: Judge<'_>,
+) -> GateResult {
+    let head = |a: f64, b: f64| {
+        format!("{what}: challenger {} ({}/{}) vs champion {} ({}/{})", pct(b), events.1, n.1, pct(a), events.0, n.0)
+    };
+    rate_verdict(kind, n, events, tolerance_pp, n0, judge, head)
+}
+
+/// The rate comparison shared by the live rate gates and the shadow error
+/// rate; `head` words the two rates.
+fn rate_verdict(
+    kind: GateKind,
+    n: (u64, u64),
+    events: (u64, u64),
+    tolerance_pp: f64,
+    n0: u64,
+    judge: Judge<'_>,
+    head: impl Fn(f64, f64) -> String,
+) -> GateResult {
+    if n.0 == 0 || n.1 == 0 {
+        return GateResult::no_data(
+            kind,
+            n.0,
+            n.1,
+            NoDataPolicy::Hold,
+            format!("no responses yet ({} champion, {} challenger)", n.0, n.1),
+        );
+    }
+    let (a, b) = (events.0 as f64 / n.0 as f64, events.1 as f64 / n.1 as f64);
+    let tol = tolerance_pp / 100.0;
+    let limit = a + tol;
+    if !judge.sequential() {
+        let mut r =
+            GateResult::at_most(kind, n, (a, b), limit, format!("{} + {tolerance_pp} pp = {}", head(a, b), pct(limit)));
+        r.difference = Some(b - a);
+        return r;
+    }
+    let small = n.0.min(n.1);
+    let k = judge.schedule.look(small, n0);
+    if k == 0 {
+        return GateResult::no_data(
+            kind,
+            n.0,
+            n.1,
+            NoDataPolicy::Hold,
+            format!("{}: the first look is at {n0} responses each", head(a, b)),
+        );
+    }
+    if let Some(r) = judge.carried(kind, k, n, n0) {
+        return r;
+    }
+    let confidence = judge.schedule.confidence_at(k);
+    let Some(di) = stats::newcombe_diff(events.0, n.0, events.1, n.1, confidence) else {
+        return GateResult::no_data(kind, n.0, n.1, NoDataPolicy::Hold, "no interval".into());
+    };
+    let d = b - a;
+    let outcome = verdict(di, tol, true);
+    let need = (outcome == Outcome::Inconclusive)
+        .then(|| {
+            // Rates of 0 still vary: floor them as stats::n_for_rates does.
+            let v = |p: f64, n: u64| p.clamp(1e-4, 0.9999) * (1.0 - p.clamp(1e-4, 0.9999)) / n as f64;
+            let se = (v(a, n.0) + v(b, n.1)).sqrt();
+            needed(small, n0, k, se, (tol - d).abs(), &judge.schedule, |l| {
+                stats::z_two_sided(judge.schedule.confidence_at(l))
+            })
+        })
+        .flatten();
+    let detail = format!(
+        "{}: difference {} pp, {:.2}% interval [{}, {}] pp vs tolerance +{tolerance_pp} pp at look {k}: {}",
+        head(a, b),
+        pp(d),
+        confidence * 100.0,
+        pp(di.low),
+        pp(di.high),
+        verdict_words(outcome, need, "responses")
+    );
+    GateResult {
+        champion: Some(a),
+        challenger: Some(b),
+        threshold: Some(limit),
+        margin: Some(limit - b),
+        difference: Some(d),
+        difference_interval: Some(di),
+        look: Some(k),
+        confidence: Some(confidence),
+        needed: need,
+        ..GateResult::base(kind, outcome, n, detail)
+    }
+}
+
+/// Challenger quantile ≤ champion's × `multiplier`. Threshold: the point
+/// quantiles. Sequential: a distribution-free order-statistic interval per
+/// version, each at confidence `1 − alpha_k` (so each one-sided bound errs
+/// with probability `alpha_k / 2`, and a verdict, which needs both bounds,
+/// with at most `alpha_k`): fail when the challenger's low end is above the
+/// champion's high end × multiplier, pass when its high end is at most the
+/// champion's low end × multiplier.
+fn latency_gate(
+    kind: GateKind,
+    who: &str,
+    h: (&Histogram, &Histogram),
+    q: f64,
+    multiplier: f64,
+    min_samples: u64,
+    judge: Judge<'_>,
+) -> GateResult {
+    let hn = (h.0.count(), h.1.count());
+    let (a, b) = match (h.0.quantile(q), h.1.quantile(q)) {
+        (Some(a), Some(b)) if hn.0 >= min_samples && hn.1 >= min_samples => (a, b),
+        _ => {
+            return GateResult::no_data(
+                kind,
+                hn.0,
+                hn.1,
+                NoDataPolicy::Hold,
+                format!(
+                    "{} champion and {} {who} latency samples of {min_samples} each (histograms refresh at Envoy's stats flush)",
+                    hn.0, hn.1
+                ),
+            )
+        }
+    };
+    let limit = a * multiplier;
+    let head = format!(
+        "p{}: {who} {:.1} ms vs champion {:.1} ms × {multiplier} = {:.1} ms",
+        q * 100.0,
+        b / 1000.0,
+        a / 1000.0,
+        limit / 1000.0
+    );
+    if !judge.sequential() {
+        return GateResult::at_most(kind, hn, (a, b), limit, head);
+    }
+    let small = hn.0.min(hn.1);
+    let k = judge.schedule.look(small, min_samples);
+    if let Some(r) = judge.carried(kind, k, hn, min_samples) {
+        return r;
+    }
+    let per_version = 1.0 - judge.schedule.alpha_at(k);
+    let (Some(ia), Some(ib)) =
+        (stats::quantile_interval(h.0, q, per_version), stats::quantile_interval(h.1, q, per_version))
+    else {
+        return GateResult::no_data(kind, hn.0, hn.1, NoDataPolicy::Hold, head);
+    };
+    let outcome = if ib.low > ia.high * multiplier {
+        Outcome::Fail
+    } else if ib.high <= ia.low * multiplier {
+        Outcome::Pass
+    } else {
+        Outcome::Inconclusive
+    };
+    let need = (outcome == Outcome::Inconclusive)
+        .then(|| {
+            // The two bounds' half-widths on the side that would decide,
+            // as a standard error (they shrink as 1/√n).
+            let d = b - limit;
+            let w = if d < 0.0 {
+                (ib.high - b) + multiplier * (a - ia.low)
+            } else {
+                (b - ib.low) + multiplier * (ia.high - a)
+            };
+            let z_now = stats::z_two_sided(per_version);
+            needed(small, min_samples, k, w / z_now, d.abs(), &judge.schedule, |l| {
+                stats::z_two_sided(1.0 - judge.schedule.alpha_at(l))
+            })
+        })
+        .flatten();
+    let ms = |x: f64| format!("{:.1}", x / 1000.0);
+    let detail = format!(
+        "{head}; {:.2}% intervals: {who} [{}, {}] ms, champion [{}, {}] ms, at look {k}: {}",
+        per_version * 100.0,
+        ms(ib.low),
+        ms(ib.high),
+        ms(ia.low),
+        ms(ia.high),
+        verdict_words(outcome, need, "latency samples")
+    );
+    GateResult {
+        champion: Some(a),
+        challenger: Some(b),
+        threshold: Some(limit),
+        margin: Some(limit - b),
+        champion_interval: Some(ia),
+        challenger_interval: Some(ib),
+        look: Some(k),
+        confidence: Some(per_version),
+        needed: need,
+        ..GateResult::base(kind, outcome, hn, detail)
+    }
+}
+
+/// Challenger mean ≥ champion's − `min_degradation_tolerance`, once both
+/// have `min_labels`. Sequential: Welch's interval of the difference
+/// (challenger − champion): fail when its high end is below −tolerance,
+/// pass when its low end is at least −tolerance; looks from `min_labels`.
+fn label_gate(g: &crate::spec::LabelGate, labels: &LabelEvidence, judge: Judge<'_>) -> GateResult {
+    let (a, b) = (labels.champion, labels.challenger);
+    let n = (a.n, b.n);
+    let (ma, mb) = match (a.mean(), b.mean()) {
+        (Some(ma), Some(mb)) if a.n >= g.min_labels && b.n >= g.min_labels => (ma, mb),
+        _ => {
+            return GateResult::no_data(
                 GateKind::Labels,
                 a.n,
                 b.n,
                 NoDataPolicy::Hold,
                 format!("waiting for labels: {} champion, {} challenger of {} each", a.n, b.n, g.min_labels),
-            ),
-        });
+            )
+        }
+    };
+    let tol = g.min_degradation_tolerance;
+    // Higher is better: express as "challenger shortfall ≤ tolerance".
+    let threshold = ma - tol;
+    let head = format!("label metric: challenger {mb:.4} vs champion {ma:.4} − {tol} = {threshold:.4}");
+    if !judge.sequential() {
+        let mut r = GateResult::at_least(GateKind::Labels, n, (Some(ma), mb), threshold, head);
+        r.difference = Some(mb - ma);
+        return r;
     }
-    out
+    let n0 = g.min_labels.max(1);
+    let small = a.n.min(b.n);
+    let k = judge.schedule.look(small, n0);
+    if let Some(r) = judge.carried(GateKind::Labels, k, n, n0) {
+        return r;
+    }
+    let confidence = judge.schedule.confidence_at(k);
+    let d = mb - ma;
+    let Some(di) = stats::welch_diff(a.n, a.sum, a.sum_sq, b.n, b.sum, b.sum_sq, confidence) else {
+        return GateResult::no_data(GateKind::Labels, a.n, b.n, NoDataPolicy::Hold, head);
+    };
+    let outcome = verdict(di, -tol, false);
+    let need = (outcome == Outcome::Inconclusive)
+        .then(|| {
+            let var = |s: LabelStats| ((s.sum_sq - s.sum * s.sum / s.n as f64) / (s.n as f64 - 1.0)).max(0.0);
+            let se = (var(a) / a.n as f64 + var(b) / b.n as f64).sqrt();
+            needed(small, n0, k, se, (d + tol).abs(), &judge.schedule, |l| {
+                stats::z_two_sided(judge.schedule.confidence_at(l))
+            })
+        })
+        .flatten();
+    let detail = format!(
+        "{head}: difference {d:+.4}, {:.2}% interval [{:+.4}, {:+.4}] vs −{tol} at look {k}: {}",
+        confidence * 100.0,
+        di.low,
+        di.high,
+        verdict_words(outcome, need, "labels")
+    );
+    GateResult {
+        champion: Some(ma),
+        challenger: Some(mb),
+        threshold: Some(threshold),
+        margin: Some(mb - threshold),
+        difference: Some(d),
+        difference_interval: Some(di),
+        look: Some(k),
+        confidence: Some(confidence),
+        needed: need,
+        ..GateResult::base(GateKind::Labels, outcome, n, detail)
+    }
 }
 
 /// PSI(challenger ‖ champion) < `max_psi`, once both versions have `min`
 /// parsed predictions (and the gate's own `min_predictions`). The value is
 /// reported as the challenger's, the champion's being 0 by definition; the
 /// unparsed shares and per-bin terms go to `notes`.
+///
+/// Sequential: with `c = 1/N + 1/M` and `ν = bins − 1`, the PSI of two
+/// samples is approximately `c` times a non-central χ²(ν, λ = PSI/c): its
+/// mean is the true PSI plus the **noise floor** `ν·c` (what two samples of
+/// one distribution give), its variance `2ν·c² + 4·PSI·c`. The gate
+/// subtracts the noise floor and puts a normal band of `z_k` standard
+/// deviations (taken at the boundary, PSI = `max_psi`) around it: the
+/// interval `PSI − ν·c ± z_k·sd`. Fail when its low end is above `max_psi`,
+/// pass when its high end is below, inconclusive otherwise; at the boundary
+/// each side errs with probability about `alpha_k`.
 fn prediction_gate(
     g: &crate::spec::PredictionGate,
     champion: &VersionWindow,
     challenger: &VersionWindow,
     min: u64,
     on_no_data: NoDataPolicy,
+    judge: Judge<'_>,
 ) -> GateResult {
     let need = min.max(g.min_predictions);
     let n = (champion.parsed_predictions(), challenger.parsed_predictions());
@@ -327,7 +734,7 @@ fn prediction_gate(
         }
     };
     let share = |x: Option<f64>| x.map_or("-".to_string(), pct);
-    let detail = format!(
+    let head = format!(
         "PSI {:.4} over {} bins vs max {} (must stay below); unparsed: champion {}, challenger {}",
         p.value,
         p.bins.len(),
@@ -335,9 +742,6 @@ fn prediction_gate(
         share(p.champion_unparsed_share()),
         share(p.challenger_unparsed_share())
     );
-    let margin = g.max_psi - p.value;
-    // PSI at the limit fails: the limit is the first value that is too much.
-    let outcome = if p.value < g.max_psi { Outcome::Pass } else { Outcome::Fail };
     let mut notes: BTreeMap<String, f64> = BTreeMap::new();
     if let Some(x) = p.champion_unparsed_share() {
         notes.insert("champion_unparsed_share".into(), x);
@@ -348,19 +752,65 @@ fn prediction_gate(
     for t in &p.bins {
         notes.insert(format!("term.{}", t.bin), t.term);
     }
-    GateResult {
-        gate: GateKind::Prediction,
-        outcome,
-        blocks: outcome != Outcome::Pass,
-        champion_n: n.0,
-        challenger_n: n.1,
+    let values = GateResult {
         champion: Some(0.0),
         challenger: Some(p.value),
         threshold: Some(g.max_psi),
-        margin: Some(margin),
-        detail,
+        margin: Some(g.max_psi - p.value),
         notes,
+        ..GateResult::base(GateKind::Prediction, Outcome::Pass, n, String::new())
+    };
+    if !judge.sequential() {
+        // PSI at the limit fails: the limit is the first value that is too much.
+        let outcome = if p.value < g.max_psi { Outcome::Pass } else { Outcome::Fail };
+        return GateResult { outcome, blocks: outcome != Outcome::Pass, detail: head, ..values };
     }
+    let small = n.0.min(n.1);
+    let k = judge.schedule.look(small, need.max(1));
+    if let Some(r) = judge.carried(GateKind::Prediction, k, n, need.max(1)) {
+        return r;
+    }
+    let confidence = judge.schedule.confidence_at(k);
+    let z = stats::z_two_sided(confidence);
+    let nu = (p.bins.len().max(2) - 1) as f64;
+    let c = 1.0 / n.0 as f64 + 1.0 / n.1 as f64;
+    let noise = nu * c;
+    let sd = (2.0 * nu * c * c + 4.0 * g.max_psi * c).sqrt();
+    let centre = p.value - noise;
+    let interval = Interval { low: (centre - z * sd).max(0.0), high: centre + z * sd };
+    let outcome = if interval.low > g.max_psi {
+        Outcome::Fail
+    } else if interval.high < g.max_psi {
+        Outcome::Pass
+    } else {
+        Outcome::Inconclusive
+    };
+    let need_more = (outcome == Outcome::Inconclusive)
+        .then(|| {
+            needed(small, need.max(1), k, sd, (centre - g.max_psi).abs(), &judge.schedule, |l| {
+                stats::z_two_sided(judge.schedule.confidence_at(l))
+            })
+        })
+        .flatten();
+    let detail = format!(
+        "{head}; noise floor {noise:.4}, {:.2}% interval [{:.4}, {:.4}] at look {k}: {}",
+        confidence * 100.0,
+        interval.low,
+        interval.high,
+        verdict_words(outcome, need_more, "predictions")
+    );
+    let mut r = GateResult {
+        outcome,
+        blocks: outcome != Outcome::Pass,
+        detail,
+        challenger_interval: Some(interval),
+        look: Some(k),
+        confidence: Some(confidence),
+        needed: need_more,
+        ..values
+    };
+    r.notes.insert("noise_floor".into(), noise);
+    r
 }
 
 /// The shadow stage's three checks, each its own result so every one keeps
@@ -370,6 +820,7 @@ fn shadow_gates(
     champion: &VersionWindow,
     challenger: &VersionWindow,
     min: u64,
+    judge: Judge<'_>,
 ) -> Vec<GateResult> {
     let s = &challenger.shadow;
     let counts = [
@@ -387,18 +838,7 @@ fn shadow_gates(
     let compared = s.compared();
     out.push(
         match s.agreement() {
-            Some(a) if compared >= min => GateResult::at_least(
-                GateKind::ShadowAgreement,
-                (0, compared),
-                (None, a),
-                g.min_agreement,
-                format!(
-                    "shadow agreement {} ({} of {compared} compared) vs minimum {}",
-                    pct(a),
-                    s.agree,
-                    pct(g.min_agreement)
-                ),
-            ),
+            Some(a) if compared >= min => agreement_gate(g, s.agree, compared, a, min, judge),
             _ => GateResult::no_data(
                 GateKind::ShadowAgreement,
                 0,
@@ -414,97 +854,89 @@ fn shadow_gates(
     );
 
     let n = (champion.answered(), s.requests.max(s.errors()));
-    out.push(match (champion.error_rate(), s.error_rate()) {
-        (Some(a), Some(b)) => {
-            let limit = a + g.error_tolerance / 100.0;
-            GateResult::at_most(
-                GateKind::ShadowErrorRate,
-                n,
-                (a, b),
-                limit,
-                format!(
-                    "shadow errors {} ({} 5xx + {} failed of {} sent) vs champion 5xx {} ({}/{}) + {} pp = {}",
-                    pct(b),
-                    s.rq_5xx,
-                    s.failed,
-                    n.1,
-                    pct(a),
-                    champion.errors(),
-                    n.0,
-                    g.error_tolerance,
-                    pct(limit)
-                ),
-            )
-        }
-        _ => GateResult::no_data(
-            GateKind::ShadowErrorRate,
-            n.0,
+    let head = |a: f64, b: f64| {
+        format!(
+            "shadow errors {} ({} 5xx + {} failed of {} sent) vs champion 5xx {} ({}/{})",
+            pct(b),
+            s.rq_5xx,
+            s.failed,
             n.1,
-            NoDataPolicy::Hold,
-            format!("no responses yet ({} champion, {} shadow calls)", n.0, n.1),
-        ),
-    });
+            pct(a),
+            champion.errors(),
+            n.0
+        )
+    };
+    let events = (champion.errors(), s.errors().min(n.1));
+    out.push(rate_verdict(GateKind::ShadowErrorRate, n, events, g.error_tolerance, min, judge, head));
 
-    let q = g.quantile;
-    let hn = (champion.latency_us.count(), s.latency_us.count());
-    out.push(match (champion.latency_us.quantile(q), s.latency_us.quantile(q)) {
-        (Some(a), Some(b)) if hn.0 >= min && hn.1 >= min => {
-            let limit = a * g.latency_tolerance_multiplier;
-            GateResult::at_most(
-                GateKind::ShadowLatency,
-                hn,
-                (a, b),
-                limit,
-                format!(
-                    "p{}: shadow {:.1} ms vs champion {:.1} ms × {} = {:.1} ms",
-                    q * 100.0,
-                    b / 1000.0,
-                    a / 1000.0,
-                    g.latency_tolerance_multiplier,
-                    limit / 1000.0
-                ),
-            )
-        }
-        _ => GateResult::no_data(
-            GateKind::ShadowLatency,
-            hn.0,
-            hn.1,
-            NoDataPolicy::Hold,
-            format!(
-                "{} champion and {} shadow latency samples of {min} each (histograms refresh at Envoy's stats flush)",
-                hn.0, hn.1
-            ),
-        ),
-    });
+    out.push(latency_gate(
+        GateKind::ShadowLatency,
+        "shadow",
+        (&champion.latency_us, &s.latency_us),
+        g.quantile,
+        g.latency_tolerance_multiplier,
+        min,
+        judge,
+    ));
     out
 }
 
-fn rate_gate(kind: GateKind, what: &str, n: (u64, u64), a_events: u64, b_events: u64, tolerance_pp: f64) -> GateResult {
-    if n.0 == 0 || n.1 == 0 {
-        return GateResult::no_data(
-            kind,
-            n.0,
-            n.1,
-            NoDataPolicy::Hold,
-            format!("no responses yet ({} champion, {} challenger)", n.0, n.1),
-        );
+/// agreement ≥ `min_agreement`. Sequential: the Wilson interval of the
+/// agreement at the look's confidence; fail when its high end is below the
+/// minimum, pass when its low end is at least the minimum.
+fn agreement_gate(
+    g: &crate::spec::ShadowGate,
+    agree: u64,
+    compared: u64,
+    a: f64,
+    min: u64,
+    judge: Judge<'_>,
+) -> GateResult {
+    let head =
+        format!("shadow agreement {} ({agree} of {compared} compared) vs minimum {}", pct(a), pct(g.min_agreement));
+    if !judge.sequential() {
+        return GateResult::at_least(GateKind::ShadowAgreement, (0, compared), (None, a), g.min_agreement, head);
     }
-    let (a, b) = (a_events as f64 / n.0 as f64, b_events as f64 / n.1 as f64);
-    let limit = a + tolerance_pp / 100.0;
-    GateResult::at_most(
-        kind,
-        n,
-        (a, b),
-        limit,
-        format!(
-            "{what}: challenger {} ({b_events}/{}) vs champion {} ({a_events}/{}) + {tolerance_pp} pp = {}",
-            pct(b),
-            n.1,
-            pct(a),
-            n.0,
-            pct(limit)
-        ),
-    )
+    let k = judge.schedule.look(compared, min);
+    if let Some(r) = judge.carried(GateKind::ShadowAgreement, k, (0, compared), min) {
+        return r;
+    }
+    let confidence = judge.schedule.confidence_at(k);
+    let Some(i) = stats::wilson(agree, compared, confidence) else {
+        return GateResult::no_data(GateKind::ShadowAgreement, 0, compared, NoDataPolicy::Hold, head);
+    };
+    let outcome = verdict(i, g.min_agreement, false);
+    let need = (outcome == Outcome::Inconclusive)
+        .then(|| {
+            let p = a.clamp(1e-4, 0.9999);
+            needed(
+                compared,
+                min,
+                k,
+                (p * (1.0 - p) / compared as f64).sqrt(),
+                (a - g.min_agreement).abs(),
+                &judge.schedule,
+                |l| stats::z_two_sided(judge.schedule.confidence_at(l)),
+            )
+        })
+        .flatten();
+    let detail = format!(
+        "{head}; {:.2}% interval [{}, {}] at look {k}: {}",
+        confidence * 100.0,
+        pct(i.low),
+        pct(i.high),
+        verdict_words(outcome, need, "comparisons")
+    );
+    GateResult {
+        challenger: Some(a),
+        threshold: Some(g.min_agreement),
+        margin: Some(a - g.min_agreement),
+        challenger_interval: Some(i),
+        look: Some(k),
+        confidence: Some(confidence),
+        needed: need,
+        ..GateResult::base(GateKind::ShadowAgreement, outcome, (0, compared), detail)
+    }
 }
 
 #[cfg(test)]
@@ -514,7 +946,7 @@ mod tests {
     use canary_core::metrics::ShadowStat;
 
     use super::*;
-    use crate::spec::{ErrorRateGate, LabelGate, LatencyGate, PredictionGate, ShadowGate, TimeoutGate};
+    use crate::spec::{ErrorRateGate, GateMethod, LabelGate, LatencyGate, PredictionGate, ShadowGate, TimeoutGate};
 
     fn window(ok: u64, errors: u64, timeouts: u64, latency_ms: f64) -> VersionWindow {
         let mut w = VersionWindow::default();
@@ -526,14 +958,16 @@ mod tests {
         w
     }
 
+    /// Every gate, judged by the threshold rule (point estimates).
     fn all_gates() -> GatesSpec {
         GatesSpec {
+            method: GateMethod::Threshold,
             error_rate: Some(ErrorRateGate { error_tolerance: 1.0 }),
             latency: Some(LatencyGate { latency_tolerance_multiplier: 1.5, quantile: 0.99 }),
             prediction: Some(PredictionGate { max_psi: 0.2, on_no_data: NoDataPolicy::Ignore, min_predictions: 0 }),
             timeouts: Some(TimeoutGate { timeout_tolerance: 0.5 }),
             labels: Some(LabelGate { min_degradation_tolerance: 0.02, min_labels: 10 }),
-            shadow: None,
+            ..GatesSpec::default()
         }
     }
 
@@ -555,6 +989,7 @@ mod tests {
             &window(995, 5, 0, 110.0),
             &labels((50, 0.9), (50, 0.89)),
             StageContext::live(1),
+            &[],
         );
         assert_eq!(outcome(&r, GateKind::ErrorRate), (Outcome::Pass, false));
         assert_eq!(outcome(&r, GateKind::Latency), (Outcome::Pass, false));
@@ -569,13 +1004,13 @@ mod tests {
         let g = all_gates();
         let base = window(990, 10, 0, 100.0);
         let ok_labels = labels((50, 0.9), (50, 0.9));
-        let r = evaluate(&g, &base, &window(970, 30, 0, 100.0), &ok_labels, StageContext::live(1));
+        let r = evaluate(&g, &base, &window(970, 30, 0, 100.0), &ok_labels, StageContext::live(1), &[]);
         assert_eq!(outcome(&r, GateKind::ErrorRate).0, Outcome::Fail, "3% vs 1% + 1pp");
-        let r = evaluate(&g, &base, &window(990, 10, 0, 300.0), &ok_labels, StageContext::live(1));
+        let r = evaluate(&g, &base, &window(990, 10, 0, 300.0), &ok_labels, StageContext::live(1), &[]);
         assert_eq!(outcome(&r, GateKind::Latency).0, Outcome::Fail, "3x p99");
-        let r = evaluate(&g, &base, &window(990, 10, 10, 100.0), &ok_labels, StageContext::live(1));
+        let r = evaluate(&g, &base, &window(990, 10, 10, 100.0), &ok_labels, StageContext::live(1), &[]);
         assert_eq!(outcome(&r, GateKind::Timeouts).0, Outcome::Fail, "1% timeouts vs 0 + 0.5pp");
-        let r = evaluate(&g, &base, &base, &labels((50, 0.9), (50, 0.85)), StageContext::live(1));
+        let r = evaluate(&g, &base, &base, &labels((50, 0.9), (50, 0.85)), StageContext::live(1), &[]);
         assert_eq!(outcome(&r, GateKind::Labels).0, Outcome::Fail, "0.85 < 0.9 - 0.02");
     }
 
@@ -587,6 +1022,7 @@ mod tests {
             &window(980, 20, 0, 100.0),
             &LabelEvidence::default(),
             StageContext::live(1),
+            &[],
         );
         let e = r.iter().find(|r| r.gate == GateKind::ErrorRate).unwrap();
         assert_eq!((e.champion_n, e.challenger_n), (1000, 1000));
@@ -600,7 +1036,8 @@ mod tests {
     fn missing_data_never_passes() {
         let g = all_gates();
         let empty = VersionWindow::default();
-        let r = evaluate(&g, &window(100, 0, 0, 10.0), &empty, &labels((50, 0.9), (3, 1.0)), StageContext::live(1));
+        let r =
+            evaluate(&g, &window(100, 0, 0, 10.0), &empty, &labels((50, 0.9), (3, 1.0)), StageContext::live(1), &[]);
         for gate in [GateKind::ErrorRate, GateKind::Latency, GateKind::Timeouts, GateKind::Labels] {
             assert_eq!(outcome(&r, gate), (Outcome::NoData, true), "{gate:?}");
         }
@@ -614,6 +1051,7 @@ mod tests {
             &window(99, 1, 0, 300.0),
             &LabelEvidence::default(),
             StageContext::live(200),
+            &[],
         );
         assert_eq!(outcome(&r, GateKind::Latency), (Outcome::NoData, true));
         let r = evaluate(
@@ -622,6 +1060,7 @@ mod tests {
             &window(199, 1, 0, 300.0),
             &LabelEvidence::default(),
             StageContext::live(200),
+            &[],
         );
         assert_eq!(outcome(&r, GateKind::Latency).0, Outcome::Fail);
     }
@@ -634,7 +1073,11 @@ mod tests {
     }
 
     fn psi_gate(max_psi: f64, on_no_data: NoDataPolicy, min_predictions: u64) -> GatesSpec {
-        GatesSpec { prediction: Some(PredictionGate { max_psi, on_no_data, min_predictions }), ..GatesSpec::default() }
+        GatesSpec {
+            method: GateMethod::Threshold,
+            prediction: Some(PredictionGate { max_psi, on_no_data, min_predictions }),
+            ..GatesSpec::default()
+        }
     }
 
     fn only(results: &[GateResult], gate: GateKind) -> GateResult {
@@ -651,7 +1094,14 @@ mod tests {
         let a = with_predictions(base.clone(), &QUARTERS);
         let b = with_predictions(base.clone(), &SHIFTED);
         let r = only(
-            &evaluate(&psi_gate(0.2, NoDataPolicy::Hold, 0), &a, &b, &LabelEvidence::default(), StageContext::live(50)),
+            &evaluate(
+                &psi_gate(0.2, NoDataPolicy::Hold, 0),
+                &a,
+                &b,
+                &LabelEvidence::default(),
+                StageContext::live(50),
+                &[],
+            ),
             GateKind::Prediction,
         );
         assert_eq!((r.outcome, r.blocks), (Outcome::Fail, true));
@@ -668,6 +1118,7 @@ mod tests {
                 &b,
                 &LabelEvidence::default(),
                 StageContext::live(50),
+                &[],
             ),
             GateKind::Prediction,
         );
@@ -681,6 +1132,7 @@ mod tests {
                 &b,
                 &LabelEvidence::default(),
                 StageContext::live(1),
+                &[],
             ),
             GateKind::Prediction,
         );
@@ -702,6 +1154,7 @@ mod tests {
                         &b,
                         &LabelEvidence::default(),
                         StageContext::live(min_samples),
+                        &[],
                     ),
                     GateKind::Prediction,
                 );
@@ -719,7 +1172,14 @@ mod tests {
         // Only unparsed predictions: no distribution at all.
         let c = with_predictions(base, &[("unparsed", 500)]);
         let r = only(
-            &evaluate(&psi_gate(0.2, NoDataPolicy::Hold, 0), &a, &c, &LabelEvidence::default(), StageContext::live(1)),
+            &evaluate(
+                &psi_gate(0.2, NoDataPolicy::Hold, 0),
+                &a,
+                &c,
+                &LabelEvidence::default(),
+                StageContext::live(1),
+                &[],
+            ),
             GateKind::Prediction,
         );
         assert_eq!((r.outcome, r.blocks), (Outcome::NoData, true));
@@ -757,7 +1217,8 @@ mod tests {
     fn a_shadow_stage_is_judged_on_shadow_answers_only() {
         let champion = with_predictions(window(1000, 10, 0, 100.0), &QUARTERS);
         let challenger = shadow_window(1000, 950, 50, 5, 0, 120.0);
-        let r = evaluate(&shadow_spec(), &champion, &challenger, &LabelEvidence::default(), StageContext::shadow(100));
+        let r =
+            evaluate(&shadow_spec(), &champion, &challenger, &LabelEvidence::default(), StageContext::shadow(100), &[]);
         let gates: Vec<GateKind> = r.iter().map(|g| g.gate).collect();
         assert_eq!(
             gates,
@@ -779,7 +1240,8 @@ mod tests {
         let l = only(&r, GateKind::ShadowLatency);
         assert_eq!(l.outcome, Outcome::Pass, "{}", l.detail);
         // Same gates in a live stage: the shadow gate is not judged there.
-        let live = evaluate(&shadow_spec(), &champion, &champion, &LabelEvidence::default(), StageContext::live(1));
+        let live =
+            evaluate(&shadow_spec(), &champion, &champion, &LabelEvidence::default(), StageContext::live(1), &[]);
         assert!(live.iter().all(|g| !matches!(
             g.gate,
             GateKind::ShadowAgreement | GateKind::ShadowErrorRate | GateKind::ShadowLatency
@@ -790,7 +1252,7 @@ mod tests {
     fn each_shadow_check_fails_on_its_own_fault() {
         let champion = window(1000, 10, 0, 100.0);
         let judge = |w: &VersionWindow| {
-            evaluate(&shadow_spec(), &champion, w, &LabelEvidence::default(), StageContext::shadow(100))
+            evaluate(&shadow_spec(), &champion, w, &LabelEvidence::default(), StageContext::shadow(100), &[])
         };
         // 70 % agreement.
         let r = judge(&shadow_window(1000, 700, 300, 0, 0, 100.0));
@@ -818,6 +1280,7 @@ mod tests {
             &shadow_window(50, 30, 20, 0, 0, 100.0),
             &LabelEvidence::default(),
             StageContext::shadow(100),
+            &[],
         );
         assert_eq!(outcome(&r, GateKind::ShadowAgreement), (Outcome::NoData, true), "60 % of 50 is not judged yet");
         assert_eq!(outcome(&r, GateKind::ShadowLatency), (Outcome::NoData, true));
@@ -832,6 +1295,7 @@ mod tests {
             &VersionWindow::default(),
             &LabelEvidence::default(),
             StageContext::shadow(100),
+            &[],
         );
         assert!(
             r.iter()
@@ -839,5 +1303,182 @@ mod tests {
                 .all(|g| (g.outcome, g.blocks) == (Outcome::NoData, true)),
             "{r:?}"
         );
+    }
+
+    /// The same gates, judged sequentially (the default method).
+    fn sequential() -> GatesSpec {
+        GatesSpec {
+            method: GateMethod::Sequential,
+            labels: Some(LabelGate { min_degradation_tolerance: 0.02, min_labels: 1000 }),
+            ..all_gates()
+        }
+    }
+
+    /// `n` responses with `errors` 5xx and log-normal-ish latency around
+    /// `latency_ms` (spread over ten buckets, 10 % apart).
+    fn spread(n: u64, errors: u64, latency_ms: f64) -> VersionWindow {
+        let mut w = window(n - errors, errors, 0, latency_ms);
+        w.latency_us = Histogram::default();
+        let weights = [1u64, 3, 8, 15, 23, 23, 15, 8, 3, 1];
+        let total: u64 = weights.iter().sum();
+        let mut left = n;
+        for (i, wt) in weights.iter().enumerate() {
+            let c = if i == weights.len() - 1 { left } else { n * wt / total };
+            left -= c;
+            let lower = latency_ms * 1000.0 * 1.1f64.powi(i as i32 - 5);
+            w.latency_us.add(lower, lower * 0.1, c);
+        }
+        w
+    }
+
+    #[test]
+    fn sequential_rates_fail_pass_or_say_how_many_more_they_need() {
+        let g = sequential();
+        let champion = spread(100_000, 1000, 10.0);
+        let judge = |challenger: &VersionWindow| {
+            only(
+                &evaluate(&g, &champion, challenger, &LabelEvidence::default(), StageContext::live(1000), &[]),
+                GateKind::ErrorRate,
+            )
+        };
+        // Look 1 at 1000 responses: 93.9 % intervals (alpha_1 = 0.05 · 6 / π² per side).
+        let bad = judge(&spread(1000, 50, 10.0));
+        assert_eq!((bad.outcome, bad.look), (Outcome::Fail, Some(1)), "{}", bad.detail);
+        assert!((bad.confidence.unwrap() - (1.0 - 2.0 * 0.05 * 6.0 / std::f64::consts::PI.powi(2))).abs() < 1e-12);
+        let i = bad.difference_interval.unwrap();
+        assert!(i.low > 0.01 && i.contains(0.04), "{i:?}");
+        assert!(bad.detail.starts_with("5xx rate: challenger 5.000% (50/1000) vs champion 1.000% (1000/100000)"));
+        let good = judge(&spread(1000, 10, 10.0));
+        assert_eq!((good.outcome, good.blocks, good.needed), (Outcome::Pass, false, None), "{}", good.detail);
+        assert!(good.difference_interval.unwrap().high <= 0.01);
+        // 1.8 % vs 1 % + 1 pp: the interval straddles the tolerance.
+        let unsure = judge(&spread(1000, 18, 10.0));
+        assert_eq!((unsure.outcome, unsure.blocks), (Outcome::Inconclusive, true), "{}", unsure.detail);
+        let more = unsure.needed.unwrap();
+        assert!(unsure.detail.ends_with(&format!("inconclusive: needs ~{more} more responses per version")));
+        // 0.2 pp from the tolerance with a standard error of 0.42 pp at 1000: about
+        // (z_k + 0.84)² · (0.42 / 0.2)² · 1000 ≈ 76 000 at z_k ≈ 3.3, reached at look 12 (86 498).
+        assert_eq!(more, 86_498 - 1000);
+        // Below the first look there is no verdict at all.
+        let early = judge(&spread(999, 50, 10.0));
+        assert_eq!((early.outcome, early.blocks), (Outcome::NoData, true));
+    }
+
+    #[test]
+    fn a_spent_look_is_carried_until_the_next_look() {
+        let g = sequential();
+        let champion = spread(100_000, 1000, 10.0);
+        let run = |challenger: &VersionWindow, spent: &[GateResult]| {
+            only(
+                &evaluate(&g, &champion, challenger, &LabelEvidence::default(), StageContext::live(1000), spent),
+                GateKind::ErrorRate,
+            )
+        };
+        let first = run(&spread(1000, 18, 10.0), &[]);
+        assert!(first.spends_look());
+        // 1400 < 1500: still look 1. Even with a clear fault the spent verdict stands until look 2.
+        let carried = run(&spread(1400, 100, 10.0), std::slice::from_ref(&first));
+        assert_eq!((carried.outcome, carried.look, carried.carried), (Outcome::Inconclusive, Some(1), true));
+        assert_eq!(carried.challenger_n, 1000, "the numbers of the look that decided");
+        assert!(carried.detail.contains("next look is at 1500 per version, now 100000 and 1400"), "{}", carried.detail);
+        assert!(!carried.spends_look());
+        let next = run(&spread(1500, 100, 10.0), std::slice::from_ref(&first));
+        assert_eq!((next.outcome, next.look, next.carried), (Outcome::Fail, Some(2), false));
+    }
+
+    #[test]
+    fn sequential_latency_compares_order_statistic_bounds() {
+        let g = sequential();
+        let champion = spread(100_000, 0, 10.0);
+        let judge = |challenger: &VersionWindow| {
+            only(
+                &evaluate(&g, &champion, challenger, &LabelEvidence::default(), StageContext::live(1000), &[]),
+                GateKind::Latency,
+            )
+        };
+        let slow = judge(&spread(2000, 0, 30.0));
+        assert_eq!(slow.outcome, Outcome::Fail, "{}", slow.detail);
+        let (a, b) = (slow.champion_interval.unwrap(), slow.challenger_interval.unwrap());
+        assert!(b.low > a.high * 1.5 && a.contains(slow.champion.unwrap()) && b.contains(slow.challenger.unwrap()));
+        assert!(slow.detail.starts_with("p99: challenger"), "{}", slow.detail);
+        // Each version's interval is at 1 − alpha_k (two one-sided bounds).
+        assert!((slow.confidence.unwrap() - (1.0 - g.schedule().alpha_at(2))).abs() < 1e-12);
+        let same = judge(&spread(2000, 0, 10.0));
+        assert_eq!(same.outcome, Outcome::Pass, "{}", same.detail);
+        // Exactly 1.5× with 1.5× allowed: no sample size can tell.
+        let close = judge(&spread(2000, 0, 15.0));
+        assert_eq!((close.outcome, close.needed), (Outcome::Inconclusive, None), "{}", close.detail);
+        assert!(close.detail.ends_with("inconclusive: more data needed"), "{}", close.detail);
+        // 1.4×: within, but 300 samples cannot show it yet.
+        let few = only(
+            &evaluate(&g, &champion, &spread(300, 0, 14.0), &LabelEvidence::default(), StageContext::live(300), &[]),
+            GateKind::Latency,
+        );
+        assert_eq!(few.outcome, Outcome::Inconclusive, "{}", few.detail);
+        assert!(few.needed.is_some_and(|n| n > 0), "{few:?}");
+    }
+
+    #[test]
+    fn sequential_labels_judge_the_welch_interval_of_the_difference() {
+        let g = sequential();
+        let w = spread(1000, 0, 10.0);
+        // 0/1 outcomes: sum_sq = sum.
+        let stats = |n: u64, mean: f64| LabelStats { n, sum: mean * n as f64, sum_sq: mean * n as f64 };
+        let judge = |a: LabelStats, b: LabelStats| {
+            only(
+                &evaluate(&g, &w, &w, &LabelEvidence { champion: a, challenger: b }, StageContext::live(1), &[]),
+                GateKind::Labels,
+            )
+        };
+        let worse = judge(stats(2000, 0.9), stats(2000, 0.8));
+        assert_eq!((worse.outcome, worse.look), (Outcome::Fail, Some(2)), "{}", worse.detail);
+        assert!(worse.difference_interval.unwrap().high < -0.02);
+        let same = judge(stats(6000, 0.9), stats(6000, 0.9));
+        assert_eq!(same.outcome, Outcome::Pass, "{}", same.detail);
+        assert!(same.difference_interval.unwrap().low >= -0.02);
+        let unsure = judge(stats(1000, 0.9), stats(1000, 0.89));
+        assert_eq!(unsure.outcome, Outcome::Inconclusive, "{}", unsure.detail);
+        assert!(unsure.needed.unwrap() > 1000, "{unsure:?}");
+        assert_eq!(judge(stats(999, 0.9), stats(5000, 0.5)).outcome, Outcome::NoData, "min_labels is 1000");
+    }
+
+    #[test]
+    fn sequential_psi_allows_for_the_noise_floor_and_the_sampling_spread() {
+        let base = window(100, 0, 0, 10.0);
+        let g = GatesSpec { method: GateMethod::Sequential, ..psi_gate(0.2, NoDataPolicy::Hold, 0) };
+        let judge = |a: &[(&str, u64)], b: &[(&str, u64)], min: u64| {
+            let (a, b) = (with_predictions(base.clone(), a), with_predictions(base.clone(), b));
+            only(&evaluate(&g, &a, &b, &LabelEvidence::default(), StageContext::live(min), &[]), GateKind::Prediction)
+        };
+        // PSI 0.234 from 96 and 98 predictions: above 0.2, but well within the noise.
+        let small = judge(&QUARTERS, &SHIFTED, 50);
+        assert_eq!(small.outcome, Outcome::Inconclusive, "{}", small.detail);
+        assert!((small.notes["noise_floor"] - 3.0 * (1.0 / 96.0 + 1.0 / 98.0)).abs() < 1e-12);
+        // The same shares from 100 times as many, at look 1: the spread at the boundary
+        // is ≈ 0.013 and the noise floor 0.0006, so 0.234 is clearly above 0.2.
+        let x100 = |bins: &[(&'static str, u64)]| bins.iter().map(|(b, n)| (*b, n * 100)).collect::<Vec<_>>();
+        let big = judge(&x100(&QUARTERS), &x100(&SHIFTED), 9000);
+        assert_eq!(big.outcome, Outcome::Fail, "{}", big.detail);
+        assert!(big.challenger_interval.unwrap().low > 0.2);
+        let same = judge(&x100(&QUARTERS), &x100(&QUARTERS), 9000);
+        assert_eq!(same.outcome, Outcome::Pass, "{}", same.detail);
+        assert!(same.challenger_interval.unwrap().high < 0.2);
+    }
+
+    #[test]
+    fn sequential_shadow_agreement_uses_a_wilson_interval() {
+        let champion = window(1000, 0, 0, 100.0);
+        let g = GatesSpec { method: GateMethod::Sequential, ..shadow_spec() };
+        let judge = |w: &VersionWindow| {
+            only(
+                &evaluate(&g, &champion, w, &LabelEvidence::default(), StageContext::shadow(100), &[]),
+                GateKind::ShadowAgreement,
+            )
+        };
+        assert_eq!(judge(&shadow_window(200, 140, 60, 0, 0, 100.0)).outcome, Outcome::Fail);
+        assert_eq!(judge(&shadow_window(1000, 990, 10, 0, 0, 100.0)).outcome, Outcome::Pass);
+        let unsure = judge(&shadow_window(100, 91, 9, 0, 0, 100.0));
+        assert_eq!(unsure.outcome, Outcome::Inconclusive, "{}", unsure.detail);
+        assert!(unsure.challenger_interval.unwrap().contains(0.9));
     }
 }

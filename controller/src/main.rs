@@ -9,7 +9,7 @@ use canary_controller::control::{Controller, Status};
 use canary_controller::daemon;
 use canary_controller::rollout::Command as RolloutCommand;
 use canary_controller::sink::EcdsFileSink;
-use canary_controller::spec::RolloutSpec;
+use canary_controller::spec::{GateMethod, RolloutSpec};
 use canary_core::FilterConfig;
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -72,6 +72,42 @@ enum Command {
         /// Summarise this stage instead of the whole rollout.
         #[arg(long)]
         stage: Option<String>,
+    },
+    /// Re-judge every recorded decision's evidence against another spec's
+    /// gates and print where the decisions would have differed.
+    Replay {
+        #[arg(long, env = "CANARY_STATE_DIR")]
+        state_dir: PathBuf,
+        /// The spec whose gates (and, with the same stage weights, stage minimums) judge.
+        #[arg(long)]
+        spec: PathBuf,
+        /// Judge with this method instead of the spec's `gates.method`.
+        #[arg(long, value_enum)]
+        method: Option<GateMethod>,
+        #[arg(long, value_enum, default_value = "human")]
+        output: Output,
+    },
+    /// Decision-quality simulation: the real state machine on synthetic
+    /// traffic with known truth, both gate methods side by side; prints the
+    /// false-rollback and miss rates and the traffic a decision takes.
+    Simulate {
+        /// Seeded repetitions per scenario, traffic level and method.
+        #[arg(long, default_value_t = 1000)]
+        reps: u32,
+        /// Responses per interval per version (comma-separated).
+        #[arg(long, value_delimiter = ',', default_values_t = [200u64, 5000])]
+        traffic: Vec<u64>,
+        /// Evaluations before a rollout counts as undecided.
+        #[arg(long, default_value_t = 400)]
+        max_intervals: u32,
+        #[arg(long, default_value_t = 2026)]
+        seed: u64,
+        /// Stages and gates to simulate (default: the standard spec, see `canary_controller::simulate`).
+        #[arg(long)]
+        spec: Option<PathBuf>,
+        /// Worker threads (default: every core).
+        #[arg(long)]
+        threads: Option<usize>,
     },
     /// Check a filter plugin configuration (JSON) with the filter's own rules.
     CheckConfig {
@@ -256,6 +292,38 @@ async fn main() -> anyhow::Result<()> {
             for f in files {
                 eprintln!("wrote {}", f.display());
             }
+        }
+        Command::Replay { state_dir, spec, method, output } => {
+            let store = canary_controller::store::Store::open(&state_dir)?;
+            let recorded = store.load_spec()?.with_context(|| format!("no rollout in {}", state_dir.display()))?;
+            let state = store.load_state()?.with_context(|| format!("no rollout state in {}", state_dir.display()))?;
+            let other = RolloutSpec::load(&spec)?;
+            let r = canary_controller::replay::replay(&recorded, &state, &store.decisions()?, &other, method);
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&r)?),
+                Output::Human => print!("{}", canary_controller::replay::render(&r)),
+            }
+        }
+        Command::Simulate { reps, traffic, max_intervals, seed, spec, threads } => {
+            use canary_controller::simulate;
+            let mut s = simulate::Settings::standard(reps);
+            if let Some(path) = spec {
+                s.spec = RolloutSpec::load(&path)?;
+                s.scenarios = simulate::standard_scenarios(&s.spec);
+            }
+            s.traffic = traffic;
+            s.max_intervals = max_intervals;
+            s.seed = seed;
+            if let Some(t) = threads {
+                s.threads = t;
+            }
+            let started = std::time::Instant::now();
+            let rows = simulate::simulate(&s);
+            println!("{}", simulate::table(&rows));
+            eprintln!(
+                "{reps} runs per row, seed {seed}, at most {max_intervals} intervals per rollout; {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
         }
         Command::Pause(m) => manual(RolloutCommand::Pause, m).await?,
         Command::Resume(m) => manual(RolloutCommand::Resume, m).await?,

@@ -428,12 +428,67 @@ pub fn markdown(r: &Report) -> String {
         );
     }
     if !r.gates.is_empty() {
-        let _ = writeln!(s, "\n| gate | outcome | detail |\n| --- | --- | --- |");
+        let _ = writeln!(
+            s,
+            "\n| gate | outcome | interval | look (confidence) | needed | detail |\n| --- | --- | --- | --- | --- | --- |"
+        );
         for g in &r.gates {
-            let _ = writeln!(s, "| {:?} | {:?} | {} |", g.gate, g.outcome, g.detail);
+            let _ = writeln!(
+                s,
+                "| {:?} | {} | {} | {} | {} | {} |",
+                g.gate,
+                outcome_name(g.outcome),
+                gate_interval(g),
+                gate_look(g),
+                g.needed.map_or("—".to_string(), |n| format!("~{n} more")),
+                g.detail
+            );
         }
     }
     s
+}
+
+fn outcome_name(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Pass => "pass",
+        Outcome::Fail => "fail",
+        Outcome::Inconclusive => "inconclusive",
+        Outcome::NoData => "no_data",
+    }
+}
+
+/// The interval a sequential gate judged, in the gate's units.
+fn gate_interval(g: &GateResult) -> String {
+    use crate::gates::GateKind;
+    let rate = matches!(g.gate, GateKind::ErrorRate | GateKind::Timeouts | GateKind::ShadowErrorRate);
+    match (g.difference_interval, g.champion_interval, g.challenger_interval) {
+        (Some(i), _, _) if rate => format!(
+            "Δ {:+.3} pp [{:+.3}, {:+.3}] pp",
+            g.difference.unwrap_or(f64::NAN) * 100.0,
+            i.low * 100.0,
+            i.high * 100.0
+        ),
+        (Some(i), _, _) => format!("Δ {:+.4} [{:+.4}, {:+.4}]", g.difference.unwrap_or(f64::NAN), i.low, i.high),
+        (None, Some(a), Some(b)) => format!(
+            "challenger [{:.1}, {:.1}] ms, champion [{:.1}, {:.1}] ms",
+            b.low / 1000.0,
+            b.high / 1000.0,
+            a.low / 1000.0,
+            a.high / 1000.0
+        ),
+        (None, None, Some(b)) if g.gate == GateKind::ShadowAgreement => {
+            format!("[{:.3}%, {:.3}%]", b.low * 100.0, b.high * 100.0)
+        }
+        (None, None, Some(b)) => format!("[{:.4}, {:.4}]", b.low, b.high),
+        _ => "—".into(),
+    }
+}
+
+fn gate_look(g: &GateResult) -> String {
+    match (g.look, g.confidence) {
+        (Some(k), Some(c)) => format!("{k} ({:.2}%){}", c * 100.0, if g.carried { ", carried" } else { "" }),
+        _ => "—".into(),
+    }
 }
 
 fn fmt_num(x: f64, unit: &str) -> String {
@@ -602,7 +657,7 @@ pub fn html(r: &Report) -> String {
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>canary {} — {}</title><style>\
 body{{font:14px/1.45 system-ui,sans-serif;margin:24px;color:#111;max-width:1000px}}table{{border-collapse:collapse;margin:8px 0 16px}}\
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}tr.worse td{{background:#fee2e2}}.pass{{color:#15803d}}.fail{{color:#b91c1c;font-weight:bold}}\
-.no_data{{color:#92400e}}.rec{{font-size:18px;padding:8px 12px;border-radius:6px;background:#eef2ff;display:inline-block}}.muted{{color:#666}}code{{font-size:12px}}\
+.no_data{{color:#92400e}}.inconclusive{{color:#a16207}}.rec{{font-size:18px;padding:8px 12px;border-radius:6px;background:#eef2ff;display:inline-block}}.muted{{color:#666}}code{{font-size:12px}}\
 </style></head><body>",
         esc(&r.rollout),
         esc(&title)
@@ -620,26 +675,26 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}tr.worse td{{backg
     b.push_str(&table(&r.comparison, &r.champion, &r.challenger));
     let _ = write!(b, "<p class=\"muted\">Intervals: {:.0} % (Wilson for rates, Newcombe for their difference, order statistics for latency quantiles, normal / Welch for label means).</p>", CONFIDENCE * 100.0);
     if !r.gates.is_empty() {
-        b.push_str("<h2>Gates</h2><table><tr><th>gate</th><th>outcome</th><th>champion</th><th>challenger</th><th>threshold</th><th>margin</th><th>detail</th></tr>");
+        b.push_str("<h2>Gates</h2><table><tr><th>gate</th><th>outcome</th><th>champion</th><th>challenger</th><th>threshold</th><th>margin</th><th>interval</th><th>look (confidence)</th><th>needed</th><th>detail</th></tr>");
         for g in &r.gates {
-            let o = match g.outcome {
-                Outcome::Pass => "pass",
-                Outcome::Fail => "fail",
-                Outcome::NoData => "no_data",
-            };
+            let o = outcome_name(g.outcome);
             let f = |x: Option<f64>| x.map_or("—".to_string(), |v| format!("{v:.5}"));
             let _ = write!(
                 b,
-                "<tr><td>{:?}</td><td class=\"{o}\">{o}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td>{:?}</td><td class=\"{o}\">{o}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 g.gate,
                 f(g.champion),
                 f(g.challenger),
                 f(g.threshold),
                 f(g.margin),
+                esc(&gate_interval(g)),
+                esc(&gate_look(g)),
+                g.needed.map_or("—".to_string(), |n| format!("~{n} more")),
                 esc(&g.detail)
             );
         }
         b.push_str("</table>");
+        b.push_str("<p class=\"muted\">Sequential gates judge intervals at looks on a geometric sample-size schedule with alpha spending: fail when the interval is wholly worse than the tolerance, pass when wholly within it, inconclusive (hold) otherwise; \"needed\" is about how many more samples per version a verdict likely needs.</p>");
     }
     if !r.segments.is_empty() {
         b.push_str("<h2>Segments</h2>");

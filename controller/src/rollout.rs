@@ -119,6 +119,10 @@ pub struct Decision {
     pub gates: Vec<GateResult>,
     pub window: Option<WindowSummary>,
     pub alerts: Vec<AlertKind>,
+    /// The stage's label evidence the gates saw (what `canary replay`
+    /// re-judges; absent in logs written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<LabelEvidence>,
 }
 
 /// A stage change, kept in the state's history.
@@ -161,6 +165,11 @@ pub struct RolloutState {
     /// Per-endpoint counter bookkeeping of the stats source (resets).
     #[serde(default)]
     pub source_tracker: serde_json::Value,
+    /// The sequential verdicts reached in this stage, one per gate: the
+    /// latest look each gate spent (see [`crate::gates`]). A look is judged
+    /// once; until the next, its verdict is carried. Cleared on every move.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub looks: Vec<GateResult>,
 }
 
 /// A manual command.
@@ -194,6 +203,84 @@ pub fn evidence(shadow_stage: bool, w: &WindowSummary) -> (u64, u64) {
     (w.champion.answered(), challenger)
 }
 
+/// The move that leaves stage `stage` forward: advance, or promote when the
+/// next stage is the last (100 %).
+pub fn forward(spec: &RolloutSpec, stage: usize) -> Action {
+    if stage + 2 >= spec.stages.len() {
+        Action::Promote
+    } else {
+        Action::Advance
+    }
+}
+
+/// What the evidence of a window says for stage `stage`, once the data is
+/// there and applied: pure, shared by [`RolloutState::step`] and `canary
+/// replay`. In this order: too few responses for the stage's
+/// `min_requests` → hold (saying how many more); any gate failed →
+/// rollback; a gate that blocks (inconclusive, or without data under
+/// `on_no_data: hold`) or `min_duration` not over → hold, with the gates'
+/// reasons (an inconclusive gate says about how many more samples it
+/// needs); otherwise advance, or promote when the next stage is the last.
+pub fn judge(
+    spec: &RolloutSpec,
+    stage: usize,
+    results: &[GateResult],
+    summary: &WindowSummary,
+) -> (Action, Vec<String>) {
+    let Some(s) = spec.stages.get(stage) else {
+        return (Action::Hold, vec![format!("no stage {stage} in the spec")]);
+    };
+    let shadow = spec.is_shadow_stage(stage);
+    let short = |have: u64| s.min_requests.saturating_sub(have);
+    let (have_a, have_b) = evidence(shadow, summary);
+    let (need_a, need_b) = (short(have_a), short(have_b));
+    if need_a > 0 || need_b > 0 {
+        let reason = if shadow {
+            let c = &summary.challenger.shadow;
+            format!(
+                "too few to judge: need {need_a} more responses from the champion and {need_b} more shadow calls to the challenger (minimum {} each; {} copies failed, {} skipped)",
+                s.min_requests, c.failed, c.skipped
+            )
+        } else {
+            format!(
+                "too few responses to judge: need {need_a} more from the champion and {need_b} more from the challenger (minimum {} each)",
+                s.min_requests
+            )
+        };
+        return (Action::Hold, vec![reason]);
+    }
+
+    let failed: Vec<String> = results
+        .iter()
+        .filter(|r| r.outcome == Outcome::Fail)
+        .map(|r| format!("{:?} gate failed: {}", r.gate, r.detail))
+        .collect();
+    if !failed.is_empty() {
+        return (Action::Rollback, failed);
+    }
+
+    let mut waiting: Vec<String> =
+        results.iter().filter(|r| r.blocks).map(|r| format!("{:?}: {}", r.gate, r.detail)).collect();
+    let min_ms = s.min_duration.as_millis() as u64;
+    if summary.elapsed_ms < min_ms {
+        waiting.push(format!(
+            "{:.1} s more in the stage (minimum {:?})",
+            (min_ms - summary.elapsed_ms) as f64 / 1000.0,
+            s.min_duration
+        ));
+    }
+    if !waiting.is_empty() {
+        return (Action::Hold, waiting);
+    }
+    let seconds = summary.elapsed_ms as f64 / 1000.0;
+    let reason = if shadow {
+        format!("every gate passed over {seconds:.1} s with {have_a} champion responses and {have_b} shadow calls")
+    } else {
+        format!("every gate passed over {seconds:.1} s with {have_a} champion and {have_b} challenger responses")
+    };
+    (forward(spec, stage), vec![reason])
+}
+
 impl RolloutState {
     pub fn start(spec: &RolloutSpec, now: Millis) -> RolloutState {
         RolloutState {
@@ -211,6 +298,7 @@ impl RolloutState {
             source_failures: 0,
             not_applied_alerted: false,
             source_tracker: serde_json::Value::Null,
+            looks: vec![],
         }
     }
 
@@ -267,6 +355,7 @@ impl RolloutState {
         self.stage_entered_at = now;
         self.window_started_at = None;
         self.not_applied_alerted = false;
+        self.looks.clear();
         let to = self.target(spec);
         self.history.push(Transition {
             at: now,
@@ -283,10 +372,14 @@ impl RolloutState {
 
     /// The move that leaves the current stage forward.
     fn forward(&self, spec: &RolloutSpec) -> Action {
-        if self.stage + 2 >= spec.stages.len() {
-            Action::Promote
-        } else {
-            Action::Advance
+        forward(spec, self.stage)
+    }
+
+    /// Keeps the verdicts of the looks `results` spent (one per gate).
+    fn spend_looks(&mut self, results: &[GateResult]) {
+        for r in results.iter().filter(|r| r.spends_look()) {
+            self.looks.retain(|l| l.gate != r.gate);
+            self.looks.push(r.clone());
         }
     }
 
@@ -305,7 +398,8 @@ impl RolloutState {
         };
         self.seq += 1;
         let (reasons, gates, window, alerts) = parts;
-        let decision = Decision { seq: self.seq, at: now, action, manual, from, to, reasons, gates, window, alerts };
+        let decision =
+            Decision { seq: self.seq, at: now, action, manual, from, to, reasons, gates, window, alerts, labels: None };
         self.last_decision = Some(decision.clone());
         (self, decision)
     }
@@ -381,64 +475,17 @@ impl RolloutState {
         let stage = &spec.stages[self.stage];
         let shadow = spec.is_shadow_stage(self.stage);
         let context = StageContext { min_samples: stage.min_requests, shadow };
-        let results = gates::evaluate(&spec.gates, &champion, &challenger, &self.stage_labels(spec), context);
+        let labels = self.stage_labels(spec);
+        let results = gates::evaluate(&spec.gates, &champion, &challenger, &labels, context, &self.looks);
+        next.spend_looks(&results);
         let summary = WindowSummary { champion, challenger, coverage: c.clone(), elapsed_ms };
-
-        let short = |have: u64| stage.min_requests.saturating_sub(have);
-        let (have_a, have_b) = evidence(shadow, &summary);
-        let (need_a, need_b) = (short(have_a), short(have_b));
-        if need_a > 0 || need_b > 0 {
-            let reason = if shadow {
-                let s = &summary.challenger.shadow;
-                format!(
-                    "too few to judge: need {need_a} more responses from the champion and {need_b} more shadow calls to the challenger (minimum {} each; {} copies failed, {} skipped)",
-                    stage.min_requests, s.failed, s.skipped
-                )
-            } else {
-                format!(
-                    "too few responses to judge: need {need_a} more from the champion and {need_b} more from the challenger (minimum {} each)",
-                    stage.min_requests
-                )
-            };
-            return hold(next, vec![reason], results, Some(summary), vec![]);
-        }
-
-        let failed: Vec<String> = results
-            .iter()
-            .filter(|r| r.outcome == Outcome::Fail)
-            .map(|r| format!("{:?} gate failed: {}", r.gate, r.detail))
-            .collect();
-        if !failed.is_empty() {
-            return next.finish(
-                Action::Rollback,
-                false,
-                now,
-                spec,
-                (failed, results, Some(summary), vec![AlertKind::Rollback]),
-            );
-        }
-
-        let mut waiting: Vec<String> =
-            results.iter().filter(|r| r.blocks).map(|r| format!("{:?}: {}", r.gate, r.detail)).collect();
-        let min_ms = stage.min_duration.as_millis() as u64;
-        if elapsed_ms < min_ms {
-            waiting.push(format!(
-                "{:.1} s more in the stage (minimum {:?})",
-                (min_ms - elapsed_ms) as f64 / 1000.0,
-                stage.min_duration
-            ));
-        }
-        if !waiting.is_empty() {
-            return hold(next, waiting, results, Some(summary), vec![]);
-        }
-        let action = self.forward(spec);
-        let seconds = elapsed_ms as f64 / 1000.0;
-        let reasons = vec![if shadow {
-            format!("every gate passed over {seconds:.1} s with {have_a} champion responses and {have_b} shadow calls")
-        } else {
-            format!("every gate passed over {seconds:.1} s with {have_a} champion and {have_b} challenger responses")
-        }];
-        next.finish(action, false, now, spec, (reasons, results, Some(summary), vec![]))
+        let (action, reasons) = judge(spec, self.stage, &results, &summary);
+        let alerts = if action == Action::Rollback { vec![AlertKind::Rollback] } else { vec![] };
+        let (mut next, mut decision) = next.finish(action, false, now, spec, (reasons, results, Some(summary), alerts));
+        // The label evidence the gates saw, for the record (and replay).
+        decision.labels = Some(labels);
+        next.last_decision = Some(decision.clone());
+        (next, decision)
     }
 
     /// An operator's command.
@@ -520,7 +567,8 @@ alerts: { source_failures: 2 }
         let mut actions = vec![];
         while !s.phase.is_final() {
             t += 1000;
-            let (next, d) = s.step(&spec, Ok(&window(s.epoch, 500, 0, 0)), t);
+            // 0 errors in 2000: the sequential error gate's upper bound (≈ 0.5 pp) is within 1 pp.
+            let (next, d) = s.step(&spec, Ok(&window(s.epoch, 2000, 0, 0)), t);
             assert!(!d.reasons.is_empty());
             if d.action != Action::Hold {
                 actions.push((d.action, d.to.weight.bp(), d.to.epoch));
@@ -537,17 +585,45 @@ alerts: { source_failures: 2 }
     fn minimum_duration_is_counted_from_when_every_envoy_applied() {
         let spec = spec();
         let s = RolloutState::start(&spec, 0);
-        let mut w = window(1, 500, 0, 0);
+        let mut w = window(1, 2000, 0, 0);
         w.coverage.applied = 1;
         let (s, d) = s.step(&spec, Ok(&w), 60_000);
         assert_eq!(d.action, Action::Hold);
         assert!(d.reasons[0].contains("waiting for 1 of 2 Envoys"), "{:?}", d.reasons);
         assert_eq!(d.alerts, vec![AlertKind::NotApplied], "60 s > apply_timeout 5 s");
-        let (s, d) = s.step(&spec, Ok(&window(1, 500, 0, 0)), 61_000);
+        let (s, d) = s.step(&spec, Ok(&window(1, 2000, 0, 0)), 61_000);
         assert_eq!(d.action, Action::Hold, "window just started");
         assert_eq!(s.window_started_at, Some(61_000));
-        let (_, d) = s.step(&spec, Ok(&window(1, 500, 0, 0)), 71_000);
+        let (_, d) = s.step(&spec, Ok(&window(1, 2000, 0, 0)), 71_000);
         assert_eq!(d.action, Action::Advance);
+    }
+
+    #[test]
+    fn an_inconclusive_gate_holds_saying_how_many_more_then_passes_at_a_later_look() {
+        let spec = spec();
+        let s = RolloutState::start(&spec, 0);
+        // 2 errors in 300 each (0.67 %): the 1 pp tolerance is inside the interval.
+        let (s, d) = s.step(&spec, Ok(&window(1, 300, 2, 2)), 20_000);
+        assert_eq!(d.action, Action::Hold, "{:?}", d.reasons);
+        let g = &d.gates[0];
+        assert_eq!((g.outcome, g.look, g.carried), (Outcome::Inconclusive, Some(3), false));
+        let more = g.needed.unwrap();
+        assert!(d.reasons[0].contains(&format!("needs ~{more} more responses per version")), "{:?}", d.reasons);
+        assert!(more > 300 && more < 20_000, "{more}");
+        assert_eq!(s.looks.len(), 1, "look 3 is spent");
+        // Same look (300 → 320, look 3 until 338): the verdict is carried, not judged again.
+        let (s, d) = s.step(&spec, Ok(&window(1, 320, 2, 2)), 21_000);
+        let g = &d.gates[0];
+        assert_eq!((g.outcome, g.look, g.carried, g.challenger_n), (Outcome::Inconclusive, Some(3), true, 300));
+        assert!(g.detail.contains("carried"), "{}", g.detail);
+        // Much later, plenty of data: a fresh look passes and the stage advances.
+        let (s, d) = s.step(&spec, Ok(&window(1, 300 + more * 2, 2, 2)), 40_000);
+        assert_eq!(d.action, Action::Advance, "{:?}", d.reasons);
+        let g = &d.gates[0];
+        assert!(g.look.unwrap() > 3 && !g.carried && g.outcome == Outcome::Pass, "{g:?}");
+        assert!(s.looks.is_empty(), "a new stage starts with no spent look");
+        let labels = d.labels.unwrap();
+        assert_eq!(labels.champion.n, 0, "the label evidence is recorded with the decision");
     }
 
     #[test]
