@@ -412,6 +412,8 @@ impl Results {
             get: Getter<'a>,
             log: bool,
             target: Option<(f64, String)>,
+            /// A second value drawn as a diamond (throughput: the capacity).
+            marker: Option<Marker<'a>>,
         }
         let panels = [
             Panel {
@@ -419,20 +421,23 @@ impl Results {
                 get: Box::new(|c: &ConfigResult| c.cpu_us_per_request.map(|e| (e.mean, e.lo, e.hi))),
                 log: false,
                 target: cpu_target,
+                marker: None,
             },
             Panel {
-                title: "Throughput, thousand req/s",
+                title: "Throughput (bar) and ◆ capacity, k req/s",
                 get: Box::new(|c: &ConfigResult| {
                     c.throughput_rps.map(|e| (e.mean / 1e3, e.lo.map(|x| x / 1e3), e.hi.map(|x| x / 1e3)))
                 }),
                 log: false,
                 target: thr_target,
+                marker: Some(Box::new(|c: &ConfigResult| c.capacity_rps.map(|e| e.mean / 1e3))),
             },
             Panel {
                 title: "Fixed rate: p50 (bar), p99 (tick), µs",
                 get: Box::new(|c: &ConfigResult| c.latency_p50_us.map(|p50| (p50, None, c.latency_p99_us))),
                 log: true,
                 target: p99_target,
+                marker: None,
             },
         ];
         for (i, panel) in panels.iter().enumerate() {
@@ -442,6 +447,7 @@ impl Results {
                 .filter_map(|c| (panel.get)(c))
                 .map(|(m, _, hi)| hi.unwrap_or(m).max(m))
                 .chain(panel.target.as_ref().map(|t| t.0))
+                .chain(rows.iter().filter_map(|c| panel.marker.as_ref().and_then(|m| m(c))))
                 .fold(0.0_f64, f64::max)
                 .max(1e-9);
             let (ticks, scale): (Vec<f64>, Box<dyn Fn(f64) -> f64>) = if panel.log {
@@ -512,7 +518,7 @@ impl Results {
                 let ym = y + row_h / 2.0;
                 match (lo, hi) {
                     (Some(lo), Some(hi)) => {
-                        let (xl, xh) = (x0 + scale(lo), x0 + scale(hi));
+                        let (xl, xh) = (x0 + scale(lo.max(0.0)), x0 + scale(hi));
                         let _ = writeln!(
                             s,
                             r##"<path d="M{xl:.1},{ym:.1}H{xh:.1}M{xl:.1},{:.1}V{:.1}M{xh:.1},{:.1}V{:.1}" stroke="#000" fill="none"/>"##,
@@ -535,6 +541,10 @@ impl Results {
                         );
                     }
                     _ => {}
+                }
+                if let Some(v) = panel.marker.as_ref().and_then(|m| m(c)) {
+                    let x = x0 + scale(v);
+                    let _ = writeln!(s, r##"<path d="M{x:.1},{:.1}l5,6l-5,6l-5,-6z" fill="#333"/>"##, ym - 6.0);
                 }
                 if w > 34.0 {
                     let _ = writeln!(
@@ -602,6 +612,7 @@ impl Results {
 /// A bar: value, and the interval (low, high) or, for latency, the p99 tick.
 type Bar = (f64, Option<f64>, Option<f64>);
 type Getter<'a> = Box<dyn Fn(&ConfigResult) -> Option<Bar> + 'a>;
+type Marker<'a> = Box<dyn Fn(&ConfigResult) -> Option<f64> + 'a>;
 
 /// 1, 2, 2.5 or 5 × a power of ten, at least `raw`.
 fn nice_step(raw: f64) -> f64 {
