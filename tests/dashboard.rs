@@ -10,7 +10,18 @@ use std::time::{Duration, Instant};
 use canary_tests::cdp::{png_grey_stats, Browser};
 use canary_tests::{decisions, rollout_spec, root, state, workspace_bin, Daemon, Load, Proc, Rig};
 
-const GATES: &str = "  error_rate: { error_tolerance: 5 }\n  latency: { latency_tolerance_multiplier: 4 }\n  timeouts: { timeout_tolerance: 2 }";
+/// The page and the metrics are under test, not the gates: the point-estimate
+/// rule (`method: threshold`) with loose limits moves a compressed rollout
+/// through its stages in seconds (the sequential method waits for hundreds
+/// of challenger responses at 1 %).
+const GATES: &str = "  method: threshold\n  error_rate: { error_tolerance: 5 }\n  latency: { latency_tolerance_multiplier: 4 }\n  timeouts: { timeout_tolerance: 2 }";
+/// The browser test also judges predictions and labels (loose limits: the
+/// page is under test, not the gates), so every chart has data.
+const MORE_GATES: &str =
+    "\n  prediction: { max_psi: 1.0, on_no_data: ignore }\n  labels: { min_degradation_tolerance: 0.5, min_labels: 5 }";
+/// Appended to the spec's `filter:` (the backends' predictions are uniform on [0, 1)).
+const PREDICTIONS: &str =
+    "  prediction:\n    from: { header: x-prediction }\n    bins: { numeric: [0.2, 0.4, 0.6, 0.8] }\n";
 
 /// Starts `canary run` with extra arguments and environment variables.
 fn start_daemon(state_dir: &Path, spec: &str, args: &[&str], env: &[(&str, &str)]) -> Daemon {
@@ -73,10 +84,11 @@ async fn the_dashboard_follows_a_rollout_live_and_its_pause_button_stops_it() {
     let state_dir = dir.path().join("state");
     let token = "dashboard-test-7d1f0c9e";
     let token_path = token_file(dir.path(), token);
-    let spec = rollout_spec("dashboard", &rig.envoy, "3s", 20, GATES, "");
+    let spec = rollout_spec("dashboard", &rig.envoy, "3s", 20, &format!("{GATES}{MORE_GATES}"), PREDICTIONS);
     let load = Load::start(rig.envoy.url("/predict"), 24, 20_000, Duration::ZERO);
     let daemon = start_daemon(&state_dir, &spec, &["--token-file", token_path.to_str().unwrap()], &[]);
     let addr = daemon_addr(&state_dir, &daemon).await;
+    let labels = tokio::spawn(post_labels(addr.clone()));
 
     let mut browser = Browser::launch(1360, 1000).await.unwrap();
     let page = browser.page().await.unwrap();
@@ -145,11 +157,12 @@ async fn the_dashboard_follows_a_rollout_live_and_its_pause_button_stops_it() {
     page.wait_for("document.querySelectorAll('#charts svg path').length >= 8", Duration::from_secs(10)).await.unwrap();
     assert!(page.eval("document.querySelectorAll('#timeline li[data-seq]').length").await.unwrap().as_u64() >= Some(2));
 
-    // A screenshot mid-rollout, not blank (once the stage's clock runs and a
-    // latency line is drawn).
+    // A screenshot mid-rollout, not blank (once the stage's clock runs and
+    // the latency, PSI and label lines are drawn).
     page.wait_for(
-        "document.getElementById('time-left').textContent !== '–' && document.querySelectorAll('#chart-p99 path').length >= 2",
-        Duration::from_secs(10),
+        "document.getElementById('time-left').textContent !== '–' && document.querySelectorAll('#chart-p99 path').length >= 2
+         && document.querySelectorAll('#chart-psi path').length >= 1 && document.querySelectorAll('#chart-labels path').length >= 2",
+        Duration::from_secs(15),
     )
     .await
     .unwrap();
@@ -214,7 +227,31 @@ async fn the_dashboard_follows_a_rollout_live_and_its_pause_button_stops_it() {
     let chromium = browser.pid();
     browser.kill();
     assert!(!canary_tests::pid_alive(chromium));
+    labels.abort();
     load.stop().await;
+}
+
+/// Posts labels for the current stage to the daemon, 90 % correct, until aborted.
+async fn post_labels(addr: String) {
+    let client = reqwest::Client::new();
+    let mut i = 0u64;
+    loop {
+        let stage = match client.get(format!("http://{addr}/status")).send().await {
+            Ok(r) => r.json::<serde_json::Value>().await.ok().and_then(|s| s["stage_name"].as_str().map(str::to_owned)),
+            Err(_) => None,
+        };
+        if let Some(stage) = stage {
+            let batch: Vec<serde_json::Value> = (0..8)
+                .map(|k| {
+                    i += 1;
+                    let version = if k % 2 == 0 { "v1" } else { "v2" };
+                    serde_json::json!({"version": version, "stage": stage, "correct": !(i / 2).is_multiple_of(10)})
+                })
+                .collect();
+            let _ = client.post(format!("http://{addr}/labels")).json(&batch).send().await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Spec with an Envoy admin nobody answers: the rollout holds forever.

@@ -48,8 +48,9 @@ const INDEX_HTML: &str = include_str!("../assets/dashboard/index.html");
 const DASHBOARD_JS: &str = include_str!("../assets/dashboard/dashboard.js");
 const DASHBOARD_CSS: &str = include_str!("../assets/dashboard/dashboard.css");
 
-/// Points the page gets per series at most (older ones are merged).
-const MAX_POINTS: usize = 400;
+/// Points the page gets per series at most (neighbours are merged: a chart
+/// is a few hundred pixels wide, and a longer interval is less noisy).
+const MAX_POINTS: usize = 150;
 /// Points kept in memory before neighbours are merged in pairs.
 const KEEP_POINTS: usize = 4 * MAX_POINTS;
 /// Stage changes and commands kept for the timeline.

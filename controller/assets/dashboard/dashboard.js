@@ -5,7 +5,7 @@
 (function () {
   const $ = (id) => document.getElementById(id);
   const SVG = 'http://www.w3.org/2000/svg';
-  const app = { snap: null, receivedAt: 0, busy: false, timelineKey: '', reportsKey: '' };
+  const app = { snap: null, receivedAt: 0, busy: false, timelineKey: null, reportsKey: null };
   // For tests and the curious: when each decision was first drawn (ms since the epoch).
   const shown = {};
   window.canaryDashboard = { shown: shown, snapshots: 0, transport: '' };
@@ -127,7 +127,7 @@
     const since = Date.now() - app.receivedAt;
     if (isNum(d.time_left_ms) && !ended) {
       const left = Math.max(0, d.time_left_ms - since);
-      setText($('time-left'), left === 0 ? 'minimum met' : dur(left));
+      setText($('time-left'), left === 0 ? 'met' : dur(left));
     } else {
       setText($('time-left'), '–');
     }
@@ -138,18 +138,14 @@
   }
 
   // ---- gates ------------------------------------------------------------
-  // An interval the gate may report: [lo, hi] or {low|lower, high|upper}.
-  function interval(r, f) {
-    for (const k of Object.keys(r)) {
-      if (!/interval|(^|_)ci$/.test(k)) continue;
-      const v = r[k];
-      let lo, hi;
-      if (Array.isArray(v) && v.length === 2) { lo = v[0]; hi = v[1]; }
-      else if (v && typeof v === 'object') { lo = v.low ?? v.lower ?? v.lo; hi = v.high ?? v.upper ?? v.hi; }
-      if (isNum(lo) && isNum(hi)) return k.replace(/_/g, ' ') + ' [' + f(lo) + ', ' + f(hi) + ']';
-    }
-    return null;
+  // An interval as the gates report it: {low, high} (or [low, high]).
+  function span(v, f) {
+    let lo, hi;
+    if (Array.isArray(v) && v.length === 2) { lo = v[0]; hi = v[1]; }
+    else if (v && typeof v === 'object') { lo = v.low ?? v.lower ?? v.lo; hi = v.high ?? v.upper ?? v.hi; }
+    return isNum(lo) && isNum(hi) ? '[' + f(lo) + ', ' + f(hi) + ']' : null;
   }
+  const signed = (v, f) => (isNum(v) ? (v >= 0 ? '+' : '') + f(v) : '–');
   function renderGates(d) {
     const tbody = $('gates').tBodies[0];
     const g = d.gates;
@@ -164,15 +160,23 @@
     tbody.replaceChildren(...results.map((r) => {
       const f = GATE_FORMAT[r.gate] || ((v) => sig(v, 4));
       const outcome = String(r.outcome || 'unknown');
-      const ci = interval(r, f);
+      const small = (text) => (text ? h('span', { class: 'ci', text: text }) : null);
+      const ci = (v) => { const t = span(v, f); return t ? 'CI ' + t : null; };
+      const diff = isNum(r.difference) ? 'Δ ' + signed(r.difference, f) + (span(r.difference_interval, f) ? ' ' + span(r.difference_interval, f) : '') : null;
+      const look = [
+        r.blocks ? 'blocks' : null,
+        isNum(r.look) ? 'look ' + r.look + (isNum(r.confidence) ? ' · ' + sig(r.confidence * 100, 4) + ' %' : '') : null,
+        r.carried ? 'carried' : null,
+        isNum(r.needed) ? '≈ ' + r.needed + ' more each' : null,
+      ].filter(Boolean).join(' · ');
       return h('tr', { 'data-gate': String(r.gate) }, [
         h('td', { text: gateName(r.gate) }),
-        h('td', { class: 'num', text: f(r.champion) }),
-        h('td', { class: 'num' }, [f(r.challenger), ci ? h('span', { class: 'ci', text: ci }) : null]),
+        h('td', { class: 'num' }, [f(r.champion), small(ci(r.champion_interval))]),
+        h('td', { class: 'num' }, [f(r.challenger), small(ci(r.challenger_interval)), small(diff)]),
         h('td', { class: 'num', text: f(r.threshold) }),
-        h('td', { class: 'num', text: isNum(r.margin) ? (r.margin >= 0 ? '+' : '') + f(r.margin) : '–' }),
+        h('td', { class: 'num', text: signed(r.margin, f) }),
         h('td', { class: 'num', text: (r.champion_n ?? '–') + ' / ' + (r.challenger_n ?? '–') }),
-        h('td', {}, [h('span', { class: 'badge ' + outcome, text: outcome.replace(/_/g, ' ') }), r.blocks ? h('div', { class: 'muted', text: 'blocks' }) : null]),
+        h('td', {}, [h('span', { class: 'badge ' + outcome, text: outcome.replace(/_/g, ' ') }), look ? h('div', { class: 'muted', text: look }) : null]),
         h('td', { class: 'detail', text: String(r.detail || '') }),
       ]);
     }));

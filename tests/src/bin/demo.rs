@@ -161,6 +161,17 @@ async fn run(args: &Args) -> Result<bool> {
         template.display(),
         state_dir.display()
     ));
+    let addr_file = state_dir.join("daemon.addr");
+    for _ in 0..100 {
+        if let Ok(addr) = std::fs::read_to_string(&addr_file) {
+            step(&format!(
+                "dashboard: http://{}/ (live; read-only: the demo gives the daemon no operator token)",
+                addr.trim()
+            ));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // Load with many distinct users, and delayed labels for what they got.
     let stop = Arc::new(AtomicBool::new(false));
