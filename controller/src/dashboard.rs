@@ -581,7 +581,11 @@ impl Hub {
         let path = self.store.log_path();
         let mut file = match std::fs::File::open(&path) {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // No history: every decision from now on counts.
+                ing.loaded = true;
+                return Ok(());
+            }
             Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
         };
         let len = file.metadata().map_err(|e| e.to_string())?.len();
@@ -593,7 +597,10 @@ impl Hub {
         file.seek(SeekFrom::Start(ing.offset)).map_err(|e| e.to_string())?;
         let mut buf = Vec::new();
         file.take(len - ing.offset).read_to_end(&mut buf).map_err(|e| e.to_string())?;
-        let Some(end) = buf.iter().rposition(|b| *b == b'\n') else { return Ok(()) };
+        let Some(end) = buf.iter().rposition(|b| *b == b'\n') else {
+            ing.loaded = true;
+            return Ok(());
+        };
         let counting = ing.loaded;
         for line in buf[..end].split(|b| *b == b'\n') {
             let Ok(d) = serde_json::from_slice::<Decision>(line) else { continue };
@@ -919,6 +926,48 @@ mod tests {
         for bad in ["", "..", "../state.json", ".hidden", "a/b", "a\\b", "%2e%2e"] {
             assert!(!safe_name(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_hub_follows_the_log_and_counts_only_new_decisions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let spec = RolloutSpec::from_yaml(
+            "rollout: hubtest\nchampion: v1\nchallenger: v2\nstages: [{ weight_percent: 10 }, { weight_percent: 100 }]\n\
+             gates: { error_rate: { error_tolerance: 1 } }\nenvoy: { admin: [\"http://a\"], ecds_dir: /x, wasm: /y }\n",
+        )
+        .unwrap();
+        let s0 = crate::rollout::RolloutState::start(&spec, 1_000);
+        store.save_state(&s0).unwrap();
+        let hub = Hub::new(store.clone(), spec.clone(), false);
+        let first = hub.current();
+        let view: serde_json::Value = serde_json::from_str(&first.json).unwrap();
+        assert_eq!((view["phase"].as_str(), view["weight_bp"].as_u64()), (Some("running"), Some(1000)));
+        assert_eq!(view["controls"]["enabled"], false);
+        assert!(view["controls"]["message"].as_str().unwrap().contains("--token-file"));
+
+        let count = || {
+            let text = METRICS.render(None);
+            text.lines()
+                .find(|l| l.starts_with("canary_decisions_total{action=\"pause\",manual=\"true\"}"))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let before = count();
+        let (s1, d1) = s0.command(&spec, Command::Pause, "test", 2_000).unwrap();
+        store.save_state(&s1).unwrap();
+        store.append_decision(&d1).unwrap();
+        hub.refresh();
+        let snap = hub.current();
+        assert!(snap.version > first.version);
+        let view: serde_json::Value = serde_json::from_str(&snap.json).unwrap();
+        assert_eq!(view["phase"], "paused");
+        assert_eq!(view["last_decision"]["seq"], 1);
+        assert_eq!(view["timeline"][0]["action"], "pause");
+        assert!(count() >= before + 1.0, "the first decision of a new log counts");
+        // Nothing new: nothing published.
+        hub.refresh();
+        assert_eq!(hub.current().version, snap.version);
     }
 
     fn cumulative(answered: u64, errors: u64, latencies: &[(f64, u64)]) -> Cumulative {
