@@ -112,6 +112,17 @@ struct RunArgs {
     /// How the .wasm files were built (recorded).
     #[arg(long, default_value = "")]
     wasm_toolchain: String,
+    /// A second build of canary_filter.wasm (e.g. another opt-level) measured
+    /// as row `split_alt` with the split configuration, side by side with `split`.
+    #[arg(long)]
+    alt_filter_wasm: Option<PathBuf>,
+    /// What the alternative build is, for the report.
+    #[arg(long, default_value = "alternative build")]
+    alt_label: String,
+    /// Measure only these rows (comma-separated keys: none, noop, native, split,
+    /// pred_header, pred_json, none_json, noop_json, split_alt).
+    #[arg(long, value_delimiter = ',')]
+    rows: Option<Vec<String>>,
     /// Repository root (default: the one this binary was built from).
     #[arg(long)]
     root: Option<PathBuf>,
@@ -162,6 +173,7 @@ struct EnvoyDef {
 }
 
 /// A measured configuration: an Envoy and an upstream answer.
+#[derive(Clone)]
 struct RowDef {
     key: &'static str,
     label: &'static str,
@@ -252,6 +264,9 @@ const COMPARISONS: &[(&str, &str)] = &[
     ("pred_header", "noop"),
     ("pred_json", "noop_json"),
     ("pred_header", "split"),
+    ("split_alt", "none"),
+    ("split_alt", "noop"),
+    ("split_alt", "split"),
 ];
 
 const BINS: &str = "[0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9]";
@@ -269,7 +284,7 @@ fn envoy_defs(args: &RunArgs) -> Vec<EnvoyDef> {
         plugin_config: Some(config),
     };
     let plain = |t: &str| Spec { template: t.into(), wasm: None, plugin_config: None };
-    vec![
+    let mut defs = vec![
         EnvoyDef { key: "plain", describe: "bench-plain.yaml".into(), spec: plain("bench-plain.yaml") },
         EnvoyDef {
             key: "noop",
@@ -302,7 +317,15 @@ fn envoy_defs(args: &RunArgs) -> Vec<EnvoyDef> {
                 )),
             ),
         },
-    ]
+    ];
+    if let Some(alt) = &args.alt_filter_wasm {
+        defs.push(EnvoyDef {
+            key: "split_alt",
+            describe: format!("bench-wasm.yaml + {} ({})", alt.display(), args.alt_label),
+            spec: wasm(alt, split_config("")),
+        });
+    }
+    defs
 }
 
 /// Per row and round: (throughput, cpu µs/req saturated, cpu µs/req fixed, p50 µs, p99 µs).
@@ -562,6 +585,26 @@ fn run(args: &RunArgs) -> Result<()> {
     }
     eprintln!("bench: upstream on 127.0.0.1:{upstream_port}; starting Envoys on core {}", args.envoy_cpu);
     let defs = envoy_defs(args);
+    let mut rows: Vec<RowDef> = ROWS.to_vec();
+    if args.alt_filter_wasm.is_some() {
+        let label: &'static str =
+            Box::leak(format!("4b. canary filter (V8), split, {}", args.alt_label).into_boxed_str());
+        rows.insert(
+            4,
+            RowDef {
+                key: "split_alt",
+                label,
+                envoy: "split_alt",
+                path: SMALL_PATH,
+                capture: false,
+                json_baseline: false,
+            },
+        );
+    }
+    if let Some(keep) = &args.rows {
+        rows.retain(|r| keep.iter().any(|k| k == r.key));
+    }
+    let rows = rows;
     let mut envoys: HashMap<&str, Envoy> = HashMap::new();
     let mut refused: HashMap<&str, String> = HashMap::new();
     for def in &defs {
@@ -577,7 +620,7 @@ fn run(args: &RunArgs) -> Result<()> {
         }
     }
 
-    let mut state: HashMap<&str, RowState> = ROWS
+    let mut state: HashMap<&str, RowState> = rows
         .iter()
         .map(|r| {
             let reason = refused.get(r.envoy).cloned();
@@ -605,7 +648,7 @@ fn run(args: &RunArgs) -> Result<()> {
     };
 
     // --- probes: every row answers 200; the canary rows are tagged ----------
-    for row in ROWS {
+    for row in &rows {
         let Some(e) = envoys.get(row.envoy) else { continue };
         match http::get(e.listen_port, row.path, &[("x-user-id", "probe-user")]) {
             Ok(r) if r.head.status == 200 => {
@@ -624,7 +667,7 @@ fn run(args: &RunArgs) -> Result<()> {
 
     // --- warm-up --------------------------------------------------------------
     let mut warm: HashMap<&str, f64> = HashMap::new();
-    for row in ROWS {
+    for row in &rows {
         if state.get(row.key).is_none_or(|s| s.status != "ok") {
             continue;
         }
@@ -649,14 +692,14 @@ fn run(args: &RunArgs) -> Result<()> {
         }
     }
     if state.get("pred_json").is_none_or(|s| s.status != "ok") {
-        for row in ROWS.iter().filter(|r| r.json_baseline) {
+        for row in rows.iter().filter(|r| r.json_baseline) {
             mark(&mut state, row.key, "skipped", "only the baseline of 6, which is not available".into());
         }
     }
     let rss_warm: HashMap<&str, u64> =
         envoys.iter().filter_map(|(k, e)| envoy::rss_kib(e.pid()).ok().map(|r| (*k, r))).collect();
 
-    let active: Vec<&RowDef> = ROWS.iter().filter(|r| state.get(r.key).is_some_and(|s| s.status == "ok")).collect();
+    let active: Vec<&RowDef> = rows.iter().filter(|r| state.get(r.key).is_some_and(|s| s.status == "ok")).collect();
     if active.is_empty() {
         bail!("no configuration could be measured");
     }
@@ -806,7 +849,7 @@ fn run(args: &RunArgs) -> Result<()> {
 
     // --- summaries -------------------------------------------------------------
     let mut configurations = vec![];
-    for row in ROWS {
+    for row in &rows {
         let Some(st) = state.get_mut(row.key) else { continue };
         let def = defs.iter().find(|d| d.key == row.envoy);
         let pooled = sorted_percentiles(&mut st.latency, &[50.0, 99.0, 99.9]);
@@ -915,7 +958,7 @@ fn run(args: &RunArgs) -> Result<()> {
         slices.iter().map(|s| s.foreign_cores).sum::<f64>() / slices.len().max(1) as f64
     ));
     let micro = args.criterion.as_deref().map(read_criterion).unwrap_or_default();
-    let targets = targets(&comparisons, &micro, &wasm, &state);
+    let targets = targets(&comparisons, &micro, &wasm, &state, &rows);
     if versions.git_dirty {
         notes.push("The work tree had uncommitted changes (other work in progress) when this ran; the .wasm was built from it.".into());
     }
@@ -1006,13 +1049,20 @@ fn targets(
     micro: &[Micro],
     wasm: &WasmSizes,
     state: &HashMap<&str, RowState>,
+    rows: &[RowDef],
 ) -> Vec<Target> {
     let mut out = vec![];
     let find = |r: &str, b: &str| comparisons.iter().find(|c| c.row == r && c.baseline == b);
-    let label = |k: &str| ROWS.iter().find(|r| r.key == k).map_or(k.to_string(), |r| r.label.to_string());
-    for (row, none, noop) in
-        [("split", "none", "noop"), ("pred_header", "none", "noop"), ("pred_json", "none_json", "noop_json")]
-    {
+    let label = |k: &str| rows.iter().find(|r| r.key == k).map_or(k.to_string(), |r| r.label.to_string());
+    for (row, none, noop) in [
+        ("split", "none", "noop"),
+        ("split_alt", "none", "noop"),
+        ("pred_header", "none", "noop"),
+        ("pred_json", "none_json", "noop_json"),
+    ] {
+        if !state.contains_key(row) {
+            continue;
+        }
         let available = state.get(row).is_some_and(|s| s.status == "ok");
         let mut push = |target: &str, e: Option<(Option<bool>, String)>| {
             let (verdict, measured) = match e {
