@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 use canary_controller::sink::EcdsFileSink;
 use canary_tests::{client, filter_config, get, Rig};
 
+/// Versions each user saw, per stage.
+type Seen = HashMap<(String, u32), HashSet<String>>;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_pushes_under_load_fail_no_request_and_keep_users_on_one_version_per_stage() {
     let rig = Rig::start().await.unwrap();
@@ -17,7 +20,7 @@ async fn fifty_pushes_under_load_fail_no_request_and_keep_users_on_one_version_p
 
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let seen: Arc<Mutex<HashMap<(String, u32), HashSet<String>>>> = Arc::default();
+    let seen: Arc<Mutex<Seen>> = Arc::default();
     let mut tasks = vec![];
     for w in 0..48u32 {
         let (stop, ok, failed, seen, url) =
