@@ -41,6 +41,9 @@ async fn send(
     (r.status().as_u16(), tag("x-model-version"), tag("x-served-by"))
 }
 
+/// (name, request headers, request body, the version it must get)
+type Case = (String, Vec<(&'static str, Vec<u8>)>, Option<Vec<u8>>, &'static str);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_requests_get_the_hashed_version_and_never_a_5xx_from_the_filter() {
     let rig = Rig::start().await.unwrap();
@@ -59,7 +62,7 @@ async fn hostile_requests_get_the_hashed_version_and_never_a_5xx_from_the_filter
             ("x-canary-override", format!("wrong-secret-xxxxxxx:{CHALLENGER}").into_bytes()),
         ]
     };
-    let mut cases: Vec<(String, Vec<(&str, Vec<u8>)>, Option<Vec<u8>>, &'static str)> = vec![];
+    let mut cases: Vec<Case> = vec![];
     for i in 0..200 {
         let user = format!("hostile-{i}");
         cases.push((format!("forged tags {user}"), forged_tags(&user), None, expected(user.as_bytes())));
