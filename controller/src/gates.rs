@@ -295,34 +295,39 @@ impl Judge<'_> {
     }
 }
 
-/// About how many more samples (of the smaller version) the first look
-/// that could decide needs: the standard error shrinks as 1/√n, and a look
-/// k′ decides with probability [`POWER`] when `(z_k′ + z_power) · se ≤
-/// distance`. `z_at(k)` is the normal quantile the look's bound uses.
+/// About how many more samples (of the smaller version) a verdict likely
+/// needs: the first later look at which, if the sample grew to that look's
+/// size with the shares, rates and spread seen now (`decides(t, level)`:
+/// everything scaled by `t`), the interval at level `z_look + z_power`
+/// would lie wholly on one side — the usual power calculation (`POWER`),
+/// done with the gate's own interval so that small counts (0 errors) are
+/// handled as the verdict handles them. `z_at(k)` is the normal quantile
+/// the bound of look k uses.
 fn needed(
     n_min: u64,
     n0: u64,
     k: u32,
-    se_now: f64,
-    distance: f64,
     schedule: &LookSchedule,
     z_at: impl Fn(u32) -> f64,
+    decides: impl Fn(f64, f64) -> bool,
 ) -> Option<u64> {
-    if !(se_now.is_finite() && se_now > 0.0 && distance.is_finite() && distance > 0.0 && n_min > 0) {
+    if n_min == 0 {
         return None;
     }
     let zp = stats::z(POWER);
-    // No look before the one the next look's z already asks for (z grows with the look).
-    let at_least = n_min as f64 * ((z_at(k + 1) + zp) * se_now / distance).powi(2);
-    if !at_least.is_finite() || at_least > 1e15 {
-        return None;
-    }
-    let first = schedule.look(at_least.ceil() as u64, n0).max(k + 1);
-    (first..first + 60).find_map(|look| {
+    (k + 1..k + 80).find_map(|look| {
         let at = schedule.look_at(look, n0);
-        let required = n_min as f64 * ((z_at(look) + zp) * se_now / distance).powi(2);
-        (at as f64 >= required).then(|| at.saturating_sub(n_min))
+        if at <= n_min {
+            return None;
+        }
+        let level = 2.0 * stats::normal_cdf(z_at(look) + zp) - 1.0;
+        decides(at as f64 / n_min as f64, level).then(|| at - n_min)
     })
+}
+
+/// `x · t`, rounded, as a count.
+fn scaled(x: u64, t: f64) -> u64 {
+    (x as f64 * t).round() as u64
 }
 
 /// The interval-vs-tolerance verdict: fail when wholly on the bad side,
@@ -491,11 +496,11 @@ fn rate_verdict(
     let outcome = verdict(di, tol, true);
     let need = (outcome == Outcome::Inconclusive)
         .then(|| {
-            // Rates of 0 still vary: floor them as stats::n_for_rates does.
-            let v = |p: f64, n: u64| p.clamp(1e-4, 0.9999) * (1.0 - p.clamp(1e-4, 0.9999)) / n as f64;
-            let se = (v(a, n.0) + v(b, n.1)).sqrt();
-            needed(small, n0, k, se, (tol - d).abs(), &judge.schedule, |l| {
-                stats::z_two_sided(judge.schedule.confidence_at(l))
+            let z_at = |l| stats::z_two_sided(judge.schedule.confidence_at(l));
+            needed(small, n0, k, &judge.schedule, z_at, |t, level| {
+                let (x1, n1, x2, n2) = (scaled(events.0, t), scaled(n.0, t), scaled(events.1, t), scaled(n.1, t));
+                stats::newcombe_diff(x1, n1, x2, n2, level)
+                    .is_some_and(|i| verdict(i, tol, true) != Outcome::Inconclusive)
             })
         })
         .flatten();
@@ -585,17 +590,16 @@ fn latency_gate(
     };
     let need = (outcome == Outcome::Inconclusive)
         .then(|| {
-            // The two bounds' half-widths on the side that would decide,
-            // as a standard error (they shrink as 1/√n).
-            let d = b - limit;
-            let w = if d < 0.0 {
-                (ib.high - b) + multiplier * (a - ia.low)
-            } else {
-                (b - ib.low) + multiplier * (ia.high - a)
-            };
-            let z_now = stats::z_two_sided(per_version);
-            needed(small, min_samples, k, w / z_now, d.abs(), &judge.schedule, |l| {
-                stats::z_two_sided(1.0 - judge.schedule.alpha_at(l))
+            let z_at = |l| stats::z_two_sided(1.0 - judge.schedule.alpha_at(l));
+            needed(small, min_samples, k, &judge.schedule, z_at, |t, level| {
+                let bounds = (
+                    stats::quantile_interval_scaled(h.0, q, level, t),
+                    stats::quantile_interval_scaled(h.1, q, level, t),
+                );
+                bounds
+                    .0
+                    .zip(bounds.1)
+                    .is_some_and(|(ia, ib)| ib.low > ia.high * multiplier || ib.high <= ia.low * multiplier)
             })
         })
         .flatten();
@@ -665,10 +669,12 @@ fn label_gate(g: &crate::spec::LabelGate, labels: &LabelEvidence, judge: Judge<'
     let outcome = verdict(di, -tol, false);
     let need = (outcome == Outcome::Inconclusive)
         .then(|| {
-            let var = |s: LabelStats| ((s.sum_sq - s.sum * s.sum / s.n as f64) / (s.n as f64 - 1.0)).max(0.0);
-            let se = (var(a) / a.n as f64 + var(b) / b.n as f64).sqrt();
-            needed(small, n0, k, se, (d + tol).abs(), &judge.schedule, |l| {
-                stats::z_two_sided(judge.schedule.confidence_at(l))
+            let z_at = |l| stats::z_two_sided(judge.schedule.confidence_at(l));
+            needed(small, n0, k, &judge.schedule, z_at, |t, level| {
+                let (n1, n2) = (scaled(a.n, t), scaled(b.n, t));
+                let (f1, f2) = (n1 as f64 / a.n as f64, n2 as f64 / b.n as f64);
+                stats::welch_diff(n1, a.sum * f1, a.sum_sq * f1, n2, b.sum * f2, b.sum_sq * f2, level)
+                    .is_some_and(|i| verdict(i, -tol, false) != Outcome::Inconclusive)
             })
         })
         .flatten();
@@ -787,8 +793,13 @@ fn prediction_gate(
     };
     let need_more = (outcome == Outcome::Inconclusive)
         .then(|| {
-            needed(small, need.max(1), k, sd, (centre - g.max_psi).abs(), &judge.schedule, |l| {
-                stats::z_two_sided(judge.schedule.confidence_at(l))
+            let z_at = |l| stats::z_two_sided(judge.schedule.confidence_at(l));
+            // The noise floor shrinks with the samples; the shift measured above it stays.
+            let shift = centre.max(0.0);
+            needed(small, need.max(1), k, &judge.schedule, z_at, |t, level| {
+                let c = c / t;
+                let band = stats::z_two_sided(level) * (2.0 * nu * c * c + 4.0 * g.max_psi * c).sqrt();
+                shift - band > g.max_psi || shift + band < g.max_psi
             })
         })
         .flatten();
@@ -908,16 +919,11 @@ fn agreement_gate(
     let outcome = verdict(i, g.min_agreement, false);
     let need = (outcome == Outcome::Inconclusive)
         .then(|| {
-            let p = a.clamp(1e-4, 0.9999);
-            needed(
-                compared,
-                min,
-                k,
-                (p * (1.0 - p) / compared as f64).sqrt(),
-                (a - g.min_agreement).abs(),
-                &judge.schedule,
-                |l| stats::z_two_sided(judge.schedule.confidence_at(l)),
-            )
+            let z_at = |l| stats::z_two_sided(judge.schedule.confidence_at(l));
+            needed(compared, min, k, &judge.schedule, z_at, |t, level| {
+                stats::wilson(scaled(agree, t), scaled(compared, t), level)
+                    .is_some_and(|i| verdict(i, g.min_agreement, false) != Outcome::Inconclusive)
+            })
         })
         .flatten();
     let detail = format!(
@@ -1356,9 +1362,10 @@ mod tests {
         assert_eq!((unsure.outcome, unsure.blocks), (Outcome::Inconclusive, true), "{}", unsure.detail);
         let more = unsure.needed.unwrap();
         assert!(unsure.detail.ends_with(&format!("inconclusive: needs ~{more} more responses per version")));
-        // 0.2 pp from the tolerance with a standard error of 0.42 pp at 1000: about
-        // (z_k + 0.84)² · (0.42 / 0.2)² · 1000 ≈ 76 000 at z_k ≈ 3.3, reached at look 12 (86 498).
-        assert_eq!(more, 86_498 - 1000);
+        // 0.2 pp from the tolerance with a standard error of 0.42 pp at 1000: a look k
+        // decides with 80 % power once (z_k + 0.84) · se ≤ 0.2 pp, i.e. at about
+        // 130 times the sample: look 13 (1000 · 1.5¹², z_13 = 3.57).
+        assert_eq!(more, 129_747 - 1000);
         // Below the first look there is no verdict at all.
         let early = judge(&spread(999, 50, 10.0));
         assert_eq!((early.outcome, early.blocks), (Outcome::NoData, true));
