@@ -6,20 +6,22 @@ use std::time::Duration;
 
 use canary_tests::{canary, chromium_screenshot, png_colours, rollout_spec, root, state, Daemon, Load, Rig};
 
-const GATES: &str = "  error_rate: { error_tolerance: 2 }\n  latency: { latency_tolerance_multiplier: 2 }\n  timeouts: { timeout_tolerance: 1 }";
+/// Sequential gates (the default) sized as in `tests/controller.rs`: a first
+/// look at 300 responses decides an equal challenger, latency at the median.
+const GATES: &str = "  error_rate: { error_tolerance: 2 }\n  latency: { latency_tolerance_multiplier: 2, quantile: 0.5 }\n  timeouts: { timeout_tolerance: 2 }";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_rollout_writes_reports_that_match_the_schema_and_render_in_chromium() {
     let rig = Rig::start().await.unwrap();
     for b in [&rig.champion, &rig.challenger] {
-        b.control(serde_json::json!({"latency_ms": 20.0, "latency_sigma": 0.1})).await.unwrap();
+        b.control(serde_json::json!({"latency_ms": 5.0, "latency_sigma": 0.1})).await.unwrap();
     }
     let dir = tempfile::tempdir().unwrap();
     let state_dir = dir.path().join("state");
-    let spec = rollout_spec("reported", &rig.envoy, "1s", 30, GATES, "");
-    let load = Load::start(rig.envoy.url("/predict"), 32, 20_000, Duration::ZERO);
+    let spec = rollout_spec("reported", &rig.envoy, "1s", 300, GATES, "");
+    let load = Load::start(rig.envoy.url("/predict"), 48, 20_000, Duration::ZERO);
     let mut daemon = Daemon::start(&state_dir, Some(&spec)).unwrap();
-    let status = daemon.wait_exit(Duration::from_secs(120)).await.unwrap();
+    let status = daemon.wait_exit(Duration::from_secs(180)).await.unwrap();
     load.stop().await;
     assert!(status.success(), "{}", daemon.output());
     let phase = state(&state_dir)["phase"].as_str().unwrap_or("").to_string();
