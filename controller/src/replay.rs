@@ -137,7 +137,10 @@ pub fn replay(
     Replay { method: spec.gates.method, judged, skipped, differences, notes }
 }
 
-/// The replay in words, one block per difference.
+/// The replay in words, one block per run of alike differences. Each
+/// decision is re-judged on its own evidence, as if the rollout had got
+/// there: after a replayed advance or rollback the later decisions of the
+/// stage differ too.
 pub fn render(r: &Replay) -> String {
     use std::fmt::Write as _;
     let mut s = format!(
@@ -150,7 +153,14 @@ pub fn render(r: &Replay) -> String {
     for n in &r.notes {
         let _ = writeln!(s, "note: {n}");
     }
-    for d in &r.differences {
+    // A run of differences alike (same stage, same two actions) is shown by
+    // its first decision, with the count and the last one.
+    let mut i = 0;
+    while let Some(d) = r.differences.get(i) {
+        let alike = r.differences[i..]
+            .iter()
+            .take_while(|e| (&e.stage, e.recorded, e.replayed) == (&d.stage, d.recorded, d.replayed))
+            .count();
         let _ = writeln!(s, "\n#{} stage {}: recorded {:?}, replayed {:?}", d.seq, d.stage, d.recorded, d.replayed);
         for reason in &d.recorded_reasons {
             let _ = writeln!(s, "  recorded: {reason}");
@@ -158,6 +168,11 @@ pub fn render(r: &Replay) -> String {
         for reason in &d.replayed_reasons {
             let _ = writeln!(s, "  replayed: {reason}");
         }
+        if alike > 1 {
+            let last = &r.differences[i + alike - 1];
+            let _ = writeln!(s, "  … and {} more decisions alike, to #{}", alike - 1, last.seq);
+        }
+        i += alike;
     }
     s
 }
@@ -254,6 +269,23 @@ envoy: { admin: ["http://a"], ecds_dir: /x, wasm: /y.wasm }
         assert_eq!(same.differences, vec![]);
         let text = render(&r);
         assert!(text.contains("#1 stage 1pct: recorded Rollback, replayed Hold"), "{text}");
+    }
+
+    #[test]
+    fn alike_differences_in_a_row_are_shown_once_with_their_count() {
+        let spec = RolloutSpec::from_yaml(SPEC).unwrap();
+        // The same noisy decision three times (as if logged in a row).
+        let (state, log) = record(&spec, &[(150, 3)]);
+        let mut log = vec![log[0].clone(); 3];
+        for (i, d) in log.iter_mut().enumerate() {
+            d.seq = i as u64 + 1;
+        }
+        let other = RolloutSpec::from_yaml(&SPEC.replace("method: threshold", "method: sequential")).unwrap();
+        let r = replay(&spec, &state, &log, &other, None);
+        assert_eq!(r.differences.len(), 3);
+        let text = render(&r);
+        assert_eq!(text.matches("recorded Rollback, replayed Hold").count(), 1, "{text}");
+        assert!(text.contains("… and 2 more decisions alike, to #3"), "{text}");
     }
 
     #[test]
