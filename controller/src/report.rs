@@ -872,6 +872,10 @@ envoy: { admin: ["http://a"], ecds_dir: /x, wasm: /y }
         );
         let md = markdown(&r);
         assert!(md.contains("recommend **rollback**") && md.contains("**worse**"), "{md}");
+        // The sequential gate's interval, look and confidence are shown (look 12: 1000 from a first look at 10).
+        assert!(md.contains("| ErrorRate | fail | Δ +7.900 pp [+"), "{md}");
+        assert!(md.contains("| 12 (99.96%) |"), "{md}");
+        assert!(page.contains("<th>look (confidence)</th>") && page.contains("12 (99.96%)"));
         let whole = rollout_report(&spec, &s2, &log, 3000).unwrap();
         assert_eq!((whole.scope.as_str(), whole.recommendation.action.as_str()), ("rollout", "rolled back"));
         assert_eq!(whole.stages.len(), 1);
