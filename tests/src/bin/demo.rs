@@ -255,6 +255,17 @@ async fn run(args: &Args) -> Result<bool> {
     if tty {
         println!();
     }
+    // The daemon posts a rollback's alert after writing the stage reports,
+    // so it can arrive after the state says rolled back: wait for it.
+    if phase == "rolled_back" {
+        let until = Instant::now() + Duration::from_secs(10);
+        while receiver.bodies().len() <= shown_alerts && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for a in receiver.bodies().iter().skip(shown_alerts) {
+            println!("ALERT (webhook received): {}", a["text"].as_str().unwrap_or_default().replace('\n', "\n    "));
+        }
+    }
     stop.store(true, Ordering::Relaxed);
     let _ = daemon.wait_exit(Duration::from_secs(10)).await;
     for t in tasks {
