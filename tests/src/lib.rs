@@ -363,6 +363,7 @@ impl Envoy {
         version: &str,
         counter: canary_core::metrics::Counter,
     ) -> Result<u64> {
+        counters_settled().await;
         self.counter(&format!(
             "wasmcustom.{}",
             canary_core::metrics::metric_name(&c.rollout, c.epoch, version, counter)
@@ -480,6 +481,15 @@ pub fn users(prefix: &str, n: usize) -> Vec<String> {
 /// A keep-alive HTTP client for load against 127.0.0.1.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder().timeout(Duration::from_secs(10)).pool_max_idle_per_host(256).build().unwrap_or_default()
+}
+
+/// The filter hands its counters to Envoy every 100 ms (FLUSH_PERIOD in
+/// filter/wasm): after traffic, wait this long before reading them.
+pub const COUNTER_FLUSH: Duration = Duration::from_millis(300);
+
+/// Waits until every counter of traffic already answered has reached Envoy.
+pub async fn counters_settled() {
+    tokio::time::sleep(COUNTER_FLUSH).await;
 }
 
 /// The champion and challenger version names the tests use.
