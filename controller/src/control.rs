@@ -109,7 +109,7 @@ impl Controller {
             }
         };
         let sink = EcdsFileSink::new(&spec.envoy.ecds_dir, &spec.envoy.wasm);
-        let alerter = Alerter::new(spec.alerts.webhooks.clone());
+        let alerter = Alerter::from_spec(&spec.alerts);
         let mut c = Controller { store, spec, sink, alerter, pushed_epoch: None };
         match c.store.load_state()? {
             Some(state) => c.store.repair_log(&state)?,
@@ -125,6 +125,10 @@ impl Controller {
     pub fn with_alerter(mut self, alerter: Alerter) -> Controller {
         self.alerter = alerter;
         self
+    }
+
+    pub fn alerter(&self) -> &Alerter {
+        &self.alerter
     }
 
     pub fn state(&self) -> Result<RolloutState> {
@@ -250,6 +254,9 @@ impl Controller {
             if old.epoch != before.epoch || old.phase != Phase::Running {
                 return Ok(None);
             }
+            // A log append that failed earlier (disk full) is made good
+            // first: the log never gets a gap.
+            self.store.repair_log_if_behind(&old)?;
             old.source_tracker = serde_json::to_value(source.tracker()).unwrap_or_default();
             let (new, d) = old.step(&self.spec, Ok(&window), now_millis());
             self.commit(&old, &new, &d)?;
