@@ -137,7 +137,9 @@ impl Context for Root {
     /// The plugin is going away (a new configuration replaced it, or Envoy
     /// stops): what it counted must not be lost.
     fn on_done(&mut self) -> bool {
-        if let Some(active) = &self.active {
+        // Streams still in flight keep their own reference; the last of them
+        // flushes what they count after this (see `Drop for Request`).
+        if let Some(active) = self.active.take() {
             active.flush();
         }
         true
@@ -364,6 +366,18 @@ impl Request {
 }
 
 impl Context for Request {}
+
+impl Drop for Request {
+    /// The last stream of a configuration that was replaced hands over what
+    /// the streams counted after the root context's final flush.
+    fn drop(&mut self) {
+        if let Some(active) = &self.active {
+            if Rc::strong_count(active) == 1 {
+                active.flush();
+            }
+        }
+    }
+}
 
 impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
