@@ -200,17 +200,7 @@ async fn a_state_dir_that_refuses_writes_holds_the_stage_and_keeps_the_last_good
     let rig = Rig::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let state_dir = dir.path().join("state");
-    let tmpfs = Tmpfs::mount(&state_dir, "16m");
-    let faults = match (&tmpfs, is_root()) {
-        (Some(_), _) => vec![WriteFault::ReadOnly, WriteFault::Full],
-        (None, false) => vec![WriteFault::Permissions],
-        (None, true) => panic!(
-            "running as root without mount privileges: neither a tmpfs nor permissions can make the state \
-             directory refuse writes here (run as a normal user, or with CAP_SYS_ADMIN); \
-             store::tests::a_failed_append_is_repaired_before_the_next_one covers the store layer"
-        ),
-    };
-    std::fs::create_dir_all(&state_dir).unwrap();
+    let (tmpfs, faults) = write_faults(&state_dir);
     let spec = spec_with("wfail", &admin_of(&rig.envoy), &rig.envoy, &stages("1s", 30), GATES, "");
     let load = load(&rig);
     let mut daemon = Daemon::start(&state_dir, Some(&spec)).unwrap();
@@ -266,6 +256,95 @@ async fn a_state_dir_that_refuses_writes_holds_the_stage_and_keeps_the_last_good
     assert_eq!(state(&state_dir)["phase"], "promoted", "{}", daemon.output());
     assert_eq!(moves(&state_dir), all_moves(), "a stage was skipped or repeated");
     assert_log_has_no_gap(&state_dir);
+    drop(daemon);
+}
+
+/// How this machine can break the state directory's writes, with the
+/// tmpfs when one could be mounted; fails the test (never passes
+/// silently) as root without mount privileges.
+fn write_faults(state_dir: &Path) -> (Option<Tmpfs>, Vec<WriteFault>) {
+    let tmpfs = Tmpfs::mount(state_dir, "16m");
+    let faults = match (&tmpfs, is_root()) {
+        (Some(_), _) => vec![WriteFault::ReadOnly, WriteFault::Full],
+        (None, false) => vec![WriteFault::Permissions],
+        (None, true) => panic!(
+            "running as root without mount privileges: neither a tmpfs nor permissions can make the state \
+             directory refuse writes here (run as a normal user, or with CAP_SYS_ADMIN); \
+             store::tests::a_failed_append_is_repaired_before_the_next_one covers the store layer"
+        ),
+    };
+    std::fs::create_dir_all(state_dir).unwrap();
+    (tmpfs, faults)
+}
+
+/// A gate fails while the state directory refuses writes: the rollback
+/// is pushed all the same, stays pushed (the older state on disk is never
+/// pushed again), is alerted at once, and is saved and logged once writes
+/// work again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_reaches_envoy_and_stays_while_the_state_dir_refuses_writes() {
+    let rig = Rig::start().await.unwrap();
+    let receiver = Receiver::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let state_dir = dir.path().join("state");
+    let (tmpfs, faults) = write_faults(&state_dir);
+    let fault = faults[0];
+    let extra = format!("alerts:\n  webhooks: [{{ url: \"{}\" }}]\n", receiver.url);
+    let spec = spec_with("rofail", &admin_of(&rig.envoy), &rig.envoy, &stages("1s", 30), GATES, &extra);
+    let load = load(&rig);
+    let mut daemon = Daemon::start(&state_dir, Some(&spec)).unwrap();
+    wait_stage(&state_dir, Some(1), Duration::from_secs(60), &daemon).await.unwrap();
+    let filler = break_writes(fault, &state_dir, tmpfs.as_ref());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = std::fs::read(state_dir.join("state.json")).unwrap();
+    let epoch = state(&state_dir)["epoch"].as_u64().unwrap();
+    let logged = decisions(&state_dir).len();
+
+    let fault_at = Instant::now();
+    rig.challenger.control(serde_json::json!({"error_rate": 0.5})).await.unwrap();
+    let rolled_back = format!("rofail/{}", epoch + 1);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while active_version(&rig.envoy).await != rolled_back {
+        assert!(Instant::now() < deadline, "{fault:?}: no rollback reached Envoy:\n{}", daemon.output());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let applied = fault_at.elapsed();
+    // It stays: 2 s of evaluations that cannot save anything.
+    let served = rig.challenger.stats().await.unwrap().requests;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(active_version(&rig.envoy).await, rolled_back, "{fault:?}: the rollback was undone");
+    }
+    let later = rig.challenger.stats().await.unwrap().requests;
+    assert!(later <= served + 50, "{fault:?}: the challenger still gets traffic ({served} → {later})");
+    assert_eq!(std::fs::read(state_dir.join("state.json")).unwrap(), before, "{fault:?}: state written");
+    assert_eq!(decisions(&state_dir).len(), logged);
+    assert!(daemon.output().contains("evaluation failed"), "{}", daemon.output());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alerts_of(&receiver, "rollback").is_empty() {
+        assert!(Instant::now() < deadline, "no rollback alert while unsaved: {:?}", receiver.bodies());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let healed_at = Instant::now();
+    heal_writes(fault, &state_dir, tmpfs.as_ref(), filler);
+    let status = daemon.wait_exit(Duration::from_secs(30)).await.unwrap();
+    let saved_after = healed_at.elapsed();
+    load.stop().await;
+    assert!(status.success(), "{}", daemon.output());
+    assert_eq!(state(&state_dir)["phase"], "rolled_back");
+    assert_eq!(state(&state_dir)["epoch"].as_u64(), Some(epoch + 1));
+    let log = decisions(&state_dir);
+    assert_eq!(log.iter().filter(|d| d["action"] == "rollback").count(), 1);
+    assert_eq!(log.last().unwrap()["action"], "rollback");
+    assert_log_has_no_gap(&state_dir);
+    assert_eq!(active_version(&rig.envoy).await, rolled_back);
+    assert_eq!(alerts_of(&receiver, "rollback").len(), 1, "alerted again when saved");
+    println!(
+        "{fault:?}: rollback at Envoy {} ms after the fault began, held 2 s unsaved, saved and logged {} ms after writes worked",
+        applied.as_millis(),
+        saved_after.as_millis()
+    );
     drop(daemon);
 }
 

@@ -52,6 +52,10 @@ pub struct Controller {
     alerter: Alerter,
     /// The epoch last written to the sink by this process.
     pushed_epoch: Option<u64>,
+    /// A rollback pushed to the sink whose state or log could not be
+    /// written: saved again before anything else, and never undone by
+    /// pushing the older state the disk still holds.
+    unsaved_rollback: Option<(RolloutState, Decision)>,
 }
 
 /// What `status` shows.
@@ -110,7 +114,7 @@ impl Controller {
         };
         let sink = EcdsFileSink::new(&spec.envoy.ecds_dir, &spec.envoy.wasm);
         let alerter = Alerter::from_spec(&spec.alerts);
-        let mut c = Controller { store, spec, sink, alerter, pushed_epoch: None };
+        let mut c = Controller { store, spec, sink, alerter, pushed_epoch: None, unsaved_rollback: None };
         match c.store.load_state()? {
             Some(state) => c.store.repair_log(&state)?,
             None => {
@@ -162,6 +166,9 @@ impl Controller {
             let pushed = self.push(new);
             let saved = self.store.save_state(new);
             let logged = self.store.append_decision(d);
+            if saved.is_err() {
+                self.unsaved_rollback = Some((new.clone(), d.clone()));
+            }
             pushed?;
             saved?;
             logged?;
@@ -230,6 +237,9 @@ impl Controller {
     /// One automatic evaluation. `None` when there was nothing to evaluate
     /// (paused, ended, or the state changed while the stats were read).
     pub async fn tick(&mut self, source: &mut AdminSource) -> Result<Option<Decision>> {
+        if self.unsaved_rollback.is_some() {
+            return self.save_rollback();
+        }
         let before = self.state()?;
         if before.phase != Phase::Running {
             return Ok(None);
@@ -259,11 +269,38 @@ impl Controller {
             self.store.repair_log_if_behind(&old)?;
             old.source_tracker = serde_json::to_value(source.tracker()).unwrap_or_default();
             let (new, d) = old.step(&self.spec, Ok(&window), now_millis());
-            self.commit(&old, &new, &d)?;
+            if let Err(e) = self.commit(&old, &new, &d) {
+                if self.unsaved_rollback.is_some() {
+                    // In effect though not saved: people hear of it now.
+                    self.alert(&d, false);
+                }
+                return Err(e);
+            }
             d
         };
         self.alert(&decision, false);
         Ok(Some(decision))
+    }
+
+    /// Saves a rollback that is in effect but not on disk yet (the disk
+    /// failed when it happened), with its log line; keeps 0 % pushed
+    /// meanwhile. `None` if an operator's command changed the state since
+    /// (theirs stands).
+    fn save_rollback(&mut self) -> Result<Option<Decision>> {
+        let Some((new, d)) = self.unsaved_rollback.clone() else { return Ok(None) };
+        if self.pushed_epoch != Some(new.epoch) {
+            self.push(&new)?;
+        }
+        let _lock = self.store.lock()?;
+        if self.state()?.seq + 1 != new.seq {
+            tracing::warn!("the state changed while rollback #{} waited to be saved: the newer state stands", d.seq);
+            self.unsaved_rollback = None;
+            return Ok(None);
+        }
+        self.store.save_state(&new)?;
+        self.store.repair_log(&new)?;
+        self.unsaved_rollback = None;
+        Ok(Some(d))
     }
 
     /// Adds labels (from `POST /labels`).

@@ -85,10 +85,16 @@ impl Store {
         self.dir.join(name)
     }
 
-    /// Takes the exclusive lock (waits for the holder).
+    /// Takes the exclusive lock (waits for the holder). On a directory
+    /// that refuses writes (read-only mount) the existing lock file is
+    /// locked read-only: a rollback must still be decided and pushed there,
+    /// even though its state cannot be saved yet.
     pub fn lock(&self) -> Result<Lock> {
         let p = self.path("lock");
-        let file = OpenOptions::new().create(true).truncate(false).write(true).open(&p).map_err(io("open", &p))?;
+        let file = match OpenOptions::new().create(true).truncate(false).write(true).open(&p) {
+            Ok(f) => f,
+            Err(e) => File::open(&p).map_err(|_| io("open", &p)(e))?,
+        };
         file.lock_exclusive().map_err(io("lock", &p))?;
         Ok(Lock { file })
     }
