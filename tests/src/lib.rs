@@ -806,8 +806,8 @@ pub async fn wait_until(
     }
 }
 
-/// Waits until the state file says stage `stage` (or, with `None`, a final
-/// phase); fails with the daemon's output.
+/// Waits until the state file says stage index `stage` (or, with `None`,
+/// a final phase); fails with the daemon's output.
 pub async fn wait_stage(state_dir: &Path, stage: Option<u64>, timeout: Duration, daemon: &Daemon) -> Result<Duration> {
     let what = match stage {
         Some(s) => format!("reach stage index {s}"),
@@ -819,7 +819,7 @@ pub async fn wait_stage(state_dir: &Path, stage: Option<u64>, timeout: Duration,
         || {
             let st = state(state_dir);
             match stage {
-                Some(s) => st["stage"].as_u64() == Some(s) && st["phase"] == "running",
+                Some(s) => st["stage"].as_u64() == Some(s),
                 None => st["phase"] == "promoted" || st["phase"] == "rolled_back",
             }
         },
