@@ -239,6 +239,13 @@ async fn a_state_dir_that_refuses_writes_holds_the_stage_and_keeps_the_last_good
         let (code, body) = daemon_get(&state_dir, "/status").await;
         let status: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!((code, status["stage"].as_u64(), status["phase"].as_str()), (200, Some(stage), Some("running")));
+        let (_, metrics) = daemon_get(&state_dir, "/metrics").await;
+        let failed: f64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("canary_evaluation_errors_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0);
+        assert!(failed >= errors as f64, "{fault:?}: /metrics counts {failed} failed evaluations, the log {errors}");
         assert!(daemon.proc.exited().is_none(), "the daemon died on a write failure:\n{out}");
 
         let healed_at = Instant::now();
@@ -438,7 +445,8 @@ fn alerts_of(receiver: &Receiver, kind: &str) -> Vec<serde_json::Value> {
 }
 
 /// One fault per judged stage, started right after the stage begins and
-/// held 4.5 s (the stage needs 1 s): the stage holds on "no data", a
+/// held 5 s (the stage needs 1 s; a hung read takes the 1 s timeout, so at
+/// least 3 evaluations fail, enough for the alert): the stage holds on "no data", a
 /// source-failure alert reaches the webhook, and the rollout moves on
 /// once the admin API answers again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -459,7 +467,7 @@ async fn an_admin_api_down_hung_slow_or_garbage_holds_alerts_and_resumes() {
         let seq = state(&state_dir)["seq"].as_u64().unwrap();
         proxy.set(*mode);
         let alerts_before = alerts_of(&receiver, "source_failing").len();
-        tokio::time::sleep(Duration::from_millis(4500)).await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
         assert_eq!(stage_of(&state_dir), stage, "{mode:?}: moved without data:\n{}", daemon.output());
         let during: Vec<serde_json::Value> =
             decisions(&state_dir).into_iter().filter(|d| d["seq"].as_u64().unwrap() > seq).collect();
