@@ -92,6 +92,7 @@ impl Controller {
     pub fn open(dir: &Path, spec: Option<RolloutSpec>, accept_spec_change: bool) -> Result<Controller> {
         let store = Store::open(dir)?;
         let _lock = store.lock()?;
+        store.remove_stale_temp_files();
         let stored = store.load_spec()?;
         let spec = match (stored, spec) {
             (None, None) => return Err(ControlError::NoRollout(dir.display().to_string())),

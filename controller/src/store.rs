@@ -219,6 +219,21 @@ impl Store {
         }
     }
 
+    /// Removes temp files of atomic writes a crash interrupted
+    /// (`.state.json.XXXXXX` …); call with the lock held, since only
+    /// writers under the lock make them. Returns how many went.
+    pub fn remove_stale_temp_files(&self) -> usize {
+        let stale = |name: &str| {
+            ["state.json", "decisions.jsonl", "spec.yaml"].iter().any(|f| name.starts_with(&format!(".{f}.")))
+        };
+        let Ok(entries) = fs::read_dir(&self.dir) else { return 0 };
+        entries
+            .flatten()
+            .filter(|e| stale(&e.file_name().to_string_lossy()))
+            .filter(|e| fs::remove_file(e.path()).is_ok())
+            .count()
+    }
+
     pub fn pid_path(&self) -> PathBuf {
         self.path("daemon.pid")
     }
@@ -336,6 +351,22 @@ envoy: { admin: ["http://a"], ecds_dir: /x, wasm: /y }
         let store = Store { dir: PathBuf::from("/nonexistent/state"), log_behind: Arc::default() };
         let e = store.save_state(&RolloutState::start(&spec(), 0)).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/state/state.json"), "{e}");
+    }
+
+    #[test]
+    fn temp_files_of_interrupted_writes_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.save_state(&RolloutState::start(&spec(), 0)).unwrap();
+        for name in [".state.json.a1B2c3", ".decisions.jsonl.x", ".spec.yaml.y", ".daemon.pid.z", "notes"] {
+            fs::write(dir.path().join(name), "x").unwrap();
+        }
+        assert_eq!(store.remove_stale_temp_files(), 3);
+        let mut left: Vec<String> =
+            fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        left.sort();
+        // A daemon may be writing its pid file without the lock: left alone.
+        assert_eq!(left, [".daemon.pid.z", "notes", "state.json"]);
     }
 
     #[test]
