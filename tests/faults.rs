@@ -645,3 +645,49 @@ async fn a_rollback_reaches_envoy_while_webhooks_are_down_and_the_alert_is_retri
         exited.as_millis()
     );
 }
+
+/// A rollback from the dashboard while the only webhook is down: the
+/// answer comes at once (the alert is retried in the background, not in the
+/// request), and the daemon still retries it to the end before it exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dashboard_rollback_answers_at_once_while_its_alert_is_retried() {
+    let rig = Rig::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let state_dir = dir.path().join("state");
+    let dead = format!("http://127.0.0.1:{}/hook", free_port());
+    // 4 attempts, 1 s then 2 s apart: at least 4 s of retries.
+    let extra = format!(
+        "alerts:\n  webhooks: [{{ url: \"{dead}\" }}]\n  retry_attempts: 4\n  retry_backoff: 1s\n  retry_max_backoff: 2s\n"
+    );
+    let spec = spec_with("panic", &admin_of(&rig.envoy), &rig.envoy, &stages("1h", 30), GATES, &extra);
+    let token = "faults-dashboard-token-91ab";
+    let mut daemon = Daemon::start_with(&state_dir, Some(&spec), &[("CANARY_TOKEN", token)]).unwrap();
+    canary_tests::wait_decision(&state_dir, Duration::from_secs(15), &daemon, |_| true).await.unwrap();
+    let addr = std::fs::read_to_string(state_dir.join("daemon.addr")).unwrap();
+    let asked = Instant::now();
+    let r = reqwest::Client::new()
+        .post(format!("http://{}/api/rollback", addr.trim()))
+        .header("authorization", format!("Bearer {token}"))
+        .json(&serde_json::json!({"reason": "fault test"}))
+        .send()
+        .await
+        .unwrap();
+    let answered = asked.elapsed();
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+    assert!(answered < Duration::from_millis(2500), "the dashboard waited {answered:?} for the webhook");
+    rig.envoy.wait_version("panic/2").await.unwrap();
+    let status = daemon.wait_exit(Duration::from_secs(30)).await.unwrap();
+    let exited = asked.elapsed();
+    let out = daemon.output();
+    assert!(status.success(), "{out}");
+    assert_eq!(state(&state_dir)["phase"], "rolled_back");
+    let failed = out.lines().filter(|l| l.contains("alert attempt") && l.contains(&dead)).count();
+    assert_eq!(failed, 3, "3 failed attempts logged, then the 4th gives up:\n{out}");
+    assert!(out.contains("after 4 attempts"), "{out}");
+    assert!(exited >= Duration::from_secs(3), "the daemon exited after {exited:?}, before the retries ended");
+    println!(
+        "dashboard rollback answered in {} ms; daemon retried the alert and exited {} ms after the request",
+        answered.as_millis(),
+        exited.as_millis()
+    );
+}

@@ -5,7 +5,6 @@
 //! waits for alerts still being retried (at most the retry window) before it
 //! exits.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -124,15 +123,18 @@ pub struct Alerter {
     hooks: Vec<WebhookSpec>,
     client: reqwest::Client,
     policy: RetryPolicy,
-    /// Alerts spawned and not yet delivered or given up on.
-    pending: Arc<tokio::sync::watch::Sender<usize>>,
 }
+
+/// Alerts spawned in this process and not yet delivered or given up on (one
+/// count for the process: the daemon's loop and its dashboard's commands
+/// each have their own alerter).
+static PENDING: std::sync::LazyLock<tokio::sync::watch::Sender<usize>> =
+    std::sync::LazyLock::new(|| tokio::sync::watch::Sender::new(0));
 
 impl Alerter {
     pub fn new(hooks: Vec<WebhookSpec>) -> Alerter {
         let client = reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build().unwrap_or_default();
-        let pending = Arc::new(tokio::sync::watch::Sender::new(0));
-        Alerter { hooks, client, policy: RetryPolicy::default(), pending }
+        Alerter { hooks, client, policy: RetryPolicy::default() }
     }
 
     /// The webhooks and retry policy of a spec's `alerts`.
@@ -162,25 +164,26 @@ impl Alerter {
     /// the alert is already in effect, and nothing waits for the webhook.
     pub fn spawn(&self, alert: Alert) {
         let this = self.clone();
-        this.pending.send_modify(|n| *n += 1);
+        PENDING.send_modify(|n| *n += 1);
         tokio::spawn(async move {
             for (hook, result) in this.hooks.iter().zip(this.send(&alert).await) {
                 if let Err(e) = result {
                     tracing::error!(url = %hook.url, "alert not delivered: {e}");
                 }
             }
-            this.pending.send_modify(|n| *n = n.saturating_sub(1));
+            PENDING.send_modify(|n| *n = n.saturating_sub(1));
         });
     }
 
-    /// Waits until every spawned alert is delivered or given up on, at most
-    /// the retry policy's window; returns how many are still pending. The
-    /// daemon calls it before exiting so a retry is not cut short.
+    /// Waits until every alert spawned in this process is delivered or
+    /// given up on, at most this policy's retry window; returns how many
+    /// are still pending. The daemon and the CLI call it before exiting so
+    /// a retry is not cut short.
     pub async fn drain(&self) -> usize {
-        let mut rx = self.pending.subscribe();
+        let mut rx = PENDING.subscribe();
         let bound = self.policy.window(REQUEST_TIMEOUT) + Duration::from_secs(1);
         let _ = tokio::time::timeout(bound, rx.wait_for(|n| *n == 0)).await;
-        let left = *self.pending.borrow();
+        let left = *PENDING.borrow();
         left
     }
 

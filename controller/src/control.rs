@@ -199,23 +199,19 @@ impl Controller {
             .map(|r| crate::report::markdown(&r))
     }
 
-    fn alert(&self, d: &Decision, wait: bool) -> Vec<Alert> {
+    /// Writes the reports when a stage ended, and sends the decision's
+    /// alerts in the background.
+    fn alert(&self, d: &Decision) {
         let summary = self.stage_ended(d);
-        let alerts: Vec<Alert> = d
-            .alerts
-            .iter()
-            .map(|k| Alert::from_decision(&self.spec.rollout, *k, d).with_report(summary.clone()))
-            .collect();
-        if !wait {
-            for a in &alerts {
-                self.alerter.spawn(a.clone());
-            }
+        for k in &d.alerts {
+            self.alerter.spawn(Alert::from_decision(&self.spec.rollout, *k, d).with_report(summary.clone()));
         }
-        alerts
     }
 
     /// An operator's command. Works with or without the daemon running (they
-    /// serialize on the state lock).
+    /// serialize on the state lock). Its alerts go out in the background
+    /// (the dashboard answers at once, whatever the webhooks do); a caller
+    /// about to exit (the CLI) waits for them with [`Alerter::drain`].
     pub async fn command(&mut self, command: Command, reason: &str) -> Result<Decision> {
         let decision = {
             let _lock = self.store.lock()?;
@@ -225,13 +221,7 @@ impl Controller {
             self.commit(&old, &new, &d)?;
             d
         };
-        for alert in self.alert(&decision, true) {
-            for (i, r) in self.alerter.send(&alert).await.into_iter().enumerate() {
-                if let Err(e) = r {
-                    tracing::error!("alert to webhook {i} not delivered: {e}");
-                }
-            }
-        }
+        self.alert(&decision);
         Ok(decision)
     }
 
@@ -273,13 +263,13 @@ impl Controller {
             if let Err(e) = self.commit(&old, &new, &d) {
                 if self.unsaved_rollback.is_some() {
                     // In effect though not saved: people hear of it now.
-                    self.alert(&d, false);
+                    self.alert(&d);
                 }
                 return Err(e);
             }
             d
         };
-        self.alert(&decision, false);
+        self.alert(&decision);
         Ok(Some(decision))
     }
 
