@@ -213,6 +213,7 @@ impl Controller {
     /// (the dashboard answers at once, whatever the webhooks do); a caller
     /// about to exit (the CLI) waits for them with [`Alerter::drain`].
     pub async fn command(&mut self, command: Command, reason: &str) -> Result<Decision> {
+        let _coming = crate::alert::AlertsComing::new();
         let decision = {
             let _lock = self.store.lock()?;
             let old = self.state()?;
