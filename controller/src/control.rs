@@ -4,8 +4,10 @@
 //! ```text
 //!  tick:    read stats (no lock) ─► lock ─► reload state ─► RolloutState::step ─► commit ─► unlock ─► alerts
 //!  command: lock ─► reload state ─► RolloutState::command ─► commit ─► unlock ─► alerts
-//!  commit:  rollback: push 0 % first, then state, then log (nothing delays the rollback)
+//!  commit:  rollback: push 0 % first, then state, then log (nothing delays the rollback;
+//!                     unsaved, it stays pushed and is saved first at the next tick)
 //!           other:    state first (a failed write changes nothing), then push, then log
+//!                     (a failed log append is repaired before the next one)
 //! ```
 
 use std::path::Path;
@@ -219,7 +221,13 @@ impl Controller {
             let old = self.state()?;
             self.store.repair_log(&old)?;
             let (new, d) = old.command(&self.spec, command, reason, now_millis())?;
-            self.commit(&old, &new, &d)?;
+            if let Err(e) = self.commit(&old, &new, &d) {
+                if self.unsaved_rollback.is_some() {
+                    // Pushed though not saved: in effect, so people hear of it.
+                    self.alert(&d);
+                }
+                return Err(e);
+            }
             d
         };
         self.alert(&decision);
