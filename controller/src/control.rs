@@ -266,9 +266,19 @@ impl Controller {
             }
             // A log append that failed earlier (disk full) is made good
             // first: the log never gets a gap.
-            self.store.repair_log_if_behind(&old)?;
+            let repaired = self.store.repair_log_if_behind(&old);
             old.source_tracker = serde_json::to_value(source.tracker()).unwrap_or_default();
             let (new, d) = old.step(&self.spec, Ok(&window), now_millis());
+            if let Err(e) = repaired {
+                // Nothing can be saved; a rollback goes out all the same.
+                if d.action == Action::Rollback {
+                    let pushed = self.push(&new);
+                    self.unsaved_rollback = Some((new.clone(), d.clone()));
+                    self.alert(&d);
+                    pushed?;
+                }
+                return Err(e.into());
+            }
             if let Err(e) = self.commit(&old, &new, &d) {
                 if self.unsaved_rollback.is_some() {
                     // In effect though not saved: people hear of it now.
@@ -292,11 +302,15 @@ impl Controller {
             self.push(&new)?;
         }
         let _lock = self.store.lock()?;
-        if self.state()?.seq + 1 != new.seq {
+        let on_disk = self.state()?;
+        if on_disk.seq + 1 != new.seq {
             tracing::warn!("the state changed while rollback #{} waited to be saved: the newer state stands", d.seq);
             self.unsaved_rollback = None;
             return Ok(None);
         }
+        // The log first catches up with the state on disk (its last
+        // decision may be missing), then takes the rollback.
+        self.store.repair_log(&on_disk)?;
         self.store.save_state(&new)?;
         self.store.repair_log(&new)?;
         self.unsaved_rollback = None;
