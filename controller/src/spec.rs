@@ -300,6 +300,34 @@ pub struct EnvoySpec {
     /// Time allowed for every Envoy to apply a new configuration before an alert.
     #[serde(with = "humantime_serde", default = "default_apply_timeout")]
     pub apply_timeout: Duration,
+    /// Read the stats from Prometheus instead of every Envoy's admin API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<PrometheusSpec>,
+    /// Share of Envoys (0 ≤ x < 1) that may fail to answer, or not have
+    /// applied the stage's configuration yet, while the gates still judge on
+    /// the others (the decision names the missing ones). Above it: no data,
+    /// hold. 0 (the default): every Envoy must answer and have applied.
+    #[serde(default, skip_serializing_if = "is_zero_share")]
+    pub max_missing_share: f64,
+}
+
+fn is_zero_share(x: &f64) -> bool {
+    *x == 0.0
+}
+
+/// The Prometheus that scrapes this rollout's Envoys (`/stats/prometheus`
+/// with the stats tags of `envoy/sidecar.yaml`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrometheusSpec {
+    /// Base URL, e.g. `http://prometheus:9090`.
+    pub url: String,
+    /// PromQL label matchers (no braces) that select exactly this rollout's
+    /// Envoys, one series per Envoy per `instance`, e.g. `job="canary-envoys"`.
+    pub selector: String,
+    /// For one read (its four queries run at once).
+    #[serde(with = "humantime_serde", default = "default_admin_timeout")]
+    pub timeout: Duration,
 }
 
 fn default_admin_timeout() -> Duration {
@@ -698,8 +726,33 @@ impl RolloutSpec {
                 return Err(invalid("gates.labels.min_labels", "must be >= 1: a label gate never passes on no labels"));
             }
         }
-        if self.envoy.admin.is_empty() {
-            return Err(invalid("envoy.admin", "needs at least one Envoy admin URL"));
+        if self.envoy.admin.is_empty() && self.envoy.prometheus.is_none() {
+            return Err(invalid("envoy.admin", "needs at least one Envoy admin URL (or set envoy.prometheus)"));
+        }
+        if let Some(p) = &self.envoy.prometheus {
+            if !(p.url.starts_with("http://") || p.url.starts_with("https://")) {
+                return Err(invalid(
+                    "envoy.prometheus.url",
+                    format!("`{}` must start with http:// or https://", p.url),
+                ));
+            }
+            let sel = p.selector.trim();
+            if sel.is_empty() || sel.contains(['{', '}']) || !sel.contains(['=', '~']) {
+                return Err(invalid(
+                    "envoy.prometheus.selector",
+                    "must be PromQL label matchers without braces that pick this rollout's Envoys, e.g. job=\"canary-envoys\"",
+                ));
+            }
+            if p.timeout.is_zero() {
+                return Err(invalid("envoy.prometheus.timeout", "must be above 0"));
+            }
+        }
+        let share = self.envoy.max_missing_share;
+        if !(share.is_finite() && (0.0..1.0).contains(&share)) {
+            return Err(invalid(
+                "envoy.max_missing_share",
+                format!("{share} must be within 0 (every Envoy must answer) and below 1, e.g. 0.01"),
+            ));
         }
         for (i, url) in self.envoy.admin.iter().enumerate() {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
