@@ -915,6 +915,33 @@ alerts:
             (vec!["envoy", "admin"], Value::Sequence(vec![]), "envoy.admin"),
             (vec!["envoy", "admin"], Value::Sequence(vec!["127.0.0.1:9901".into()]), "envoy.admin[0]"),
             (vec!["server", "listen"], "everywhere".into(), "server.listen"),
+            (vec!["envoy", "max_missing_share"], 1.0.into(), "envoy.max_missing_share"),
+            (vec!["envoy", "max_missing_share"], (-0.1).into(), "envoy.max_missing_share"),
+            (
+                vec!["envoy", "prometheus"],
+                serde_yaml_ng::from_str("{url: prom:9090, selector: 'job=\"x\"'}").unwrap(),
+                "envoy.prometheus.url",
+            ),
+            (
+                vec!["envoy", "prometheus"],
+                serde_yaml_ng::from_str("{url: 'http://p:9090', selector: '{job=\"x\"}'}").unwrap(),
+                "envoy.prometheus.selector",
+            ),
+            (
+                vec!["envoy", "prometheus"],
+                serde_yaml_ng::from_str("{url: 'http://p:9090', selector: ''}").unwrap(),
+                "envoy.prometheus.selector",
+            ),
+            (
+                vec!["envoy", "prometheus"],
+                serde_yaml_ng::from_str("{url: 'http://p:9090', selector: 'job=\"x\"', timeout: 0s}").unwrap(),
+                "envoy.prometheus.timeout",
+            ),
+            (
+                vec!["envoy", "prometheus"],
+                serde_yaml_ng::from_str("{url: 'http://p:9090', selector: 'job=\"x\"', query: up}").unwrap(),
+                "envoy.prometheus.query",
+            ),
         ];
         for (path, value, field) in cases {
             assert_eq!(field_of(with(&path, value.clone())), field, "{path:?} = {value:?}");
@@ -936,6 +963,18 @@ alerts:
         assert_eq!(field_of(with(&["stages"], stages(&[1.0, 101.0]))), "stages[1].weight_percent");
         assert_eq!(field_of(with(&["stages"], stages(&[]))), "stages");
         assert!(with(&["stages"], stages(&[0.5, 100.0])).is_ok());
+    }
+
+    #[test]
+    fn a_prometheus_source_needs_no_admin_list() {
+        let prometheus = serde_yaml_ng::from_str("{url: 'http://p:9090', selector: 'job=\"canary\"'}").unwrap();
+        let spec = with(&["envoy", "prometheus"], prometheus).unwrap();
+        let mut value: serde_yaml_ng::Value = serde_yaml_ng::to_value(&spec).unwrap();
+        value["envoy"]["admin"] = serde_yaml_ng::Value::Sequence(vec![]);
+        let spec = RolloutSpec::from_yaml(&serde_yaml_ng::to_string(&value).unwrap()).unwrap();
+        let p = spec.envoy.prometheus.unwrap();
+        assert_eq!((p.url.as_str(), p.timeout), ("http://p:9090", Duration::from_secs(2)));
+        assert_eq!(spec.envoy.max_missing_share, 0.0, "default: every Envoy must answer");
     }
 
     #[test]
