@@ -281,3 +281,48 @@ async fn a_dead_scrape_target_is_a_failed_endpoint_and_a_dead_prometheus_no_wind
     let err = prom.read(ROLLOUT, EPOCH, &expected).await.unwrap_err();
     assert!(err.to_string().contains("cannot connect"), "{err}");
 }
+
+/// The spec's `envoy.prometheus` drives the controller: `Controller::source`
+/// builds the Prometheus source and `tick` judges a real stage with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_with_envoy_prometheus_judges_stages_from_prometheus() {
+    let rig = Rig::start().await.unwrap();
+    let prometheus = Prometheus::start(&[format!("127.0.0.1:{}", rig.envoy.admin_port)]).await;
+    let ecds = rig.envoy.sink.path().parent().unwrap().display().to_string();
+    let wasm = canary_tests::wasm_path().unwrap().display().to_string();
+    let yaml = format!(
+        "rollout: promd\nchampion: {CHAMPION}\nchallenger: {CHALLENGER}\ninterval: 200ms\n\
+         stages:\n  - {{ weight_percent: 50, min_requests: 100 }}\n  - {{ weight_percent: 100 }}\n\
+         gates:\n  method: threshold\n  error_rate: {{ error_tolerance: 5 }}\n\
+         envoy:\n  admin: []\n  ecds_dir: {ecds}\n  wasm: {wasm}\n  apply_timeout: 5s\n\
+         \x20 prometheus: {{ url: \"{}\", selector: 'job=\"{JOB}\"', timeout: 3s }}\n\
+         filter:\n  key: [{{ header: x-user-id }}]\n",
+        prometheus.url
+    );
+    let spec = canary_controller::spec::RolloutSpec::from_yaml(&yaml).unwrap();
+    let state_dir = tempfile::tempdir().unwrap();
+    let mut controller = canary_controller::control::Controller::open(state_dir.path(), Some(spec), false).unwrap();
+    let mut source = controller.source();
+    assert!(source.describe().starts_with("Prometheus at http://127.0.0.1:"), "{}", source.describe());
+    let version = EcdsFileSink::version_info(&controller.state().unwrap().filter_config(&controller.spec));
+    rig.envoy.wait_version(&version).await.unwrap();
+
+    let c = client();
+    let url = rig.envoy.url("/predict");
+    let ids = users("promd", 400);
+    canary_tests::route_users(&c, &url, &ids, 16).await.unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let decision = loop {
+        let d = controller.tick(&mut source).await.unwrap().expect("a running rollout is evaluated");
+        if d.action != canary_controller::rollout::Action::Hold {
+            break d;
+        }
+        assert!(Instant::now() < deadline, "still holding after 30 s: {:?}", d.reasons);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(decision.action, canary_controller::rollout::Action::Promote, "{:?}", decision.reasons);
+    let w = decision.window.unwrap();
+    assert_eq!((w.coverage.endpoints, w.coverage.applied), (1, 1));
+    assert_eq!(w.champion.requests + w.challenger.requests, ids.len() as u64, "every request, read from Prometheus");
+}
