@@ -27,8 +27,9 @@ unit: ## Native unit tests of the pure core and the controller, and the fuzz cor
 	$(CARGO) test -p canary-core -p canary-controller
 	$(CARGO) test --manifest-path fuzz/Cargo.toml --target-dir target
 
-integration: build ## Tests against the real Envoy running the built .wasm (and headless Chromium)
+integration: build ## Tests against the real Envoy running the built .wasm (and headless Chromium, Prometheus)
 	@bash scripts/setup.sh browser
+	@bash scripts/setup.sh prometheus
 	$(CARGO) test -p canary-tests -- --test-threads=1
 
 test: lint unit integration ## Everything CI runs: lint, unit and integration tests

@@ -83,6 +83,23 @@ browser() {
   command -v chromium >/dev/null && return 0
   apt_install chromium || { log "no Chromium: install it (apt-get install chromium) or set CANARY_CHROMIUM"; return 1; }
 }
+# --- Prometheus (with `setup.sh prometheus`: the integration tests) ------------
+# tests/prometheus.rs starts Debian's Prometheus server scraping real Envoys;
+# CANARY_PROMETHEUS points at another prometheus binary instead.
+prometheus_server() {
+  [ -n "${CANARY_PROMETHEUS:-}" ] && [ -x "$CANARY_PROMETHEUS" ] && return 0
+  command -v prometheus >/dev/null && return 0
+  apt_install prometheus || {
+    log "no Prometheus: install it (sudo apt-get install --no-install-recommends prometheus, or download"
+    log "  a release from https://prometheus.io/download/) and/or set CANARY_PROMETHEUS=/path/to/prometheus"
+    return 1
+  }
+  # The package starts a system service; the tests run their own server.
+  if command -v systemctl >/dev/null && systemctl is-active --quiet prometheus 2>/dev/null; then
+    log "note: the Debian package started the prometheus service (port 9090); the tests do not need it"
+  fi
+}
 if [ "${1:-}" = bench ]; then bench_tools; fi
+if [ "${1:-}" = prometheus ]; then prometheus_server; fi
 if [ "${1:-}" = browser ]; then browser; fi
 log "ok"

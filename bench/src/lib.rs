@@ -6,7 +6,8 @@
 //! (starting Envoys from `envoy/bench-*.yaml`, reading their CPU time and
 //! RSS from `/proc`), [`load`] (wrk at saturation, an open-loop fixed-rate
 //! client for latency), [`stats`] (percentiles, t-intervals) and [`report`]
-//! (results.json, results.md, an SVG chart). Every process started is
+//! (results.json, results.md, an SVG chart); [`scale`] times one controller
+//! evaluation cycle over thousands of simulated admin endpoints. Every process started is
 //! registered in [`procs`] and killed by PID at the end, on error and on
 //! Ctrl-C.
 
@@ -16,5 +17,6 @@ pub mod http;
 pub mod load;
 pub mod procs;
 pub mod report;
+pub mod scale;
 pub mod stats;
 pub mod upstream;

@@ -178,6 +178,9 @@ pub struct Results {
     pub targets: Vec<Target>,
     pub notes: Vec<String>,
     pub slices: Vec<Slice>,
+    /// One controller evaluation cycle per number of simulated endpoints.
+    #[serde(default)]
+    pub controller_scale: Vec<crate::scale::ScaleRow>,
 }
 
 fn est(e: &Option<Estimate>, decimals: usize) -> String {
@@ -321,6 +324,22 @@ impl Results {
         let _ = writeln!(md, "| --- | --- | --- | --- |");
         for t in &self.targets {
             let _ = writeln!(md, "| {} | {} | {} | **{}** |", t.target, t.configuration, t.measured, t.verdict);
+        }
+        let _ = writeln!(md, "\n## Controller scale (one evaluation cycle, simulated admin endpoints)\n");
+        if self.controller_scale.is_empty() {
+            let _ = writeln!(md, "Not measured in this run.");
+        } else {
+            let _ = writeln!(md, "Admin source (64 endpoints at a time) + merge + state-machine step, each size in a fresh process; endpoints serve a recorded real Envoy answer.\n");
+            let _ =
+                writeln!(md, "| endpoints | wall ms | of which read + merge ms | CPU ms | peak memory MiB (VmHWM) |");
+            let _ = writeln!(md, "| ---: | ---: | ---: | ---: | ---: |");
+            for r in &self.controller_scale {
+                let _ = writeln!(
+                    md,
+                    "| {} | {:.0} | {:.0} | {:.0} | {:.1} |",
+                    r.endpoints, r.wall_ms, r.read_ms, r.cpu_ms, r.peak_rss_mib
+                );
+            }
         }
         let _ = writeln!(md, "\n## Pure core (host, criterion)\n");
         if self.micro.is_empty() {

@@ -19,7 +19,8 @@ use crate::alert::{Alert, Alerter};
 use crate::labels::{parse_jsonl, Intake, LabelRecord};
 use crate::rollout::{evidence, Action, Command, Decision, Millis, Phase, RolloutState, WindowSummary};
 use crate::sink::{EcdsFileSink, SinkError};
-use crate::source::{AdminSource, AdminSourceConfig};
+use crate::source::prometheus::{PrometheusSource, PrometheusSourceConfig};
+use crate::source::{AdminSource, AdminSourceConfig, Source};
 use crate::spec::RolloutSpec;
 use crate::store::{Store, StoreError};
 
@@ -236,7 +237,7 @@ impl Controller {
 
     /// One automatic evaluation. `None` when there was nothing to evaluate
     /// (paused, ended, or the state changed while the stats were read).
-    pub async fn tick(&mut self, source: &mut AdminSource) -> Result<Option<Decision>> {
+    pub async fn tick(&mut self, source: &mut Source) -> Result<Option<Decision>> {
         if self.unsaved_rollback.is_some() {
             return self.save_rollback();
         }
@@ -255,8 +256,10 @@ impl Controller {
         }
         let expected = EcdsFileSink::version_info(&before.filter_config(&self.spec));
         let read_started = std::time::Instant::now();
-        let window = source.read(&self.spec.rollout, before.epoch, &expected).await;
-        crate::metrics::METRICS.source_read(&window, read_started.elapsed());
+        let window = source.read(&self.spec.rollout, before.epoch, &expected).await.map_err(|e| e.to_string());
+        if let Ok(w) = &window {
+            crate::metrics::METRICS.source_read(w, read_started.elapsed());
+        }
 
         let decision = {
             let _lock = self.store.lock()?;
@@ -268,7 +271,7 @@ impl Controller {
             // first: the log never gets a gap.
             let repaired = self.store.repair_log_if_behind(&old);
             old.source_tracker = serde_json::to_value(source.tracker()).unwrap_or_default();
-            let (new, d) = old.step(&self.spec, Ok(&window), now_millis());
+            let (new, d) = old.step(&self.spec, window.as_ref().map_err(Clone::clone), now_millis());
             if let Err(e) = repaired {
                 // Nothing can be saved; a rollback goes out all the same.
                 if d.action == Action::Rollback {
@@ -345,13 +348,20 @@ impl Controller {
         status(&self.store, &self.spec)
     }
 
-    /// A stats source for this spec's Envoys.
-    pub fn source(&self) -> AdminSource {
-        AdminSource::new(AdminSourceConfig {
-            endpoints: self.spec.envoy.admin.clone(),
-            timeout: self.spec.envoy.timeout,
-            max_concurrency: 64,
-        })
+    /// The stats source the spec names: Prometheus, or every Envoy's admin API.
+    pub fn source(&self) -> Source {
+        match &self.spec.envoy.prometheus {
+            Some(p) => Source::Prometheus(PrometheusSource::new(PrometheusSourceConfig {
+                url: p.url.clone(),
+                timeout: p.timeout,
+                selector: p.selector.clone(),
+            })),
+            None => Source::Admin(AdminSource::new(AdminSourceConfig {
+                endpoints: self.spec.envoy.admin.clone(),
+                timeout: self.spec.envoy.timeout,
+                max_concurrency: 64,
+            })),
+        }
     }
 
     pub fn interval(&self) -> Duration {

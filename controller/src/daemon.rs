@@ -45,6 +45,7 @@ pub async fn run(controller: Controller, token: Option<Token>) -> anyhow::Result
     let listen = controller.spec.server.listen.clone();
     let interval = controller.interval();
     let mut source = controller.source();
+    tracing::info!("reading stats from {}", source.describe());
     let controls = if token.is_some() { "enabled" } else { "disabled (no --token-file or CANARY_TOKEN)" };
     let hub = Hub::new(store.clone(), controller.spec.clone(), token.is_some());
     tokio::spawn(hub.clone().run());

@@ -281,6 +281,67 @@ pub fn judge(
     (forward(spec, stage), vec![reason])
 }
 
+/// What a window's coverage allows, under `envoy.max_missing_share`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CoverageCheck {
+    /// Judge on the Envoys that answered; `partial` says which are missing
+    /// (empty when every Envoy answered and applied).
+    Enough { partial: Option<String> },
+    /// Too many Envoys have not applied the epoch yet (counting those that
+    /// did not answer): hold until they do.
+    NotApplied { waiting: usize },
+    /// Too many Envoys failed, or none was found: no data.
+    NoData(String),
+}
+
+/// Most failed endpoints named in a reason (the rest are counted).
+const NAMED_FAILURES: usize = 10;
+
+/// The partial-failure rule, pure: with `max_missing_share` = s, a window
+/// is judged when at most a share s of its Envoys failed to answer (and at
+/// least one answered), and at most a share s have not applied the epoch
+/// (failed ones count as not applied). s = 0 means every Envoy must answer
+/// and have applied: any failure is no data.
+pub fn check_coverage(c: &Coverage, max_missing_share: f64) -> CoverageCheck {
+    if c.endpoints == 0 {
+        return CoverageCheck::NoData("no Envoy to read (none configured, or none found by the source)".into());
+    }
+    let share = |n: usize| n as f64 / c.endpoints as f64;
+    let failed = c.failures.len();
+    let named = || {
+        let mut list: Vec<String> =
+            c.failures.iter().take(NAMED_FAILURES).map(|f| format!("{}: {}", f.endpoint, f.error)).collect();
+        if failed > NAMED_FAILURES {
+            list.push(format!("and {} more", failed - NAMED_FAILURES));
+        }
+        list.join("; ")
+    };
+    if failed > 0 && (c.answered == 0 || share(failed) > max_missing_share) {
+        let limit = if max_missing_share > 0.0 {
+            format!(" (more than envoy.max_missing_share {max_missing_share})")
+        } else {
+            String::new()
+        };
+        return CoverageCheck::NoData(format!("{failed} of {} Envoys failed{limit}: {}", c.endpoints, named()));
+    }
+    let waiting = c.endpoints.saturating_sub(c.applied);
+    if waiting > 0 && share(waiting) > max_missing_share {
+        return CoverageCheck::NotApplied { waiting };
+    }
+    let partial = (waiting > 0).then(|| {
+        let mut text =
+            format!("judged on {} of {} Envoys (envoy.max_missing_share {max_missing_share})", c.applied, c.endpoints);
+        if failed > 0 {
+            text.push_str(&format!("; {failed} failed: {}", named()));
+        }
+        if waiting > failed {
+            text.push_str(&format!("; {} not yet on this epoch", waiting - failed));
+        }
+        text
+    });
+    CoverageCheck::Enough { partial }
+}
+
 impl RolloutState {
     pub fn start(spec: &RolloutSpec, now: Millis) -> RolloutState {
         RolloutState {
@@ -434,39 +495,35 @@ impl RolloutState {
             Ok(w) if w.epoch != self.epoch => {
                 return source_failed(next, format!("stats are for epoch {}, not {}", w.epoch, self.epoch))
             }
-            Ok(w) if !w.coverage.failures.is_empty() => {
-                let c = &w.coverage;
-                let list: Vec<String> = c.failures.iter().map(|f| format!("{}: {}", f.endpoint, f.error)).collect();
-                return source_failed(
-                    next,
-                    format!("{} of {} Envoys failed: {}", c.failures.len(), c.endpoints, list.join("; ")),
-                );
-            }
             Ok(w) => w,
         };
-        next.source_failures = 0;
-
-        let c = &window.coverage;
-        if c.applied < c.endpoints {
-            let late = now.saturating_sub(self.stage_entered_at) > spec.envoy.apply_timeout.as_millis() as u64;
-            let mut alerts = vec![];
-            if late && !next.not_applied_alerted {
-                next.not_applied_alerted = true;
-                alerts.push(AlertKind::NotApplied);
-            }
-            let reason = format!(
-                "waiting for {} of {} Envoys to apply epoch {}{}",
-                c.endpoints - c.applied,
-                c.endpoints,
-                self.epoch,
-                if late {
-                    format!(" (more than {:?} since the push)", spec.envoy.apply_timeout)
-                } else {
-                    String::new()
+        let coverage = match check_coverage(&window.coverage, spec.envoy.max_missing_share) {
+            CoverageCheck::NoData(why) => return source_failed(next, why),
+            CoverageCheck::NotApplied { waiting } => {
+                next.source_failures = 0;
+                let c = &window.coverage;
+                let late = now.saturating_sub(self.stage_entered_at) > spec.envoy.apply_timeout.as_millis() as u64;
+                let mut alerts = vec![];
+                if late && !next.not_applied_alerted {
+                    next.not_applied_alerted = true;
+                    alerts.push(AlertKind::NotApplied);
                 }
-            );
-            return hold(next, vec![reason], vec![], None, alerts);
-        }
+                let reason = format!(
+                    "waiting for {waiting} of {} Envoys to apply epoch {}{}",
+                    c.endpoints,
+                    self.epoch,
+                    if late {
+                        format!(" (more than {:?} since the push)", spec.envoy.apply_timeout)
+                    } else {
+                        String::new()
+                    }
+                );
+                return hold(next, vec![reason], vec![], None, alerts);
+            }
+            CoverageCheck::Enough { partial } => partial,
+        };
+        next.source_failures = 0;
+        let c = &window.coverage;
         let started = *next.window_started_at.get_or_insert(now);
         let elapsed_ms = now.saturating_sub(started);
 
@@ -481,6 +538,8 @@ impl RolloutState {
         let summary = WindowSummary { champion, challenger, coverage: c.clone(), elapsed_ms };
         let (action, reasons) = judge(spec, self.stage, &results, &summary);
         let alerts = if action == Action::Rollback { vec![AlertKind::Rollback] } else { vec![] };
+        let mut reasons = reasons;
+        reasons.extend(coverage);
         let (mut next, mut decision) = next.finish(action, false, now, spec, (reasons, results, Some(summary), alerts));
         // The label evidence the gates saw, for the record (and replay).
         decision.labels = Some(labels);
@@ -826,5 +885,71 @@ filter:
         assert_eq!(s.phase, Phase::RolledBack);
         // The summary carries the bins for the record.
         assert_eq!(d.window.unwrap().challenger.predictions["b3"], 460);
+    }
+    fn coverage(endpoints: usize, failed: usize, applied: usize) -> Coverage {
+        Coverage {
+            endpoints,
+            answered: endpoints - failed,
+            applied,
+            failures: (0..failed)
+                .map(|i| EndpointFailure { endpoint: format!("http://e{i}"), error: "timed out".into() })
+                .collect(),
+            resets: vec![],
+        }
+    }
+
+    #[test]
+    fn the_missing_share_rule_judges_on_the_answered_envoys_only_within_the_share() {
+        use CoverageCheck::*;
+        let enough = |c: &Coverage, s| matches!(check_coverage(c, s), Enough { .. });
+        // (endpoints, failed, applied, share) → judged?
+        let cases = [
+            ((2, 0, 2, 0.0), true),
+            ((2, 1, 1, 0.0), false), // today's rule: any failure is no data
+            ((500, 2, 498, 0.0), false),
+            ((500, 2, 498, 0.01), true), // 0.4 % ≤ 1 %
+            ((500, 5, 495, 0.01), true), // exactly the share
+            ((500, 6, 494, 0.01), false),
+            ((500, 2, 490, 0.01), false), // 10 not applied (2 failed + 8 late) > 5
+            ((500, 0, 497, 0.01), true),
+            ((1, 1, 0, 0.9), false), // nobody answered
+            ((0, 0, 0, 0.5), false), // no Envoy at all
+        ];
+        for ((endpoints, failed, applied, share), want) in cases {
+            let c = coverage(endpoints, failed, applied);
+            assert_eq!(
+                enough(&c, share),
+                want,
+                "{endpoints} endpoints, {failed} failed, {applied} applied, share {share}"
+            );
+        }
+        assert_eq!(check_coverage(&coverage(2, 0, 2,), 0.0), Enough { partial: None });
+        assert_eq!(check_coverage(&coverage(500, 0, 490,), 0.01), NotApplied { waiting: 10 });
+        assert!(
+            matches!(check_coverage(&coverage(500, 6, 494), 0.01), NoData(why) if why.contains("6 of 500 Envoys failed (more than envoy.max_missing_share 0.01)"))
+        );
+        let Enough { partial: Some(why) } = check_coverage(&coverage(500, 2, 497), 0.01) else { panic!() };
+        assert_eq!(why, "judged on 497 of 500 Envoys (envoy.max_missing_share 0.01); 2 failed: http://e0: timed out; http://e1: timed out; 1 not yet on this epoch");
+        let NoData(why) = check_coverage(&coverage(100, 30, 70), 0.0) else { panic!() };
+        assert!(why.ends_with("and 20 more"), "{why}");
+    }
+
+    #[test]
+    fn a_decision_on_partial_data_names_the_missing_envoys() {
+        let mut spec = spec();
+        spec.envoy.max_missing_share = 0.5;
+        let s = RolloutState::start(&spec, 0);
+        let mut w = window(1, 2000, 0, 0);
+        w.coverage = coverage(2, 1, 1);
+        let (_, d) = s.step(&spec, Ok(&w), 1000);
+        assert_eq!(d.action, Action::Hold, "{:?}", d.reasons);
+        assert!(!d.reasons[0].starts_with("no data"), "{:?}", d.reasons);
+        assert!(d.reasons.last().unwrap().contains("judged on 1 of 2 Envoys"), "{:?}", d.reasons);
+        assert!(d.reasons.last().unwrap().contains("http://e0: timed out"), "{:?}", d.reasons);
+        // A failing gate on the answered half still rolls back.
+        let mut w = window(1, 2000, 0, 400);
+        w.coverage = coverage(2, 1, 1);
+        let (_, d) = s.step(&spec, Ok(&w), 2000);
+        assert_eq!(d.action, Action::Rollback);
     }
 }

@@ -300,6 +300,34 @@ pub struct EnvoySpec {
     /// Time allowed for every Envoy to apply a new configuration before an alert.
     #[serde(with = "humantime_serde", default = "default_apply_timeout")]
     pub apply_timeout: Duration,
+    /// Read the stats from Prometheus instead of every Envoy's admin API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<PrometheusSpec>,
+    /// Share of Envoys (0 ≤ x < 1) that may fail to answer, or not have
+    /// applied the stage's configuration yet, while the gates still judge on
+    /// the others (the decision names the missing ones). Above it: no data,
+    /// hold. 0 (the default): every Envoy must answer and have applied.
+    #[serde(default, skip_serializing_if = "is_zero_share")]
+    pub max_missing_share: f64,
+}
+
+fn is_zero_share(x: &f64) -> bool {
+    *x == 0.0
+}
+
+/// The Prometheus that scrapes this rollout's Envoys (`/stats/prometheus`
+/// with the stats tags of `envoy/sidecar.yaml`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrometheusSpec {
+    /// Base URL, e.g. `http://prometheus:9090`.
+    pub url: String,
+    /// PromQL label matchers (no braces) that select exactly this rollout's
+    /// Envoys, one series per Envoy per `instance`, e.g. `job="canary-envoys"`.
+    pub selector: String,
+    /// For one read (its four queries run at once).
+    #[serde(with = "humantime_serde", default = "default_admin_timeout")]
+    pub timeout: Duration,
 }
 
 fn default_admin_timeout() -> Duration {
@@ -714,8 +742,33 @@ impl RolloutSpec {
                 return Err(invalid("gates.labels.min_labels", "must be >= 1: a label gate never passes on no labels"));
             }
         }
-        if self.envoy.admin.is_empty() {
-            return Err(invalid("envoy.admin", "needs at least one Envoy admin URL"));
+        if self.envoy.admin.is_empty() && self.envoy.prometheus.is_none() {
+            return Err(invalid("envoy.admin", "needs at least one Envoy admin URL (or set envoy.prometheus)"));
+        }
+        if let Some(p) = &self.envoy.prometheus {
+            if !(p.url.starts_with("http://") || p.url.starts_with("https://")) {
+                return Err(invalid(
+                    "envoy.prometheus.url",
+                    format!("`{}` must start with http:// or https://", p.url),
+                ));
+            }
+            let sel = p.selector.trim();
+            if sel.is_empty() || sel.contains(['{', '}']) || !sel.contains(['=', '~']) {
+                return Err(invalid(
+                    "envoy.prometheus.selector",
+                    "must be PromQL label matchers without braces that pick this rollout's Envoys, e.g. job=\"canary-envoys\"",
+                ));
+            }
+            if p.timeout.is_zero() {
+                return Err(invalid("envoy.prometheus.timeout", "must be above 0"));
+            }
+        }
+        let share = self.envoy.max_missing_share;
+        if !(share.is_finite() && (0.0..1.0).contains(&share)) {
+            return Err(invalid(
+                "envoy.max_missing_share",
+                format!("{share} must be within 0 (every Envoy must answer) and below 1, e.g. 0.01"),
+            ));
         }
         for (i, url) in self.envoy.admin.iter().enumerate() {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
@@ -888,6 +941,33 @@ alerts:
             (vec!["envoy", "admin"], Value::Sequence(vec![]), "envoy.admin"),
             (vec!["envoy", "admin"], Value::Sequence(vec!["127.0.0.1:9901".into()]), "envoy.admin[0]"),
             (vec!["server", "listen"], "everywhere".into(), "server.listen"),
+            (vec!["envoy", "max_missing_share"], 1.0.into(), "envoy.max_missing_share"),
+            (vec!["envoy", "max_missing_share"], (-0.1).into(), "envoy.max_missing_share"),
+            (
+                vec!["envoy", "prometheus"],
+                serde_yaml_ng::from_str("{url: prom:9090, selector: 'job=\"x\"'}").unwrap(),
+                "envoy.prometheus.url",
+            ),
+            (
+                vec!["envoy", "prometheus"],
+                serde_yaml_ng::from_str("{url: 'http://p:9090', selector: '{job=\"x\"}'}").unwrap(),
+                "envoy.prometheus.selector",
+            ),
+            (
+                vec!["envoy", "prometheus"],
+                serde_yaml_ng::from_str("{url: 'http://p:9090', selector: ''}").unwrap(),
+                "envoy.prometheus.selector",
+            ),
+            (
+                vec!["envoy", "prometheus"],
+                serde_yaml_ng::from_str("{url: 'http://p:9090', selector: 'job=\"x\"', timeout: 0s}").unwrap(),
+                "envoy.prometheus.timeout",
+            ),
+            (
+                vec!["envoy", "prometheus"],
+                serde_yaml_ng::from_str("{url: 'http://p:9090', selector: 'job=\"x\"', query: up}").unwrap(),
+                "envoy.prometheus.query",
+            ),
             (vec!["alerts", "retry_attempts"], 0.into(), "alerts.retry_attempts"),
             (vec!["alerts", "retry_backoff"], "0s".into(), "alerts.retry_backoff"),
             (vec!["alerts", "retry_backoff"], "1m".into(), "alerts.retry_backoff"),
@@ -913,6 +993,18 @@ alerts:
         assert_eq!(field_of(with(&["stages"], stages(&[1.0, 101.0]))), "stages[1].weight_percent");
         assert_eq!(field_of(with(&["stages"], stages(&[]))), "stages");
         assert!(with(&["stages"], stages(&[0.5, 100.0])).is_ok());
+    }
+
+    #[test]
+    fn a_prometheus_source_needs_no_admin_list() {
+        let prometheus = serde_yaml_ng::from_str("{url: 'http://p:9090', selector: 'job=\"canary\"'}").unwrap();
+        let spec = with(&["envoy", "prometheus"], prometheus).unwrap();
+        let mut value: serde_yaml_ng::Value = serde_yaml_ng::to_value(&spec).unwrap();
+        value["envoy"]["admin"] = serde_yaml_ng::Value::Sequence(vec![]);
+        let spec = RolloutSpec::from_yaml(&serde_yaml_ng::to_string(&value).unwrap()).unwrap();
+        let p = spec.envoy.prometheus.unwrap();
+        assert_eq!((p.url.as_str(), p.timeout), ("http://p:9090", Duration::from_secs(2)));
+        assert_eq!(spec.envoy.max_missing_share, 0.0, "default: every Envoy must answer");
     }
 
     #[test]

@@ -66,3 +66,21 @@ pub fn labels(data: &[u8]) {
         book.add("r", &batch, |_, _| true);
     }
 }
+
+/// The parser of Prometheus query answers (`/api/v1/query`) and their
+/// conversion into per-Envoy samples and a window.
+pub fn prometheus(data: &[u8]) {
+    use canary_controller::source::prometheus::{parse_vector, reads_from, PromSample};
+    use canary_controller::source::{merge_reads, ResetTracker};
+    let Ok(samples) = parse_vector(data) else { return };
+    // Every instance the answer names is up, so that its samples are read.
+    let up: Vec<PromSample> = samples
+        .iter()
+        .filter_map(|s| s.labels.get("instance"))
+        .map(|i| PromSample { labels: [("instance".to_string(), i.clone())].into(), value: 1.0 })
+        .collect();
+    if let Ok(reads) = reads_from("r", 1, &up, &samples, &samples, &samples) {
+        let w = merge_reads(1, "r/1", &reads, &mut ResetTracker::default());
+        assert!(w.coverage.answered <= w.coverage.endpoints);
+    }
+}

@@ -42,3 +42,8 @@ fn rollout_spec_corpus() {
 fn labels_corpus() {
     replay("labels", canary_fuzz::labels);
 }
+
+#[test]
+fn prometheus_corpus() {
+    replay("prometheus", canary_fuzz::prometheus);
+}

@@ -16,6 +16,7 @@ use canary_core::FilterConfig;
 use futures::StreamExt;
 
 pub mod cdp;
+pub mod fleet;
 
 /// The repository's root.
 pub fn root() -> PathBuf {

@@ -126,6 +126,9 @@ pub enum ReadError {
     Request(String),
     #[error("unparseable stats: {0}")]
     Parse(#[from] ParseError),
+    /// Prometheus knows the endpoint, but its last scrape failed (`up` is 0).
+    #[error("Prometheus' last scrape of it failed (up = 0)")]
+    ScrapeFailed,
 }
 
 /// What one endpoint reported for one rollout epoch, as read: cumulative
@@ -167,7 +170,7 @@ pub fn leaf_bucket_series(rollout: &str, epoch: u64, version: &str, leaf: Leaf<'
 }
 
 /// Whether a leaf is a histogram (its series are buckets) or a counter.
-fn is_histogram(leaf: Leaf<'_>) -> bool {
+pub(crate) fn is_histogram(leaf: Leaf<'_>) -> bool {
     match leaf {
         Leaf::Stat(stat) | Leaf::Segment(_, stat) => matches!(stat, Stat::Histogram(_)),
         Leaf::Pred(_) => false,
@@ -176,7 +179,7 @@ fn is_histogram(leaf: Leaf<'_>) -> bool {
 }
 
 /// Whether the names inside a leaf follow the filter's rules.
-fn leaf_names_ok(leaf: Leaf<'_>) -> bool {
+pub(crate) fn leaf_names_ok(leaf: Leaf<'_>) -> bool {
     match leaf {
         Leaf::Pred(bin) => is_name(bin),
         Leaf::Segment(segment, _) => is_name(segment),
@@ -252,7 +255,7 @@ fn decode_series(key: &str) -> Option<Series<'_>> {
 }
 
 /// The filter's own rule for rollout and version names: 1–64 of `[A-Za-z0-9_-]`.
-fn is_name(s: &str) -> bool {
+pub(crate) fn is_name(s: &str) -> bool {
     (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
@@ -392,7 +395,7 @@ fn bad(name: &str, problem: &str, value: Option<&Value>) -> ParseError {
 
 /// At most `max` bytes of `s` (on a char boundary), so error texts stay short
 /// whatever an endpoint sends.
-fn clip(s: &str, max: usize) -> String {
+pub(crate) fn clip(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_string();
     }
