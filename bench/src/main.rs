@@ -634,17 +634,7 @@ fn run(args: &RunArgs) -> Result<()> {
         let label: &'static str =
             Box::leak(format!("4{letter}. canary filter (V8), split, {alt_label}").into_boxed_str());
         let key = alt_key(i);
-        rows.insert(
-            4 + i,
-            RowDef {
-                key,
-                label,
-                envoy: key,
-                path: SMALL_PATH,
-                capture: false,
-                json_baseline: false,
-            },
-        );
+        rows.insert(4 + i, RowDef { key, label, envoy: key, path: SMALL_PATH, capture: false, json_baseline: false });
     }
     if let Some(keep) = &args.rows {
         rows.retain(|r| keep.iter().any(|k| k == r.key));
