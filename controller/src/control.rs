@@ -4,9 +4,19 @@
 //! ```text
 //!  tick:    read stats (no lock) ─► lock ─► reload state ─► RolloutState::step ─► commit ─► unlock ─► alerts
 //!  command: lock ─► reload state ─► RolloutState::command ─► commit ─► unlock ─► alerts
-//!  commit:  rollback: push 0 % first, then state, then log (nothing delays the rollback)
-//!           other:    state first (a failed write changes nothing), then push, then log
+//!  commit:  rollback: push 0 % first to every sink, then state, then log (nothing delays
+//!                     the rollback; it counts as pushed when any sink took it)
+//!           other:    state first (a failed write changes nothing), then push to every sink;
+//!                     a failed push puts the old state back and re-pushes it (the decision
+//!                     did not happen), else the log
 //! ```
+//!
+//! Sinks that missed a configuration (a rollback some path could not take,
+//! or the first push after a start) get it on the next tick, whatever the
+//! phase; the daemon keeps ticking after the rollout ends until every sink
+//! carries the final configuration. Each failed push is logged, counted
+//! (`canary_sink_attempts_total`) and alerted once (`sink_failing`) until a
+//! push succeeds again.
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -16,7 +26,7 @@ use serde::Serialize;
 use crate::alert::{Alert, Alerter};
 use crate::labels::{parse_jsonl, Intake, LabelRecord};
 use crate::rollout::{evidence, Action, Command, Decision, Millis, Phase, RolloutState, WindowSummary};
-use crate::sink::{EcdsFileSink, SinkError};
+use crate::sink::{EcdsFileSink, Need, SinkError, Sinks};
 use crate::source::{AdminSource, AdminSourceConfig};
 use crate::spec::RolloutSpec;
 use crate::store::{Store, StoreError};
@@ -48,10 +58,10 @@ pub fn now_millis() -> Millis {
 pub struct Controller {
     pub store: Store,
     pub spec: RolloutSpec,
-    sink: EcdsFileSink,
+    sinks: Sinks,
     alerter: Alerter,
-    /// The epoch last written to the sink by this process.
-    pushed_epoch: Option<u64>,
+    /// A `sink_failing` alert went out and no push has succeeded since.
+    sink_alerted: bool,
 }
 
 /// What `status` shows.
@@ -108,18 +118,23 @@ impl Controller {
                 given
             }
         };
-        let sink = EcdsFileSink::new(&spec.envoy.ecds_dir, &spec.envoy.wasm);
+        let sinks = Sinks::from_spec(&spec);
         let alerter = Alerter::new(spec.alerts.webhooks.clone());
-        let mut c = Controller { store, spec, sink, alerter, pushed_epoch: None };
+        let c = Controller { store, spec, sinks, alerter, sink_alerted: false };
         match c.store.load_state()? {
             Some(state) => c.store.repair_log(&state)?,
-            None => {
-                let state = RolloutState::start(&c.spec, now_millis());
-                c.store.save_state(&state)?;
-                c.push(&state)?;
-            }
+            // The first push is the first tick's (`ensure_pushed`): pushes
+            // are async, opening is not.
+            None => c.store.save_state(&RolloutState::start(&c.spec, now_millis()))?,
         }
         Ok(c)
+    }
+
+    /// Uses this Kubernetes client for the ConfigMap and WasmPlugin sinks
+    /// (else one is made from the environment on first use).
+    pub fn with_kube(mut self, client: kube::Client) -> Controller {
+        self.sinks = Sinks::from_spec(&self.spec).with_kube(client);
+        self
     }
 
     pub fn with_alerter(mut self, alerter: Alerter) -> Controller {
@@ -131,31 +146,51 @@ impl Controller {
         self.store.load_state()?.ok_or_else(|| ControlError::NoRollout(self.store.dir().display().to_string()))
     }
 
-    fn push(&mut self, state: &RolloutState) -> Result<()> {
+    async fn push(&mut self, state: &RolloutState, need: Need) -> Result<()> {
         let started = std::time::Instant::now();
-        let pushed = self.sink.push(&state.filter_config(&self.spec));
+        let pushed = self.sinks.push(&state.filter_config(&self.spec), need).await;
         crate::metrics::METRICS.sink_push(started.elapsed(), pushed.is_ok());
+        match &pushed {
+            Ok(_) if self.sinks.missing(state.epoch).is_empty() => self.sink_alerted = false,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(epoch = state.epoch, "push failed: {e}");
+                if !self.sink_alerted {
+                    self.sink_alerted = true;
+                    let target = state.target(&self.spec);
+                    let alert =
+                        Alert::sink_failing(&self.spec.rollout, &target, state.seq, &e.to_string(), now_millis());
+                    self.alerter.spawn(alert);
+                }
+            }
+        }
         pushed?;
-        self.pushed_epoch = Some(state.epoch);
         Ok(())
     }
 
-    /// Makes sure the sink carries the state's configuration (after a
-    /// restart, or when an earlier push failed).
-    pub fn ensure_pushed(&mut self) -> Result<()> {
+    /// Sinks that do not carry the state's configuration (as far as this
+    /// process knows: it has not written it there).
+    pub fn missing_sinks(&self) -> Vec<String> {
+        self.state().map(|s| self.sinks.missing(s.epoch)).unwrap_or_else(|_| self.sinks.names())
+    }
+
+    /// Makes sure every sink carries the state's configuration (after a
+    /// restart, or when an earlier push missed a sink).
+    pub async fn ensure_pushed(&mut self) -> Result<()> {
         let state = self.state()?;
-        if self.pushed_epoch != Some(state.epoch) {
-            self.push(&state)?;
+        if !self.sinks.missing(state.epoch).is_empty() {
+            self.push(&state, Need::All).await?;
         }
         Ok(())
     }
 
     /// Persists a decision and its effects, in the order that loses nothing.
-    fn commit(&mut self, old: &RolloutState, new: &RolloutState, d: &Decision) -> Result<()> {
+    async fn commit(&mut self, old: &RolloutState, new: &RolloutState, d: &Decision) -> Result<()> {
         let moved = new.epoch != old.epoch;
         if d.action == Action::Rollback {
-            // Traffic first: a rollback must not wait for, or fail on, the disk.
-            let pushed = self.push(new);
+            // Traffic first: a rollback must not wait for, or fail on, the
+            // disk, and any working sink takes it.
+            let pushed = self.push(new, Need::Any).await;
             let saved = self.store.save_state(new);
             let logged = self.store.append_decision(d);
             pushed?;
@@ -164,10 +199,19 @@ impl Controller {
             return Ok(());
         }
         self.store.save_state(new)?;
-        let pushed = if moved { self.push(new) } else { Ok(()) };
-        let logged = self.store.append_decision(d);
-        pushed?;
-        logged?;
+        if moved {
+            if let Err(e) = self.push(new, Need::All).await {
+                // The move did not happen: the old state goes back, and the
+                // sinks that took the new configuration get the old one.
+                let restored = self.store.save_state(old);
+                if let Err(again) = self.push(old, Need::All).await {
+                    tracing::error!("the previous configuration could not be pushed back either: {again}");
+                }
+                restored?;
+                return Err(e);
+            }
+        }
+        self.store.append_decision(d)?;
         Ok(())
     }
 
@@ -210,7 +254,7 @@ impl Controller {
             let old = self.state()?;
             self.store.repair_log(&old)?;
             let (new, d) = old.command(&self.spec, command, reason, now_millis())?;
-            self.commit(&old, &new, &d)?;
+            self.commit(&old, &new, &d).await?;
             d
         };
         for alert in self.alert(&decision, true) {
@@ -228,9 +272,14 @@ impl Controller {
     pub async fn tick(&mut self, source: &mut AdminSource) -> Result<Option<Decision>> {
         let before = self.state()?;
         if before.phase != Phase::Running {
+            // A rollback some sink missed, or a pause after a restart:
+            // keep delivering; nothing to evaluate.
+            if let Err(e) = self.ensure_pushed().await {
+                tracing::error!("sinks still missing the {} configuration: {e}", before.phase);
+            }
             return Ok(None);
         }
-        self.ensure_pushed()?;
+        self.ensure_pushed().await?;
         self.read_labels_file()?;
         if let Ok(mut t) = serde_json::from_value::<crate::source::ResetTracker>(before.source_tracker.clone()) {
             // Earlier epochs are never read again: keep the tracker small.
@@ -252,7 +301,7 @@ impl Controller {
             }
             old.source_tracker = serde_json::to_value(source.tracker()).unwrap_or_default();
             let (new, d) = old.step(&self.spec, Ok(&window), now_millis());
-            self.commit(&old, &new, &d)?;
+            self.commit(&old, &new, &d).await?;
             d
         };
         self.alert(&decision, false);

@@ -3,6 +3,7 @@
 
 pub mod alert;
 pub mod control;
+pub mod crd;
 pub mod daemon;
 pub mod dashboard;
 pub mod durable;
@@ -10,6 +11,7 @@ pub mod gates;
 pub mod labels;
 pub mod metrics;
 pub mod psi;
+pub mod reconcile;
 pub mod replay;
 pub mod report;
 pub mod rollout;

@@ -1,0 +1,315 @@
+//! The `CanaryRollout` custom resource (canary.dev/v1alpha1): its spec is
+//! the rollout spec ([`crate::spec::RolloutSpec`], derived there), its
+//! status what the reconciler mirrors from the rollout's state directory.
+//!
+//! ```text
+//!  kubectl / canary --kube ──annotate──► CanaryRollout ◄──watch── reconciler ──► state dir (authoritative)
+//!                                          status ◄──────patch /status────────┘
+//! ```
+//!
+//! Manual commands travel as two annotations: `canary.dev/command`
+//! (pause | resume | advance | rollback) and `canary.dev/command-id` (any
+//! new value). The reconciler applies a command once per id: the id goes
+//! into the decision's reason in the log and into `status.lastCommand`.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, UNIX_EPOCH};
+
+use kube::api::{Api, Patch, PatchParams};
+use kube::CustomResourceExt;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::control::Status;
+use crate::rollout::{Command, RolloutState};
+use crate::sink::configmap::FIELD_MANAGER;
+pub use crate::spec::CanaryRollout;
+
+/// The annotation naming a manual command.
+pub const COMMAND: &str = "canary.dev/command";
+/// The annotation that makes a command new: a command runs once per id.
+pub const COMMAND_ID: &str = "canary.dev/command-id";
+/// Optional: why (goes into the decision log and the alert).
+pub const COMMAND_REASON: &str = "canary.dev/command-reason";
+/// `"true"`: accept a changed spec mid-rollout (recorded in the log, as
+/// `canary run --accept-spec-change`).
+pub const ACCEPT_SPEC_CHANGE: &str = "canary.dev/accept-spec-change";
+
+/// Transitions kept in `status.history` (the full record is the state
+/// directory's decision log).
+pub const HISTORY_LIMIT: usize = 20;
+
+/// Schemas for the filter's own configuration types (they live in the
+/// filter's crate, which knows nothing of Kubernetes): kept open, and
+/// checked by the filter's own rules when the spec is validated.
+pub mod schema {
+    use schemars::{json_schema, Schema, SchemaGenerator};
+
+    pub fn object(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({ "type": "object", "x-kubernetes-preserve-unknown-fields": true })
+    }
+
+    pub fn object_list(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "array",
+            "items": { "type": "object", "x-kubernetes-preserve-unknown-fields": true }
+        })
+    }
+
+    pub fn unkeyed(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({ "type": "string", "enum": ["champion", "split_by_request_id"] })
+    }
+}
+
+/// What `kubectl get canaryrollout -o yaml` shows under `status`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CanaryRolloutStatus {
+    /// running, paused, promoted or rolled_back.
+    pub phase: Option<String>,
+    /// 0-based stage index, and its name.
+    pub stage: Option<u32>,
+    pub stage_name: Option<String>,
+    pub stages: Option<u32>,
+    /// Challenger share, e.g. `5%`.
+    pub weight: Option<String>,
+    pub weight_bp: Option<u16>,
+    /// The configuration's epoch (raised on every change).
+    pub epoch: Option<u64>,
+    /// The last decision's gate verdicts.
+    #[serde(default)]
+    pub gates: Vec<GateStatus>,
+    pub last_decision: Option<DecisionStatus>,
+    /// The latest stage changes, oldest first (at most 20).
+    #[serde(default)]
+    pub history: Vec<TransitionStatus>,
+    /// Sinks that do not carry the current configuration yet.
+    #[serde(default)]
+    pub missing_sinks: Vec<String>,
+    /// The last manual command handled (from the annotations).
+    pub last_command: Option<CommandStatus>,
+    /// Why the reconciler cannot go on (a refused spec), or the last error.
+    pub message: Option<String>,
+    /// `metadata.generation` of the spec this status describes.
+    pub observed_generation: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GateStatus {
+    pub gate: String,
+    /// pass, fail, inconclusive or no_data.
+    pub outcome: String,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DecisionStatus {
+    pub seq: u64,
+    /// RFC 3339.
+    pub at: String,
+    /// advance, promote, hold, rollback, pause or resume.
+    pub action: String,
+    pub manual: bool,
+    pub reasons: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TransitionStatus {
+    pub seq: u64,
+    pub at: String,
+    pub action: String,
+    pub manual: bool,
+    pub from_stage: String,
+    pub to_stage: String,
+    pub weight: String,
+    pub epoch: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CommandStatus {
+    pub id: String,
+    pub command: String,
+    /// `applied: …` or `refused: …`.
+    pub result: String,
+}
+
+/// The CRD as YAML: what `canary crd` prints and `deploy/crd.yaml` holds.
+pub fn crd_yaml() -> String {
+    let header = "# Generated by `canary crd` from controller/src/spec.rs and controller/src/crd.rs: do not edit.\n";
+    format!("{header}{}", serde_yaml_ng::to_string(&CanaryRollout::crd()).unwrap_or_default())
+}
+
+fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+fn snake<T: Serialize>(v: &T) -> String {
+    serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+}
+
+/// The status for a rollout's state: pure, so the reconciler's writes are
+/// tested without a cluster.
+pub fn status_of(
+    s: &Status,
+    state: &RolloutState,
+    missing_sinks: Vec<String>,
+    last_command: Option<CommandStatus>,
+    message: Option<String>,
+    generation: Option<i64>,
+) -> CanaryRolloutStatus {
+    let d = s.last_decision.as_ref();
+    let skip = state.history.len().saturating_sub(HISTORY_LIMIT);
+    CanaryRolloutStatus {
+        phase: Some(snake(&s.phase)),
+        stage: Some(s.stage as u32),
+        stage_name: Some(s.stage_name.clone()),
+        stages: Some(s.stages as u32),
+        weight: Some(canary_core::Weight::from_bp(u64::from(s.weight_bp)).unwrap_or_default().to_string()),
+        weight_bp: Some(s.weight_bp),
+        epoch: Some(s.epoch),
+        gates: d
+            .map(|d| {
+                d.gates
+                    .iter()
+                    .map(|g| GateStatus { gate: snake(&g.gate), outcome: snake(&g.outcome), detail: g.detail.clone() })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        last_decision: d.map(|d| DecisionStatus {
+            seq: d.seq,
+            at: rfc3339(d.at),
+            action: snake(&d.action),
+            manual: d.manual,
+            reasons: d.reasons.clone(),
+        }),
+        history: state.history[skip..]
+            .iter()
+            .map(|t| TransitionStatus {
+                seq: t.seq,
+                at: rfc3339(t.at),
+                action: snake(&t.action),
+                manual: t.manual,
+                from_stage: t.from_stage.clone(),
+                to_stage: t.to_stage.clone(),
+                weight: t.weight.to_string(),
+                epoch: t.epoch,
+            })
+            .collect(),
+        missing_sinks,
+        last_command,
+        message,
+        observed_generation: generation,
+    }
+}
+
+/// A command the annotations ask for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingCommand {
+    pub id: String,
+    /// `Err(text)`: not a command (refused, and recorded as handled).
+    pub command: Result<Command, String>,
+    pub reason: String,
+}
+
+/// The command the annotations ask for, unless its id was handled already.
+pub fn pending_command(annotations: &BTreeMap<String, String>, handled: Option<&str>) -> Option<PendingCommand> {
+    let id = annotations.get(COMMAND_ID)?.trim();
+    if id.is_empty() || Some(id) == handled {
+        return None;
+    }
+    let text = annotations.get(COMMAND).map(|c| c.trim().to_ascii_lowercase()).unwrap_or_default();
+    let command = match text.as_str() {
+        "pause" => Ok(Command::Pause),
+        "resume" => Ok(Command::Resume),
+        "advance" => Ok(Command::Advance),
+        "rollback" => Ok(Command::Rollback),
+        other => Err(format!("`{COMMAND}: {other}` is not a command: use pause, resume, advance or rollback")),
+    };
+    let reason = annotations.get(COMMAND_REASON).cloned().unwrap_or_default();
+    Some(PendingCommand { id: id.to_string(), command, reason })
+}
+
+/// The decision reason that records a command's id (how a command already
+/// applied is recognised after a restart).
+pub fn reason_with_id(reason: &str, id: &str) -> String {
+    let tag = format!("[{COMMAND_ID} {id}]");
+    if reason.is_empty() {
+        format!("kubectl {tag}")
+    } else {
+        format!("{reason} {tag}")
+    }
+}
+
+/// Whether a decision's reasons carry this command id.
+pub fn carries_id(reasons: &[String], id: &str) -> bool {
+    let tag = format!("[{COMMAND_ID} {id}]");
+    reasons.iter().any(|r| r.contains(&tag))
+}
+
+pub fn command_name(c: Command) -> &'static str {
+    match c {
+        Command::Pause => "pause",
+        Command::Resume => "resume",
+        Command::Advance => "advance",
+        Command::Rollback => "rollback",
+    }
+}
+
+/// A fresh command id: time and randomness, unique enough per resource.
+pub fn new_command_id() -> String {
+    let ms = crate::control::now_millis();
+    format!("{ms}-{:08x}", rand::random::<u32>())
+}
+
+/// The annotation patch that asks the reconciler for a command.
+pub fn command_patch(command: Command, id: &str, reason: &str) -> serde_json::Value {
+    json!({ "metadata": { "annotations": {
+        COMMAND: command_name(command),
+        COMMAND_ID: id,
+        COMMAND_REASON: reason,
+    } } })
+}
+
+/// `canary pause|resume|advance|rollback --kube NS/NAME`: sets the
+/// annotations through the API (what `kubectl annotate` would do).
+pub async fn request_command(
+    client: kube::Client,
+    namespace: &str,
+    name: &str,
+    command: Command,
+    reason: &str,
+    id: &str,
+) -> Result<(), kube::Error> {
+    let api: Api<CanaryRollout> = Api::namespaced(client, namespace);
+    let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..PatchParams::default() };
+    api.patch(name, &params, &Patch::Merge(command_patch(command, id, reason))).await?;
+    Ok(())
+}
+
+/// Waits until the reconciler reports the command handled; its status then.
+pub async fn wait_handled(
+    client: kube::Client,
+    namespace: &str,
+    name: &str,
+    id: &str,
+    timeout: Duration,
+    poll: Duration,
+) -> Result<Option<CanaryRolloutStatus>, kube::Error> {
+    let api: Api<CanaryRollout> = Api::namespaced(client, namespace);
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let status = api.get_status(name).await?.status;
+        if status.as_ref().and_then(|s| s.last_command.as_ref()).is_some_and(|c| c.id == id) {
+            return Ok(status);
+        }
+        if tokio::time::Instant::now() + poll > deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(poll).await;
+    }
+}
