@@ -442,6 +442,53 @@ mod tests {
     use super::*;
     use crate::window::{Coverage, VersionWindow};
 
+    /// A spec with two file sinks: `envoy.ecds_dir` (broken: its parent is
+    /// a regular file, so even root cannot write it) and a working one.
+    fn two_sinks(tmp: &Path) -> (RolloutSpec, std::path::PathBuf) {
+        std::fs::write(tmp.join("blocker"), "x").unwrap();
+        let good = tmp.join("good");
+        std::fs::create_dir(&good).unwrap();
+        let text = format!(
+            "rollout: r\nchampion: a\nchallenger: b\nstages: [{{weight_percent: 1}}, {{weight_percent: 100}}]\n\
+             gates: {{error_rate: {{error_tolerance: 1}}}}\n\
+             envoy:\n  admin: [\"http://127.0.0.1:1\"]\n  ecds_dir: {}\n  wasm: /x.wasm\n  sinks: [{{file: {{dir: {}}}}}]\n  \
+             sink_retry: {{attempts: 2, backoff: 1ms, max_backoff: 1ms}}\n",
+            tmp.join("blocker/ecds").display(),
+            good.display()
+        );
+        (RolloutSpec::from_yaml(&text).unwrap(), good.join(crate::sink::ECDS_FILE_NAME))
+    }
+
+    fn pushed_epoch(file: &Path) -> u64 {
+        let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+        doc["version_info"].as_str().unwrap().rsplit('/').next().unwrap().parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_stage_change_a_sink_refuses_leaves_the_old_state_and_a_rollback_takes_any_working_sink() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (spec, good) = two_sinks(tmp.path());
+        let mut c = Controller::open(&tmp.path().join("state"), Some(spec), false).unwrap();
+        // The start's push: the good sink takes it, the broken one is named.
+        let e = c.ensure_pushed().await.unwrap_err();
+        assert!(e.to_string().contains("blocker/ecds"), "{e}");
+        assert_eq!(pushed_epoch(&good), 1);
+        let before = c.state().unwrap();
+
+        let e = c.command(Command::Advance, "try").await.unwrap_err();
+        assert!(e.to_string().contains("every sink must take a stage change"), "{e}");
+        let after = c.state().unwrap();
+        assert_eq!((after.stage, after.epoch, after.seq), (before.stage, before.epoch, before.seq), "state moved");
+        assert!(c.store.decisions().unwrap().is_empty(), "a failed advance was logged");
+        assert_eq!(pushed_epoch(&good), 1, "the good sink got the old configuration back");
+
+        let d = c.command(Command::Rollback, "bad").await.unwrap();
+        assert_eq!((d.action, d.to.weight.bp()), (Action::Rollback, 0));
+        assert_eq!(pushed_epoch(&good), d.to.epoch);
+        assert_eq!(c.state().unwrap().phase, Phase::RolledBack);
+        assert_eq!(c.missing_sinks(), [format!("file {}", tmp.path().join("blocker/ecds").display())]);
+    }
+
     #[test]
     fn segment_status_lists_every_segment_of_either_version() {
         let mut champion = VersionWindow::default();

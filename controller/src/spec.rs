@@ -31,8 +31,7 @@ fn invalid(field: impl Into<String>, reason: impl std::fmt::Display) -> SpecErro
     SpecError::Invalid { field: field.into(), reason: reason.to_string() }
 }
 
-/// The whole spec. As a Kubernetes resource, it is the `spec` of a
-/// `CanaryRollout` (see [`crate::crd`]).
+/// The rollout spec (as a Kubernetes resource: the spec of a CanaryRollout).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, kube::CustomResource)]
 #[kube(
     group = "canary.dev",
@@ -315,7 +314,7 @@ pub struct EnvoySpec {
     /// resource of the file and ConfigMap sinks).
     pub wasm: PathBuf,
     /// Where each new filter configuration goes, besides `ecds_dir`: every
-    /// entry gets every configuration (see [`crate::sink`]).
+    /// entry gets every configuration.
     #[serde(default, skip_serializing_if = "Vec::is_empty", with = "serde_yaml_ng::with::singleton_map_recursive")]
     #[schemars(with = "Vec<SinkSpec>")]
     pub sinks: Vec<SinkSpec>,
