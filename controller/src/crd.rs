@@ -361,3 +361,165 @@ impl std::fmt::Display for ResourceRef {
         write!(f, "{}/{}", self.namespace, self.name)
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::fixtures::{client, serve, Exchange};
+
+    #[test]
+    fn the_checked_in_crd_is_the_generated_one() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/crd.yaml");
+        let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            checked_in == crd_yaml(),
+            "{} differs from the CRD the types generate: run `cargo run -p canary-controller --bin canary -- crd > deploy/crd.yaml`",
+            path.display()
+        );
+    }
+
+    #[test]
+    fn the_crd_is_structural_and_has_the_status_subresource() {
+        let crd: serde_json::Value = serde_yaml_ng::from_str(&crd_yaml()).unwrap();
+        let text = crd.to_string();
+        assert!(!text.contains(r#""additionalProperties":false"#), "the API server refuses it beside properties");
+        let version = &crd["spec"]["versions"][0];
+        assert_eq!(version["name"], "v1alpha1");
+        assert!(version["subresources"]["status"].is_object());
+        let spec = &version["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        // Durations are humantime strings.
+        assert_eq!(spec["properties"]["interval"]["type"], "string");
+        assert_eq!(spec["properties"]["stages"]["items"]["properties"]["min_duration"]["type"], "string");
+        assert_eq!(spec["properties"]["envoy"]["properties"]["sinks"]["items"]["oneOf"].as_array().unwrap().len(), 3);
+        let status = &version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"];
+        for field in ["phase", "stage", "weight", "gates", "lastDecision", "history", "lastCommand"] {
+            assert!(status[field].is_object(), "status.{field} missing from the schema");
+        }
+    }
+
+    /// The spec as the API server hands it over: JSON, maps for the
+    /// filter's enums, humantime strings.
+    pub(crate) fn resource(ecds_dir: &std::path::Path, annotations: serde_json::Value) -> CanaryRollout {
+        serde_json::from_value(json!({
+            "apiVersion": "canary.dev/v1alpha1", "kind": "CanaryRollout",
+            "metadata": {"name": "recs", "namespace": "shop", "generation": 3, "annotations": annotations},
+            "spec": {
+                "rollout": "recs-v2", "champion": "v1", "challenger": "v2", "interval": "30s",
+                "stages": [{"weight_percent": 5, "min_duration": "1h", "min_requests": 100}, {"weight_percent": 100}],
+                "gates": {"error_rate": {"error_tolerance": 1.0}},
+                "envoy": {
+                    "admin": ["http://127.0.0.1:1"], "timeout": "200ms",
+                    "ecds_dir": ecds_dir, "wasm": "/etc/canary/canary_filter.wasm",
+                },
+                "filter": {"key": [{"header": "x-user-id"}, {"cookie": "uid"}], "unkeyed": "champion"}
+            }
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_resource_spec_reads_like_the_yaml_spec() {
+        let r = resource(std::path::Path::new("/var/run/canary"), json!({}));
+        let yaml = crate::spec::RolloutSpec::from_yaml(
+            "rollout: recs-v2\nchampion: v1\nchallenger: v2\ninterval: 30s\nstages:\n  - {weight_percent: 5, min_duration: 1h, min_requests: 100}\n  - {weight_percent: 100}\ngates: {error_rate: {error_tolerance: 1.0}}\nenvoy: {admin: ['http://127.0.0.1:1'], timeout: 200ms, ecds_dir: /var/run/canary, wasm: /etc/canary/canary_filter.wasm}\nfilter: {key: [{header: x-user-id}, {cookie: uid}], unkeyed: champion}\n",
+        )
+        .unwrap();
+        assert_eq!(r.spec, yaml);
+        r.spec.validate().unwrap();
+    }
+
+    #[test]
+    fn a_command_runs_once_per_id() {
+        let ann = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        };
+        let pause = ann(&[(COMMAND, "pause"), (COMMAND_ID, "a1"), (COMMAND_REASON, "looking")]);
+        let p = pending_command(&pause, None).unwrap();
+        assert_eq!((p.id.as_str(), p.command.clone(), p.reason.as_str()), ("a1", Ok(Command::Pause), "looking"));
+        assert_eq!(pending_command(&pause, Some("a1")), None, "handled already");
+        assert!(pending_command(&pause, Some("a0")).is_some(), "a new id runs again");
+        assert_eq!(pending_command(&ann(&[(COMMAND, "pause")]), None), None, "no id: nothing to run");
+        let odd = pending_command(&ann(&[(COMMAND, "promote"), (COMMAND_ID, "b")]), None).unwrap();
+        assert!(odd.command.unwrap_err().contains("pause, resume, advance or rollback"));
+        let upper = pending_command(&ann(&[(COMMAND, " Rollback "), (COMMAND_ID, "c")]), None).unwrap();
+        assert_eq!(upper.command, Ok(Command::Rollback));
+        let reason = reason_with_id("bad reviews", "a1");
+        assert!(carries_id(&[reason.clone()], "a1") && !carries_id(&[reason], "a"));
+    }
+
+    #[test]
+    fn resource_refs_parse_as_namespace_slash_name() {
+        let r: ResourceRef = "shop/recs".parse().unwrap();
+        assert_eq!((r.namespace.as_str(), r.name.as_str()), ("shop", "recs"));
+        for bad in ["recs", "/recs", "shop/", "a/b/c"] {
+            assert!(bad.parse::<ResourceRef>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn status_history_is_bounded_and_mirrors_the_state() {
+        let tmp = tempfile::tempdir().unwrap();
+        let spec = resource(tmp.path(), json!({})).spec;
+        let mut state = RolloutState::start(&spec, 1_000);
+        state = state.command(&spec, Command::Pause, "", 2_000).unwrap().0;
+        state = state.command(&spec, Command::Resume, "", 3_000).unwrap().0;
+        state.history = (1..=30)
+            .map(|seq| crate::rollout::Transition {
+                at: seq * 1000,
+                seq,
+                action: crate::rollout::Action::Advance,
+                manual: false,
+                from_stage: "a".into(),
+                to_stage: "b".into(),
+                weight: canary_core::Weight::from_bp(500).unwrap(),
+                epoch: seq,
+            })
+            .collect();
+        let store = crate::store::Store::open(&tmp.path().join("s")).unwrap();
+        store.save_spec(&spec).unwrap();
+        store.save_state(&state).unwrap();
+        let s = crate::control::status(&store, &spec).unwrap();
+        let st = status_of(&s, &state, vec![], None, None, Some(3));
+        let seqs: Vec<u64> = st.history.iter().map(|t| t.seq).collect();
+        assert_eq!(seqs, (11..=30).collect::<Vec<u64>>(), "the latest 20, oldest first");
+        assert_eq!((st.history[0].at.as_str(), st.history[0].weight.as_str()), ("1970-01-01T00:00:11.000Z", "5%"));
+        assert_eq!(st.phase.as_deref(), Some("running"));
+        assert_eq!((st.stage, st.weight.as_deref(), st.weight_bp, st.epoch), (Some(0), Some("5%"), Some(500), Some(1)));
+        assert_eq!(st.last_decision.as_ref().map(|d| d.action.as_str()), Some("resume"));
+        assert_eq!(st.observed_generation, Some(3));
+    }
+
+    #[tokio::test]
+    async fn the_cli_asks_for_a_command_by_annotation_and_waits_for_the_status() {
+        let path = "/apis/canary.dev/v1alpha1/namespaces/shop/canaryrollouts/recs";
+        let tmp = tempfile::tempdir().unwrap();
+        let mut handled = serde_json::to_value(resource(tmp.path(), json!({}))).unwrap();
+        let (client, handle) = client();
+        let mut pending = handled.clone();
+        pending["status"] = json!({"lastCommand": {"id": "older", "command": "pause", "result": "applied"}});
+        handled["status"] = json!({"phase": "rolled_back", "lastCommand": {"id": "id-1", "command": "rollback", "result": "applied: decision #3"}});
+        let api = serve(
+            handle,
+            vec![
+                Exchange::patch(
+                    path,
+                    "application/merge-patch+json",
+                    json!({"metadata": {"annotations": {
+                        "canary.dev/command": "rollback", "canary.dev/command-id": "id-1", "canary.dev/command-reason": "bad reviews"
+                    }}}),
+                    200,
+                    pending.clone(),
+                ),
+                Exchange::get(format!("{path}/status"), 200, pending),
+                Exchange::get(format!("{path}/status"), 200, handled),
+            ],
+        );
+        request_command(client.clone(), "shop", "recs", Command::Rollback, "bad reviews", "id-1").await.unwrap();
+        let status = wait_handled(client, "shop", "recs", "id-1", Duration::from_secs(5), Duration::from_millis(10))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(status.phase.as_deref(), Some("rolled_back"));
+        api.await.unwrap();
+    }
+}

@@ -7,6 +7,8 @@ pub mod crd;
 pub mod daemon;
 pub mod dashboard;
 pub mod durable;
+#[cfg(test)]
+mod fixtures;
 pub mod gates;
 pub mod labels;
 pub mod metrics;

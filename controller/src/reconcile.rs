@@ -230,3 +230,138 @@ pub async fn patch_status(
     api.patch_status(name, &params, &Patch::Merge(serde_json::json!({ "status": status }))).await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::crd::tests::resource;
+    use crate::fixtures::{client, serve, Exchange};
+
+    const STATUS: &str = "/apis/canary.dev/v1alpha1/namespaces/shop/canaryrollouts/recs/status";
+    const MERGE: &str = "application/merge-patch+json";
+
+    /// The status patch for the state directory as it is now: what the
+    /// reconciler must have written.
+    fn expected(root: &std::path::Path, last_command: Option<CommandStatus>) -> serde_json::Value {
+        let store = crate::store::Store::open(&root.join("shop/recs")).unwrap();
+        let spec = store.load_spec().unwrap().unwrap();
+        let state = store.load_state().unwrap().unwrap();
+        let s = crate::control::status(&store, &spec).unwrap();
+        json!({ "status": crd::status_of(&s, &state, vec![], last_command, None, Some(3)) })
+    }
+
+    fn setup() -> (tempfile::TempDir, std::path::PathBuf) {
+        let tmp = tempfile::tempdir().unwrap();
+        let ecds = tmp.path().join("ecds");
+        std::fs::create_dir(&ecds).unwrap();
+        (tmp, ecds)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reconcile_runs_one_evaluation_and_writes_the_status_subresource() {
+        let (tmp, ecds) = setup();
+        let root = tmp.path().join("root");
+        let obj = Arc::new(resource(&ecds, json!({})));
+        let (client, handle) = client();
+        // The body is checked against the state directory afterwards.
+        let mut patch = Exchange::patch(STATUS, MERGE, json!(null), 200, serde_json::to_value(&*obj).unwrap());
+        patch.body = None;
+        let api = serve(handle, vec![patch]);
+        let action = reconcile(obj, Context::new(client, root.clone())).await.unwrap();
+        assert_eq!(action, Action::requeue(Duration::from_secs(30)), "requeued at the spec's interval");
+        let seen = api.await.unwrap();
+        assert_eq!(seen[0].path, STATUS);
+        assert_eq!(seen[0].body, expected(&root, None));
+        let status = &seen[0].body["status"];
+        assert_eq!((status["phase"].as_str(), status["weight"].as_str()), (Some("running"), Some("5%")));
+        // The Envoy admin is down: the evaluation holds and says so.
+        assert_eq!(status["lastDecision"]["action"], "hold");
+        // The file sink got the stage's configuration.
+        let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(ecds.join("canary.json")).unwrap()).unwrap();
+        assert_eq!(doc["version_info"], "recs-v2/1");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_annotation_command_is_applied_once() {
+        let (tmp, ecds) = setup();
+        let root = tmp.path().join("root");
+        let ann = json!({"canary.dev/command": "advance", "canary.dev/command-id": "x7", "canary.dev/command-reason": "looks fine"});
+        let obj = resource(&ecds, ann);
+        let (c, handle) = client();
+        let mut patches = vec![];
+        for _ in 0..3 {
+            let answer = serde_json::to_value(&obj).unwrap();
+            patches.push(Exchange { body: None, ..Exchange::patch(STATUS, MERGE, json!(null), 200, answer) });
+        }
+        let api = serve(handle, patches);
+        let ctx = Context::new(c, root.clone());
+
+        // First pass: applied.
+        reconcile(Arc::new(obj.clone()), ctx.clone()).await.unwrap();
+        let store = crate::store::Store::open(&root.join("shop/recs")).unwrap();
+        let advances = || store.decisions().unwrap().iter().filter(|d| d.manual).count();
+        assert_eq!(advances(), 1);
+        let state = store.load_state().unwrap().unwrap();
+        assert_eq!((state.stage, state.epoch), (1, 2), "advanced once");
+
+        // Second pass with the status the first wrote: nothing new.
+        let mut seen_status = obj.clone();
+        seen_status.status = Some(crd::CanaryRolloutStatus {
+            last_command: Some(CommandStatus { id: "x7".into(), command: "advance".into(), result: "applied".into() }),
+            ..Default::default()
+        });
+        reconcile(Arc::new(seen_status), ctx.clone()).await.unwrap();
+        assert_eq!(advances(), 1);
+
+        // Third pass as if the status write had been lost: the decision
+        // log knows the id, so it is still not applied twice.
+        reconcile(Arc::new(obj), ctx).await.unwrap();
+        assert_eq!(advances(), 1);
+        assert_eq!(store.load_state().unwrap().unwrap().stage, 1);
+
+        let seen = api.await.unwrap();
+        let commands: Vec<&serde_json::Value> = seen.iter().map(|s| &s.body["status"]["lastCommand"]).collect();
+        assert_eq!(commands[0]["id"], "x7");
+        assert!(commands[0]["result"].as_str().unwrap().starts_with("applied: decision #"), "{}", commands[0]);
+        assert_eq!(commands[1]["result"], "applied", "carried over unchanged");
+        assert_eq!(commands[2]["result"], "applied (found in the decision log)");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_spec_the_rollout_refuses_is_reported_and_waits_for_an_edit() {
+        let (tmp, ecds) = setup();
+        let mut obj = resource(&ecds, json!({}));
+        obj.spec.challenger = obj.spec.champion.clone();
+        let refusal = obj.spec.validate().unwrap_err().to_string();
+        assert!(refusal.contains("challenger"), "{refusal}");
+        let (client, handle) = client();
+        let api = serve(
+            handle,
+            vec![Exchange::patch(
+                STATUS,
+                MERGE,
+                json!({"status": crd::CanaryRolloutStatus {
+                    message: Some(refusal.clone()),
+                    observed_generation: Some(3),
+                    ..Default::default()
+                }}),
+                200,
+                serde_json::to_value(&obj).unwrap(),
+            )],
+        );
+        let ctx = Context::new(client, tmp.path().join("root"));
+        let r = reconcile(Arc::new(obj), ctx).await;
+        let seen = api.await;
+        assert_eq!(r.unwrap(), Action::await_change());
+        seen.unwrap();
+        assert!(!tmp.path().join("root/shop/recs").exists(), "no rollout starts on a refused spec");
+    }
+
+    #[test]
+    fn errors_back_off_doubling_up_to_five_minutes() {
+        let secs: Vec<u64> = (1..=9).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(secs, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
+    }
+}

@@ -1043,6 +1043,62 @@ alerts:
     }
 
     #[test]
+    fn sinks_list_file_configmap_and_wasmplugin_and_ecds_dir_stays_a_file_sink() {
+        let spec = RolloutSpec::from_yaml(EXAMPLE).unwrap();
+        assert_eq!(spec.sinks(), [SinkSpec::File { dir: "/var/run/canary".into() }]);
+        let listed = with(
+            &["envoy", "sinks"],
+            serde_yaml_ng::from_str(
+                "[{file: {dir: /b}}, {config_map: {namespace: shop, name: canary-ecds}}, \
+                 {wasm_plugin: {namespace: istio-system, name: canary}}]",
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            listed.sinks(),
+            [
+                SinkSpec::File { dir: "/var/run/canary".into() },
+                SinkSpec::File { dir: "/b".into() },
+                SinkSpec::ConfigMap { namespace: "shop".into(), name: "canary-ecds".into(), key: "canary.json".into() },
+                SinkSpec::WasmPlugin { namespace: "istio-system".into(), name: "canary".into() },
+            ]
+        );
+        assert_eq!(RolloutSpec::from_yaml(&listed.to_yaml()).unwrap(), listed, "round-trips through the stored copy");
+        assert_eq!(listed.envoy.sink_retry, RetrySpec::default());
+    }
+
+    #[test]
+    fn sink_errors_name_the_field() {
+        use serde_yaml_ng::Value;
+        let v = |text: &str| -> Value { serde_yaml_ng::from_str(text).unwrap() };
+        let cases: Vec<(Vec<&str>, Value, &str)> = vec![
+            (
+                vec!["envoy", "sinks"],
+                v("[{config_map: {namespace: Shop, name: x}}]"),
+                "envoy.sinks[0].config_map.namespace",
+            ),
+            (vec!["envoy", "sinks"], v("[{wasm_plugin: {namespace: a, name: -x}}]"), "envoy.sinks[0].wasm_plugin.name"),
+            (
+                vec!["envoy", "sinks"],
+                v("[{config_map: {namespace: a, name: b, key: 'a/b'}}]"),
+                "envoy.sinks[0].config_map.key",
+            ),
+            (vec!["envoy", "sinks"], v("[{s3: {bucket: x}}]"), "envoy.sinks[0]"),
+            (vec!["envoy", "sink_retry", "attempts"], 0.into(), "envoy.sink_retry.attempts"),
+            (vec!["envoy", "sink_retry", "backoff"], "0s".into(), "envoy.sink_retry.backoff"),
+        ];
+        for (path, value, field) in cases {
+            let got = field_of(with(&path, value.clone()));
+            assert!(got.starts_with(field), "{path:?} = {value:?}: {got}");
+        }
+        let mut doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(EXAMPLE).unwrap();
+        doc["envoy"].as_mapping_mut().unwrap().remove("ecds_dir");
+        let err = RolloutSpec::from_yaml(&serde_yaml_ng::to_string(&doc).unwrap()).unwrap_err();
+        assert!(matches!(&err, SpecError::Invalid { field, .. } if field == "envoy.sinks"), "{err}");
+    }
+
+    #[test]
     fn no_gate_is_refused() {
         assert_eq!(field_of(with(&["gates"], serde_yaml_ng::from_str("{}").unwrap())), "gates");
     }

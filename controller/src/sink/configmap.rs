@@ -71,3 +71,73 @@ impl ConfigMapSink {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::fixtures::{client, serve, status_error, Exchange};
+    use crate::sink::tests::config;
+
+    const PATH: &str = "/api/v1/namespaces/mesh/configmaps/canary-ecds";
+
+    fn configmap(data: serde_json::Value) -> serde_json::Value {
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": "canary-ecds", "namespace": "mesh", "resourceVersion": "7"}, "data": data})
+    }
+
+    #[tokio::test]
+    async fn push_patches_the_key_with_the_same_text_the_file_sink_writes() {
+        let sink =
+            ConfigMapSink::new("mesh", "canary-ecds", "canary.json", Path::new("/etc/canary/canary_filter.wasm"));
+        let c = config(4, 500);
+        let tmp = tempfile::tempdir().unwrap();
+        crate::sink::EcdsFileSink::new(tmp.path(), "/etc/canary/canary_filter.wasm").push(&c).unwrap();
+        let file_text = std::fs::read_to_string(tmp.path().join("canary.json")).unwrap();
+        let (client, handle) = client();
+        let api = serve(
+            handle,
+            vec![
+                Exchange::get(PATH, 200, configmap(json!({"other": "kept", "canary.json": "old"}))),
+                Exchange::patch(
+                    PATH,
+                    "application/merge-patch+json",
+                    json!({"data": {"canary.json": file_text}}),
+                    200,
+                    configmap(json!({"canary.json": "new"})),
+                ),
+            ],
+        );
+        sink.push(&client, &c).await.unwrap();
+        let seen = api.await.unwrap();
+        assert_eq!(seen.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn an_unchanged_key_is_not_written_and_a_missing_configmap_is_named() {
+        let sink = ConfigMapSink::new("mesh", "canary-ecds", "canary.json", Path::new("/x.wasm"));
+        let c = config(4, 500);
+        let (client, handle) = client();
+        let current = configmap(json!({"canary.json": render_body(Path::new("/x.wasm"), &c)}));
+        let api = serve(
+            handle,
+            vec![
+                Exchange::get(PATH, 200, current),
+                Exchange::get(PATH, 404, status_error(404, "NotFound", "configmaps \"canary-ecds\" not found")),
+            ],
+        );
+        sink.push(&client, &c).await.unwrap();
+        let e = sink.push(&client, &c).await.unwrap_err();
+        assert!(matches!(e, SinkError::NotFound { .. }) && e.to_string().contains("ConfigMap mesh/canary-ecds"), "{e}");
+        api.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_configmap_limit_is_refused_before_any_request() {
+        let sink = ConfigMapSink::new("mesh", "canary-ecds", "canary.json", Path::new(&"/w".repeat(CONFIGMAP_LIMIT)));
+        let (client, _handle) = client();
+        let e = sink.push(&client, &config(1, 100)).await.unwrap_err();
+        assert!(matches!(e, SinkError::TooLarge { .. }), "{e}");
+    }
+}

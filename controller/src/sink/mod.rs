@@ -312,7 +312,7 @@ async fn push_with_retry(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::fs;
 
     use super::*;

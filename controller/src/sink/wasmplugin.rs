@@ -91,3 +91,95 @@ impl WasmPluginSink {
         Err(SinkError::Conflict { what, attempts: MAX_CONFLICTS })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::fixtures::{client, serve, status_error, Exchange};
+    use crate::sink::tests::config;
+
+    const PATH: &str = "/apis/extensions.istio.io/v1alpha1/namespaces/istio-system/wasmplugins/canary";
+    const JSON_PATCH: &str = "application/json-patch+json";
+
+    fn plugin(rv: &str, plugin_config: serde_json::Value) -> serde_json::Value {
+        json!({
+            "apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin",
+            "metadata": {"name": "canary", "namespace": "istio-system", "resourceVersion": rv},
+            "spec": {"url": "oci://registry.example/canary-filter:0.1.0", "pluginConfig": plugin_config}
+        })
+    }
+
+    #[tokio::test]
+    async fn a_conflict_is_read_again_and_patched_with_the_fresh_resource_version() {
+        let c = config(5, 2000);
+        let want = WasmPluginSink::plugin_config(&c);
+        assert_eq!(want["challenger_weight_bp"], 2000);
+        let (client, handle) = client();
+        let api = serve(
+            handle,
+            vec![
+                Exchange::get(PATH, 200, plugin("41", json!({"epoch": 4}))),
+                Exchange::patch(
+                    PATH,
+                    JSON_PATCH,
+                    json!([
+                        {"op": "replace", "path": "/metadata/resourceVersion", "value": "41"},
+                        {"op": "add", "path": "/spec/pluginConfig", "value": want},
+                    ]),
+                    409,
+                    status_error(
+                        409,
+                        "Conflict",
+                        "the object has been modified; please apply your changes to the latest version and try again",
+                    ),
+                ),
+                Exchange::get(PATH, 200, plugin("42", json!({"epoch": 4, "touched": "by someone else"}))),
+                Exchange::patch(
+                    PATH,
+                    JSON_PATCH,
+                    json!([
+                        {"op": "replace", "path": "/metadata/resourceVersion", "value": "42"},
+                        {"op": "add", "path": "/spec/pluginConfig", "value": want},
+                    ]),
+                    200,
+                    plugin("43", want.clone()),
+                ),
+            ],
+        );
+        WasmPluginSink::new("istio-system", "canary").push(&client, &c).await.unwrap();
+        assert_eq!(api.await.unwrap().len(), 4);
+    }
+
+    #[tokio::test]
+    async fn conflicts_without_end_give_up_after_the_bound() {
+        let c = config(5, 2000);
+        let (client, handle) = client();
+        let mut exchanges = vec![];
+        for i in 0..MAX_CONFLICTS {
+            let rv = format!("{}", 50 + i);
+            exchanges.push(Exchange::get(PATH, 200, plugin(&rv, json!({}))));
+            let mut p = Exchange::patch(PATH, JSON_PATCH, json!(null), 409, status_error(409, "Conflict", "modified"));
+            p.body = None;
+            exchanges.push(p);
+        }
+        let api = serve(handle, exchanges);
+        let e = WasmPluginSink::new("istio-system", "canary").push(&client, &c).await.unwrap_err();
+        assert!(matches!(e, SinkError::Conflict { attempts: MAX_CONFLICTS, .. }), "{e}");
+        let seen = api.await.unwrap();
+        // Every patch carried the resourceVersion of the read just before it.
+        for (i, pair) in seen.chunks(2).enumerate() {
+            assert_eq!(pair[1].body[0]["value"], format!("{}", 50 + i as u32));
+        }
+    }
+
+    #[tokio::test]
+    async fn an_equal_plugin_config_is_not_patched() {
+        let c = config(5, 2000);
+        let (client, handle) = client();
+        let api = serve(handle, vec![Exchange::get(PATH, 200, plugin("9", WasmPluginSink::plugin_config(&c)))]);
+        WasmPluginSink::new("istio-system", "canary").push(&client, &c).await.unwrap();
+        api.await.unwrap();
+    }
+}
