@@ -444,7 +444,7 @@ pub(crate) mod tests {
         let upper = pending_command(&ann(&[(COMMAND, " Rollback "), (COMMAND_ID, "c")]), None).unwrap();
         assert_eq!(upper.command, Ok(Command::Rollback));
         let reason = reason_with_id("bad reviews", "a1");
-        assert!(carries_id(&[reason.clone()], "a1") && !carries_id(&[reason], "a"));
+        assert!(carries_id(std::slice::from_ref(&reason), "a1") && !carries_id(&[reason], "a"));
     }
 
     #[test]
@@ -475,7 +475,7 @@ pub(crate) mod tests {
                 epoch: seq,
             })
             .collect();
-        let store = crate::store::Store::open(&tmp.path().join("s")).unwrap();
+        let store = crate::store::Store::open(tmp.path().join("s")).unwrap();
         store.save_spec(&spec).unwrap();
         store.save_state(&state).unwrap();
         let s = crate::control::status(&store, &spec).unwrap();

@@ -245,7 +245,7 @@ mod tests {
     /// The status patch for the state directory as it is now: what the
     /// reconciler must have written.
     fn expected(root: &std::path::Path, last_command: Option<CommandStatus>) -> serde_json::Value {
-        let store = crate::store::Store::open(&root.join("shop/recs")).unwrap();
+        let store = crate::store::Store::open(root.join("shop/recs")).unwrap();
         let spec = store.load_spec().unwrap().unwrap();
         let state = store.load_state().unwrap().unwrap();
         let s = crate::control::status(&store, &spec).unwrap();
@@ -300,7 +300,7 @@ mod tests {
 
         // First pass: applied.
         reconcile(Arc::new(obj.clone()), ctx.clone()).await.unwrap();
-        let store = crate::store::Store::open(&root.join("shop/recs")).unwrap();
+        let store = crate::store::Store::open(root.join("shop/recs")).unwrap();
         let advances = || store.decisions().unwrap().iter().filter(|d| d.manual).count();
         assert_eq!(advances(), 1);
         let state = store.load_state().unwrap().unwrap();
