@@ -429,6 +429,22 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn the_deploy_examples_are_valid() {
+        let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+        let read = |f: &str| std::fs::read_to_string(deploy.join(f)).unwrap();
+        let rollout: CanaryRollout = serde_yaml_ng::from_str(&read("canaryrollout.yaml")).unwrap();
+        rollout.spec.validate().unwrap();
+        assert_eq!(rollout.spec.sinks().len(), 2);
+        let plugin: serde_json::Value = serde_yaml_ng::from_str(&read("wasmplugin.yaml")).unwrap();
+        assert!(plugin["spec"]["url"].as_str().unwrap().starts_with("oci://"));
+        let config = plugin["spec"]["pluginConfig"].to_string();
+        canary_core::FilterConfig::from_json(config.as_bytes()).unwrap().validate().unwrap();
+        let ecds: serde_json::Value = serde_yaml_ng::from_str(&read("sidecar/canary-ecds.yaml")).unwrap();
+        let body: serde_json::Value = serde_json::from_str(ecds["data"]["canary.json"].as_str().unwrap()).unwrap();
+        assert_eq!(body["resources"], json!([]));
+    }
+
+    #[test]
     fn a_command_runs_once_per_id() {
         let ann = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
             pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
