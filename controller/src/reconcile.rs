@@ -4,7 +4,7 @@
 //!  watch CanaryRollout ─► reconcile(ns/name)
 //!     open <root>/<ns>/<name>  (the state directory: authoritative, on the Deployment's PersistentVolume)
 //!     annotation command with a new id? ─► Controller::command (once per id)
-//!     running? ─► Controller::tick (read stats, decide, push to the sinks)
+//!     an interval since the last evaluation? ─► Controller::tick (read stats, decide, push to the sinks)
 //!     patch …/canaryrollouts/<name>/status  (a mirror of the state directory)
 //!     requeue after spec.interval   (error: back off 5 s, 10 s, … 5 min)
 //! ```
@@ -22,7 +22,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use kube::api::{Api, Patch, PatchParams};
@@ -54,11 +54,32 @@ pub struct Context {
     pub root: PathBuf,
     /// Consecutive failures per resource, for the backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// When each resource was last evaluated: a reconcile triggered by
+    /// anything else (the watch event of our own status write, an
+    /// annotation) evaluates only once an interval has passed.
+    evaluated: Mutex<HashMap<String, Instant>>,
+    /// Each resource's controller, kept between reconciles: it knows which
+    /// sinks carry which configuration.
+    controllers: Mutex<HashMap<String, Controller>>,
 }
 
 impl Context {
     pub fn new(client: kube::Client, root: PathBuf) -> Arc<Context> {
-        Arc::new(Context { client, root, failures: Mutex::new(HashMap::new()) })
+        Arc::new(Context {
+            client,
+            root,
+            failures: Mutex::new(HashMap::new()),
+            evaluated: Mutex::new(HashMap::new()),
+            controllers: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn controllers(&self) -> std::sync::MutexGuard<'_, HashMap<String, Controller>> {
+        self.controllers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn evaluated(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+        self.evaluated.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
@@ -121,7 +142,12 @@ pub async fn reconcile(obj: Arc<CanaryRollout>, ctx: Arc<Context>) -> Result<Act
             .await?;
         return Ok(Action::await_change());
     }
+    let since = ctx.evaluated().get(&key).map(Instant::elapsed);
+    let interval = obj.spec.interval;
     let pass = Pass {
+        cached: ctx.controllers().remove(&key),
+        evaluate: since.is_none_or(|e| e >= interval),
+        wait: since.map_or(interval, |e| interval.saturating_sub(e).max(Duration::from_millis(100))),
         dir: ctx.root.join(&namespace).join(&name),
         spec: obj.spec.clone(),
         accept: obj.annotations().get(crd::ACCEPT_SPEC_CHANGE).is_some_and(|v| v == "true"),
@@ -133,9 +159,12 @@ pub async fn reconcile(obj: Arc<CanaryRollout>, ctx: Arc<Context>) -> Result<Act
     // The state directory's lock is a blocking call and an evaluation holds
     // it throughout: a blocking thread drives the pass.
     let handle = tokio::runtime::Handle::current();
-    let outcome = tokio::task::spawn_blocking(move || handle.block_on(pass.run()))
+    let (outcome, controller) = tokio::task::spawn_blocking(move || handle.block_on(pass.run()))
         .await
         .map_err(|e| ReconcileError::Panicked(key.clone(), e.to_string()))?;
+    if let Some(c) = controller {
+        ctx.controllers().insert(key.clone(), c);
+    }
     match outcome {
         Err(e @ ControlError::SpecChanged(_)) => {
             let message =
@@ -148,6 +177,9 @@ pub async fn reconcile(obj: Arc<CanaryRollout>, ctx: Arc<Context>) -> Result<Act
             if let Some(m) = &done.status.message {
                 tracing::warn!("{key}: {m}");
             }
+            if done.evaluated {
+                ctx.evaluated().insert(key.clone(), Instant::now());
+            }
             write(done.status).await?;
             ctx.failures().remove(&key);
             Ok(done.next)
@@ -157,6 +189,12 @@ pub async fn reconcile(obj: Arc<CanaryRollout>, ctx: Arc<Context>) -> Result<Act
 
 /// What one reconcile does with the state directory.
 struct Pass {
+    /// The controller of the previous reconcile, if its spec is unchanged.
+    cached: Option<Controller>,
+    /// Whether an interval has passed since the last evaluation.
+    evaluate: bool,
+    /// Otherwise, the time left until the next one.
+    wait: Duration,
     dir: PathBuf,
     spec: crate::spec::RolloutSpec,
     accept: bool,
@@ -169,17 +207,36 @@ struct Pass {
 struct Done {
     status: CanaryRolloutStatus,
     next: Action,
+    evaluated: bool,
 }
 
 impl Pass {
-    async fn run(self) -> Result<Done, ControlError> {
-        let mut c = Controller::open(&self.dir, Some(self.spec), self.accept)?.with_kube(self.client);
+    /// The outcome, and the controller to keep for the next reconcile.
+    async fn run(mut self) -> (Result<Done, ControlError>, Option<Controller>) {
+        let mut c = match self.cached.take() {
+            Some(c) if c.spec == self.spec && !self.accept => c,
+            _ => match Controller::open(&self.dir, Some(self.spec.clone()), self.accept) {
+                Ok(c) => c.with_kube(self.client.clone()),
+                Err(e) => return (Err(e), None),
+            },
+        };
+        let done = self.drive(&mut c).await;
+        (done, Some(c))
+    }
+
+    async fn drive(self, c: &mut Controller) -> Result<Done, ControlError> {
         let mut last_command = self.last_command;
         if let Some(p) = &self.command {
-            last_command = Some(apply_command(&mut c, p).await?);
+            last_command = Some(apply_command(c, p).await?);
         }
-        let mut source = c.source();
-        let message = c.tick(&mut source).await.err().map(|e| format!("evaluation failed, state unchanged: {e}"));
+        let mut message = None;
+        let wait = if self.evaluate {
+            let mut source = c.source();
+            message = c.tick(&mut source).await.err().map(|e| format!("evaluation failed, state unchanged: {e}"));
+            c.interval()
+        } else {
+            self.wait
+        };
         let state = c.state()?;
         let missing = c.missing_sinks();
         let settled = missing.is_empty() && message.is_none();
@@ -187,10 +244,10 @@ impl Pass {
         let next = if settled && (state.phase.is_final() || state.phase == Phase::Paused) {
             Action::await_change()
         } else {
-            Action::requeue(c.interval())
+            Action::requeue(wait)
         };
         let status = crd::status_of(&c.status()?, &state, missing, last_command, message, self.generation);
-        Ok(Done { status, next })
+        Ok(Done { status, next, evaluated: self.evaluate })
     }
 }
 
@@ -281,6 +338,32 @@ mod tests {
         // The file sink got the stage's configuration.
         let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(ecds.join("canary.json")).unwrap()).unwrap();
         assert_eq!(doc["version_info"], "recs-v2/1");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_watch_event_of_its_own_status_write_does_not_evaluate_again() {
+        let (tmp, ecds) = setup();
+        let root = tmp.path().join("root");
+        let obj = resource(&ecds, json!({}));
+        let (client, handle) = client();
+        let answer = serde_json::to_value(&obj).unwrap();
+        let patches = (0..2)
+            .map(|_| Exchange { body: None, ..Exchange::patch(STATUS, MERGE, json!(null), 200, answer.clone()) })
+            .collect();
+        let api = serve(handle, patches);
+        let ctx = Context::new(client, root.clone());
+        reconcile(Arc::new(obj.clone()), ctx.clone()).await.unwrap();
+        let action = reconcile(Arc::new(obj), ctx).await.unwrap();
+        let store = crate::store::Store::open(root.join("shop/recs")).unwrap();
+        assert_eq!(store.decisions().unwrap().len(), 1, "one evaluation per interval");
+        let seen = api.await.unwrap();
+        assert_eq!(seen[0].body, seen[1].body, "the same status again: a no-op for the API server");
+        // Requeued for what is left of the 30 s interval.
+        let left = match action {
+            a if a == Action::requeue(Duration::from_secs(30)) => panic!("requeued a whole interval again"),
+            a => a,
+        };
+        assert_ne!(left, Action::await_change());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
