@@ -44,7 +44,7 @@ clean: ## Remove build output (keeps .tools/)
 	$(CARGO) clean
 
 .PHONY: bench bench-smoke
-bench: setup ## Filter cost per request vs no filter, no-op wasm, native split (~6 min): bench/results/<date>/
+bench: setup ## Filter cost per request vs no filter, no-op wasm, native split, controller reaction (~12 min): bench/results/<date>/
 	@bash bench/run.sh full $(BENCH_ARGS)
 
 bench-smoke: setup ## One short round of the bench (< 1 min once built): target/bench-smoke/

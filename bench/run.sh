@@ -2,9 +2,10 @@
 # `make bench` / `make bench-smoke`: installs and builds what the bench needs
 # (through scripts/setup.sh and scripts/build-wasm.sh, so the rustup and the
 # Debian wasm toolchains both work), runs the criterion micro-benchmarks of
-# the pure core, then the side-by-side Envoy benchmark.
+# the pure core, the side-by-side Envoy benchmark, then the controller's
+# reaction (tests/src/bin/reaction.rs: fault → decision → 0 % in Envoy).
 #
-#   bash bench/run.sh full  [ARGS]   → bench/results/<UTC date>/   (~6 min)
+#   bash bench/run.sh full  [ARGS]   → bench/results/<UTC date>/   (~12 min)
 #   bash bench/run.sh smoke [ARGS]   → target/bench-smoke/          (one short round)
 #
 # ARGS go to `canary-bench run` (e.g. --rounds 8, --rate 3000, --connections 64).
@@ -59,4 +60,15 @@ taskset -c "$load_cpu" "$target_dir/release/canary-bench" run "${smoke[@]}" \
   --envoy-cpu "$envoy_cpu" --load-cpu "$load_cpu" \
   --wasm-toolchain "$toolchain" \
   "$@"
+# Controller reaction (real Envoy, backends and daemon; file sink): at the
+# spec's default interval (60 s) and at 1 s. Not pinned: it is a latency of
+# the whole system, not a CPU cost.
+"$CARGO" build -q -p canary-controller -p canary-tests --bins
+if [ "$mode" = full ]; then
+  reaction=(--interval 60s,1s --trials 3)
+else
+  reaction=(--interval 1s --trials 1)
+fi
+echo "bench: controller reaction (${reaction[*]})" >&2
+"$target_dir/debug/reaction" --out "$out" "${reaction[@]}" >/dev/null
 echo "bench: $mode run took $(( $(date +%s) - started )) s in all (builds included); results in $out" >&2

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use canary_core::metrics::{metric_name, Counter, Leaf, ShadowStat, Stat};
 use canary_core::FilterConfig;
-use canary_tests::{client, filter_config, get, Backend, Envoy, EnvoyOptions, Reply, CHALLENGER, CHAMPION};
+use canary_tests::{
+    client, counters_settled, filter_config, get, Backend, Envoy, EnvoyOptions, Reply, CHALLENGER, CHAMPION,
+};
 
 struct EchoRig {
     #[allow(dead_code)]
@@ -33,6 +35,7 @@ fn config(rollout: &str, epoch: u64, weight_bp: u64, extra: serde_json::Value) -
 }
 
 async fn counter(envoy: &Envoy, c: &FilterConfig, version: &str, leaf: Leaf<'_>) -> u64 {
+    counters_settled().await;
     envoy.counter(&format!("wasmcustom.{}", metric_name(&c.rollout, c.epoch, version, leaf))).await.unwrap()
 }
 
@@ -117,6 +120,7 @@ async fn segment_counters_appear_per_allowed_value_and_unknown_values_go_to_othe
         let ok = counter(&rig.envoy, &c, CHAMPION, Leaf::Segment(seg, Stat::Counter(Counter::Rq2xx))).await;
         assert_eq!((total, ok), (n, n), "segment {seg}");
     }
+    counters_settled().await;
     let gold = rig.envoy.stats("segment\\.gold").await.unwrap();
     assert!(gold.is_empty(), "a value outside the allow-list got its own counter: {gold:?}");
 }

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use canary_tests::{canary, decisions, rollout_spec, state, Daemon, Load, Receiver, Rig};
+use canary_tests::{canary, decisions, rollout_spec, state, wait_decision, wait_stage, Daemon, Load, Receiver, Rig};
 
 /// The gates of most tests, judged sequentially (the default): a gate passes
 /// only once its interval lies within the tolerance, so a stage needs enough
@@ -102,11 +102,7 @@ async fn a_challenger_with_5xx_above_tolerance_is_rolled_back_and_stops_getting_
     let mut daemon = Daemon::start(&state_dir, Some(&spec)).unwrap();
 
     // Healthy until it reaches 5 %, then the challenger starts failing 30 % of requests.
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while state(&state_dir)["stage"].as_u64() != Some(1) {
-        assert!(Instant::now() < deadline, "never reached stage 2:\n{}", daemon.output());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_stage(&state_dir, Some(1), Duration::from_secs(90), &daemon).await.unwrap();
     let fault_at = now_ms();
     rig.challenger.control(serde_json::json!({"error_rate": 0.3})).await.unwrap();
 
@@ -223,11 +219,7 @@ async fn a_controller_killed_mid_stage_resumes_the_same_stage() {
     let spec = rollout_spec("crash", &rig.envoy, "2s", MIN_REQUESTS, GATES, "");
     let load = load(&rig);
     let mut daemon = Daemon::start(&state_dir, Some(&spec)).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while state(&state_dir)["stage"].as_u64() != Some(1) {
-        assert!(Instant::now() < deadline, "never reached stage 2:\n{}", daemon.output());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_stage(&state_dir, Some(1), Duration::from_secs(90), &daemon).await.unwrap();
     tokio::time::sleep(Duration::from_millis(700)).await;
     daemon.kill9();
     let before = state(&state_dir);
@@ -266,11 +258,7 @@ async fn manual_commands_act_without_the_daemon() {
     let spec = rollout_spec("manual", &rig.envoy, "1h", 10, GATES, "");
     // Start, then stop the daemon at once: the rollout exists, nobody runs it.
     let mut daemon = Daemon::start(&state_dir, Some(&spec)).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while decisions(&state_dir).is_empty() {
-        assert!(Instant::now() < deadline, "{}", daemon.output());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_decision(&state_dir, Duration::from_secs(10), &daemon, |_| true).await.unwrap();
     daemon.proc.stop();
     rig.envoy.wait_version("manual/1").await.unwrap();
 
@@ -304,11 +292,7 @@ async fn manual_commands_act_while_the_daemon_runs() {
     let spec = rollout_spec("steer", &rig.envoy, "500ms", MIN_REQUESTS, GATES, "");
     let load = load(&rig);
     let mut daemon = Daemon::start(&state_dir, Some(&spec)).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while decisions(&state_dir).is_empty() {
-        assert!(Instant::now() < deadline, "{}", daemon.output());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_decision(&state_dir, Duration::from_secs(10), &daemon, |_| true).await.unwrap();
     manual("pause", &state_dir);
     let paused_at = state(&state_dir);
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -326,11 +310,7 @@ async fn manual_commands_act_while_the_daemon_runs() {
 
     manual("resume", &state_dir);
     let resumed_stage = state(&state_dir)["stage"].as_u64().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while state(&state_dir)["stage"].as_u64() == Some(resumed_stage) {
-        assert!(Instant::now() < deadline, "did not advance after resume:\n{}", daemon.output());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_stage(&state_dir, Some(resumed_stage + 1), Duration::from_secs(60), &daemon).await.unwrap();
 
     // Rollback acts at once and ends the daemon.
     let d = manual("rollback", &state_dir);
@@ -389,21 +369,11 @@ async fn the_label_gate_holds_until_enough_labels_arrive_by_http_and_jsonl() {
         (0..500).map(|i| format!("{{\"version\":\"v2\",\"stage\":\"1pct\",\"correct\":{}}}\n", i % 10 != 0)).collect();
     std::fs::write(&jsonl, lines).unwrap();
 
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while state(&state_dir)["stage"].as_u64() == Some(0) {
-        assert!(Instant::now() < deadline, "did not advance after labels:\n{}", daemon.output());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_stage(&state_dir, Some(1), Duration::from_secs(60), &daemon).await.unwrap();
     load.stop().await;
     // The state is written before the log line: wait for the line.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let advance = loop {
-        if let Some(d) = decisions(&state_dir).into_iter().find(|d| d["action"] == "advance") {
-            break d;
-        }
-        assert!(Instant::now() < deadline, "no advance in the log:\n{}", daemon.output());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let advance =
+        wait_decision(&state_dir, Duration::from_secs(5), &daemon, |d| d["action"] == "advance").await.unwrap();
     let label_gate = advance["gates"].as_array().unwrap().iter().find(|g| g["gate"] == "labels").unwrap().clone();
     assert_eq!((label_gate["outcome"].as_str(), label_gate["champion_n"].as_u64()), (Some("pass"), Some(500)));
     assert_eq!(label_gate["challenger"].as_f64(), Some(0.9));

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use canary_controller::sink::EcdsFileSink;
+use canary_core::metrics::Counter;
 use canary_tests::{client, filter_config, get, route_users, users, Rig, CHALLENGER, CHAMPION};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -148,4 +149,41 @@ async fn bad_configuration_is_refused_and_the_last_good_split_keeps_serving() {
     rig.envoy.push(&filter_config("refuse", 3, 10_000)).await.unwrap();
     let all = route_users(&c, &rig.envoy.url("/"), &ids, 32).await.unwrap();
     assert!(all.iter().all(|r| r.version.as_deref() == Some(CHALLENGER)));
+}
+
+/// The filter holds its counters between flushes. Requests still in flight
+/// when a push replaces the configuration answer after the old root context
+/// is gone: what they count must still reach Envoy, in the old epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_flight_across_a_push_are_counted_in_their_epoch() {
+    let rig = Rig::start().await.unwrap();
+    let old = filter_config("in-flight", 1, 5000);
+    rig.envoy.push(&old).await.unwrap();
+    for backend in [&rig.champion, &rig.challenger] {
+        backend.control(serde_json::json!({"latency_ms": 600.0, "latency_sigma": 0.0})).await.unwrap();
+    }
+    let url = rig.envoy.url("/");
+    let flights: Vec<_> = users("flight", 40)
+        .into_iter()
+        .map(|user| {
+            let url = url.clone();
+            tokio::spawn(async move { get(&client(), &url, &[("x-user-id", &user)]).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    rig.envoy.sink.push(&filter_config("in-flight", 2, 5000)).unwrap();
+    let mut answered = 0;
+    for f in flights {
+        let r = f.await.unwrap().unwrap();
+        assert_eq!(r.status, 200, "{r:?}");
+        answered += 1;
+    }
+    let applied = rig.envoy.stats("http_filter.canary.version_text").await.unwrap();
+    println!("after the flights: {applied:?}");
+    let mut counted = (0, 0);
+    for v in [CHAMPION, CHALLENGER] {
+        counted.0 += rig.envoy.canary_counter(&old, v, Counter::RqTotal).await.unwrap();
+        counted.1 += rig.envoy.canary_counter(&old, v, Counter::Rq2xx).await.unwrap();
+    }
+    assert_eq!(counted, (answered, answered), "(requests, 2xx) of epoch 1");
 }

@@ -11,7 +11,8 @@ use canary_controller::sink::EcdsFileSink;
 use canary_controller::source::{AdminSource, AdminSourceConfig};
 use canary_controller::window::Window;
 use canary_tests::{
-    client, filter_config, get, route_users, users, Backend, Envoy, EnvoyOptions, Reply, Rig, CHALLENGER, CHAMPION,
+    client, counters_settled, filter_config, get, route_users, users, Backend, Envoy, EnvoyOptions, Reply, Rig,
+    CHALLENGER, CHAMPION,
 };
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -152,6 +153,7 @@ async fn two_envoys_add_up_to_exactly_what_the_clients_saw() {
 
     let mut source = source(vec![admin(&rig.envoy), admin(&second)], Duration::from_secs(2));
     // Counters are live: the first read already has every request.
+    counters_settled().await;
     let w = source.read("source-sum", 1, &version).await;
     println!("per version (requests, 2xx): clients {want:?}, source {:?}", counted(&w));
     assert_eq!(counted(&w), want);
@@ -192,6 +194,7 @@ async fn dead_hanging_and_garbage_endpoints_fail_with_their_reasons_within_the_t
     let mut source = source(vec![dead.clone(), hanging.url(), admin(&rig.envoy), garbage.url()], timeout);
 
     let start = Instant::now();
+    counters_settled().await;
     let w = source.read("source-faults", 4, &version).await;
     let took = start.elapsed();
     println!("read took {took:?} with a {timeout:?} timeout; failures:");
@@ -218,6 +221,7 @@ async fn dead_hanging_and_garbage_endpoints_fail_with_their_reasons_within_the_t
         max_concurrency: 1,
     });
     let start = Instant::now();
+    counters_settled().await;
     let w = serial.read("source-faults", 4, &version).await;
     assert!(start.elapsed() < timeout + Duration::from_millis(500), "{:?}", start.elapsed());
     assert_eq!(counted(&w), want);
@@ -315,6 +319,7 @@ async fn counts_survive_an_envoy_restart_behind_the_same_endpoint() {
     target.store(envoy.admin_port, Ordering::SeqCst);
     tally(&route_users(&c, &envoy.url("/"), &users("after", 300), CONCURRENCY).await.unwrap(), &mut want);
 
+    counters_settled().await;
     let w = source.read("source-restart", 1, &version).await;
     println!("after the restart: clients {want:?}, source {:?}, resets {:?}", counted(&w), w.coverage.resets);
     assert_eq!(w.coverage.resets, vec![relay.url()]);

@@ -112,15 +112,13 @@ struct RunArgs {
     /// How the .wasm files were built (recorded).
     #[arg(long, default_value = "")]
     wasm_toolchain: String,
-    /// A second build of canary_filter.wasm (e.g. another opt-level) measured
-    /// as row `split_alt` with the split configuration, side by side with `split`.
-    #[arg(long)]
-    alt_filter_wasm: Option<PathBuf>,
-    /// What the alternative build is, for the report.
-    #[arg(long, default_value = "alternative build")]
-    alt_label: String,
+    /// Other builds of canary_filter.wasm (another opt-level, or the cost
+    /// ablations of bench/ablate.sh), each `LABEL=PATH`, measured with the split
+    /// configuration side by side with `split`: rows `split_alt`, `split_alt2`, …
+    #[arg(long = "alt", value_parser = parse_alt)]
+    alts: Vec<(String, PathBuf)>,
     /// Measure only these rows (comma-separated keys: none, noop, native, split,
-    /// pred_header, pred_json, none_json, noop_json, split_alt).
+    /// pred_header, pred_json, none_json, noop_json, split_alt, split_alt2, …).
     #[arg(long, value_delimiter = ',')]
     rows: Option<Vec<String>>,
     /// Repository root (default: the one this binary was built from).
@@ -277,6 +275,22 @@ fn split_config(extra: &str) -> String {
     )
 }
 
+fn parse_alt(s: &str) -> Result<(String, PathBuf), String> {
+    match s.split_once('=') {
+        Some((label, path)) if !label.is_empty() && !path.is_empty() => Ok((label.to_string(), path.into())),
+        _ => Err(format!("expected LABEL=PATH, got `{s}`")),
+    }
+}
+
+/// Row key of the `i`-th alternative build.
+fn alt_key(i: usize) -> &'static str {
+    if i == 0 {
+        "split_alt"
+    } else {
+        Box::leak(format!("split_alt{}", i + 1).into_boxed_str())
+    }
+}
+
 fn envoy_defs(args: &RunArgs) -> Vec<EnvoyDef> {
     let wasm = |w: &Path, config: String| Spec {
         template: "bench-wasm.yaml".into(),
@@ -318,10 +332,10 @@ fn envoy_defs(args: &RunArgs) -> Vec<EnvoyDef> {
             ),
         },
     ];
-    if let Some(alt) = &args.alt_filter_wasm {
+    for (i, (label, alt)) in args.alts.iter().enumerate() {
         defs.push(EnvoyDef {
-            key: "split_alt",
-            describe: format!("bench-wasm.yaml + {} ({})", alt.display(), args.alt_label),
+            key: alt_key(i),
+            describe: format!("bench-wasm.yaml + {} ({label})", alt.display()),
             spec: wasm(alt, split_config("")),
         });
     }
@@ -586,15 +600,17 @@ fn run(args: &RunArgs) -> Result<()> {
     eprintln!("bench: upstream on 127.0.0.1:{upstream_port}; starting Envoys on core {}", args.envoy_cpu);
     let defs = envoy_defs(args);
     let mut rows: Vec<RowDef> = ROWS.to_vec();
-    if args.alt_filter_wasm.is_some() {
+    for (i, (alt_label, _)) in args.alts.iter().enumerate() {
+        let letter = (b'b' + i as u8) as char;
         let label: &'static str =
-            Box::leak(format!("4b. canary filter (V8), split, {}", args.alt_label).into_boxed_str());
+            Box::leak(format!("4{letter}. canary filter (V8), split, {alt_label}").into_boxed_str());
+        let key = alt_key(i);
         rows.insert(
-            4,
+            4 + i,
             RowDef {
-                key: "split_alt",
+                key,
                 label,
-                envoy: "split_alt",
+                envoy: key,
                 path: SMALL_PATH,
                 capture: false,
                 json_baseline: false,
@@ -930,8 +946,12 @@ fn run(args: &RunArgs) -> Result<()> {
     let diff = |a: f64, b: f64| a - b;
     let ratio = |a: f64, b: f64| a / b;
     let ok = |k: &str| state.get(k).is_some_and(|s| s.status == "ok" && !s.rounds.is_empty());
+    let alt_pairs: Vec<(&str, &str)> = (1..args.alts.len())
+        .flat_map(|i| [(alt_key(i), "none"), (alt_key(i), "noop"), (alt_key(i), "split")])
+        .collect();
     let comparisons: Vec<Comparison> = COMPARISONS
         .iter()
+        .chain(alt_pairs.iter())
         .filter(|(r, b)| ok(r) && ok(b))
         .map(|(r, b)| Comparison {
             row: (*r).into(),

@@ -1,13 +1,16 @@
 //! Telling people: a JSON POST (or a Slack-style `{"text": …}`) to every
-//! configured webhook, retried with backoff. Alerts are sent after the action
-//! they report (a rollback is pushed first), so a dead webhook never delays it.
+//! configured webhook, retried with doubling, capped backoff
+//! (`alerts.retry_*`). Alerts are sent after the action they report (a
+//! rollback is pushed first), so a dead webhook never delays it; the daemon
+//! waits for alerts still being retried (at most the retry window) before it
+//! exits.
 
 use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::rollout::{AlertKind, Decision, Millis};
-use crate::spec::{WebhookFormat, WebhookSpec};
+use crate::spec::{AlertsSpec, WebhookFormat, WebhookSpec};
 
 /// What an alert says.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -95,25 +98,78 @@ impl Alert {
     }
 }
 
+/// How often and how patiently an alert is retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts per webhook, the first included (at least 1).
+    pub attempts: u32,
+    /// Wait before the second attempt; doubles after each failure.
+    pub first_backoff: Duration,
+    /// The longest wait between two attempts.
+    pub max_backoff: Duration,
+}
+
+impl RetryPolicy {
+    pub fn from_spec(a: &AlertsSpec) -> RetryPolicy {
+        RetryPolicy { attempts: a.retry_attempts, first_backoff: a.retry_backoff, max_backoff: a.retry_max_backoff }
+    }
+
+    /// The wait after failed attempt `attempt` (from 1): doubling, capped.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let doubled = self.first_backoff.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+        doubled.min(self.max_backoff)
+    }
+
+    /// The longest one alert can take to every webhook: every wait, and
+    /// every attempt at its timeout.
+    pub fn window(&self, request_timeout: Duration) -> Duration {
+        let waits: Duration = (1..self.attempts.max(1)).map(|a| self.backoff(a)).sum();
+        waits + request_timeout * self.attempts.max(1)
+    }
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy::from_spec(&AlertsSpec::default())
+    }
+}
+
+/// One attempt's time limit.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Sends alerts to the spec's webhooks.
 #[derive(Debug, Clone)]
 pub struct Alerter {
     hooks: Vec<WebhookSpec>,
     client: reqwest::Client,
-    attempts: u32,
-    first_backoff: Duration,
+    policy: RetryPolicy,
 }
+
+/// Alerts spawned in this process and not yet delivered or given up on (one
+/// count for the process: the daemon's loop and its dashboard's commands
+/// each have their own alerter).
+static PENDING: std::sync::LazyLock<tokio::sync::watch::Sender<usize>> =
+    std::sync::LazyLock::new(|| tokio::sync::watch::Sender::new(0));
 
 impl Alerter {
     pub fn new(hooks: Vec<WebhookSpec>) -> Alerter {
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(3)).build().unwrap_or_default();
-        Alerter { hooks, client, attempts: 5, first_backoff: Duration::from_millis(200) }
+        let client = reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build().unwrap_or_default();
+        Alerter { hooks, client, policy: RetryPolicy::default() }
     }
 
-    pub fn with_retries(mut self, attempts: u32, first_backoff: Duration) -> Alerter {
-        self.attempts = attempts.max(1);
-        self.first_backoff = first_backoff;
+    /// The webhooks and retry policy of a spec's `alerts`.
+    pub fn from_spec(a: &AlertsSpec) -> Alerter {
+        Alerter::new(a.webhooks.clone()).with_policy(RetryPolicy::from_spec(a))
+    }
+
+    pub fn with_policy(mut self, policy: RetryPolicy) -> Alerter {
+        self.policy = RetryPolicy { attempts: policy.attempts.max(1), ..policy };
         self
+    }
+
+    pub fn with_retries(self, attempts: u32, first_backoff: Duration) -> Alerter {
+        let max_backoff = first_backoff.saturating_mul(1 << 20);
+        self.with_policy(RetryPolicy { attempts, first_backoff, max_backoff })
     }
 
     /// Sends to every hook, retrying each with doubling backoff; returns one
@@ -124,35 +180,51 @@ impl Alerter {
         futures::future::join_all(sends).await
     }
 
-    /// Sends without waiting (the daemon's way).
+    /// Sends without waiting (the daemon's way): the decision that raised
+    /// the alert is already in effect, and nothing waits for the webhook.
     pub fn spawn(&self, alert: Alert) {
         let this = self.clone();
+        PENDING.send_modify(|n| *n += 1);
         tokio::spawn(async move {
             for (hook, result) in this.hooks.iter().zip(this.send(&alert).await) {
                 if let Err(e) = result {
                     tracing::error!(url = %hook.url, "alert not delivered: {e}");
                 }
             }
+            PENDING.send_modify(|n| *n = n.saturating_sub(1));
         });
+    }
+
+    /// Waits until every alert spawned in this process is delivered or
+    /// given up on, at most this policy's retry window; returns how many
+    /// are still pending. The daemon and the CLI call it before exiting so
+    /// a retry is not cut short.
+    pub async fn drain(&self) -> usize {
+        let mut rx = PENDING.subscribe();
+        let bound = self.policy.window(REQUEST_TIMEOUT) + Duration::from_secs(1);
+        let _ = tokio::time::timeout(bound, rx.wait_for(|n| *n == 0)).await;
+        let left = *PENDING.borrow();
+        left
     }
 
     /// `Ok(attempts used)` or the last error.
     async fn send_one(&self, hook: &WebhookSpec, alert: &Alert) -> Result<u32, String> {
         let body = alert.payload(hook.format);
-        let mut backoff = self.first_backoff;
+        let attempts = self.policy.attempts;
         let mut last = String::new();
-        for attempt in 1..=self.attempts {
+        for attempt in 1..=attempts {
             match self.client.post(&hook.url).json(&body).send().await {
                 Ok(r) if r.status().is_success() => return Ok(attempt),
                 Ok(r) => last = format!("{} answered {}", hook.url, r.status()),
                 Err(e) => last = format!("{}: {e}", hook.url),
             }
-            if attempt < self.attempts {
-                tokio::time::sleep(backoff).await;
-                backoff *= 2;
+            if attempt < attempts {
+                let wait = self.policy.backoff(attempt);
+                tracing::warn!(kind = ?alert.kind, seq = alert.seq, "alert attempt {attempt} of {attempts} failed ({last}); retrying in {wait:?}");
+                tokio::time::sleep(wait).await;
             }
         }
-        Err(format!("{last} (after {} attempts)", self.attempts))
+        Err(format!("{last} (after {attempts} attempts)"))
     }
 }
 
@@ -199,6 +271,61 @@ mod tests {
         let json = a.payload(WebhookFormat::Json);
         assert_eq!(json["kind"], "rollback");
         assert_eq!(json["seq"], 7);
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_and_the_window_bounds_every_attempt() {
+        let p =
+            RetryPolicy { attempts: 6, first_backoff: Duration::from_millis(500), max_backoff: Duration::from_secs(3) };
+        let waits: Vec<u64> = (1..6).map(|a| p.backoff(a).as_millis() as u64).collect();
+        assert_eq!(waits, [500, 1000, 2000, 3000, 3000]);
+        assert_eq!(p.window(Duration::from_secs(1)), Duration::from_millis(9500 + 6000));
+        // A huge attempt number neither overflows nor passes the cap.
+        assert_eq!(p.backoff(u32::MAX), Duration::from_secs(3));
+        let d = RetryPolicy::default();
+        let total: Duration = (1..d.attempts).map(|a| d.backoff(a)).sum();
+        assert_eq!((d.attempts, total), (8, Duration::from_millis(31_500)), "default: 8 attempts over ~30 s");
+    }
+
+    async fn hook_failing_first(n: u32) -> (String, Arc<AtomicU32>) {
+        let calls = Arc::new(AtomicU32::new(0));
+        let c = calls.clone();
+        let app = Router::new().route(
+            "/hook",
+            post(move |Json(_): Json<serde_json::Value>| {
+                let c = c.clone();
+                async move {
+                    if c.fetch_add(1, Ordering::SeqCst) < n {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    } else {
+                        StatusCode::OK
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (format!("http://{addr}/hook"), calls)
+    }
+
+    #[tokio::test]
+    async fn drain_waits_for_spawned_alerts_being_retried() {
+        let (url, calls) = hook_failing_first(3).await;
+        let alerter = Alerter::new(vec![
+            WebhookSpec { url, format: WebhookFormat::Json },
+            WebhookSpec { url: "http://127.0.0.1:1/closed".into(), format: WebhookFormat::Json },
+        ])
+        .with_policy(RetryPolicy {
+            attempts: 5,
+            first_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(40),
+        });
+        alerter.spawn(Alert::from_decision("r", AlertKind::Rollback, &decision()));
+        assert_eq!(alerter.drain().await, 0);
+        assert_eq!(calls.load(Ordering::SeqCst), 4, "three refusals, then delivered");
+        // Nothing pending: returns at once.
+        assert_eq!(alerter.drain().await, 0);
     }
 
     #[tokio::test]

@@ -62,6 +62,10 @@ pub struct Controller {
     alerter: Alerter,
     /// A `sink_failing` alert went out and no push has succeeded since.
     sink_alerted: bool,
+    /// A rollback pushed to the sinks whose state or log could not be
+    /// written: saved again before anything else, and never undone by
+    /// pushing the older state the disk still holds.
+    unsaved_rollback: Option<(RolloutState, Decision)>,
 }
 
 /// What `status` shows.
@@ -98,6 +102,7 @@ impl Controller {
     pub fn open(dir: &Path, spec: Option<RolloutSpec>, accept_spec_change: bool) -> Result<Controller> {
         let store = Store::open(dir)?;
         let _lock = store.lock()?;
+        store.remove_stale_temp_files();
         let stored = store.load_spec()?;
         let spec = match (stored, spec) {
             (None, None) => return Err(ControlError::NoRollout(dir.display().to_string())),
@@ -119,8 +124,8 @@ impl Controller {
             }
         };
         let sinks = Sinks::from_spec(&spec);
-        let alerter = Alerter::new(spec.alerts.webhooks.clone());
-        let c = Controller { store, spec, sinks, alerter, sink_alerted: false };
+        let alerter = Alerter::from_spec(&spec.alerts);
+        let c = Controller { store, spec, sinks, alerter, sink_alerted: false, unsaved_rollback: None };
         match c.store.load_state()? {
             Some(state) => c.store.repair_log(&state)?,
             // The first push is the first tick's (`ensure_pushed`): pushes
@@ -140,6 +145,10 @@ impl Controller {
     pub fn with_alerter(mut self, alerter: Alerter) -> Controller {
         self.alerter = alerter;
         self
+    }
+
+    pub fn alerter(&self) -> &Alerter {
+        &self.alerter
     }
 
     pub fn state(&self) -> Result<RolloutState> {
@@ -193,6 +202,9 @@ impl Controller {
             let pushed = self.push(new, Need::Any).await;
             let saved = self.store.save_state(new);
             let logged = self.store.append_decision(d);
+            if saved.is_err() {
+                self.unsaved_rollback = Some((new.clone(), d.clone()));
+            }
             pushed?;
             saved?;
             logged?;
@@ -231,23 +243,19 @@ impl Controller {
             .map(|r| crate::report::markdown(&r))
     }
 
-    fn alert(&self, d: &Decision, wait: bool) -> Vec<Alert> {
+    /// Writes the reports when a stage ended, and sends the decision's
+    /// alerts in the background.
+    fn alert(&self, d: &Decision) {
         let summary = self.stage_ended(d);
-        let alerts: Vec<Alert> = d
-            .alerts
-            .iter()
-            .map(|k| Alert::from_decision(&self.spec.rollout, *k, d).with_report(summary.clone()))
-            .collect();
-        if !wait {
-            for a in &alerts {
-                self.alerter.spawn(a.clone());
-            }
+        for k in &d.alerts {
+            self.alerter.spawn(Alert::from_decision(&self.spec.rollout, *k, d).with_report(summary.clone()));
         }
-        alerts
     }
 
     /// An operator's command. Works with or without the daemon running (they
-    /// serialize on the state lock).
+    /// serialize on the state lock). Its alerts go out in the background
+    /// (the dashboard answers at once, whatever the webhooks do); a caller
+    /// about to exit (the CLI) waits for them with [`Alerter::drain`].
     pub async fn command(&mut self, command: Command, reason: &str) -> Result<Decision> {
         let decision = {
             let _lock = self.store.lock()?;
@@ -257,19 +265,16 @@ impl Controller {
             self.commit(&old, &new, &d).await?;
             d
         };
-        for alert in self.alert(&decision, true) {
-            for (i, r) in self.alerter.send(&alert).await.into_iter().enumerate() {
-                if let Err(e) = r {
-                    tracing::error!("alert to webhook {i} not delivered: {e}");
-                }
-            }
-        }
+        self.alert(&decision);
         Ok(decision)
     }
 
     /// One automatic evaluation. `None` when there was nothing to evaluate
     /// (paused, ended, or the state changed while the stats were read).
     pub async fn tick(&mut self, source: &mut AdminSource) -> Result<Option<Decision>> {
+        if self.unsaved_rollback.is_some() {
+            return self.save_rollback().await;
+        }
         let before = self.state()?;
         if before.phase != Phase::Running {
             // A rollback some sink missed, or a pause after a restart:
@@ -299,13 +304,43 @@ impl Controller {
             if old.epoch != before.epoch || old.phase != Phase::Running {
                 return Ok(None);
             }
+            // A log append that failed earlier (disk full) is made good
+            // first: the log never gets a gap.
+            self.store.repair_log_if_behind(&old)?;
             old.source_tracker = serde_json::to_value(source.tracker()).unwrap_or_default();
             let (new, d) = old.step(&self.spec, Ok(&window), now_millis());
-            self.commit(&old, &new, &d).await?;
+            if let Err(e) = self.commit(&old, &new, &d).await {
+                if self.unsaved_rollback.is_some() {
+                    // In effect though not saved: people hear of it now.
+                    self.alert(&d);
+                }
+                return Err(e);
+            }
             d
         };
-        self.alert(&decision, false);
+        self.alert(&decision);
         Ok(Some(decision))
+    }
+
+    /// Saves a rollback that is in effect but not on disk yet (the disk
+    /// failed when it happened), with its log line; keeps 0 % pushed
+    /// meanwhile. `None` if an operator's command changed the state since
+    /// (theirs stands).
+    async fn save_rollback(&mut self) -> Result<Option<Decision>> {
+        let Some((new, d)) = self.unsaved_rollback.clone() else { return Ok(None) };
+        if self.sinks.missing(new.epoch).len() == self.sinks.names().len() {
+            self.push(&new, Need::Any).await?;
+        }
+        let _lock = self.store.lock()?;
+        if self.state()?.seq + 1 != new.seq {
+            tracing::warn!("the state changed while rollback #{} waited to be saved: the newer state stands", d.seq);
+            self.unsaved_rollback = None;
+            return Ok(None);
+        }
+        self.store.save_state(&new)?;
+        self.store.repair_log(&new)?;
+        self.unsaved_rollback = None;
+        Ok(Some(d))
     }
 
     /// Adds labels (from `POST /labels`).

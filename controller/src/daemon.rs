@@ -102,10 +102,15 @@ pub async fn run(controller: Controller, token: Option<Token>) -> anyhow::Result
             Err(e) => eprintln!("cannot read the state: {e}"),
         }
     }
-    // The final state reaches open dashboards; spawned alerts get a moment
-    // to go out before the process ends.
+    // The final state reaches open dashboards; alerts still being retried
+    // (a webhook down when the rollback happened) finish before the process
+    // ends, at most the retry window.
     hub.refresh();
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let undelivered = c.alerter().drain().await;
+    if undelivered > 0 {
+        eprintln!("{undelivered} alert(s) still undelivered at exit; see the errors above");
+    }
     let _ = std::fs::remove_file(store.pid_path());
     Ok(())
 }

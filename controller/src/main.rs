@@ -259,6 +259,11 @@ async fn manual(command: RolloutCommand, m: Manual) -> anyhow::Result<()> {
             d.seq, d.action, d.from.stage_name, d.from.weight, d.to.stage_name, d.to.weight, d.to.epoch
         ),
     }
+    // The command is in effect; its alerts are still being delivered.
+    let undelivered = c.alerter().drain().await;
+    if undelivered > 0 {
+        eprintln!("{undelivered} alert(s) not delivered in the retry window; see the errors above");
+    }
     Ok(())
 }
 

@@ -478,11 +478,29 @@ pub struct AlertsSpec {
     pub webhooks: Vec<WebhookSpec>,
     /// Consecutive failed reads of the stats before an alert.
     pub source_failures: u32,
+    /// Delivery attempts per alert and webhook, the first included.
+    pub retry_attempts: u32,
+    /// Wait before the second attempt; it doubles after each failed one, up
+    /// to `retry_max_backoff`.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub retry_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub retry_max_backoff: Duration,
 }
 
 impl Default for AlertsSpec {
+    /// 8 attempts over about 30 s (0.5, 1, 2, 4, 8, 8, 8 s apart): a webhook
+    /// restarting or briefly unreachable still gets the alert.
     fn default() -> Self {
-        AlertsSpec { webhooks: vec![], source_failures: 3 }
+        AlertsSpec {
+            webhooks: vec![],
+            source_failures: 3,
+            retry_attempts: 8,
+            retry_backoff: Duration::from_millis(500),
+            retry_max_backoff: Duration::from_secs(8),
+        }
     }
 }
 
@@ -800,6 +818,16 @@ impl RolloutSpec {
                 return Err(invalid(format!("alerts.webhooks[{i}].url"), "must start with http:// or https://"));
             }
         }
+        let a = &self.alerts;
+        if !(1..=100).contains(&a.retry_attempts) {
+            return Err(invalid("alerts.retry_attempts", "must be 1..=100 (1 means no retry)"));
+        }
+        if a.retry_backoff.is_zero() || a.retry_backoff > a.retry_max_backoff {
+            return Err(invalid("alerts.retry_backoff", "must be above 0 and at most alerts.retry_max_backoff"));
+        }
+        if a.retry_max_backoff > Duration::from_secs(600) {
+            return Err(invalid("alerts.retry_max_backoff", "must be at most 10m"));
+        }
         if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(invalid(
                 "server.listen",
@@ -1019,6 +1047,10 @@ alerts:
             (vec!["envoy", "admin"], Value::Sequence(vec![]), "envoy.admin"),
             (vec!["envoy", "admin"], Value::Sequence(vec!["127.0.0.1:9901".into()]), "envoy.admin[0]"),
             (vec!["server", "listen"], "everywhere".into(), "server.listen"),
+            (vec!["alerts", "retry_attempts"], 0.into(), "alerts.retry_attempts"),
+            (vec!["alerts", "retry_backoff"], "0s".into(), "alerts.retry_backoff"),
+            (vec!["alerts", "retry_backoff"], "1m".into(), "alerts.retry_backoff"),
+            (vec!["alerts", "retry_max_backoff"], "1h".into(), "alerts.retry_max_backoff"),
         ];
         for (path, value, field) in cases {
             assert_eq!(field_of(with(&path, value.clone())), field, "{path:?} = {value:?}");

@@ -17,6 +17,9 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use fs2::FileExt;
 
 use crate::durable;
@@ -44,6 +47,11 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 #[derive(Debug, Clone)]
 pub struct Store {
     dir: PathBuf,
+    /// An append to the log failed since the last repair (disk full,
+    /// read-only): the log may lack the state's last decision or end in a
+    /// torn line, and must be repaired before the next append, or the log
+    /// would get a gap.
+    log_behind: Arc<AtomicBool>,
 }
 
 /// Held while reading-modifying-writing; released on drop.
@@ -66,7 +74,7 @@ impl Store {
     pub fn open(dir: impl Into<PathBuf>) -> Result<Store> {
         let dir = dir.into();
         fs::create_dir_all(&dir).map_err(io("create the state directory", &dir))?;
-        Ok(Store { dir })
+        Ok(Store { dir, log_behind: Arc::default() })
     }
 
     pub fn dir(&self) -> &Path {
@@ -77,10 +85,16 @@ impl Store {
         self.dir.join(name)
     }
 
-    /// Takes the exclusive lock (waits for the holder).
+    /// Takes the exclusive lock (waits for the holder). On a directory
+    /// that refuses writes (read-only mount) the existing lock file is
+    /// locked read-only: a rollback must still be decided and pushed there,
+    /// even though its state cannot be saved yet.
     pub fn lock(&self) -> Result<Lock> {
         let p = self.path("lock");
-        let file = OpenOptions::new().create(true).truncate(false).write(true).open(&p).map_err(io("open", &p))?;
+        let file = match OpenOptions::new().create(true).truncate(false).write(true).open(&p) {
+            Ok(f) => f,
+            Err(e) => File::open(&p).map_err(|_| io("open", &p)(e))?,
+        };
         file.lock_exclusive().map_err(io("lock", &p))?;
         Ok(Lock { file })
     }
@@ -123,7 +137,20 @@ impl Store {
         let p = self.log_path();
         let line =
             serde_json::to_string(d).map_err(|e| StoreError::Corrupt { path: p.clone(), message: e.to_string() })?;
-        durable::append_line(&p, &line).map_err(io("append to", &p))
+        let appended = durable::append_line(&p, &line).map_err(io("append to", &p));
+        if appended.is_err() {
+            self.log_behind.store(true, Ordering::SeqCst);
+        }
+        appended
+    }
+
+    /// [`Store::repair_log`] if an append failed since the last repair;
+    /// cheap otherwise (the daemon calls it before every decision).
+    pub fn repair_log_if_behind(&self, state: &RolloutState) -> Result<()> {
+        if self.log_behind.load(Ordering::SeqCst) {
+            self.repair_log(state)?;
+        }
+        Ok(())
     }
 
     /// Every logged decision, in order. A torn last line (a crash mid-append)
@@ -158,6 +185,12 @@ impl Store {
     /// Makes the log agree with the state after a crash: drops a torn last
     /// line, appends the state's last decision if the log lacks it.
     pub fn repair_log(&self, state: &RolloutState) -> Result<()> {
+        self.repair_log_inner(state)?;
+        self.log_behind.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn repair_log_inner(&self, state: &RolloutState) -> Result<()> {
         let p = self.log_path();
         let decisions = self.decisions()?;
         let good_len: usize = decisions.iter().map(|d| serde_json::to_string(d).map_or(0, |l| l.len() + 1)).sum();
@@ -184,6 +217,21 @@ impl Store {
             }
             _ => Ok(()),
         }
+    }
+
+    /// Removes temp files of atomic writes a crash interrupted
+    /// (`.state.json.XXXXXX` …); call with the lock held, since only
+    /// writers under the lock make them. Returns how many went.
+    pub fn remove_stale_temp_files(&self) -> usize {
+        let stale = |name: &str| {
+            ["state.json", "decisions.jsonl", "spec.yaml"].iter().any(|f| name.starts_with(&format!(".{f}.")))
+        };
+        let Ok(entries) = fs::read_dir(&self.dir) else { return 0 };
+        entries
+            .flatten()
+            .filter(|e| stale(&e.file_name().to_string_lossy()))
+            .filter(|e| fs::remove_file(e.path()).is_ok())
+            .count()
     }
 
     pub fn pid_path(&self) -> PathBuf {
@@ -246,6 +294,44 @@ envoy: { admin: ["http://a"], ecds_dir: /x, wasm: /y }
         assert_eq!(seqs, [1, 2]);
     }
 
+    /// A failed append (disk full, read-only) leaves the log one decision
+    /// behind the state, maybe with a torn line: the next decision must not
+    /// be appended after it, or the log would get a gap (or a bad line in
+    /// the middle, which no reader accepts).
+    #[test]
+    fn a_failed_append_is_repaired_before_the_next_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let spec = spec();
+        let s0 = RolloutState::start(&spec, 0);
+        let (s1, d1) = s0.command(&spec, Command::Pause, "", 1).unwrap();
+        store.save_state(&s1).unwrap();
+        store.append_decision(&d1).unwrap();
+        store.repair_log_if_behind(&s1).unwrap();
+        let (s2, d2) = s1.command(&spec, Command::Resume, "", 2).unwrap();
+        store.save_state(&s2).unwrap();
+        // The append of decision 2 fails half-way: a torn line, then an
+        // error (here: the log replaced by a directory for the failing call).
+        durable::append_line(&store.log_path(), "{\"seq\": 2, \"at").unwrap();
+        let log = store.log_path();
+        let moved = dir.path().join("moved");
+        fs::rename(&log, &moved).unwrap();
+        fs::create_dir(&log).unwrap();
+        assert!(store.append_decision(&d2).is_err());
+        fs::remove_dir(&log).unwrap();
+        fs::rename(&moved, &log).unwrap();
+        // The next evaluation repairs first, then appends its own decision.
+        store.repair_log_if_behind(&s2).unwrap();
+        let (s3, d3) = s2.command(&spec, Command::Pause, "", 3).unwrap();
+        store.save_state(&s3).unwrap();
+        store.append_decision(&d3).unwrap();
+        let seqs: Vec<u64> = store.decisions().unwrap().iter().map(|d| d.seq).collect();
+        assert_eq!(seqs, [1, 2, 3]);
+        // Repaired: nothing more to do.
+        store.repair_log_if_behind(&s3).unwrap();
+        assert_eq!(store.decisions().unwrap().len(), 3);
+    }
+
     #[test]
     fn a_torn_last_line_is_dropped() {
         let dir = tempfile::tempdir().unwrap();
@@ -262,9 +348,25 @@ envoy: { admin: ["http://a"], ecds_dir: /x, wasm: /y }
 
     #[test]
     fn unwritable_directory_is_reported_with_its_path() {
-        let store = Store { dir: PathBuf::from("/nonexistent/state") };
+        let store = Store { dir: PathBuf::from("/nonexistent/state"), log_behind: Arc::default() };
         let e = store.save_state(&RolloutState::start(&spec(), 0)).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/state/state.json"), "{e}");
+    }
+
+    #[test]
+    fn temp_files_of_interrupted_writes_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.save_state(&RolloutState::start(&spec(), 0)).unwrap();
+        for name in [".state.json.a1B2c3", ".decisions.jsonl.x", ".spec.yaml.y", ".daemon.pid.z", "notes"] {
+            fs::write(dir.path().join(name), "x").unwrap();
+        }
+        assert_eq!(store.remove_stale_temp_files(), 3);
+        let mut left: Vec<String> =
+            fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        left.sort();
+        // A daemon may be writing its pid file without the lock: left alone.
+        assert_eq!(left, [".daemon.pid.z", "notes", "state.json"]);
     }
 
     #[test]

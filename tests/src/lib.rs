@@ -215,6 +215,7 @@ pub struct Envoy {
     pub listen_port: u16,
     pub sink: EcdsFileSink,
     client: reqwest::Client,
+    opts: EnvoyOptions,
 }
 
 /// An ECDS file with no resource: Envoy keeps serving the default config.
@@ -230,9 +231,17 @@ impl Envoy {
         let wasm = wasm_path()?;
         let sink = EcdsFileSink::new(&ecds, &wasm);
         sink.write_raw(EMPTY_ECDS.as_bytes())?;
+        let path = Envoy::render(opts, dir.path(), 0, 0)?;
+        Ok((dir, path, sink))
+    }
+
+    /// Writes `dir/envoy.yaml` for `opts` with the given ports (0: any free one).
+    fn render(opts: &EnvoyOptions, dir: &Path, admin_port: u16, listen_port: u16) -> Result<PathBuf> {
+        let ecds = dir.join("ecds");
+        let wasm = wasm_path()?;
         let vars = [
-            ("ADMIN_PORT", "0".to_string()),
-            ("LISTEN_PORT", "0".to_string()),
+            ("ADMIN_PORT", admin_port.to_string()),
+            ("LISTEN_PORT", listen_port.to_string()),
             ("ECDS_DIR", ecds.display().to_string()),
             ("WASM", wasm.display().to_string()),
             ("CHAMPION", opts.champion.clone()),
@@ -240,23 +249,34 @@ impl Envoy {
             ("CHAMPION_PORT", opts.champion_port.to_string()),
             ("CHALLENGER_PORT", opts.challenger_port.to_string()),
             ("DEFAULT_CONFIG", default_plugin_config(&opts.champion, &opts.challenger)),
-            ("ACCESS_LOG", dir.path().join("access.log").display().to_string()),
+            ("ACCESS_LOG", dir.join("access.log").display().to_string()),
         ];
         let config = render_template(&root().join("envoy").join(&opts.template), &vars)?;
-        let path = dir.path().join("envoy.yaml");
+        let path = dir.join("envoy.yaml");
         fs::write(&path, config)?;
-        Ok((dir, path, sink))
+        Ok(path)
     }
 
     pub async fn start(opts: &EnvoyOptions) -> Result<Envoy> {
         let (dir, config, sink) = Envoy::prepare(opts)?;
-        let admin_file = dir.path().join("admin-address");
-        let log = fs::File::create(dir.path().join("envoy.log"))?;
+        let (proc, admin_port, deadline) = Envoy::spawn(opts, dir.path(), &config).await?;
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+        let mut envoy = Envoy { proc, dir, admin_port, listen_port: 0, sink, client, opts: opts.clone() };
+        envoy.listen_port = envoy.wait_ready(deadline).await?;
+        Ok(envoy)
+    }
+
+    /// Starts Envoy on `config`; returns it with its admin port and the
+    /// deadline for readiness.
+    async fn spawn(opts: &EnvoyOptions, dir: &Path, config: &Path) -> Result<(Proc, u16, Instant)> {
+        let admin_file = dir.join("admin-address");
+        let _ = fs::remove_file(&admin_file);
+        let log = fs::OpenOptions::new().create(true).append(true).open(dir.join("envoy.log"))?;
         let mut proc = Proc::spawn(
             "envoy",
             Command::new(envoy_bin()?)
                 .arg("-c")
-                .arg(&config)
+                .arg(config)
                 .args(["--disable-hot-restart", "--concurrency", &opts.concurrency.to_string(), "-l", "info"])
                 // Access-log lines reach the file within 200 ms (default 10 s).
                 .args(["--file-flush-interval-msec", "200"])
@@ -268,7 +288,7 @@ impl Envoy {
         let deadline = Instant::now() + Duration::from_secs(30);
         let admin_port = loop {
             if let Some(status) = proc.exited() {
-                bail!("envoy exited ({status}) at start-up:\n{}", error_lines(&dir.path().join("envoy.log")));
+                bail!("envoy exited ({status}) at start-up:\n{}", error_lines(&dir.join("envoy.log")));
             }
             if let Some(port) =
                 fs::read_to_string(&admin_file).ok().and_then(|a| a.trim().rsplit(':').next()?.parse().ok())
@@ -280,10 +300,38 @@ impl Envoy {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
-        let mut envoy = Envoy { proc, dir, admin_port, listen_port: 0, sink, client };
-        envoy.listen_port = envoy.wait_ready(deadline).await?;
-        Ok(envoy)
+        Ok((proc, admin_port, deadline))
+    }
+
+    /// Kills Envoy (SIGKILL: its counters are lost) and starts a new one on
+    /// the same ports, ECDS directory and configuration: what a crashed
+    /// sidecar does. Returns how long it was down.
+    pub async fn restart(&mut self) -> Result<Duration> {
+        let down_at = Instant::now();
+        self.proc.stop();
+        let config = Envoy::render(&self.opts, self.dir.path(), self.admin_port, self.listen_port)?;
+        // The ports were just released; a few tries cover a slow release.
+        let mut tries = 0;
+        let (proc, admin_port, deadline) = loop {
+            match Envoy::spawn(&self.opts, self.dir.path(), &config).await {
+                Ok(started) => break started,
+                Err(e) if tries < 20 => {
+                    tries += 1;
+                    eprintln!("envoy restart try {tries} failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        self.proc = proc;
+        if admin_port != self.admin_port {
+            bail!("restarted envoy has admin port {admin_port}, expected {}", self.admin_port);
+        }
+        let listen = self.wait_ready(deadline).await?;
+        if listen != self.listen_port {
+            bail!("restarted envoy listens on {listen}, expected {}", self.listen_port);
+        }
+        Ok(down_at.elapsed())
     }
 
     async fn wait_ready(&mut self, deadline: Instant) -> Result<u16> {
@@ -363,6 +411,7 @@ impl Envoy {
         version: &str,
         counter: canary_core::metrics::Counter,
     ) -> Result<u64> {
+        counters_settled().await;
         self.counter(&format!(
             "wasmcustom.{}",
             canary_core::metrics::metric_name(&c.rollout, c.epoch, version, counter)
@@ -480,6 +529,15 @@ pub fn users(prefix: &str, n: usize) -> Vec<String> {
 /// A keep-alive HTTP client for load against 127.0.0.1.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder().timeout(Duration::from_secs(10)).pool_max_idle_per_host(256).build().unwrap_or_default()
+}
+
+/// The filter hands its counters to Envoy every 100 ms (FLUSH_PERIOD in
+/// filter/wasm): after traffic, wait this long before reading them.
+pub const COUNTER_FLUSH: Duration = Duration::from_millis(300);
+
+/// Waits until every counter of traffic already answered has reached Envoy.
+pub async fn counters_settled() {
+    tokio::time::sleep(COUNTER_FLUSH).await;
 }
 
 /// The champion and challenger version names the tests use.
@@ -631,8 +689,14 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `canary run`; `spec` is written to the state dir's parent when given.
     pub fn start(state_dir: &Path, spec: Option<&str>) -> Result<Daemon> {
+        Daemon::start_with(state_dir, spec, &[])
+    }
+
+    /// [`Daemon::start`] with environment variables (e.g. `CANARY_TOKEN`, `RUST_LOG`).
+    pub fn start_with(state_dir: &Path, spec: Option<&str>, env: &[(&str, &str)]) -> Result<Daemon> {
         let mut cmd = Command::new(workspace_bin("canary")?);
         cmd.arg("run").arg("--state-dir").arg(state_dir);
+        cmd.envs(env.iter().copied());
         if let Some(spec) = spec {
             let path = state_dir.with_extension("spec.yaml");
             fs::write(&path, spec)?;
@@ -695,18 +759,180 @@ pub fn rollout_spec(
     gates: &str,
     extra: &str,
 ) -> String {
-    let stage =
-        |w: u32| format!("  - {{ weight_percent: {w}, min_duration: {min_duration}, min_requests: {min_requests} }}\n");
+    let stages: Vec<(u32, &str, u64)> = [1, 5, 20, 50].iter().map(|w| (*w, min_duration, min_requests)).collect();
+    spec_with(rollout, &format!("http://127.0.0.1:{}", envoy.admin_port), envoy, &stages, gates, extra)
+}
+
+/// A rollout spec with stages `(weight_percent, min_duration,
+/// min_requests)` before the final 100 %, read from the admin API at
+/// `admin` (an Envoy's, or a proxy in front of it), pushing to `envoy`'s
+/// ECDS directory.
+pub fn spec_with(
+    rollout: &str,
+    admin: &str,
+    envoy: &Envoy,
+    stages: &[(u32, &str, u64)],
+    gates: &str,
+    extra: &str,
+) -> String {
+    let stages: String = stages
+        .iter()
+        .map(|(w, d, n)| format!("  - {{ weight_percent: {w}, min_duration: {d}, min_requests: {n} }}\n"))
+        .collect();
     format!(
-        "rollout: {rollout}\nchampion: {CHAMPION}\nchallenger: {CHALLENGER}\ninterval: 200ms\nstages:\n{}{}{}{}  - {{ weight_percent: 100 }}\ngates:\n{gates}\nenvoy:\n  admin: [\"http://127.0.0.1:{}\"]\n  ecds_dir: {}\n  wasm: {}\n  timeout: 1s\n  apply_timeout: 5s\nfilter:\n  key: [{{ header: x-user-id }}, {{ cookie: uid }}]\n{extra}",
-        stage(1),
-        stage(5),
-        stage(20),
-        stage(50),
-        envoy.admin_port,
+        "rollout: {rollout}\nchampion: {CHAMPION}\nchallenger: {CHALLENGER}\ninterval: 200ms\nstages:\n{stages}  - {{ weight_percent: 100 }}\ngates:\n{gates}\nenvoy:\n  admin: [\"{admin}\"]\n  ecds_dir: {}\n  wasm: {}\n  timeout: 1s\n  apply_timeout: 5s\nfilter:\n  key: [{{ header: x-user-id }}, {{ cookie: uid }}]\n{extra}",
         envoy.sink.path().parent().map(|p| p.display().to_string()).unwrap_or_default(),
         wasm_path().map(|p| p.display().to_string()).unwrap_or_default(),
     )
+}
+
+/// Polls `cond` every 20 ms until it holds; fails after `timeout` with
+/// `what` and whatever `context` says then (e.g. a daemon's output).
+pub async fn wait_until(
+    timeout: Duration,
+    what: &str,
+    mut cond: impl FnMut() -> bool,
+    context: impl Fn() -> String,
+) -> Result<Duration> {
+    let start = Instant::now();
+    loop {
+        if cond() {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() > timeout {
+            bail!("{what}: not within {timeout:?}\n{}", context());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until the state file says stage index `stage` (or, with `None`,
+/// a final phase); fails with the daemon's output.
+pub async fn wait_stage(state_dir: &Path, stage: Option<u64>, timeout: Duration, daemon: &Daemon) -> Result<Duration> {
+    let what = match stage {
+        Some(s) => format!("reach stage index {s}"),
+        None => "end the rollout".into(),
+    };
+    wait_until(
+        timeout,
+        &what,
+        || {
+            let st = state(state_dir);
+            match stage {
+                Some(s) => st["stage"].as_u64() == Some(s),
+                None => st["phase"] == "promoted" || st["phase"] == "rolled_back",
+            }
+        },
+        || format!("state: {}\n{}", state(state_dir), daemon.output()),
+    )
+    .await
+}
+
+/// Waits until the decision log has a decision matching `pred` (the state
+/// is written before the log line) and returns it.
+pub async fn wait_decision(
+    state_dir: &Path,
+    timeout: Duration,
+    daemon: &Daemon,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> Result<serde_json::Value> {
+    let mut found = None;
+    wait_until(
+        timeout,
+        "a matching decision in the log",
+        || {
+            found = decisions(state_dir).into_iter().find(|d| pred(d));
+            found.is_some()
+        },
+        || daemon.output(),
+    )
+    .await?;
+    found.ok_or_else(|| anyhow!("unreachable: found no decision"))
+}
+
+/// What an [`AdminProxy`] does with each new connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminMode {
+    /// Forwards to the real admin API.
+    Pass,
+    /// Accepts and closes at once: the admin API is down.
+    Down,
+    /// Accepts, reads, never answers: a hung admin API.
+    Hang,
+    /// Forwards, but only after this delay (beyond the controller's timeout).
+    Slow(Duration),
+    /// Answers 200 with a body that is not Envoy's stats JSON.
+    Garbage,
+}
+
+/// A TCP proxy in front of an Envoy admin API whose behaviour a test
+/// switches while the controller reads through it.
+pub struct AdminProxy {
+    pub url: String,
+    mode: std::sync::Arc<std::sync::Mutex<AdminMode>>,
+    /// Connections accepted so far.
+    pub connections: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AdminProxy {
+    pub async fn start(admin_port: u16) -> Result<AdminProxy> {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let mode = std::sync::Arc::new(std::sync::Mutex::new(AdminMode::Pass));
+        let connections = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (m, n) = (mode.clone(), connections.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                n.fetch_add(1, Ordering::Relaxed);
+                let mode = *m.lock().unwrap_or_else(|e| e.into_inner());
+                tokio::spawn(async move {
+                    let forward = |mut inbound: tokio::net::TcpStream| async move {
+                        if let Ok(mut out) = tokio::net::TcpStream::connect(("127.0.0.1", admin_port)).await {
+                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                        }
+                    };
+                    match mode {
+                        AdminMode::Pass => forward(inbound).await,
+                        AdminMode::Down => drop(inbound),
+                        AdminMode::Hang => {
+                            let mut buf = [0u8; 4096];
+                            while matches!(inbound.read(&mut buf).await, Ok(k) if k > 0) {}
+                        }
+                        AdminMode::Slow(d) => {
+                            tokio::time::sleep(d).await;
+                            forward(inbound).await;
+                        }
+                        AdminMode::Garbage => {
+                            let mut buf = [0u8; 4096];
+                            let _ = inbound.read(&mut buf).await;
+                            let body = "{\"stats\": [{\"name\": 42, \"value\": \"\\u0000\"}, \u{1}\u{2}not json";
+                            let head = format!(
+                                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                                body.len()
+                            );
+                            let _ = inbound.write_all(head.as_bytes()).await;
+                            let _ = inbound.write_all(body.as_bytes()).await;
+                            let _ = inbound.shutdown().await;
+                        }
+                    }
+                });
+            }
+        });
+        Ok(AdminProxy { url, mode, connections, task })
+    }
+
+    pub fn set(&self, mode: AdminMode) {
+        *self.mode.lock().unwrap_or_else(|e| e.into_inner()) = mode;
+    }
+}
+
+impl Drop for AdminProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// Debian's Chromium (installed by `scripts/setup.sh browser`) or `CANARY_CHROMIUM`.

@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
-use canary_core::metrics::{Metric, MetricTable, ShadowStat};
+use canary_core::metrics::{Metric, MetricTable, PendingCounts, ShadowStat};
 use canary_core::predict::PredictionSource;
 use canary_core::request::{self, Exchange, Host, Routed};
 use canary_core::shadow::{ShadowCall, Shadows, Verdict};
@@ -42,12 +42,20 @@ const NOT_COPIED: &[&str] =
 /// Marks a shadow copy, so the challenger can tell it from user traffic.
 const SHADOW_HEADER: &str = "x-canary-shadow";
 
+/// How often counters held in the filter reach Envoy's stats. The controller
+/// reads every interval (60 s by default, seconds in tests), so a tenth of a
+/// second of lag costs nothing, while one host call per counter per request
+/// would cost about 2 µs per request.
+const FLUSH_PERIOD: Duration = Duration::from_millis(100);
+
 /// Everything the request path reads, built once per configuration.
 struct Active {
     plan: Plan,
     table: MetricTable,
     /// Host metric ids in [`MetricTable`] order.
     ids: Vec<u32>,
+    /// Counter increments not yet handed to Envoy (see [`FLUSH_PERIOD`]).
+    pending: PendingCounts,
     shadows: Option<RefCell<Shadows>>,
 }
 
@@ -64,7 +72,8 @@ impl Active {
             .collect::<Result<Vec<_>, _>>()?;
         let compare = plan.prediction.is_some();
         let shadows = plan.shadow.as_ref().map(|s| RefCell::new(Shadows::new(s.max_in_flight, s.timeout_ms, compare)));
-        Ok(Active { plan, table, ids, shadows })
+        let pending = PendingCounts::new(ids.len());
+        Ok(Active { plan, table, ids, pending, shadows })
     }
 
     fn id(&self, m: Metric) -> Option<u32> {
@@ -72,9 +81,18 @@ impl Active {
     }
 
     fn increment(&self, m: Metric) {
-        if let Some(id) = self.id(m) {
-            let _ = hostcalls::increment_metric(id, 1);
+        if let Some(i) = self.table.index(m) {
+            self.pending.add(i, 1);
         }
+    }
+
+    /// Hands the held counter increments to Envoy.
+    fn flush(&self) {
+        self.pending.drain(|i, n| {
+            if let Some(id) = self.ids.get(i) {
+                let _ = hostcalls::increment_metric(*id, n as i64);
+            }
+        });
     }
 
     fn record(&self, m: Metric, value: u64) {
@@ -116,6 +134,17 @@ struct Root {
 }
 
 impl Context for Root {
+    /// The plugin is going away (a new configuration replaced it, or Envoy
+    /// stops): what it counted must not be lost.
+    fn on_done(&mut self) -> bool {
+        // Streams still in flight keep their own reference; the last of them
+        // flushes what they count after this (see `Drop for Request`).
+        if let Some(active) = self.active.take() {
+            active.flush();
+        }
+        true
+    }
+
     fn on_http_call_response(&mut self, token: u32, num_headers: usize, body_size: usize, _trailers: usize) {
         let Some(active) = &self.active else { return };
         let Some(shadows) = &active.shadows else { return };
@@ -163,10 +192,12 @@ impl RootContext for Root {
                         if p.shadow.is_some() { ", shadowing" } else { "" }
                     ),
                 );
-                if active.shadows.is_some() {
-                    // Shadow copies leave from the root context, so they
-                    // outlive the user's stream: see canary_core::shadow.
-                    self.set_tick_period(Duration::from_millis(5));
+                // Shadow copies leave from the root context, so they outlive
+                // the user's stream (see canary_core::shadow): a short tick.
+                let tick = if active.shadows.is_some() { Duration::from_millis(5) } else { FLUSH_PERIOD };
+                self.set_tick_period(tick);
+                if let Some(old) = self.active.take() {
+                    old.flush();
                 }
                 self.active = Some(Rc::new(active));
                 true
@@ -181,6 +212,7 @@ impl RootContext for Root {
 
     fn on_tick(&mut self) {
         let Some(active) = &self.active else { return };
+        active.flush();
         let (Some(shadows), Some(cfg)) = (&active.shadows, &active.plan.shadow) else { return };
         let Ok(mut shadows) = shadows.try_borrow_mut() else { return };
         let now = now_nanos();
@@ -243,10 +275,16 @@ struct Envoy<'a> {
 
 impl Host for Envoy<'_> {
     fn request_header(&self, name: &str) -> Option<Vec<u8>> {
+        if cfg!(feature = "ablate-key") {
+            return Some(b"ablated-user".to_vec());
+        }
         hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name).ok().flatten()
     }
 
     fn set_request_header(&mut self, name: &str, value: Option<&[u8]>) {
+        if cfg!(feature = "ablate-request-headers") {
+            return;
+        }
         let _ = hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, value);
     }
 
@@ -255,10 +293,16 @@ impl Host for Envoy<'_> {
     }
 
     fn set_response_header(&mut self, name: &str, value: Option<&[u8]>) {
+        if cfg!(feature = "ablate-response-headers") {
+            return;
+        }
         let _ = hostcalls::set_map_value_bytes(MapType::HttpResponseHeaders, name, value);
     }
 
     fn response_status(&self) -> Option<u16> {
+        if cfg!(feature = "ablate-status") {
+            return Some(200);
+        }
         let status = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status").ok()??;
         std::str::from_utf8(&status).ok()?.parse().ok()
     }
@@ -267,19 +311,22 @@ impl Host for Envoy<'_> {
         hostcalls::get_buffer(BufferType::HttpResponseBody, 0, size).ok().flatten()
     }
 
-    fn clear_route_cache(&mut self) {
-        let _ = hostcalls::call_foreign_function("clear_route_cache", None);
-    }
-
     fn increment(&mut self, metric: Metric) {
-        self.active.increment(metric);
+        if !cfg!(feature = "ablate-metrics") {
+            self.active.increment(metric);
+        }
     }
 
     fn record(&mut self, metric: Metric, value: u64) {
-        self.active.record(metric, value);
+        if !cfg!(feature = "ablate-metrics") {
+            self.active.record(metric, value);
+        }
     }
 
     fn now_nanos(&self) -> u64 {
+        if cfg!(feature = "ablate-clock") {
+            return 0;
+        }
         now_nanos()
     }
 
@@ -319,6 +366,18 @@ impl Request {
 }
 
 impl Context for Request {}
+
+impl Drop for Request {
+    /// The last stream of a configuration that was replaced hands over what
+    /// the streams counted after the root context's final flush.
+    fn drop(&mut self) {
+        if let Some(active) = &self.active {
+            if Rc::strong_count(active) == 1 {
+                active.flush();
+            }
+        }
+    }
+}
 
 impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
