@@ -682,7 +682,7 @@ async fn a_dashboard_rollback_answers_at_once_while_its_alert_is_retried() {
     assert!(status.success(), "{out}");
     assert_eq!(state(&state_dir)["phase"], "rolled_back");
     let failed = out.lines().filter(|l| l.contains("alert attempt") && l.contains(&dead)).count();
-    assert_eq!(failed, 3, "3 failed attempts logged, then the 4th gives up:\n{out}");
+    assert_eq!(failed, 3, "3 failed attempts logged, then the 4th gives up (exited after {exited:?}):\n{out}");
     assert!(out.contains("after 4 attempts"), "{out}");
     assert!(exited >= Duration::from_secs(3), "the daemon exited after {exited:?}, before the retries ended");
     println!(
@@ -690,4 +690,41 @@ async fn a_dashboard_rollback_answers_at_once_while_its_alert_is_retried() {
         answered.as_millis(),
         exited.as_millis()
     );
+}
+
+/// SIGTERM while an alert is being retried: the daemon stops evaluating
+/// at once but gives the alert its remaining attempts (at most 10 s)
+/// before it exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_daemon_finishes_retrying_its_alerts_first() {
+    let rig = Rig::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let state_dir = dir.path().join("state");
+    let dead = format!("http://127.0.0.1:{}/hook", free_port());
+    let closed_admin = format!("http://127.0.0.1:{}", free_port());
+    // The first evaluation without stats alerts; 3 attempts 1 s apart.
+    let extra = format!(
+        "alerts:\n  webhooks: [{{ url: \"{dead}\" }}]\n  source_failures: 1\n  retry_attempts: 3\n  retry_backoff: 1s\n  retry_max_backoff: 1s\n"
+    );
+    let spec = spec_with("stopped", &closed_admin, &rig.envoy, &stages("1h", 30), GATES, &extra);
+    let mut daemon = Daemon::start(&state_dir, Some(&spec)).unwrap();
+    canary_tests::wait_until(
+        Duration::from_secs(15),
+        "a first failed alert attempt",
+        || daemon.output().contains("alert attempt 1 of 3 failed"),
+        || daemon.output(),
+    )
+    .await
+    .unwrap();
+    let stopped_at = Instant::now();
+    let term = Command::new("kill").args(["-TERM", &daemon.proc.pid().to_string()]).status().unwrap();
+    assert!(term.success());
+    let status = daemon.wait_exit(Duration::from_secs(15)).await.unwrap();
+    let took = stopped_at.elapsed();
+    let out = daemon.output();
+    assert!(status.success(), "{out}");
+    assert!(out.contains("alert attempt 2 of 3 failed") && out.contains("after 3 attempts"), "{out}");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert!(!state_dir.join("daemon.pid").exists(), "pid file left behind");
+    println!("SIGTERM → exit in {} ms, after the alert's last attempt", took.as_millis());
 }

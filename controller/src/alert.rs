@@ -137,6 +137,35 @@ impl Default for RetryPolicy {
 /// One attempt's time limit.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Counts as a pending alert until dropped. Taken before a decision is
+/// committed and dropped once its alerts are spawned: a daemon that sees the
+/// rollout end in between (a dashboard command commits, then writes the
+/// reports, then spawns the alert) still waits for them in [`Alerter::drain`].
+pub struct AlertsComing(());
+
+impl AlertsComing {
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> AlertsComing {
+        PENDING.send_modify(|n| *n += 1);
+        AlertsComing(())
+    }
+}
+
+impl Drop for AlertsComing {
+    fn drop(&mut self) {
+        PENDING.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// Waits until every alert spawned in this process is delivered or given
+/// up on, at most `bound`; returns how many are still pending.
+pub async fn drain_for(bound: Duration) -> usize {
+    let mut rx = PENDING.subscribe();
+    let _ = tokio::time::timeout(bound, rx.wait_for(|n| *n == 0)).await;
+    let left = *PENDING.borrow();
+    left
+}
+
 /// Sends alerts to the spec's webhooks.
 #[derive(Debug, Clone)]
 pub struct Alerter {
@@ -200,11 +229,7 @@ impl Alerter {
     /// are still pending. The daemon and the CLI call it before exiting so
     /// a retry is not cut short.
     pub async fn drain(&self) -> usize {
-        let mut rx = PENDING.subscribe();
-        let bound = self.policy.window(REQUEST_TIMEOUT) + Duration::from_secs(1);
-        let _ = tokio::time::timeout(bound, rx.wait_for(|n| *n == 0)).await;
-        let left = *PENDING.borrow();
-        left
+        drain_for(self.policy.window(REQUEST_TIMEOUT) + Duration::from_secs(1)).await
     }
 
     /// `Ok(attempts used)` or the last error.
@@ -326,6 +351,26 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 4, "three refusals, then delivered");
         // Nothing pending: returns at once.
         assert_eq!(alerter.drain().await, 0);
+    }
+
+    #[tokio::test]
+    async fn drain_waits_for_alerts_a_commit_is_about_to_send() {
+        let (url, calls) = hook_failing_first(1).await;
+        let alerter = Alerter::new(vec![WebhookSpec { url, format: WebhookFormat::Json }]).with_policy(RetryPolicy {
+            attempts: 3,
+            first_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(20),
+        });
+        let coming = AlertsComing::new();
+        let a = alerter.clone();
+        tokio::spawn(async move {
+            // The reports take a while before the alert is spawned.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            a.spawn(Alert::from_decision("r", AlertKind::Rollback, &decision()));
+            drop(coming);
+        });
+        assert_eq!(alerter.drain().await, 0);
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "refused once, then delivered, before drain returned");
     }
 
     #[tokio::test]

@@ -5,10 +5,12 @@
 //!  tick:    read stats (no lock) ─► lock ─► reload state ─► RolloutState::step ─► commit ─► unlock ─► alerts
 //!  command: lock ─► reload state ─► RolloutState::command ─► commit ─► unlock ─► alerts
 //!  commit:  rollback: push 0 % first to every sink, then state, then log (nothing delays
-//!                     the rollback; it counts as pushed when any sink took it)
+//!                     the rollback; it counts as pushed when any sink took it; unsaved, it
+//!                     stays pushed and is saved first at the next tick)
 //!           other:    state first (a failed write changes nothing), then push to every sink;
 //!                     a failed push puts the old state back and re-pushes it (the decision
-//!                     did not happen), else the log
+//!                     did not happen), else the log (a failed append is repaired before the
+//!                     next one)
 //! ```
 //!
 //! Sinks that missed a configuration (a rollback some path could not take,
@@ -257,12 +259,19 @@ impl Controller {
     /// (the dashboard answers at once, whatever the webhooks do); a caller
     /// about to exit (the CLI) waits for them with [`Alerter::drain`].
     pub async fn command(&mut self, command: Command, reason: &str) -> Result<Decision> {
+        let _coming = crate::alert::AlertsComing::new();
         let decision = {
             let _lock = self.store.lock()?;
             let old = self.state()?;
             self.store.repair_log(&old)?;
             let (new, d) = old.command(&self.spec, command, reason, now_millis())?;
-            self.commit(&old, &new, &d).await?;
+            if let Err(e) = self.commit(&old, &new, &d).await {
+                if self.unsaved_rollback.is_some() {
+                    // Pushed though not saved: in effect, so people hear of it.
+                    self.alert(&d);
+                }
+                return Err(e);
+            }
             d
         };
         self.alert(&decision);
@@ -306,9 +315,19 @@ impl Controller {
             }
             // A log append that failed earlier (disk full) is made good
             // first: the log never gets a gap.
-            self.store.repair_log_if_behind(&old)?;
+            let repaired = self.store.repair_log_if_behind(&old);
             old.source_tracker = serde_json::to_value(source.tracker()).unwrap_or_default();
             let (new, d) = old.step(&self.spec, Ok(&window), now_millis());
+            if let Err(e) = repaired {
+                // Nothing can be saved; a rollback goes out all the same.
+                if d.action == Action::Rollback {
+                    let pushed = self.push(&new, Need::Any).await;
+                    self.unsaved_rollback = Some((new.clone(), d.clone()));
+                    self.alert(&d);
+                    pushed?;
+                }
+                return Err(e.into());
+            }
             if let Err(e) = self.commit(&old, &new, &d).await {
                 if self.unsaved_rollback.is_some() {
                     // In effect though not saved: people hear of it now.
@@ -332,11 +351,15 @@ impl Controller {
             self.push(&new, Need::Any).await?;
         }
         let _lock = self.store.lock()?;
-        if self.state()?.seq + 1 != new.seq {
+        let on_disk = self.state()?;
+        if on_disk.seq + 1 != new.seq {
             tracing::warn!("the state changed while rollback #{} waited to be saved: the newer state stands", d.seq);
             self.unsaved_rollback = None;
             return Ok(None);
         }
+        // The log first catches up with the state on disk (its last
+        // decision may be missing), then takes the rollback.
+        self.store.repair_log(&on_disk)?;
         self.store.save_state(&new)?;
         self.store.repair_log(&new)?;
         self.unsaved_rollback = None;

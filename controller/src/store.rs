@@ -332,6 +332,35 @@ envoy: { admin: ["http://a"], ecds_dir: /x, wasm: /y }
         assert_eq!(store.decisions().unwrap().len(), 3);
     }
 
+    /// The order `Controller::save_rollback` uses when a rollback could not
+    /// be saved and the log was already one behind the state on disk.
+    #[test]
+    fn a_rollback_saved_late_keeps_the_log_whole_when_the_log_was_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let spec = spec();
+        let (s1, d1) = RolloutState::start(&spec, 0).command(&spec, Command::Pause, "", 1).unwrap();
+        store.save_state(&s1).unwrap();
+        store.append_decision(&d1).unwrap();
+        // Decision 2 saved in the state, its log line lost.
+        let (s2, _) = s1.command(&spec, Command::Resume, "", 2).unwrap();
+        store.save_state(&s2).unwrap();
+        // The rollback (decision 3) was pushed but not saved.
+        let (s3, _) = s2.command(&spec, Command::Rollback, "", 3).unwrap();
+        // Saving it straight away would leave decision 2 out of the log:
+        // refused as corruption, not written with a gap.
+        let copy = tempfile::tempdir().unwrap();
+        let other = Store::open(copy.path()).unwrap();
+        other.append_decision(&d1).unwrap();
+        assert!(matches!(other.repair_log(&s3), Err(StoreError::Corrupt { .. })));
+        // Catching up with the state on disk first keeps every decision.
+        store.repair_log(&store.load_state().unwrap().unwrap()).unwrap();
+        store.save_state(&s3).unwrap();
+        store.repair_log(&s3).unwrap();
+        let seqs: Vec<u64> = store.decisions().unwrap().iter().map(|d| d.seq).collect();
+        assert_eq!(seqs, [1, 2, 3]);
+    }
+
     #[test]
     fn a_torn_last_line_is_dropped() {
         let dir = tempfile::tempdir().unwrap();
