@@ -59,3 +59,18 @@ fn validation_catches_a_broken_config() {
     let (ok, output) = validate(&broken);
     assert!(!ok, "a route to an unknown cluster passed validation:\n{output}");
 }
+
+#[test]
+fn the_kubernetes_sidecar_bootstrap_passes_envoy_validate() {
+    // deploy/sidecar/envoy.yaml is a finished config for the pod: only the
+    // mount paths change for this machine.
+    let text = std::fs::read_to_string(root().join("deploy/sidecar/envoy.yaml")).unwrap();
+    assert!(text.contains("watched_directory: { path: /etc/canary/ecds }"), "the ECDS mount is watched as a directory");
+    let local = text
+        .replace("/etc/canary/ecds", "@ECDS@")
+        .replace("/etc/canary/wasm/canary_filter.wasm", &wasm_path().unwrap().display().to_string());
+    let (ok, output) = validate(&local);
+    assert!(ok, "deploy/sidecar/envoy.yaml fails `envoy --mode validate`:\n{output}");
+    let (ok, output) = validate(&local.replace("cluster: v2,", "cluster: nope,"));
+    assert!(!ok, "a broken variant passed validation:\n{output}");
+}

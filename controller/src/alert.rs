@@ -43,6 +43,7 @@ impl Alert {
             AlertKind::NotApplied => {
                 format!("canary {rollout}: not every Envoy applied epoch {} ({})", d.from.epoch, d.from.stage_name)
             }
+            AlertKind::SinkFailing => format!("canary {rollout}: a configuration push failed at {}", d.to.stage_name),
         };
         Alert {
             kind,
@@ -53,6 +54,25 @@ impl Alert {
             challenger_weight_bp: d.to.weight.bp(),
             title,
             reasons: d.reasons.clone(),
+            report: None,
+        }
+    }
+
+    /// A push that failed after its retries: the configuration `state`
+    /// should have is not (everywhere) where Envoy reads it.
+    pub fn sink_failing(rollout: &str, target: &crate::rollout::Target, seq: u64, error: &str, at: Millis) -> Alert {
+        Alert {
+            kind: AlertKind::SinkFailing,
+            rollout: rollout.to_string(),
+            at,
+            seq,
+            stage: target.stage_name.clone(),
+            challenger_weight_bp: target.weight.bp(),
+            title: format!(
+                "canary {rollout}: cannot push the configuration of {} ({}, epoch {})",
+                target.stage_name, target.weight, target.epoch
+            ),
+            reasons: vec![error.to_string()],
             report: None,
         }
     }

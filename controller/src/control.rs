@@ -4,11 +4,21 @@
 //! ```text
 //!  tick:    read stats (no lock) ─► lock ─► reload state ─► RolloutState::step ─► commit ─► unlock ─► alerts
 //!  command: lock ─► reload state ─► RolloutState::command ─► commit ─► unlock ─► alerts
-//!  commit:  rollback: push 0 % first, then state, then log (nothing delays the rollback;
-//!                     unsaved, it stays pushed and is saved first at the next tick)
-//!           other:    state first (a failed write changes nothing), then push, then log
-//!                     (a failed log append is repaired before the next one)
+//!  commit:  rollback: push 0 % first to every sink, then state, then log (nothing delays
+//!                     the rollback; it counts as pushed when any sink took it; unsaved, it
+//!                     stays pushed and is saved first at the next tick)
+//!           other:    state first (a failed write changes nothing), then push to every sink;
+//!                     a failed push puts the old state back and re-pushes it (the decision
+//!                     did not happen), else the log (a failed append is repaired before the
+//!                     next one)
 //! ```
+//!
+//! Sinks that missed a configuration (a rollback some path could not take,
+//! or the first push after a start) get it on the next tick, whatever the
+//! phase; the daemon keeps ticking after the rollout ends until every sink
+//! carries the final configuration. Each failed push is logged, counted
+//! (`canary_sink_attempts_total`) and alerted once (`sink_failing`) until a
+//! push succeeds again.
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -18,7 +28,7 @@ use serde::Serialize;
 use crate::alert::{Alert, Alerter};
 use crate::labels::{parse_jsonl, Intake, LabelRecord};
 use crate::rollout::{evidence, Action, Command, Decision, Millis, Phase, RolloutState, WindowSummary};
-use crate::sink::{EcdsFileSink, SinkError};
+use crate::sink::{EcdsFileSink, Need, SinkError, Sinks};
 use crate::source::prometheus::{PrometheusSource, PrometheusSourceConfig};
 use crate::source::{AdminSource, AdminSourceConfig, Source};
 use crate::spec::RolloutSpec;
@@ -51,11 +61,11 @@ pub fn now_millis() -> Millis {
 pub struct Controller {
     pub store: Store,
     pub spec: RolloutSpec,
-    sink: EcdsFileSink,
+    sinks: Sinks,
     alerter: Alerter,
-    /// The epoch last written to the sink by this process.
-    pushed_epoch: Option<u64>,
-    /// A rollback pushed to the sink whose state or log could not be
+    /// A `sink_failing` alert went out and no push has succeeded since.
+    sink_alerted: bool,
+    /// A rollback pushed to the sinks whose state or log could not be
     /// written: saved again before anything else, and never undone by
     /// pushing the older state the disk still holds.
     unsaved_rollback: Option<(RolloutState, Decision)>,
@@ -116,18 +126,23 @@ impl Controller {
                 given
             }
         };
-        let sink = EcdsFileSink::new(&spec.envoy.ecds_dir, &spec.envoy.wasm);
+        let sinks = Sinks::from_spec(&spec);
         let alerter = Alerter::from_spec(&spec.alerts);
-        let mut c = Controller { store, spec, sink, alerter, pushed_epoch: None, unsaved_rollback: None };
+        let c = Controller { store, spec, sinks, alerter, sink_alerted: false, unsaved_rollback: None };
         match c.store.load_state()? {
             Some(state) => c.store.repair_log(&state)?,
-            None => {
-                let state = RolloutState::start(&c.spec, now_millis());
-                c.store.save_state(&state)?;
-                c.push(&state)?;
-            }
+            // The first push is the first tick's (`ensure_pushed`): pushes
+            // are async, opening is not.
+            None => c.store.save_state(&RolloutState::start(&c.spec, now_millis()))?,
         }
         Ok(c)
+    }
+
+    /// Uses this Kubernetes client for the ConfigMap and WasmPlugin sinks
+    /// (else one is made from the environment on first use).
+    pub fn with_kube(mut self, client: kube::Client) -> Controller {
+        self.sinks = Sinks::from_spec(&self.spec).with_kube(client);
+        self
     }
 
     pub fn with_alerter(mut self, alerter: Alerter) -> Controller {
@@ -143,31 +158,51 @@ impl Controller {
         self.store.load_state()?.ok_or_else(|| ControlError::NoRollout(self.store.dir().display().to_string()))
     }
 
-    fn push(&mut self, state: &RolloutState) -> Result<()> {
+    async fn push(&mut self, state: &RolloutState, need: Need) -> Result<()> {
         let started = std::time::Instant::now();
-        let pushed = self.sink.push(&state.filter_config(&self.spec));
+        let pushed = self.sinks.push(&state.filter_config(&self.spec), need).await;
         crate::metrics::METRICS.sink_push(started.elapsed(), pushed.is_ok());
+        match &pushed {
+            Ok(_) if self.sinks.missing(state.epoch).is_empty() => self.sink_alerted = false,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(epoch = state.epoch, "push failed: {e}");
+                if !self.sink_alerted {
+                    self.sink_alerted = true;
+                    let target = state.target(&self.spec);
+                    let alert =
+                        Alert::sink_failing(&self.spec.rollout, &target, state.seq, &e.to_string(), now_millis());
+                    self.alerter.spawn(alert);
+                }
+            }
+        }
         pushed?;
-        self.pushed_epoch = Some(state.epoch);
         Ok(())
     }
 
-    /// Makes sure the sink carries the state's configuration (after a
-    /// restart, or when an earlier push failed).
-    pub fn ensure_pushed(&mut self) -> Result<()> {
+    /// Sinks that do not carry the state's configuration (as far as this
+    /// process knows: it has not written it there).
+    pub fn missing_sinks(&self) -> Vec<String> {
+        self.state().map(|s| self.sinks.missing(s.epoch)).unwrap_or_else(|_| self.sinks.names())
+    }
+
+    /// Makes sure every sink carries the state's configuration (after a
+    /// restart, or when an earlier push missed a sink).
+    pub async fn ensure_pushed(&mut self) -> Result<()> {
         let state = self.state()?;
-        if self.pushed_epoch != Some(state.epoch) {
-            self.push(&state)?;
+        if !self.sinks.missing(state.epoch).is_empty() {
+            self.push(&state, Need::All).await?;
         }
         Ok(())
     }
 
     /// Persists a decision and its effects, in the order that loses nothing.
-    fn commit(&mut self, old: &RolloutState, new: &RolloutState, d: &Decision) -> Result<()> {
+    async fn commit(&mut self, old: &RolloutState, new: &RolloutState, d: &Decision) -> Result<()> {
         let moved = new.epoch != old.epoch;
         if d.action == Action::Rollback {
-            // Traffic first: a rollback must not wait for, or fail on, the disk.
-            let pushed = self.push(new);
+            // Traffic first: a rollback must not wait for, or fail on, the
+            // disk, and any working sink takes it.
+            let pushed = self.push(new, Need::Any).await;
             let saved = self.store.save_state(new);
             let logged = self.store.append_decision(d);
             if saved.is_err() {
@@ -179,10 +214,19 @@ impl Controller {
             return Ok(());
         }
         self.store.save_state(new)?;
-        let pushed = if moved { self.push(new) } else { Ok(()) };
-        let logged = self.store.append_decision(d);
-        pushed?;
-        logged?;
+        if moved {
+            if let Err(e) = self.push(new, Need::All).await {
+                // The move did not happen: the old state goes back, and the
+                // sinks that took the new configuration get the old one.
+                let restored = self.store.save_state(old);
+                if let Err(again) = self.push(old, Need::All).await {
+                    tracing::error!("the previous configuration could not be pushed back either: {again}");
+                }
+                restored?;
+                return Err(e);
+            }
+        }
+        self.store.append_decision(d)?;
         Ok(())
     }
 
@@ -222,7 +266,7 @@ impl Controller {
             let old = self.state()?;
             self.store.repair_log(&old)?;
             let (new, d) = old.command(&self.spec, command, reason, now_millis())?;
-            if let Err(e) = self.commit(&old, &new, &d) {
+            if let Err(e) = self.commit(&old, &new, &d).await {
                 if self.unsaved_rollback.is_some() {
                     // Pushed though not saved: in effect, so people hear of it.
                     self.alert(&d);
@@ -239,13 +283,18 @@ impl Controller {
     /// (paused, ended, or the state changed while the stats were read).
     pub async fn tick(&mut self, source: &mut Source) -> Result<Option<Decision>> {
         if self.unsaved_rollback.is_some() {
-            return self.save_rollback();
+            return self.save_rollback().await;
         }
         let before = self.state()?;
         if before.phase != Phase::Running {
+            // A rollback some sink missed, or a pause after a restart:
+            // keep delivering; nothing to evaluate.
+            if let Err(e) = self.ensure_pushed().await {
+                tracing::error!("sinks still missing the {} configuration: {e}", before.phase);
+            }
             return Ok(None);
         }
-        self.ensure_pushed()?;
+        self.ensure_pushed().await?;
         self.read_labels_file()?;
         if let Ok(mut t) = serde_json::from_value::<crate::source::ResetTracker>(before.source_tracker.clone()) {
             // Earlier epochs are never read again: keep the tracker small.
@@ -275,14 +324,14 @@ impl Controller {
             if let Err(e) = repaired {
                 // Nothing can be saved; a rollback goes out all the same.
                 if d.action == Action::Rollback {
-                    let pushed = self.push(&new);
+                    let pushed = self.push(&new, Need::Any).await;
                     self.unsaved_rollback = Some((new.clone(), d.clone()));
                     self.alert(&d);
                     pushed?;
                 }
                 return Err(e.into());
             }
-            if let Err(e) = self.commit(&old, &new, &d) {
+            if let Err(e) = self.commit(&old, &new, &d).await {
                 if self.unsaved_rollback.is_some() {
                     // In effect though not saved: people hear of it now.
                     self.alert(&d);
@@ -299,10 +348,10 @@ impl Controller {
     /// failed when it happened), with its log line; keeps 0 % pushed
     /// meanwhile. `None` if an operator's command changed the state since
     /// (theirs stands).
-    fn save_rollback(&mut self) -> Result<Option<Decision>> {
+    async fn save_rollback(&mut self) -> Result<Option<Decision>> {
         let Some((new, d)) = self.unsaved_rollback.clone() else { return Ok(None) };
-        if self.pushed_epoch != Some(new.epoch) {
-            self.push(&new)?;
+        if self.sinks.missing(new.epoch).len() == self.sinks.names().len() {
+            self.push(&new, Need::Any).await?;
         }
         let _lock = self.store.lock()?;
         let on_disk = self.state()?;
@@ -460,6 +509,53 @@ mod tests {
 
     use super::*;
     use crate::window::{Coverage, VersionWindow};
+
+    /// A spec with two file sinks: `envoy.ecds_dir` (broken: its parent is
+    /// a regular file, so even root cannot write it) and a working one.
+    fn two_sinks(tmp: &Path) -> (RolloutSpec, std::path::PathBuf) {
+        std::fs::write(tmp.join("blocker"), "x").unwrap();
+        let good = tmp.join("good");
+        std::fs::create_dir(&good).unwrap();
+        let text = format!(
+            "rollout: r\nchampion: a\nchallenger: b\nstages: [{{weight_percent: 1}}, {{weight_percent: 100}}]\n\
+             gates: {{error_rate: {{error_tolerance: 1}}}}\n\
+             envoy:\n  admin: [\"http://127.0.0.1:1\"]\n  ecds_dir: {}\n  wasm: /x.wasm\n  sinks: [{{file: {{dir: {}}}}}]\n  \
+             sink_retry: {{attempts: 2, backoff: 1ms, max_backoff: 1ms}}\n",
+            tmp.join("blocker/ecds").display(),
+            good.display()
+        );
+        (RolloutSpec::from_yaml(&text).unwrap(), good.join(crate::sink::ECDS_FILE_NAME))
+    }
+
+    fn pushed_epoch(file: &Path) -> u64 {
+        let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+        doc["version_info"].as_str().unwrap().rsplit('/').next().unwrap().parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_stage_change_a_sink_refuses_leaves_the_old_state_and_a_rollback_takes_any_working_sink() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (spec, good) = two_sinks(tmp.path());
+        let mut c = Controller::open(&tmp.path().join("state"), Some(spec), false).unwrap();
+        // The start's push: the good sink takes it, the broken one is named.
+        let e = c.ensure_pushed().await.unwrap_err();
+        assert!(e.to_string().contains("blocker/ecds"), "{e}");
+        assert_eq!(pushed_epoch(&good), 1);
+        let before = c.state().unwrap();
+
+        let e = c.command(Command::Advance, "try").await.unwrap_err();
+        assert!(e.to_string().contains("every sink must take a stage change"), "{e}");
+        let after = c.state().unwrap();
+        assert_eq!((after.stage, after.epoch, after.seq), (before.stage, before.epoch, before.seq), "state moved");
+        assert!(c.store.decisions().unwrap().is_empty(), "a failed advance was logged");
+        assert_eq!(pushed_epoch(&good), 1, "the good sink got the old configuration back");
+
+        let d = c.command(Command::Rollback, "bad").await.unwrap();
+        assert_eq!((d.action, d.to.weight.bp()), (Action::Rollback, 0));
+        assert_eq!(pushed_epoch(&good), d.to.epoch);
+        assert_eq!(c.state().unwrap().phase, Phase::RolledBack);
+        assert_eq!(c.missing_sinks(), [format!("file {}", tmp.path().join("blocker/ecds").display())]);
+    }
 
     #[test]
     fn segment_status_lists_every_segment_of_either_version() {

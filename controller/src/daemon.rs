@@ -85,9 +85,19 @@ pub async fn run(controller: Controller, token: Option<Token>) -> anyhow::Result
             }
         }
         match c.state() {
-            Ok(s) if s.phase.is_final() => {
+            // Ended, and every sink carries the final configuration (a
+            // rollback some sink missed is retried every interval).
+            Ok(s) if s.phase.is_final() && c.missing_sinks().is_empty() => {
                 println!("rollout {} ended: {}", c.spec.rollout, s.phase);
                 break;
+            }
+            Ok(s) if s.phase.is_final() => {
+                eprintln!(
+                    "rollout {} ended ({}), but these sinks still miss its final configuration: {}",
+                    c.spec.rollout,
+                    s.phase,
+                    c.missing_sinks().join(", ")
+                );
             }
             Ok(_) => {}
             Err(e) => eprintln!("cannot read the state: {e}"),

@@ -3,13 +3,17 @@
 
 pub mod alert;
 pub mod control;
+pub mod crd;
 pub mod daemon;
 pub mod dashboard;
 pub mod durable;
+#[cfg(test)]
+mod fixtures;
 pub mod gates;
 pub mod labels;
 pub mod metrics;
 pub mod psi;
+pub mod reconcile;
 pub mod replay;
 pub mod report;
 pub mod rollout;

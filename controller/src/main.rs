@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use canary_controller::control::{Controller, Status};
+use canary_controller::crd::{self, ResourceRef};
 use canary_controller::daemon;
 use canary_controller::rollout::Command as RolloutCommand;
 use canary_controller::sink::EcdsFileSink;
@@ -48,8 +49,11 @@ enum Command {
     },
     /// Show the stage, weight, time and requests left, and the last decision.
     Status {
-        #[arg(long, env = "CANARY_STATE_DIR")]
-        state_dir: PathBuf,
+        #[arg(long, env = "CANARY_STATE_DIR", required_unless_present = "kube")]
+        state_dir: Option<PathBuf>,
+        /// A CanaryRollout (NAMESPACE/NAME): show its status from the API server.
+        #[arg(long, conflicts_with = "state_dir")]
+        kube: Option<ResourceRef>,
         #[arg(long, value_enum, default_value = "human")]
         output: Output,
     },
@@ -127,6 +131,18 @@ enum Command {
         /// The observed values; stdin when absent.
         file: Option<PathBuf>,
     },
+    /// Print the CanaryRollout CustomResourceDefinition (YAML; deploy/crd.yaml).
+    Crd,
+    /// Run as a Kubernetes controller: reconcile every CanaryRollout, one
+    /// rollout (and state directory) per resource. Serves /metrics and /healthz.
+    Operator {
+        /// Parent of the state directories (`<root>/<namespace>/<name>`): a persistent volume.
+        #[arg(long, env = "CANARY_STATE_ROOT")]
+        state_root: PathBuf,
+        /// Address of the /metrics and /healthz server.
+        #[arg(long, env = "CANARY_LISTEN", default_value = "0.0.0.0:9090")]
+        listen: String,
+    },
     /// Validate a filter plugin configuration and write it as the ECDS file
     /// Envoy watches (atomically: temp file, then rename).
     Push {
@@ -143,8 +159,15 @@ enum Command {
 
 #[derive(clap::Args)]
 struct Manual {
-    #[arg(long, env = "CANARY_STATE_DIR")]
-    state_dir: PathBuf,
+    #[arg(long, env = "CANARY_STATE_DIR", required_unless_present = "kube")]
+    state_dir: Option<PathBuf>,
+    /// A CanaryRollout (NAMESPACE/NAME): ask its reconciler through the API
+    /// (sets the canary.dev/command annotations) instead of a state directory.
+    #[arg(long, conflicts_with = "state_dir")]
+    kube: Option<ResourceRef>,
+    /// With --kube: how long to wait for the reconciler to report the command handled.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    wait: std::time::Duration,
     /// Why (goes into the decision log and the alert).
     #[arg(long, default_value = "")]
     reason: String,
@@ -222,7 +245,11 @@ fn print_status(s: &Status) {
 }
 
 async fn manual(command: RolloutCommand, m: Manual) -> anyhow::Result<()> {
-    let Manual { state_dir, reason, output } = m;
+    let Manual { state_dir, kube, wait, reason, output } = m;
+    if let Some(r) = kube {
+        return kube_manual(command, &r, &reason, wait, output).await;
+    }
+    let state_dir = state_dir.context("--state-dir or --kube is needed")?;
     let mut c = Controller::open(&state_dir, None, false)?;
     let d = c.command(command, &reason).await?;
     match output {
@@ -236,6 +263,78 @@ async fn manual(command: RolloutCommand, m: Manual) -> anyhow::Result<()> {
     let undelivered = c.alerter().drain().await;
     if undelivered > 0 {
         eprintln!("{undelivered} alert(s) not delivered in the retry window; see the errors above");
+    }
+    Ok(())
+}
+
+async fn kube_client() -> anyhow::Result<kube::Client> {
+    kube::Client::try_default().await.context("no Kubernetes client: set KUBECONFIG or run in a cluster")
+}
+
+/// `--kube`: the command as annotations; then waits for the reconciler.
+async fn kube_manual(
+    command: RolloutCommand,
+    r: &ResourceRef,
+    reason: &str,
+    wait: std::time::Duration,
+    output: Output,
+) -> anyhow::Result<()> {
+    let client = kube_client().await?;
+    let id = crd::new_command_id();
+    crd::request_command(client.clone(), &r.namespace, &r.name, command, reason, &id)
+        .await
+        .with_context(|| format!("cannot annotate CanaryRollout {r}"))?;
+    eprintln!(
+        "asked {r} to {} (command id {id}); waiting up to {wait:?} for the reconciler",
+        crd::command_name(command)
+    );
+    let poll = std::time::Duration::from_secs(1);
+    let status = crd::wait_handled(client, &r.namespace, &r.name, &id, wait, poll).await?;
+    let Some(status) = status else {
+        anyhow::bail!("the reconciler did not report command {id} within {wait:?}: is the canary operator running?");
+    };
+    print_kube_status(&status, output)?;
+    match status.last_command {
+        Some(c) if c.result.starts_with("refused") => anyhow::bail!("{}", c.result),
+        _ => Ok(()),
+    }
+}
+
+fn print_kube_status(s: &crd::CanaryRolloutStatus, output: Output) -> anyhow::Result<()> {
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(s)?);
+        return Ok(());
+    }
+    let or = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    println!(
+        "{}, stage {}/{} {} — challenger at {}, epoch {}",
+        or(&s.phase),
+        s.stage.map_or(0, |i| i + 1),
+        s.stages.unwrap_or(0),
+        or(&s.stage_name),
+        or(&s.weight),
+        s.epoch.unwrap_or(0)
+    );
+    if let Some(d) = &s.last_decision {
+        println!(
+            "  last decision #{} ({}{}): {}",
+            d.seq,
+            d.action,
+            if d.manual { ", manual" } else { "" },
+            d.reasons.join("; ")
+        );
+    }
+    for g in &s.gates {
+        println!("    {}: {} — {}", g.gate, g.outcome, g.detail);
+    }
+    if let Some(c) = &s.last_command {
+        println!("  last command {} ({}): {}", c.id, c.command, c.result);
+    }
+    if !s.missing_sinks.is_empty() {
+        println!("  sinks missing the current configuration: {}", s.missing_sinks.join(", "));
+    }
+    if let Some(m) = &s.message {
+        println!("  {m}");
     }
     Ok(())
 }
@@ -274,7 +373,16 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Status { state_dir, output } => {
+        Command::Status { state_dir: _, kube: Some(r), output } => {
+            let api: kube::Api<crd::CanaryRollout> = kube::Api::namespaced(kube_client().await?, &r.namespace);
+            let obj = api.get_status(&r.name).await.with_context(|| format!("cannot read CanaryRollout {r}"))?;
+            match obj.status {
+                Some(s) => print_kube_status(&s, output)?,
+                None => println!("{r}: no status yet (is the canary operator running?)"),
+            }
+        }
+        Command::Status { state_dir, kube: None, output } => {
+            let state_dir = state_dir.context("--state-dir or --kube is needed")?;
             let c = Controller::open(&state_dir, None, false)?;
             let s = c.status()?;
             match output {
@@ -371,6 +479,18 @@ async fn main() -> anyhow::Result<()> {
                 .collect::<anyhow::Result<Vec<f64>>>()?;
             let edges = canary_controller::psi::quantile_edges(&values, bins)?;
             println!("{}", serde_json::json!({ "numeric": edges }));
+        }
+        Command::Crd => print!("{}", crd::crd_yaml()),
+        Command::Operator { state_root, listen } => {
+            let client = kube_client().await?;
+            let app = axum::Router::new()
+                .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+                .route("/metrics", axum::routing::get(|| async { canary_controller::metrics::METRICS.render(None) }));
+            let listener =
+                tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+            eprintln!("canary operator: state in {}, /metrics on {}", state_root.display(), listener.local_addr()?);
+            tokio::spawn(async move { axum::serve(listener, app).await });
+            canary_controller::reconcile::run(client, state_root).await?;
         }
         Command::Push { file, ecds_dir, wasm } => {
             let c = read_config(&file)?;

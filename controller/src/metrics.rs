@@ -92,6 +92,7 @@ pub struct Metrics {
     source_read_seconds: Histogram,
     sink_pushes: Family,
     sink_push_seconds: Histogram,
+    sink_attempts: Family,
     control_requests: Family,
     sse_clients: AtomicU64,
 }
@@ -107,6 +108,7 @@ impl Default for Metrics {
             source_read_seconds: Histogram::new(READ_BUCKETS),
             sink_pushes: Family::default(),
             sink_push_seconds: Histogram::new(PUSH_BUCKETS),
+            sink_attempts: Family::default(),
             control_requests: Family::default(),
             sse_clients: AtomicU64::new(0),
         }
@@ -162,6 +164,12 @@ impl Metrics {
         self.sink_push_seconds.observe(took.as_secs_f64());
     }
 
+    /// One attempt to write a configuration to one sink (a push retries).
+    pub fn sink_attempt(&self, sink: &str, ok: bool) {
+        self.sink_attempts
+            .inc(vec![("sink", sink.to_string()), ("result", if ok { "ok" } else { "error" }.to_string())]);
+    }
+
     /// A request to a dashboard control endpoint and how it ended
     /// (`ok`, `unauthorized`, `disabled`, `refused`, `error`).
     pub fn control_request(&self, command: &str, result: &str) {
@@ -211,16 +219,25 @@ impl Metrics {
             "Time to read every Envoy's stats once.",
             &self.source_read_seconds,
         );
-        header(w, "canary_sink_pushes_total", "counter", "Filter configurations written to the ECDS file, by result.");
+        header(w, "canary_sink_pushes_total", "counter", "Filter configurations pushed to the sinks, by result.");
         for (labels, n) in self.sink_pushes.snapshot() {
             sample(w, "canary_sink_pushes_total", &labels, n as f64);
         }
         histogram(
             w,
             "canary_sink_push_duration_seconds",
-            "Time to write the ECDS file (temp file, fsync, rename).",
+            "Time to push a configuration to every sink, retries included.",
             &self.sink_push_seconds,
         );
+        header(
+            w,
+            "canary_sink_attempts_total",
+            "counter",
+            "Attempts to write a configuration to one sink (file, ConfigMap, WasmPlugin), by sink and result.",
+        );
+        for (labels, n) in self.sink_attempts.snapshot() {
+            sample(w, "canary_sink_attempts_total", &labels, n as f64);
+        }
         header(
             w,
             "canary_control_requests_total",

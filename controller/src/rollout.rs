@@ -80,6 +80,9 @@ pub enum AlertKind {
     SourceFailing,
     /// Not every Envoy applied the configuration within `envoy.apply_timeout`.
     NotApplied,
+    /// A push to a sink failed after its retries (not raised by decisions:
+    /// the controller sends it when a push fails).
+    SinkFailing,
 }
 
 /// Where traffic stands: the configuration the filter should have.

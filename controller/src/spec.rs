@@ -9,6 +9,7 @@ use std::time::Duration;
 use canary_core::config::{KeySource, OwnedHeaders, ShadowConfig, UnkeyedPolicy};
 use canary_core::predict::{PredictionConfig, SegmentConfig};
 use canary_core::{FilterConfig, Weight};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// A refused spec.
@@ -30,8 +31,21 @@ fn invalid(field: impl Into<String>, reason: impl std::fmt::Display) -> SpecErro
     SpecError::Invalid { field: field.into(), reason: reason.to_string() }
 }
 
-/// The whole spec.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The rollout spec (as a Kubernetes resource: the spec of a CanaryRollout).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, kube::CustomResource)]
+#[kube(
+    group = "canary.dev",
+    version = "v1alpha1",
+    kind = "CanaryRollout",
+    namespaced,
+    status = "crate::crd::CanaryRolloutStatus",
+    shortname = "canary",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Stage","type":"string","jsonPath":".status.stageName"}"#,
+    printcolumn = r#"{"name":"Weight","type":"string","jsonPath":".status.weight"}"#,
+    printcolumn = r#"{"name":"Last","type":"string","jsonPath":".status.lastDecision.action"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
 #[serde(deny_unknown_fields)]
 pub struct RolloutSpec {
     /// Rollout name: `[A-Za-z0-9_-]`, 1–64.
@@ -45,6 +59,7 @@ pub struct RolloutSpec {
     pub salt: Option<String>,
     /// How often the controller evaluates.
     #[serde(with = "humantime_serde", default = "default_interval")]
+    #[schemars(with = "String")]
     pub interval: Duration,
     /// The stages, in order; the last one must be 100 %.
     #[serde(default = "default_stages")]
@@ -69,7 +84,7 @@ fn default_interval() -> Duration {
 }
 
 /// One stage.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StageSpec {
     /// Name (defaults to `<weight>pct`, or `shadow`); sent in the stage header.
@@ -86,6 +101,7 @@ pub struct StageSpec {
     pub shadow: bool,
     /// Least time in the stage before it may advance (it may roll back earlier).
     #[serde(with = "humantime_serde", default)]
+    #[schemars(with = "String")]
     pub min_duration: Duration,
     /// Least responses per version before gates are evaluated at all (in a
     /// shadow stage: champion responses and shadow answers).
@@ -114,7 +130,7 @@ pub fn default_stages() -> Vec<StageSpec> {
 /// The gates; each is optional, at least one is required. `method`,
 /// `alpha` and `look_growth` say how every gate turns its evidence into a
 /// verdict (see [`crate::gates`] and the README's "How a stage is judged").
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GatesSpec {
     /// `sequential` (the default): interval statistics at looks on a
@@ -180,7 +196,7 @@ fn default_look_growth() -> f64 {
 }
 
 /// How the gates decide.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum GateMethod {
     /// Intervals at spent looks: pass, fail or inconclusive.
@@ -200,14 +216,14 @@ impl std::fmt::Display for GateMethod {
 }
 
 /// Challenger 5xx rate ≤ champion's + `error_tolerance` percentage points.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ErrorRateGate {
     pub error_tolerance: f64,
 }
 
 /// Challenger latency quantile ≤ champion's × `latency_tolerance_multiplier`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LatencyGate {
     pub latency_tolerance_multiplier: f64,
@@ -221,7 +237,7 @@ fn default_quantile() -> f64 {
 }
 
 /// What a gate without data does.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum NoDataPolicy {
     /// Hold the stage (the safe default).
@@ -233,7 +249,7 @@ pub enum NoDataPolicy {
 
 /// PSI(challenger ‖ champion) < `max_psi` over the prediction bins the
 /// filter counts (`filter.prediction`); see [`crate::psi`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PredictionGate {
     pub max_psi: f64,
@@ -253,7 +269,7 @@ fn is_zero(n: &u64) -> bool {
 
 /// The shadow stage's gate, over the copies sent to the challenger:
 /// agreement with the champion's prediction, errors and latency.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ShadowGate {
     /// agree / (agree + disagree) must be at least this (0..=1).
@@ -268,14 +284,14 @@ pub struct ShadowGate {
 }
 
 /// Challenger 504 rate ≤ champion's + `timeout_tolerance` percentage points.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TimeoutGate {
     pub timeout_tolerance: f64,
 }
 
 /// Challenger label metric ≥ champion's − `min_degradation_tolerance`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LabelGate {
     /// In the metric's own units (e.g. 0.02 = two accuracy points).
@@ -285,20 +301,33 @@ pub struct LabelGate {
 }
 
 /// The Envoys this rollout drives.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnvoySpec {
     /// Admin API base URLs, e.g. `http://127.0.0.1:9901`.
     pub admin: Vec<String>,
-    /// Directory Envoy watches for `canary.json` (file-based ECDS).
-    pub ecds_dir: PathBuf,
-    /// Path of `canary_filter.wasm` as Envoy sees it.
+    /// Directory Envoy watches for `canary.json` (file-based ECDS): the
+    /// same as a `file` entry in `sinks`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ecds_dir: Option<PathBuf>,
+    /// Path of `canary_filter.wasm` as Envoy sees it (written into the ECDS
+    /// resource of the file and ConfigMap sinks).
     pub wasm: PathBuf,
+    /// Where each new filter configuration goes, besides `ecds_dir`: every
+    /// entry gets every configuration.
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "serde_yaml_ng::with::singleton_map_recursive")]
+    #[schemars(with = "Vec<SinkSpec>")]
+    pub sinks: Vec<SinkSpec>,
+    /// How a failed push is retried, per sink.
+    #[serde(default, skip_serializing_if = "RetrySpec::is_default")]
+    pub sink_retry: RetrySpec,
     /// Per-endpoint timeout for stats reads.
     #[serde(with = "humantime_serde", default = "default_admin_timeout")]
+    #[schemars(with = "String")]
     pub timeout: Duration,
     /// Time allowed for every Envoy to apply a new configuration before an alert.
     #[serde(with = "humantime_serde", default = "default_apply_timeout")]
+    #[schemars(with = "String")]
     pub apply_timeout: Duration,
     /// Read the stats from Prometheus instead of every Envoy's admin API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -317,7 +346,7 @@ fn is_zero_share(x: &f64) -> bool {
 
 /// The Prometheus that scrapes this rollout's Envoys (`/stats/prometheus`
 /// with the stats tags of `envoy/sidecar.yaml`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PrometheusSpec {
     /// Base URL, e.g. `http://prometheus:9090`.
@@ -327,7 +356,57 @@ pub struct PrometheusSpec {
     pub selector: String,
     /// For one read (its four queries run at once).
     #[serde(with = "humantime_serde", default = "default_admin_timeout")]
+    #[schemars(with = "String")]
     pub timeout: Duration,
+}
+
+/// One place the filter's configuration is written to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum SinkSpec {
+    /// An ECDS file in a directory Envoy watches (`path_config_source`).
+    File { dir: PathBuf },
+    /// A ConfigMap holding the ECDS file under `key`, mounted into sidecars
+    /// whose Envoy watches the mount. The ConfigMap must exist.
+    ConfigMap {
+        namespace: String,
+        name: String,
+        #[serde(default = "default_configmap_key")]
+        key: String,
+    },
+    /// An Istio `WasmPlugin` (extensions.istio.io/v1alpha1) whose
+    /// `spec.pluginConfig` becomes the configuration; Istio delivers it.
+    WasmPlugin { namespace: String, name: String },
+}
+
+fn default_configmap_key() -> String {
+    crate::sink::ECDS_FILE_NAME.to_string()
+}
+
+/// Retries of a failed push: `attempts` in all, waiting `backoff`, then
+/// twice as long each time (at most `max_backoff`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrySpec {
+    pub attempts: u32,
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub max_backoff: Duration,
+}
+
+impl Default for RetrySpec {
+    fn default() -> Self {
+        RetrySpec { attempts: 4, backoff: Duration::from_millis(250), max_backoff: Duration::from_secs(5) }
+    }
+}
+
+impl RetrySpec {
+    fn is_default(&self) -> bool {
+        *self == RetrySpec::default()
+    }
 }
 
 fn default_admin_timeout() -> Duration {
@@ -339,13 +418,16 @@ fn default_apply_timeout() -> Duration {
 }
 
 /// Filter settings passed through to its configuration.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct FilterSpec {
     /// `[{header: x-user-id}, {cookie: uid}]`, as in the plugin configuration.
     #[serde(with = "serde_yaml_ng::with::singleton_map_recursive")]
+    #[schemars(schema_with = "crate::crd::schema::object_list")]
     pub key: Vec<KeySource>,
+    #[schemars(schema_with = "crate::crd::schema::unkeyed")]
     pub unkeyed: UnkeyedPolicy,
+    #[schemars(schema_with = "crate::crd::schema::object")]
     pub headers: OwnedHeaders,
     /// Where responses carry their prediction and how it is binned, as in
     /// the plugin configuration (`from: {header: x-prediction}`, `bins:
@@ -353,10 +435,12 @@ pub struct FilterSpec {
     /// are fixed for the whole rollout: derive them from the champion
     /// beforehand (`canary bin-edges`).
     #[serde(with = "serde_yaml_ng::with::singleton_map_recursive", skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::crd::schema::object")]
     pub prediction: Option<PredictionConfig>,
     /// A request header whose allowed values split the counters. Every
     /// stage gets it.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::crd::schema::object")]
     pub segment: Option<SegmentConfig>,
     /// Where and how shadow copies go; only shadow stages get it.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -364,6 +448,7 @@ pub struct FilterSpec {
     /// A QA override header and its secret (`<secret>:<version>`); every
     /// stage gets it. Overridden requests are not counted.
     #[serde(rename = "override", skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::crd::schema::object")]
     pub qa_override: Option<canary_core::config::OverrideConfig>,
 }
 
@@ -382,7 +467,7 @@ impl Default for FilterSpec {
 }
 
 /// `filter.shadow`: the filter's `shadow` configuration in spec units.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShadowSpec {
     /// Envoy cluster of the challenger; default: the challenger's version
@@ -391,6 +476,7 @@ pub struct ShadowSpec {
     pub cluster: Option<String>,
     /// How long the filter waits for a shadow answer (1 ms – 60 s).
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub timeout: Duration,
     /// Share of champion-served requests copied, in percent (0.01 resolution).
     pub sample_percent: f64,
@@ -415,7 +501,7 @@ impl Default for ShadowSpec {
 }
 
 /// Where alerts go.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AlertsSpec {
     pub webhooks: Vec<WebhookSpec>,
@@ -426,8 +512,10 @@ pub struct AlertsSpec {
     /// Wait before the second attempt; it doubles after each failed one, up
     /// to `retry_max_backoff`.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub retry_backoff: Duration,
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub retry_max_backoff: Duration,
 }
 
@@ -445,7 +533,7 @@ impl Default for AlertsSpec {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookSpec {
     pub url: String,
@@ -453,7 +541,7 @@ pub struct WebhookSpec {
     pub format: WebhookFormat,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum WebhookFormat {
     /// The alert as a JSON object.
@@ -464,7 +552,7 @@ pub enum WebhookFormat {
 }
 
 /// Where labels (ground-truth outcomes) come from, besides `POST /labels`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LabelsSpec {
     /// A JSONL file of outcomes, read as it grows.
@@ -473,7 +561,7 @@ pub struct LabelsSpec {
 }
 
 /// The daemon's HTTP server (labels intake).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSpec {
     /// Address to listen on; `127.0.0.1:0` picks a free port.
@@ -778,6 +866,7 @@ impl RolloutSpec {
                 ));
             }
         }
+        self.validate_sinks()?;
         for (i, hook) in self.alerts.webhooks.iter().enumerate() {
             if !(hook.url.starts_with("http://") || hook.url.starts_with("https://")) {
                 return Err(invalid(format!("alerts.webhooks[{i}].url"), "must start with http:// or https://"));
@@ -802,6 +891,57 @@ impl RolloutSpec {
         Ok(())
     }
 
+    /// Every sink the spec names: `envoy.ecds_dir` first, then `envoy.sinks`.
+    pub fn sinks(&self) -> Vec<SinkSpec> {
+        let file = self.envoy.ecds_dir.clone().map(|dir| SinkSpec::File { dir });
+        file.into_iter().chain(self.envoy.sinks.iter().cloned()).collect()
+    }
+
+    fn validate_sinks(&self) -> Result<(), SpecError> {
+        if self.sinks().is_empty() {
+            return Err(invalid(
+                "envoy.sinks",
+                "needs a sink: set envoy.ecds_dir (file-based ECDS) or list envoy.sinks (file, config_map, wasm_plugin)",
+            ));
+        }
+        for (i, sink) in self.envoy.sinks.iter().enumerate() {
+            match sink {
+                SinkSpec::File { dir } if dir.as_os_str().is_empty() => {
+                    return Err(invalid(format!("envoy.sinks[{i}].file.dir"), "must be a directory path"));
+                }
+                SinkSpec::File { .. } => {}
+                SinkSpec::ConfigMap { namespace, name, key } => {
+                    dns_label(&format!("envoy.sinks[{i}].config_map.namespace"), namespace, 63)?;
+                    dns_label(&format!("envoy.sinks[{i}].config_map.name"), name, 253)?;
+                    let ok = !key.is_empty()
+                        && key.len() <= 253
+                        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+                    if !ok {
+                        return Err(invalid(
+                            format!("envoy.sinks[{i}].config_map.key"),
+                            format!("`{key}` is not a ConfigMap key ([-._a-zA-Z0-9]+), e.g. canary.json"),
+                        ));
+                    }
+                }
+                SinkSpec::WasmPlugin { namespace, name } => {
+                    dns_label(&format!("envoy.sinks[{i}].wasm_plugin.namespace"), namespace, 63)?;
+                    dns_label(&format!("envoy.sinks[{i}].wasm_plugin.name"), name, 253)?;
+                }
+            }
+        }
+        let r = &self.envoy.sink_retry;
+        if !(1..=20).contains(&r.attempts) {
+            return Err(invalid("envoy.sink_retry.attempts", format!("{} must be within 1..=20", r.attempts)));
+        }
+        if r.backoff.is_zero() || r.backoff > Duration::from_secs(60) {
+            return Err(invalid("envoy.sink_retry.backoff", "must be within 1ms..=60s, e.g. 250ms"));
+        }
+        if r.max_backoff < r.backoff || r.max_backoff > Duration::from_secs(300) {
+            return Err(invalid("envoy.sink_retry.max_backoff", "must be within backoff..=5m, e.g. 5s"));
+        }
+        Ok(())
+    }
+
     fn validate_shadow_spec(&self, shadow: &ShadowSpec) -> Result<(), SpecError> {
         if let Some(cluster) = &shadow.cluster {
             if cluster.is_empty() || cluster.len() > 128 {
@@ -818,6 +958,26 @@ impl RolloutSpec {
             return Err(invalid("filter.shadow.sample_percent", "must be above 0: a shadow stage needs copies"));
         }
         Ok(())
+    }
+}
+
+/// A Kubernetes name: lowercase letters, digits and `-` (and `.` in longer
+/// names), starting and ending with a letter or digit.
+fn dns_label(field: &str, value: &str, max: usize) -> Result<(), SpecError> {
+    let bytes = value.as_bytes();
+    let edge = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    let ok = !value.is_empty()
+        && value.len() <= max
+        && edge(bytes.first())
+        && edge(bytes.last())
+        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-' || (max > 63 && *b == b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            field,
+            format!("`{value}` is not a Kubernetes name (lowercase letters, digits, `-`; at most {max})"),
+        ))
     }
 }
 
@@ -1005,6 +1165,62 @@ alerts:
         let p = spec.envoy.prometheus.unwrap();
         assert_eq!((p.url.as_str(), p.timeout), ("http://p:9090", Duration::from_secs(2)));
         assert_eq!(spec.envoy.max_missing_share, 0.0, "default: every Envoy must answer");
+    }
+
+    #[test]
+    fn sinks_list_file_configmap_and_wasmplugin_and_ecds_dir_stays_a_file_sink() {
+        let spec = RolloutSpec::from_yaml(EXAMPLE).unwrap();
+        assert_eq!(spec.sinks(), [SinkSpec::File { dir: "/var/run/canary".into() }]);
+        let listed = with(
+            &["envoy", "sinks"],
+            serde_yaml_ng::from_str(
+                "[{file: {dir: /b}}, {config_map: {namespace: shop, name: canary-ecds}}, \
+                 {wasm_plugin: {namespace: istio-system, name: canary}}]",
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            listed.sinks(),
+            [
+                SinkSpec::File { dir: "/var/run/canary".into() },
+                SinkSpec::File { dir: "/b".into() },
+                SinkSpec::ConfigMap { namespace: "shop".into(), name: "canary-ecds".into(), key: "canary.json".into() },
+                SinkSpec::WasmPlugin { namespace: "istio-system".into(), name: "canary".into() },
+            ]
+        );
+        assert_eq!(RolloutSpec::from_yaml(&listed.to_yaml()).unwrap(), listed, "round-trips through the stored copy");
+        assert_eq!(listed.envoy.sink_retry, RetrySpec::default());
+    }
+
+    #[test]
+    fn sink_errors_name_the_field() {
+        use serde_yaml_ng::Value;
+        let v = |text: &str| -> Value { serde_yaml_ng::from_str(text).unwrap() };
+        let cases: Vec<(Vec<&str>, Value, &str)> = vec![
+            (
+                vec!["envoy", "sinks"],
+                v("[{config_map: {namespace: Shop, name: x}}]"),
+                "envoy.sinks[0].config_map.namespace",
+            ),
+            (vec!["envoy", "sinks"], v("[{wasm_plugin: {namespace: a, name: -x}}]"), "envoy.sinks[0].wasm_plugin.name"),
+            (
+                vec!["envoy", "sinks"],
+                v("[{config_map: {namespace: a, name: b, key: 'a/b'}}]"),
+                "envoy.sinks[0].config_map.key",
+            ),
+            (vec!["envoy", "sinks"], v("[{s3: {bucket: x}}]"), "envoy.sinks[0]"),
+            (vec!["envoy", "sink_retry", "attempts"], 0.into(), "envoy.sink_retry.attempts"),
+            (vec!["envoy", "sink_retry", "backoff"], "0s".into(), "envoy.sink_retry.backoff"),
+        ];
+        for (path, value, field) in cases {
+            let got = field_of(with(&path, value.clone()));
+            assert!(got.starts_with(field), "{path:?} = {value:?}: {got}");
+        }
+        let mut doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(EXAMPLE).unwrap();
+        doc["envoy"].as_mapping_mut().unwrap().remove("ecds_dir");
+        let err = RolloutSpec::from_yaml(&serde_yaml_ng::to_string(&doc).unwrap()).unwrap_err();
+        assert!(matches!(&err, SpecError::Invalid { field, .. } if field == "envoy.sinks"), "{err}");
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! Where a new plugin configuration goes. The file sink writes the ECDS
-//! resource that Envoy's `path_config_source` watches.
+//! The file sink: the ECDS resource that Envoy's `path_config_source`
+//! watches, replaced atomically.
 //!
 //! ```text
 //!  FilterConfig ──validate (the filter's own code)──► DiscoveryResponse JSON
@@ -11,29 +11,10 @@
 
 use std::path::PathBuf;
 
-use canary_core::{ConfigError, FilterConfig};
-use serde_json::json;
+use canary_core::FilterConfig;
 
+use super::{ecds_resource, version_info, SinkError, ECDS_FILE_NAME};
 use crate::durable;
-
-/// The filter's name in Envoy's `http_filters` and in the ECDS resource.
-pub const FILTER_NAME: &str = "canary";
-/// The ECDS file's name inside its directory.
-pub const ECDS_FILE_NAME: &str = "canary.json";
-
-const WASM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
-
-#[derive(Debug, thiserror::Error)]
-pub enum SinkError {
-    #[error("refusing to push an invalid filter configuration: {0}")]
-    Invalid(#[from] ConfigError),
-    #[error("cannot write the ECDS file in {dir}: {source}")]
-    Write {
-        dir: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-}
 
 /// File-based ECDS: one JSON DiscoveryResponse file in a directory Envoy watches.
 #[derive(Debug, Clone)]
@@ -55,47 +36,29 @@ impl EcdsFileSink {
     /// The `version_info` Envoy reports for a configuration
     /// (`extension_config_discovery.http_filter.canary.version_text`).
     pub fn version_info(config: &FilterConfig) -> String {
-        format!("{}/{}", config.rollout, config.epoch)
+        version_info(config)
     }
 
     /// The DiscoveryResponse carrying `config`.
     pub fn render(&self, config: &FilterConfig) -> serde_json::Value {
-        self.render_raw(&Self::version_info(config), &config.to_json())
+        ecds_resource(&self.wasm, &version_info(config), &config.to_json())
     }
 
     /// The DiscoveryResponse carrying any plugin configuration string, valid
     /// or not (tools and tests that check how Envoy refuses bad ones).
     pub fn render_raw(&self, version_info: &str, plugin_config: &str) -> serde_json::Value {
-        json!({
-            "version_info": version_info,
-            "resources": [{
-                "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
-                "name": FILTER_NAME,
-                "typed_config": {
-                    "@type": WASM_TYPE,
-                    "config": {
-                        "name": FILTER_NAME,
-                        "vm_config": {
-                            "vm_id": FILTER_NAME,
-                            "runtime": "envoy.wasm.runtime.v8",
-                            "code": { "local": { "filename": self.wasm } }
-                        },
-                        "configuration": {
-                            "@type": "type.googleapis.com/google.protobuf.StringValue",
-                            "value": plugin_config
-                        }
-                    }
-                }
-            }]
-        })
+        ecds_resource(&self.wasm, version_info, plugin_config)
     }
 
     /// Validates `config` with the filter's own rules, then replaces the file
     /// atomically.
     pub fn push(&self, config: &FilterConfig) -> Result<(), SinkError> {
         config.validate()?;
-        let body = serde_json::to_vec_pretty(&self.render(config)).unwrap_or_default();
-        self.write_raw(&body)
+        self.write_raw(super::render_body(&self.wasm, config).as_bytes())
+    }
+
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
     }
 
     /// Replaces the file with `body` as it is, atomically. For tools and
@@ -153,5 +116,11 @@ mod tests {
         let sink = EcdsFileSink::new("/nonexistent/dir", "/x.wasm");
         let e = sink.push(&config(100)).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/dir"), "{e}");
+        // Root ignores permission bits: a directory whose parent is a regular
+        // file cannot be written by anyone.
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("file"), "x").unwrap();
+        let sink = EcdsFileSink::new(dir.path().join("file/ecds"), "/x.wasm");
+        assert!(matches!(sink.push(&config(100)), Err(SinkError::Write { .. })));
     }
 }
