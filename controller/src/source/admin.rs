@@ -554,7 +554,11 @@ pub fn merge_reads(epoch: u64, expected_version: &str, reads: &[EndpointRead], t
             }
         };
         window.coverage.answered += 1;
-        if sample.active_version.as_deref() == Some(expected_version) {
+        // Applied: Envoy reports our `version_info`, or it already counted
+        // something under this epoch (only this epoch's configuration defines
+        // those metrics). The second matters where the mesh delivers the
+        // configuration with a version text of its own (Istio's WasmPlugin).
+        if sample.active_version.as_deref() == Some(expected_version) || !sample.series.is_empty() {
             window.coverage.applied += 1;
         }
         let corrected = tracker.observe(&read.endpoint, sample);
@@ -1339,7 +1343,8 @@ mod tests {
         assert_eq!(w.version("v2").requests, 14);
         assert_eq!(w.version("v3").unkeyed, 2);
         let c = &w.coverage;
-        assert_eq!((c.endpoints, c.answered, c.applied), (3, 2, 1));
+        // b reports another version text, but it counts under epoch 1: applied.
+        assert_eq!((c.endpoints, c.answered, c.applied), (3, 2, 2));
         assert_eq!(
             c.failures,
             vec![EndpointFailure {
@@ -1348,6 +1353,26 @@ mod tests {
             }]
         );
         assert!(c.resets.is_empty());
+    }
+
+    #[test]
+    fn an_endpoint_is_applied_by_its_version_text_or_by_counting_under_the_epoch() {
+        let read = |endpoint: &str, version: Option<&str>, total| {
+            let mut s = sample("r", 2, Some(10), &[]);
+            s.active_version = version.map(str::to_string);
+            if total > 0 {
+                s.series.insert(counter_series("r", 2, "v1", Counter::RqTotal), total);
+            }
+            EndpointRead { endpoint: endpoint.into(), outcome: Ok(s) }
+        };
+        let reads = [
+            read("ours-idle", Some("r/2"), 0),
+            read("istio-serving", Some("istiod-7f3a"), 5),
+            read("istio-idle", Some("istiod-7f3a"), 0),
+            read("behind", Some("r/1"), 0),
+        ];
+        let w = merge_reads(2, "r/2", &reads, &mut ResetTracker::default());
+        assert_eq!((w.coverage.answered, w.coverage.applied), (4, 2));
     }
 
     #[test]
