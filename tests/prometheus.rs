@@ -302,6 +302,8 @@ async fn a_controller_with_envoy_prometheus_judges_stages_from_prometheus() {
     let spec = canary_controller::spec::RolloutSpec::from_yaml(&yaml).unwrap();
     let state_dir = tempfile::tempdir().unwrap();
     let mut controller = canary_controller::control::Controller::open(state_dir.path(), Some(spec), false).unwrap();
+    // Opening a rollout does not push; the first evaluation would.
+    controller.ensure_pushed().await.unwrap();
     let mut source = controller.source();
     assert!(source.describe().starts_with("Prometheus at http://127.0.0.1:"), "{}", source.describe());
     let version = EcdsFileSink::version_info(&controller.state().unwrap().filter_config(&controller.spec));

@@ -375,31 +375,15 @@ mod tests {
 
     #[tokio::test]
     async fn a_failing_webhook_is_retried_until_it_answers() {
-        let calls = Arc::new(AtomicU32::new(0));
-        let c = calls.clone();
-        let app = Router::new().route(
-            "/hook",
-            post(move |Json(_): Json<serde_json::Value>| {
-                let c = c.clone();
-                async move {
-                    if c.fetch_add(1, Ordering::SeqCst) < 2 {
-                        StatusCode::SERVICE_UNAVAILABLE
-                    } else {
-                        StatusCode::OK
-                    }
-                }
-            }),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let (url, calls) = hook_failing_first(2).await;
         let alerter = Alerter::new(vec![
-            WebhookSpec { url: format!("http://{addr}/hook"), format: WebhookFormat::Json },
+            WebhookSpec { url, format: WebhookFormat::Json },
             WebhookSpec { url: "http://127.0.0.1:1/closed".into(), format: WebhookFormat::Slack },
         ])
         .with_retries(4, Duration::from_millis(10));
         let results = alerter.send(&Alert::from_decision("r", AlertKind::Rollback, &decision())).await;
         assert_eq!(results[0], Ok(3));
+        assert_eq!(calls.load(Ordering::SeqCst), 3, "two refusals, then delivered");
         assert!(results[1].as_ref().unwrap_err().contains("after 4 attempts"), "{results:?}");
     }
 }

@@ -116,6 +116,14 @@ mod tests {
         let c = config(5, 2000);
         let want = WasmPluginSink::plugin_config(&c);
         assert_eq!(want["challenger_weight_bp"], 2000);
+        // The patch carries the resourceVersion it read: the API server
+        // refuses it (409) if the object changed since.
+        let patch = |rv: &str| {
+            json!([
+                {"op": "replace", "path": "/metadata/resourceVersion", "value": rv},
+                {"op": "add", "path": "/spec/pluginConfig", "value": want},
+            ])
+        };
         let (client, handle) = client();
         let api = serve(
             handle,
@@ -124,10 +132,7 @@ mod tests {
                 Exchange::patch(
                     PATH,
                     JSON_PATCH,
-                    json!([
-                        {"op": "replace", "path": "/metadata/resourceVersion", "value": "41"},
-                        {"op": "add", "path": "/spec/pluginConfig", "value": want},
-                    ]),
+                    patch("41"),
                     409,
                     status_error(
                         409,
@@ -136,16 +141,7 @@ mod tests {
                     ),
                 ),
                 Exchange::get(PATH, 200, plugin("42", json!({"epoch": 4, "touched": "by someone else"}))),
-                Exchange::patch(
-                    PATH,
-                    JSON_PATCH,
-                    json!([
-                        {"op": "replace", "path": "/metadata/resourceVersion", "value": "42"},
-                        {"op": "add", "path": "/spec/pluginConfig", "value": want},
-                    ]),
-                    200,
-                    plugin("43", want.clone()),
-                ),
+                Exchange::patch(PATH, JSON_PATCH, patch("42"), 200, plugin("43", want.clone())),
             ],
         );
         WasmPluginSink::new("istio-system", "canary").push(&client, &c).await.unwrap();
