@@ -189,66 +189,76 @@ impl Metrics {
     pub fn render(&self, rollout: Option<&RolloutGauges>) -> String {
         let mut out = String::new();
         let w = &mut out;
-        header(w, "canary_evaluations_total", "counter", "Evaluations that judged the stats and logged a decision.");
-        sample(w, "canary_evaluations_total", &[], self.evaluations.load(Ordering::Relaxed) as f64);
-        header(w, "canary_evaluation_errors_total", "counter", "Evaluations that failed (state unchanged).");
-        sample(w, "canary_evaluation_errors_total", &[], self.evaluation_errors.load(Ordering::Relaxed) as f64);
-        header(
+        one(
+            w,
+            "canary_evaluations_total",
+            "counter",
+            "Evaluations that judged the stats and logged a decision.",
+            self.evaluations.load(Ordering::Relaxed) as f64,
+        );
+        one(
+            w,
+            "canary_evaluation_errors_total",
+            "counter",
+            "Evaluations that failed (state unchanged).",
+            self.evaluation_errors.load(Ordering::Relaxed) as f64,
+        );
+        family(
             w,
             "canary_decisions_total",
-            "counter",
             "Decisions appended to the decision log since the daemon started, by action and by whether an operator made them.",
+            &self.decisions,
         );
-        for (labels, n) in self.decisions.snapshot() {
-            sample(w, "canary_decisions_total", &labels, n as f64);
-        }
-        header(w, "canary_source_reads_total", "counter", "Reads of every Envoy's admin stats.");
-        sample(w, "canary_source_reads_total", &[], self.source_reads.load(Ordering::Relaxed) as f64);
-        header(
+        one(
+            w,
+            "canary_source_reads_total",
+            "counter",
+            "Reads of every Envoy's admin stats.",
+            self.source_reads.load(Ordering::Relaxed) as f64,
+        );
+        family(
             w,
             "canary_source_errors_total",
-            "counter",
             "Envoy admin endpoints that failed a read (unreachable, timeout, garbage), by endpoint.",
+            &self.source_errors,
         );
-        for (labels, n) in self.source_errors.snapshot() {
-            sample(w, "canary_source_errors_total", &labels, n as f64);
-        }
         histogram(
             w,
             "canary_source_read_duration_seconds",
             "Time to read every Envoy's stats once.",
             &self.source_read_seconds,
         );
-        header(w, "canary_sink_pushes_total", "counter", "Filter configurations pushed to the sinks, by result.");
-        for (labels, n) in self.sink_pushes.snapshot() {
-            sample(w, "canary_sink_pushes_total", &labels, n as f64);
-        }
+        family(
+            w,
+            "canary_sink_pushes_total",
+            "Filter configurations pushed to the sinks, by result.",
+            &self.sink_pushes,
+        );
         histogram(
             w,
             "canary_sink_push_duration_seconds",
             "Time to push a configuration to every sink, retries included.",
             &self.sink_push_seconds,
         );
-        header(
+        family(
             w,
             "canary_sink_attempts_total",
-            "counter",
             "Attempts to write a configuration to one sink (file, ConfigMap, WasmPlugin), by sink and result.",
+            &self.sink_attempts,
         );
-        for (labels, n) in self.sink_attempts.snapshot() {
-            sample(w, "canary_sink_attempts_total", &labels, n as f64);
-        }
-        header(
+        family(
             w,
             "canary_control_requests_total",
-            "counter",
             "Requests to the dashboard's control endpoints, by command and result.",
+            &self.control_requests,
         );
-        for (labels, n) in self.control_requests.snapshot() {
-            sample(w, "canary_control_requests_total", &labels, n as f64);
-        }
-        header(w, "canary_dashboard_clients", "gauge", "Dashboard pages connected for live updates.");
-        sample(w, "canary_dashboard_clients", &[], self.sse_clients.load(Ordering::Relaxed) as f64);
+        one(
+            w,
+            "canary_dashboard_clients",
+            "gauge",
+            "Dashboard pages connected for live updates.",
+            self.sse_clients.load(Ordering::Relaxed) as f64,
+        );
         if let Some(r) = rollout {
             let info = [
                 ("rollout", r.rollout.clone()),
@@ -263,20 +273,29 @@ impl Metrics {
             }
             header(w, "canary_stage", "gauge", "Index of the current stage in the spec (0 = first).");
             sample(w, "canary_stage", &[("stage", r.stage_name.clone())], r.stage as f64);
-            header(w, "canary_challenger_weight_ratio", "gauge", "The challenger's share of traffic (0..1).");
-            sample(w, "canary_challenger_weight_ratio", &[], f64::from(r.weight_bp) / 10_000.0);
-            header(w, "canary_epoch", "gauge", "Epoch of the filter configuration the rollout is at.");
-            sample(w, "canary_epoch", &[], r.epoch as f64);
-            header(w, "canary_last_decision_seq", "gauge", "Sequence number of the last decision in the log.");
-            sample(w, "canary_last_decision_seq", &[], r.last_seq as f64);
+            one(
+                w,
+                "canary_challenger_weight_ratio",
+                "gauge",
+                "The challenger's share of traffic (0..1).",
+                f64::from(r.weight_bp) / 10_000.0,
+            );
+            one(w, "canary_epoch", "gauge", "Epoch of the filter configuration the rollout is at.", r.epoch as f64);
+            one(
+                w,
+                "canary_last_decision_seq",
+                "gauge",
+                "Sequence number of the last decision in the log.",
+                r.last_seq as f64,
+            );
             if let Some(ms) = r.time_left_ms {
-                header(
+                one(
                     w,
                     "canary_stage_time_left_seconds",
                     "gauge",
                     "Time left before the stage's minimum duration is over.",
+                    ms as f64 / 1000.0,
                 );
-                sample(w, "canary_stage_time_left_seconds", &[], ms as f64 / 1000.0);
             }
         }
         out
@@ -286,6 +305,20 @@ impl Metrics {
 fn header(w: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(w, "# HELP {name} {}", help.replace('\\', "\\\\").replace('\n', "\\n"));
     let _ = writeln!(w, "# TYPE {name} {kind}");
+}
+
+/// A metric with one unlabelled sample.
+fn one(w: &mut String, name: &str, kind: &str, help: &str, value: f64) {
+    header(w, name, kind, help);
+    sample(w, name, &[], value);
+}
+
+/// A counter with one sample per label set.
+fn family(w: &mut String, name: &str, help: &str, f: &Family) {
+    header(w, name, "counter", help);
+    for (labels, n) in f.snapshot() {
+        sample(w, name, &labels, n as f64);
+    }
 }
 
 fn escape_label(v: &str) -> String {
