@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use canary_controller::control::now_millis;
 use canary_tests::{canary, decisions, rollout_spec, state, wait_decision, wait_stage, Daemon, Load, Receiver, Rig};
 
 /// The gates of most tests, judged sequentially (the default): a gate passes
@@ -86,10 +87,6 @@ fn alerts_of(receiver: &Receiver, kind: &str) -> Vec<serde_json::Value> {
     receiver.bodies().into_iter().filter(|b| b["kind"] == kind).collect()
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_challenger_with_5xx_above_tolerance_is_rolled_back_and_stops_getting_traffic() {
     let rig = rig(5.0, 5.0).await;
@@ -103,7 +100,7 @@ async fn a_challenger_with_5xx_above_tolerance_is_rolled_back_and_stops_getting_
 
     // Healthy until it reaches 5 %, then the challenger starts failing 30 % of requests.
     wait_stage(&state_dir, Some(1), Duration::from_secs(90), &daemon).await.unwrap();
-    let fault_at = now_ms();
+    let fault_at = now_millis();
     rig.challenger.control(serde_json::json!({"error_rate": 0.3})).await.unwrap();
 
     let status = daemon.wait_exit(Duration::from_secs(60)).await.unwrap();

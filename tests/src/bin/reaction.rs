@@ -20,8 +20,10 @@ use anyhow::{bail, Context, Result};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use canary_controller::control::now_millis;
 use canary_tests::{client, decisions, get, rollout_spec, state, Daemon, Load, Rig, CHALLENGER};
 use clap::Parser;
+use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 #[derive(Parser)]
@@ -62,20 +64,6 @@ struct Report {
 const GATES: &str = "  error_rate: { error_tolerance: 2 }";
 const MIN_REQUESTS: u64 = 200;
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
-/// A small deterministic generator (splitmix64): the fault moments are
-/// reproducible from `--seed`.
-fn next(seed: &mut u64) -> u64 {
-    *seed = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *seed;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 async fn trial(interval: &str, fault_after: Duration, n: usize) -> Result<Trial> {
     let rig = Rig::start().await?;
     for b in [&rig.champion, &rig.challenger] {
@@ -92,7 +80,7 @@ async fn trial(interval: &str, fault_after: Duration, n: usize) -> Result<Trial>
     let started = Instant::now();
     let (probe, last_on_challenger, stop_probe) = probe(&rig).await?;
     tokio::time::sleep(fault_after.saturating_sub(started.elapsed())).await;
-    let fault_at = now_ms();
+    let fault_at = now_millis();
     rig.challenger.control(serde_json::json!({"error_rate": 0.3})).await?;
     let limit = humantime::parse_duration(interval).context("--interval")? * 3 + Duration::from_secs(60);
     let status = daemon.wait_exit(limit).await.with_context(|| format!("no decision within {limit:?}"))?;
@@ -149,7 +137,7 @@ async fn probe(rig: &Rig) -> Result<(tokio::task::JoinHandle<()>, Arc<AtomicU64>
     let (l, s) = (last.clone(), stop.clone());
     let task = tokio::spawn(async move {
         while !s.load(Ordering::Relaxed) {
-            let sent = now_ms();
+            let sent = now_millis();
             if let Ok(r) = get(&c, &url, &[("x-user-id", &user)]).await {
                 if r.version.as_deref() == Some(CHALLENGER) {
                     l.store(sent, Ordering::Relaxed);
@@ -188,14 +176,15 @@ fn markdown(r: &Report) -> String {
 async fn main() -> Result<()> {
     let args = Args::parse();
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-    let mut seed = args.seed;
+    // The fault moments are reproducible from `--seed`.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
     let mut trials = vec![];
     for interval in &args.interval {
         let every = humantime::parse_duration(interval).with_context(|| format!("--interval {interval}"))?;
         for n in 0..args.trials {
             // Anywhere in the first evaluation interval after the first look.
             let span = every.as_millis().max(1) as u64;
-            let fault_after = Duration::from_secs(3) + Duration::from_millis(next(&mut seed) % span);
+            let fault_after = Duration::from_secs(3) + Duration::from_millis(rng.random_range(0..span));
             trials.push(trial(interval, fault_after, n).await?);
         }
     }
