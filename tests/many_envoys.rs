@@ -50,6 +50,7 @@ async fn five_hundred_endpoints_one_hanging_one_garbage_complete_within_the_time
     // 498 copies of one Envoy's counts.
     let n = (ENDPOINTS - 2) as u64;
     let single = canary_controller::source::merge_reads(
+        FIXTURE_ROLLOUT,
         FIXTURE_EPOCH,
         FIXTURE_VERSION,
         &[canary_controller::source::EndpointRead { endpoint: "one".into(), outcome: Ok(one) }],

@@ -40,15 +40,22 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// A Prometheus scraping `targets` every 500 ms; killed when dropped.
+/// A Prometheus scraping its targets every 500 ms; killed when dropped.
 struct Prometheus {
     _proc: Proc,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     url: String,
 }
 
 impl Prometheus {
     async fn start(targets: &[String]) -> Prometheus {
+        Prometheus::start_with(serde_json::json!([{ "targets": targets }])).await
+    }
+
+    /// `groups`: file-based service discovery target groups, which
+    /// [`Prometheus::set_targets`] can change while it runs (as Kubernetes
+    /// discovery does when pods come and go).
+    async fn start_with(groups: serde_json::Value) -> Prometheus {
         let dir = tempfile::Builder::new().prefix("canary-prometheus-").tempdir().unwrap();
         let config = format!(
             r#"global: {{ scrape_interval: 500ms, scrape_timeout: 450ms, evaluation_interval: 10s }}
@@ -57,9 +64,11 @@ scrape_configs:
   metrics_path: /stats/prometheus
   # usedonly: only stats that ever changed; text_readouts: the ECDS version.
   params: {{ usedonly: [""], text_readouts: [""] }}
-  static_configs: [ {{ targets: {targets:?} }} ]
-"#
+  file_sd_configs: [ {{ files: ["{}"] }} ]
+"#,
+            dir.path().join("targets.json").display()
         );
+        write_targets(dir.path(), &groups);
         std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
         let port = free_port();
         let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
@@ -88,8 +97,19 @@ scrape_configs:
             assert!(Instant::now() < deadline, "prometheus not ready within 30 s");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Prometheus { _proc: proc, _dir: dir, url }
+        Prometheus { _proc: proc, dir, url }
     }
+
+    fn set_targets(&self, groups: serde_json::Value) {
+        write_targets(self.dir.path(), &groups);
+    }
+}
+
+/// Whole or not at all (Prometheus watches the file): a rename.
+fn write_targets(dir: &std::path::Path, groups: &serde_json::Value) {
+    let tmp = dir.join("targets.json.tmp");
+    std::fs::write(&tmp, groups.to_string()).unwrap();
+    std::fs::rename(tmp, dir.join("targets.json")).unwrap();
 }
 
 fn config() -> FilterConfig {
@@ -280,6 +300,52 @@ async fn a_dead_scrape_target_is_a_failed_endpoint_and_a_dead_prometheus_no_wind
     drop(prometheus);
     let err = prom.read(ROLLOUT, EPOCH, &expected).await.unwrap_err();
     assert!(err.to_string().contains("cannot connect"), "{err}");
+}
+
+/// Reads until `done`, for at most 20 s.
+async fn read_until(prom: &mut PrometheusSource, expected: &str, what: &str, done: impl Fn(&Window) -> bool) -> Window {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let w = prom.read(ROLLOUT, EPOCH, expected).await.unwrap();
+        if done(&w) {
+            return w;
+        }
+        assert!(Instant::now() < deadline, "{what} within 20 s: {:?}", w.coverage);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A pod deleted in a mesh leaves Prometheus's service discovery: its `up`
+/// series is gone. What the controller read from it stays in the stage's
+/// window (listed as departed), so counts never go down on a scale-down.
+/// Two "pods" here are two scrape targets on the same Envoy, told apart by
+/// their `instance` label, so the window holds its counts twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_envoy_gone_from_prometheus_keeps_its_counts_in_the_window() {
+    let rig = Rig::start().await.unwrap();
+    rig.envoy.push(&config()).await.unwrap();
+    let address = format!("127.0.0.1:{}", rig.envoy.admin_port);
+    let pod = |name: &str| serde_json::json!({ "targets": [address], "labels": { "instance": name } });
+    let prometheus = Prometheus::start_with(serde_json::json!([pod("pod-a"), pod("pod-b")])).await;
+    let c = client();
+    for u in users("gone", 200) {
+        get(&c, &rig.envoy.url("/predict"), &[("x-user-id", u.as_str())]).await.unwrap();
+    }
+    let mut prom = PrometheusSource::new(PrometheusSourceConfig {
+        url: prometheus.url.clone(),
+        timeout: Duration::from_secs(5),
+        selector: format!("job=\"{JOB}\""),
+    });
+    let expected = EcdsFileSink::version_info(&config());
+    let total = |w: &Window| w.versions.values().map(|v| v.requests).sum::<u64>();
+    let w = read_until(&mut prom, &expected, "both pods scraped with every count", |w| total(w) == 400).await;
+    assert_eq!((w.coverage.endpoints, w.coverage.answered), (2, 2));
+
+    prometheus.set_targets(serde_json::json!([pod("pod-a")]));
+    let w = read_until(&mut prom, &expected, "pod-b out of `up`", |w| w.coverage.endpoints == 1).await;
+    assert_eq!(total(&w), 400, "pod-b's 200 are still counted: {:?}", w.coverage);
+    assert_eq!(w.coverage.departed, vec!["pod-b".to_string()]);
+    assert!(w.coverage.failures.is_empty(), "{:?}", w.coverage);
 }
 
 /// The spec's `envoy.prometheus` drives the controller: `Controller::source`

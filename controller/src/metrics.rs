@@ -391,6 +391,7 @@ mod tests {
                 applied: 0,
                 failures: vec![EndpointFailure { endpoint: "http://a\"b".into(), error: "x".into() }],
                 resets: vec![],
+                departed: vec![],
             },
             ..Window::default()
         };

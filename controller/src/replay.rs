@@ -179,10 +179,9 @@ pub fn render(r: &Replay) -> String {
 
 #[cfg(test)]
 mod tests {
-    use canary_core::metrics::Counter;
 
     use super::*;
-    use crate::window::{Coverage, VersionWindow, Window};
+    use crate::window::{VersionWindow, Window};
 
     const SPEC: &str = r#"
 rollout: r
@@ -201,16 +200,11 @@ envoy: { admin: ["http://a"], ecds_dir: /x, wasm: /y.wasm }
 "#;
 
     fn window(epoch: u64, n: u64, challenger_errors: u64) -> Window {
-        let mut w = Window { epoch, ..Default::default() };
-        for (v, errors) in [("v1", n / 100), ("v2", challenger_errors)] {
-            let mut vw = VersionWindow::default();
-            vw.add_counter(Counter::RqTotal, n);
-            vw.add_counter(Counter::Rq2xx, n - errors);
-            vw.add_counter(Counter::Rq5xx, errors);
-            w.versions.insert(v.into(), vw);
-        }
-        w.coverage = Coverage { endpoints: 1, answered: 1, applied: 1, failures: vec![], resets: vec![] };
-        w
+        Window::of(
+            epoch,
+            1,
+            [("v1", VersionWindow::served(n, n / 100)), ("v2", VersionWindow::served(n, challenger_errors))],
+        )
     }
 
     /// Runs `windows` (epoch-relative: one per second) through the state

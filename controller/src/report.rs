@@ -805,7 +805,6 @@ pub fn write_all(
 
 #[cfg(test)]
 mod tests {
-    use canary_core::metrics::Counter;
 
     use super::*;
     use crate::rollout::RolloutState;
@@ -828,17 +827,14 @@ envoy: { admin: ["http://a"], ecds_dir: /x, wasm: /y }
     fn window(epoch: u64, errors: u64) -> Window {
         let mut w = Window { epoch, ..Default::default() };
         for (v, e) in [("v1", 1), ("v2", errors)] {
-            let mut vw = VersionWindow::default();
-            vw.add_counter(Counter::RqTotal, 1000);
-            vw.add_counter(Counter::Rq2xx, 1000 - e);
-            vw.add_counter(Counter::Rq5xx, e);
+            let mut vw = VersionWindow::served(1000, e);
             vw.latency_us.add(10_000.0, 1000.0, 990);
             vw.latency_us.add(50_000.0, 5000.0, 10);
             vw.predictions.insert("b0".into(), 600);
             vw.predictions.insert("b1".into(), 400);
             w.versions.insert(v.into(), vw);
         }
-        w.coverage = Coverage { endpoints: 1, answered: 1, applied: 1, failures: vec![], resets: vec![] };
+        w.coverage = Coverage::complete(1);
         w
     }
 

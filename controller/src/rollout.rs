@@ -583,7 +583,6 @@ impl RolloutState {
 
 #[cfg(test)]
 mod tests {
-    use canary_core::metrics::Counter;
 
     use super::*;
     use crate::window::EndpointFailure;
@@ -609,16 +608,11 @@ alerts: { source_failures: 2 }
 
     /// A window for `epoch` with `n` responses per version and the given 5xx counts.
     fn window(epoch: u64, n: u64, champion_errors: u64, challenger_errors: u64) -> Window {
-        let mut w = Window { epoch, ..Default::default() };
-        for (v, errors) in [("v1", champion_errors), ("v2", challenger_errors)] {
-            let mut vw = VersionWindow::default();
-            vw.add_counter(Counter::RqTotal, n);
-            vw.add_counter(Counter::Rq2xx, n - errors);
-            vw.add_counter(Counter::Rq5xx, errors);
-            w.versions.insert(v.into(), vw);
-        }
-        w.coverage = Coverage { endpoints: 2, answered: 2, applied: 2, failures: vec![], resets: vec![] };
-        w
+        Window::of(
+            epoch,
+            2,
+            [("v1", VersionWindow::served(n, champion_errors)), ("v2", VersionWindow::served(n, challenger_errors))],
+        )
     }
 
     #[test]
@@ -898,6 +892,7 @@ filter:
                 .map(|i| EndpointFailure { endpoint: format!("http://e{i}"), error: "timed out".into() })
                 .collect(),
             resets: vec![],
+            departed: vec![],
         }
     }
 

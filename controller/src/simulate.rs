@@ -21,7 +21,6 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use canary_core::metrics::Counter;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Binomial, Distribution, StandardNormal};
@@ -253,9 +252,7 @@ impl Latency {
 /// One interval of one version's traffic.
 fn draw(rng: &mut ChaCha8Rng, t: &Truth, latency: &Latency, n: u64, into: &mut VersionWindow, labels: &mut LabelStats) {
     let errors = Binomial::new(n, t.error_rate.clamp(0.0, 1.0)).map_or(0, |b| b.sample(rng));
-    into.add_counter(Counter::RqTotal, n);
-    into.add_counter(Counter::Rq2xx, n - errors);
-    into.add_counter(Counter::Rq5xx, errors);
+    into.add_responses(n, errors);
     latency.draw(rng, n, into);
     let correct = Binomial::new(n, t.accuracy.clamp(0.0, 1.0)).map_or(0, |b| b.sample(rng));
     labels.n += n;
@@ -268,7 +265,7 @@ pub fn run_one(spec: &RolloutSpec, a: &Truth, c: &Truth, traffic: u64, max_inter
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let interval = spec.interval.max(Duration::from_millis(1)).as_millis() as u64;
     let mut state = RolloutState::start(spec, 0);
-    let coverage = Coverage { endpoints: 1, answered: 1, applied: 1, failures: vec![], resets: vec![] };
+    let coverage = Coverage::complete(1);
     let (mut wa, mut wc) = (VersionWindow::default(), VersionWindow::default());
     let (mut la, mut lc) = (LabelStats::default(), LabelStats::default());
     let (lat_a, lat_c) = (Latency::new(a), Latency::new(c));

@@ -137,6 +137,21 @@ fn sum(values: impl IntoIterator<Item = u64>) -> u64 {
 }
 
 impl VersionWindow {
+    /// Counts `n` responses, `errors` of them 5xx and the rest 2xx.
+    pub fn add_responses(&mut self, n: u64, errors: u64) {
+        self.add_counter(Counter::RqTotal, n);
+        self.add_counter(Counter::Rq2xx, n.saturating_sub(errors));
+        self.add_counter(Counter::Rq5xx, errors);
+    }
+
+    /// `n` responses, `errors` of them 5xx (tests' shorthand).
+    #[cfg(test)]
+    pub fn served(n: u64, errors: u64) -> VersionWindow {
+        let mut w = VersionWindow::default();
+        w.add_responses(n, errors);
+        w
+    }
+
     /// Adds a counter's value.
     pub fn add_counter(&mut self, counter: Counter, value: u64) {
         add_to(counter, value, &mut self.requests, &mut self.unkeyed, &mut self.responses, &mut self.timeouts);
@@ -355,6 +370,17 @@ pub struct Coverage {
     /// Endpoints whose counters went down since the last read (an Envoy
     /// restart); their earlier counts were kept.
     pub resets: Vec<String>,
+    /// Endpoints no longer in the fleet (not asked: a pod deleted, gone from
+    /// Prometheus) whose last counts of the epoch are still in the window.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub departed: Vec<String>,
+}
+
+impl Coverage {
+    /// `endpoints` Envoys, every one answered and on the epoch.
+    pub fn complete(endpoints: usize) -> Coverage {
+        Coverage { endpoints, answered: endpoints, applied: endpoints, ..Coverage::default() }
+    }
 }
 
 /// Per-version evidence for one epoch.
@@ -367,6 +393,17 @@ pub struct Window {
 }
 
 impl Window {
+    /// A window of `epoch` over `endpoints` Envoys that all answered (tests' shorthand).
+    #[cfg(test)]
+    pub fn of<'a>(
+        epoch: u64,
+        endpoints: usize,
+        versions: impl IntoIterator<Item = (&'a str, VersionWindow)>,
+    ) -> Window {
+        let versions = versions.into_iter().map(|(name, w)| (name.to_string(), w)).collect();
+        Window { epoch, versions, coverage: Coverage::complete(endpoints) }
+    }
+
     /// The version's numbers (all zero if it saw nothing).
     pub fn version(&self, name: &str) -> VersionWindow {
         self.versions.get(name).cloned().unwrap_or_default()

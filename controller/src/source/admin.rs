@@ -446,6 +446,18 @@ struct EndpointTrack {
     series: BTreeMap<String, SeriesTrack>,
 }
 
+impl EndpointTrack {
+    /// Every series under `scope` (an epoch), `base + last`, zeros left out.
+    fn corrected(&self, scope: &str) -> BTreeMap<String, u64> {
+        self.series
+            .iter()
+            .filter(|(k, _)| k.starts_with(scope))
+            .map(|(k, s)| (k.clone(), s.base.saturating_add(s.last)))
+            .filter(|(_, v)| *v > 0)
+            .collect()
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct SeriesTrack {
     /// Raw value at the last read (since the current process started).
@@ -491,14 +503,7 @@ impl ResetTracker {
         if sample.uptime_s.is_some() {
             track.uptime_s = sample.uptime_s;
         }
-        let series = track
-            .series
-            .iter()
-            .filter(|(k, _)| in_scope(k))
-            .map(|(k, s)| (k.clone(), s.base.saturating_add(s.last)))
-            .filter(|(_, v)| *v > 0)
-            .collect();
-        Corrected { series, reset }
+        Corrected { series: track.corrected(&scope), reset }
     }
 
     /// Restarts detected so far at `endpoint`.
@@ -512,12 +517,26 @@ impl ResetTracker {
     }
 
     /// Drops what is kept for one rollout epoch on every endpoint (once no
-    /// window of it will be read again), so the state stays small.
+    /// window of it will be read again), so the state stays small: endpoints
+    /// left with nothing counted go too (pods come and go in a mesh).
     pub fn forget_epoch(&mut self, rollout: &str, epoch: u64) {
         let scope = epoch_scope(rollout, epoch);
         for track in self.endpoints.values_mut() {
             track.series.retain(|k, _| !k.starts_with(&scope));
         }
+        self.endpoints.retain(|_, track| !track.series.is_empty());
+    }
+
+    /// Endpoints not in `asked` that counted under the epoch, with their
+    /// last corrected series of it (zeros left out).
+    pub fn departed(&self, rollout: &str, epoch: u64, asked: &BTreeSet<&str>) -> Vec<(String, BTreeMap<String, u64>)> {
+        let scope = epoch_scope(rollout, epoch);
+        self.endpoints
+            .iter()
+            .filter(|(endpoint, _)| !asked.contains(endpoint.as_str()))
+            .map(|(endpoint, track)| (endpoint.clone(), track.corrected(&scope)))
+            .filter(|(_, series)| !series.is_empty())
+            .collect()
     }
 }
 
@@ -528,15 +547,23 @@ pub struct EndpointRead {
     pub outcome: Result<EndpointSample, ReadError>,
 }
 
-/// Merges endpoint reads of epoch `epoch` into one window: corrects each
-/// sample with `tracker` (in the order given), sums the series per version,
-/// and fills the coverage. Pure.
-pub fn merge_reads(epoch: u64, expected_version: &str, reads: &[EndpointRead], tracker: &mut ResetTracker) -> Window {
+/// Merges endpoint reads of epoch `epoch` of `rollout` into one window:
+/// corrects each sample with `tracker` (in the order given), sums the series
+/// per version, and fills the coverage. An endpoint the tracker knows but that
+/// is no longer asked (a pod deleted, gone from Prometheus's `up`) keeps its
+/// last counts of the epoch in the window, listed in `coverage.departed`: what
+/// it served is evidence, and counts never go down because a pod went away.
+/// Pure.
+pub fn merge_reads(
+    rollout: &str,
+    epoch: u64,
+    expected_version: &str,
+    reads: &[EndpointRead],
+    tracker: &mut ResetTracker,
+) -> Window {
     let mut window = Window { epoch, ..Window::default() };
     window.coverage.endpoints = reads.len();
-    // Histogram buckets summed here first (saturating), then added once each:
-    // keyed by (version, which histogram, lower bound's bits).
-    let mut buckets: BTreeMap<(String, HistogramKey, u64), (f64, f64, u64)> = BTreeMap::new();
+    let mut sums = SeriesSums::default();
     for read in reads {
         let sample = match &read.outcome {
             Ok(sample) if sample.epoch == epoch => sample,
@@ -565,10 +592,33 @@ pub fn merge_reads(epoch: u64, expected_version: &str, reads: &[EndpointRead], t
         if corrected.reset {
             window.coverage.resets.push(read.endpoint.clone());
         }
-        for (key, value) in &corrected.series {
+        sums.add(&mut window, &corrected.series);
+    }
+    let asked: BTreeSet<&str> = reads.iter().map(|r| r.endpoint.as_str()).collect();
+    for (endpoint, series) in tracker.departed(rollout, epoch, &asked) {
+        window.coverage.departed.push(endpoint);
+        sums.add(&mut window, &series);
+    }
+    sums.finish(&mut window);
+    window
+}
+
+/// Histogram buckets summed across endpoints first (saturating), then added
+/// to the window once each: keyed by (version, which histogram, lower
+/// bound's bits).
+#[derive(Default)]
+struct SeriesSums {
+    buckets: BTreeMap<(String, HistogramKey, u64), (f64, f64, u64)>,
+}
+
+impl SeriesSums {
+    /// Adds one endpoint's corrected series: counters straight into the window.
+    fn add(&mut self, window: &mut Window, series: &BTreeMap<String, u64>) {
+        for (key, value) in series {
             let Some(Series { version, what }) = decode_series(key) else { continue };
             if let What::Bucket { of, lower, width } = what {
-                let slot = buckets
+                let slot = self
+                    .buckets
                     .entry((version.to_string(), HistogramKey::from(of), lower.to_bits()))
                     .or_insert((lower, width, 0));
                 slot.2 = slot.2.saturating_add(*value);
@@ -584,16 +634,18 @@ pub fn merge_reads(epoch: u64, expected_version: &str, reads: &[EndpointRead], t
             }
         }
     }
-    for ((version, of, _), (lower, width, n)) in buckets {
-        let v = window.versions.entry(version).or_default();
-        let histogram = match &of {
-            HistogramKey::Latency => &mut v.latency_us,
-            HistogramKey::Segment(segment) => &mut v.segment_mut(segment).latency_us,
-            HistogramKey::Shadow => &mut v.shadow.latency_us,
-        };
-        histogram.add(lower, width, n);
+
+    fn finish(self, window: &mut Window) {
+        for ((version, of, _), (lower, width, n)) in self.buckets {
+            let v = window.versions.entry(version).or_default();
+            let histogram = match &of {
+                HistogramKey::Latency => &mut v.latency_us,
+                HistogramKey::Segment(segment) => &mut v.segment_mut(segment).latency_us,
+                HistogramKey::Shadow => &mut v.shadow.latency_us,
+            };
+            histogram.add(lower, width, n);
+        }
     }
-    window
 }
 
 /// [`HistogramOf`], owned, to key the bucket sums.
@@ -674,9 +726,12 @@ impl AdminSource {
         // The configured order, so the tracker sees the same sequence every time.
         reads.sort_by_key(|(i, _)| *i);
         let reads: Vec<EndpointRead> = reads.into_iter().map(|(_, r)| r).collect();
-        let window = merge_reads(epoch, expected_version, &reads, &mut self.tracker);
+        let window = merge_reads(rollout, epoch, expected_version, &reads, &mut self.tracker);
         for f in &window.coverage.failures {
             tracing::warn!(endpoint = %f.endpoint, error = %f.error, "stats read failed");
+        }
+        for endpoint in &window.coverage.departed {
+            tracing::debug!(%endpoint, "no longer in the fleet: its last counts of the epoch stay in the window");
         }
         for endpoint in &window.coverage.resets {
             tracing::info!(%endpoint, "Envoy restarted since the last read: earlier counts carried over");
@@ -853,8 +908,13 @@ mod tests {
         // 2 + 2 counters, 6 + 5 buckets.
         assert_eq!(s.series.len(), 15);
 
-        let w =
-            merge_reads(1, "x/1", &[EndpointRead { endpoint: "a".into(), outcome: Ok(s) }], &mut Default::default());
+        let w = merge_reads(
+            "x",
+            1,
+            "x/1",
+            &[EndpointRead { endpoint: "a".into(), outcome: Ok(s) }],
+            &mut Default::default(),
+        );
         let v1 = w.version("v1");
         assert_eq!((v1.requests, v1.responses[4]), (13, 13));
         assert_eq!(v1.latency_us.count(), 13);
@@ -1074,7 +1134,7 @@ mod tests {
             EndpointRead { endpoint: "a".into(), outcome: Ok(a.clone()) },
             EndpointRead { endpoint: "b".into(), outcome: Ok(a) },
         ];
-        let w = merge_reads(1, "x/1", &reads, &mut ResetTracker::default());
+        let w = merge_reads("x", 1, "x/1", &reads, &mut ResetTracker::default());
         let v1 = w.version("v1");
         assert_eq!(v1.predictions, [("b0".to_string(), 80), ("b1".into(), 110), ("unparsed".into(), 10)].into());
         assert_eq!((v1.parsed_predictions(), v1.unparsed_predictions()), (190, 10));
@@ -1151,6 +1211,7 @@ mod tests {
             .into();
         assert_eq!(got.series, want);
         let w = merge_reads(
+            "r",
             1,
             "r/1",
             &[EndpointRead { endpoint: "e".into(), outcome: Ok(sample("r", 1, Some(1), &after)) }],
@@ -1333,7 +1394,7 @@ mod tests {
             EndpointRead { endpoint: "c".into(), outcome: Err(ReadError::Timeout(Duration::from_millis(500))) },
         ];
         let mut tracker = ResetTracker::default();
-        let w = merge_reads(1, "x/1", &reads, &mut tracker);
+        let w = merge_reads("x", 1, "x/1", &reads, &mut tracker);
         assert_eq!(w.epoch, 1);
         let v1 = w.version("v1");
         assert_eq!((v1.requests, v1.responses[4]), (26, 26));
@@ -1371,7 +1432,7 @@ mod tests {
             read("istio-idle", Some("istiod-7f3a"), 0),
             read("behind", Some("r/1"), 0),
         ];
-        let w = merge_reads(2, "r/2", &reads, &mut ResetTracker::default());
+        let w = merge_reads("r", 2, "r/2", &reads, &mut ResetTracker::default());
         assert_eq!((w.coverage.answered, w.coverage.applied), (4, 2));
     }
 
@@ -1382,12 +1443,39 @@ mod tests {
             endpoint: "a".into(),
             outcome: Ok(sample("r", 1, Some(uptime), &[(TOTAL, total)])),
         };
-        let w = merge_reads(1, "r/1", &[read(100, 40)], &mut tracker);
+        let w = merge_reads("r", 1, "r/1", &[read(100, 40)], &mut tracker);
         assert_eq!(w.version("v1").requests, 40);
-        let w = merge_reads(1, "r/1", &[read(3, 5)], &mut tracker);
+        let w = merge_reads("r", 1, "r/1", &[read(3, 5)], &mut tracker);
         assert_eq!(w.version("v1").requests, 45);
         assert_eq!(w.coverage.resets, vec!["a".to_string()]);
         assert_eq!(w.coverage.applied, 1);
+    }
+
+    #[test]
+    fn a_departed_endpoint_keeps_its_last_counts_until_the_epoch_is_forgotten() {
+        let mut tracker = ResetTracker::default();
+        let read = |endpoint: &str, epoch, total| EndpointRead {
+            endpoint: endpoint.into(),
+            outcome: Ok(sample("r", epoch, Some(100), &[(&counter_series("r", epoch, "v1", Counter::RqTotal), total)])),
+        };
+        let w = merge_reads("r", 1, "r/1", &[read("a", 1, 40), read("b", 1, 7)], &mut tracker);
+        assert_eq!(w.version("v1").requests, 47);
+        // Pod b is deleted: it is no longer asked. Its 7 stay; a is read on.
+        let w = merge_reads("r", 1, "r/1", &[read("a", 1, 50)], &mut tracker);
+        assert_eq!(w.version("v1").requests, 57);
+        assert_eq!(w.coverage.departed, vec!["b".to_string()]);
+        assert_eq!((w.coverage.endpoints, w.coverage.answered), (1, 1));
+        // A failed endpoint is not departed: it is still in the fleet, and a failure.
+        let down = EndpointRead { endpoint: "b".into(), outcome: Err(ReadError::ScrapeFailed) };
+        let w = merge_reads("r", 1, "r/1", &[read("a", 1, 50), down], &mut tracker);
+        assert_eq!((w.version("v1").requests, w.coverage.failures.len()), (50, 1));
+        assert!(w.coverage.departed.is_empty());
+        // Another epoch: b counted nothing there, so it is not listed.
+        let w = merge_reads("r", 2, "r/2", &[read("a", 2, 3)], &mut tracker);
+        assert_eq!((w.version("v1").requests, w.coverage.departed.len()), (3, 0));
+        // Once epoch 1 is forgotten, so is b (nothing of it left).
+        tracker.forget_epoch("r", 1);
+        assert_eq!(tracker.endpoints.keys().collect::<Vec<_>>(), vec!["a"]);
     }
 
     #[test]

@@ -476,9 +476,12 @@ impl PrometheusSource {
             tokio::time::timeout(timeout, all).await.map_err(|_| QueryError::Timeout(timeout))??;
         let reads = reads_from(rollout, epoch, &up, &uptime, &version, &data)
             .map_err(|error| QueryError::Response { query: "answers", error })?;
-        let window = merge_reads(epoch, expected_version, &reads, &mut self.tracker);
+        let window = merge_reads(rollout, epoch, expected_version, &reads, &mut self.tracker);
         for f in &window.coverage.failures {
             tracing::warn!(endpoint = %f.endpoint, error = %f.error, "stats read failed");
+        }
+        for endpoint in &window.coverage.departed {
+            tracing::debug!(%endpoint, "no longer in the fleet: its last counts of the epoch stay in the window");
         }
         Ok(window)
     }
@@ -650,7 +653,7 @@ mod tests {
             got.insert(bucket_series("r", 3, "v1", Histogram::LatencyUs, 1100.001, 100.0), v);
         }
         assert_eq!(got, want);
-        let w = merge_reads(3, "r/3", &reads, &mut ResetTracker::default());
+        let w = merge_reads("r", 3, "r/3", &reads, &mut ResetTracker::default());
         assert_eq!((w.coverage.endpoints, w.coverage.answered, w.coverage.applied), (2, 1, 1));
         assert_eq!(w.coverage.failures[0].error, "Prometheus' last scrape of it failed (up = 0)");
         assert_eq!(w.version("v1").latency_us.count(), 8);
