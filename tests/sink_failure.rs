@@ -92,3 +92,50 @@ async fn a_rollback_reaches_envoy_through_the_working_sink_when_another_cannot_b
     let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(broken.join("canary.json")).unwrap()).unwrap();
     assert_eq!(doc["version_info"], format!("sinkfail/{}", d["to"]["epoch"]));
 }
+
+/// Drift: a GitOps sync (here: a plain write) puts another configuration in
+/// the ECDS file while the rollout runs. The daemon reads the sink back each
+/// interval, writes its configuration again (the real Envoy follows), and
+/// alerts once for the epoch however often it happens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_changed_behind_the_controllers_back_is_written_back_and_alerted_once() {
+    let rig = Rig::start().await.unwrap();
+    let receiver = Receiver::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let state_dir = dir.path().join("state");
+    let extra = format!("alerts:\n  webhooks: [{{ url: \"{}\" }}]\n", receiver.url);
+    let spec = rollout_spec("drift", &rig.envoy, "1h", 10, GATES, &extra);
+    let daemon = Daemon::start(&state_dir, Some(&spec)).unwrap();
+    rig.envoy.wait_version("drift/1").await.unwrap();
+
+    // What a Git repository might hold: another rollout's configuration.
+    let foreign = serde_json::json!({
+        "rollout": "from-git", "epoch": 1, "stage": "s", "salt": "s",
+        "champion": "v1", "challenger": CHALLENGER, "challenger_weight_bp": 0,
+    });
+    let path = rig.envoy.sink.path();
+    for round in 0..2 {
+        rig.envoy
+            .sink
+            .write_raw(rig.envoy.sink.render_raw("from-git/1", &foreign.to_string()).to_string().as_bytes())
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap_or_default();
+            if doc["version_info"] == "drift/1" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "round {round}: not written back within 10 s:\n{}", daemon.output());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        rig.envoy.wait_version("drift/1").await.unwrap();
+    }
+    // Alerts leave from a task of their own: give the second round's a moment.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let drifted: Vec<_> = receiver.bodies().into_iter().filter(|b| b["kind"] == "sink_drifted").collect();
+    assert_eq!(drifted.len(), 1, "one alert for the epoch: {drifted:?}");
+    assert!(drifted[0]["reasons"][0].as_str().unwrap().contains("changed outside the controller"), "{drifted:?}");
+    assert!(daemon.output().contains("sinks changed outside the controller"), "{}", daemon.output());
+    assert_eq!(state(&state_dir)["epoch"].as_u64(), Some(1), "drift is not a decision");
+    drop(daemon);
+}

@@ -44,6 +44,7 @@ impl Alert {
                 format!("canary {rollout}: not every Envoy applied epoch {} ({})", d.from.epoch, d.from.stage_name)
             }
             AlertKind::SinkFailing => format!("canary {rollout}: a configuration push failed at {}", d.to.stage_name),
+            AlertKind::SinkDrifted => format!("canary {rollout}: a sink was changed outside the controller"),
         };
         Alert {
             kind,
@@ -61,18 +62,53 @@ impl Alert {
     /// A push that failed after its retries: the configuration `state`
     /// should have is not (everywhere) where Envoy reads it.
     pub fn sink_failing(rollout: &str, target: &crate::rollout::Target, seq: u64, error: &str, at: Millis) -> Alert {
+        let title = "cannot push the configuration of";
+        Alert::about_sinks(AlertKind::SinkFailing, rollout, target, seq, title, vec![error.to_string()], at)
+    }
+
+    /// Sinks found holding something other than what the controller wrote
+    /// there; the configuration is being written back.
+    pub fn sink_drifted(
+        rollout: &str,
+        target: &crate::rollout::Target,
+        seq: u64,
+        sinks: &[String],
+        at: Millis,
+    ) -> Alert {
+        let reasons = sinks
+            .iter()
+            .map(|s| {
+                format!(
+                    "{s} was changed outside the controller (a GitOps sync or a hand edit?): written back; \
+                     exclude it from the other writer"
+                )
+            })
+            .collect();
+        let title = "a sink was changed outside the controller; writing back the configuration of";
+        Alert::about_sinks(AlertKind::SinkDrifted, rollout, target, seq, title, reasons, at)
+    }
+
+    fn about_sinks(
+        kind: AlertKind,
+        rollout: &str,
+        target: &crate::rollout::Target,
+        seq: u64,
+        title: &str,
+        reasons: Vec<String>,
+        at: Millis,
+    ) -> Alert {
         Alert {
-            kind: AlertKind::SinkFailing,
+            kind,
             rollout: rollout.to_string(),
             at,
             seq,
             stage: target.stage_name.clone(),
             challenger_weight_bp: target.weight.bp(),
             title: format!(
-                "canary {rollout}: cannot push the configuration of {} ({}, epoch {})",
+                "canary {rollout}: {title} {} ({}, epoch {})",
                 target.stage_name, target.weight, target.epoch
             ),
-            reasons: vec![error.to_string()],
+            reasons,
             report: None,
         }
     }

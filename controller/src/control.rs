@@ -65,6 +65,9 @@ pub struct Controller {
     alerter: Alerter,
     /// A `sink_failing` alert went out and no push has succeeded since.
     sink_alerted: bool,
+    /// The epoch a `sink_drifted` alert went out for (once per epoch: a
+    /// GitOps tool fighting the controller would otherwise alert every interval).
+    drift_alerted: Option<u64>,
     /// A rollback pushed to the sinks whose state or log could not be
     /// written: saved again before anything else, and never undone by
     /// pushing the older state the disk still holds.
@@ -128,7 +131,15 @@ impl Controller {
         };
         let sinks = Sinks::from_spec(&spec);
         let alerter = Alerter::from_spec(&spec.alerts);
-        let c = Controller { store, spec, sinks, alerter, sink_alerted: false, unsaved_rollback: None };
+        let c = Controller {
+            store,
+            spec,
+            sinks,
+            alerter,
+            sink_alerted: false,
+            drift_alerted: None,
+            unsaved_rollback: None,
+        };
         match c.store.load_state()? {
             Some(state) => c.store.repair_log(&state)?,
             // The first push is the first tick's (`ensure_pushed`): pushes
@@ -187,9 +198,20 @@ impl Controller {
     }
 
     /// Makes sure every sink carries the state's configuration (after a
-    /// restart, or when an earlier push missed a sink).
+    /// restart, when an earlier push missed a sink, or when someone else
+    /// changed a sink: alerted once per epoch, then written back).
     pub async fn ensure_pushed(&mut self) -> Result<()> {
         let state = self.state()?;
+        let drifted = self.sinks.verify(&state.filter_config(&self.spec)).await;
+        if !drifted.is_empty() {
+            tracing::warn!(epoch = state.epoch, "sinks changed outside the controller, writing back: {drifted:?}");
+            if self.drift_alerted != Some(state.epoch) {
+                self.drift_alerted = Some(state.epoch);
+                let target = state.target(&self.spec);
+                let alert = Alert::sink_drifted(&self.spec.rollout, &target, state.seq, &drifted, now_millis());
+                self.alerter.spawn(alert);
+            }
+        }
         if !self.sinks.missing(state.epoch).is_empty() {
             self.push(&state, Need::All).await?;
         }

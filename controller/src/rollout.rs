@@ -83,6 +83,10 @@ pub enum AlertKind {
     /// A push to a sink failed after its retries (not raised by decisions:
     /// the controller sends it when a push fails).
     SinkFailing,
+    /// A sink no longer held the configuration the controller wrote there
+    /// (a GitOps sync or a hand edit put something else back); it was
+    /// written again. Sent by the controller, not by decisions.
+    SinkDrifted,
 }
 
 /// Where traffic stands: the configuration the filter should have.

@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 
-use super::{render_body, SinkError};
+use super::{judge_ecds, render_body, Held, SinkError};
 
 /// A ConfigMap's whole size limit (etcd's object limit for ConfigMaps).
 pub const CONFIGMAP_LIMIT: usize = 1024 * 1024;
@@ -48,26 +48,39 @@ impl ConfigMapSink {
         json!({ "data": { &self.key: render_body(&self.wasm, config) } })
     }
 
-    pub async fn push(&self, client: &kube::Client, config: &FilterConfig) -> Result<(), SinkError> {
-        let what = format!("ConfigMap {}", self.id());
-        let body = render_body(&self.wasm, config);
-        if body.len() > CONFIGMAP_LIMIT {
-            return Err(SinkError::TooLarge { what, bytes: body.len(), limit: CONFIGMAP_LIMIT });
-        }
-        let api: Api<ConfigMap> = Api::namespaced(client.clone(), &self.namespace);
-        let kube_err = |what: &str| {
-            let what = what.to_string();
-            move |e| SinkError::Kube { what, source: Box::new(e) }
-        };
-        let current = api.get_opt(&self.name).await.map_err(kube_err(&what))?.ok_or_else(|| SinkError::NotFound {
-            what: what.clone(),
+    fn what(&self) -> String {
+        format!("ConfigMap {}", self.id())
+    }
+
+    /// The key's current text (`None`: the key is not there).
+    async fn current(&self, api: &Api<ConfigMap>) -> Result<Option<String>, SinkError> {
+        let kube_err = |e| SinkError::Kube { what: self.what(), source: Box::new(e) };
+        let current = api.get_opt(&self.name).await.map_err(kube_err)?.ok_or_else(|| SinkError::NotFound {
+            what: self.what(),
             hint: "create it (deploy/sidecar-envoy.yaml has one) in the namespace of the sidecars that mount it",
         })?;
-        if current.data.as_ref().and_then(|d| d.get(&self.key)) == Some(&body) {
+        Ok(current.data.and_then(|mut d| d.remove(&self.key)))
+    }
+
+    /// What the key holds now, next to `config`.
+    pub async fn held(&self, client: &kube::Client, config: &FilterConfig) -> Result<Held, SinkError> {
+        let current = self.current(&Api::namespaced(client.clone(), &self.namespace)).await?;
+        Ok(judge_ecds(current.as_deref(), &render_body(&self.wasm, config), config))
+    }
+
+    pub async fn push(&self, client: &kube::Client, config: &FilterConfig) -> Result<(), SinkError> {
+        let body = render_body(&self.wasm, config);
+        if body.len() > CONFIGMAP_LIMIT {
+            return Err(SinkError::TooLarge { what: self.what(), bytes: body.len(), limit: CONFIGMAP_LIMIT });
+        }
+        let api: Api<ConfigMap> = Api::namespaced(client.clone(), &self.namespace);
+        if self.current(&api).await?.as_ref() == Some(&body) {
             return Ok(());
         }
         let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..PatchParams::default() };
-        api.patch(&self.name, &params, &Patch::Merge(self.patch_body(config))).await.map_err(kube_err(&what))?;
+        api.patch(&self.name, &params, &Patch::Merge(self.patch_body(config)))
+            .await
+            .map_err(|e| SinkError::Kube { what: self.what(), source: Box::new(e) })?;
         Ok(())
     }
 }
@@ -139,5 +152,26 @@ mod tests {
         let (client, _handle) = client();
         let e = sink.push(&client, &config(1, 100)).await.unwrap_err();
         assert!(matches!(e, SinkError::TooLarge { .. }), "{e}");
+    }
+
+    #[tokio::test]
+    async fn held_reads_the_key_back_and_judges_it() {
+        let sink = ConfigMapSink::new("mesh", "canary-ecds", "canary.json", Path::new("/x.wasm"));
+        let c = config(4, 500);
+        let text = |c: &FilterConfig| render_body(Path::new("/x.wasm"), c);
+        let (client, handle) = client();
+        let api = serve(
+            handle,
+            vec![
+                Exchange::get(PATH, 200, configmap(json!({"canary.json": text(&c)}))),
+                Exchange::get(PATH, 200, configmap(json!({"canary.json": text(&config(5, 0))}))),
+                Exchange::get(PATH, 200, configmap(json!({"canary.json": text(&config(3, 100))}))),
+                Exchange::get(PATH, 200, configmap(json!({"other": "x"}))),
+            ],
+        );
+        for want in [Held::Wanted, Held::Ahead, Held::Other, Held::Other] {
+            assert_eq!(sink.held(&client, &c).await.unwrap(), want);
+        }
+        assert_eq!(api.await.unwrap().len(), 4);
     }
 }

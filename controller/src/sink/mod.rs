@@ -107,6 +107,47 @@ pub fn ecds_resource(wasm: &Path, version_info: &str, plugin_config: &str) -> se
     })
 }
 
+/// What a sink holds, next to the configuration the rollout's state wants
+/// there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    /// Exactly that configuration.
+    Wanted,
+    /// A later epoch of the same rollout: another process of ours (a CLI
+    /// command holding the state lock) wrote it and is about to save it.
+    /// Never overwritten: that could undo a rollback.
+    Ahead,
+    /// Anything else (an older epoch, another rollout, a hand edit, nothing):
+    /// someone changed it behind the controller's back (a GitOps sync, a
+    /// manual edit), or it was never written.
+    Other,
+}
+
+impl Held {
+    /// `holding`: the rollout and epoch the sink's content names, if it
+    /// names any; `equal`: the content is byte for byte what `config` gives.
+    pub fn judge(holding: Option<(&str, u64)>, equal: bool, config: &FilterConfig) -> Held {
+        match holding {
+            _ if equal => Held::Wanted,
+            Some((rollout, epoch)) if rollout == config.rollout && epoch > config.epoch => Held::Ahead,
+            _ => Held::Other,
+        }
+    }
+}
+
+/// The rollout and epoch an ECDS file's text names (its `version_info`).
+pub fn ecds_holding(body: &str) -> Option<(String, u64)> {
+    let doc: serde_json::Value = serde_json::from_str(body).ok()?;
+    let (rollout, epoch) = doc.get("version_info")?.as_str()?.rsplit_once('/')?;
+    Some((rollout.to_string(), epoch.parse().ok()?))
+}
+
+/// [`Held`] for an ECDS file's text (the file and ConfigMap sinks).
+fn judge_ecds(current: Option<&str>, wanted: &str, config: &FilterConfig) -> Held {
+    let holding = current.and_then(ecds_holding);
+    Held::judge(holding.as_ref().map(|(r, e)| (r.as_str(), *e)), current == Some(wanted), config)
+}
+
 /// The ECDS file's text for `config`: what the file and ConfigMap sinks write.
 pub fn render_body(wasm: &Path, config: &FilterConfig) -> String {
     serde_json::to_string_pretty(&ecds_resource(wasm, &version_info(config), &config.to_json())).unwrap_or_default()
@@ -157,6 +198,15 @@ impl Sink {
             Sink::File(s) => format!("file {}", s.dir().display()),
             Sink::ConfigMap(s) => format!("configmap {}", s.id()),
             Sink::WasmPlugin(s) => format!("wasmplugin {}", s.id()),
+        }
+    }
+
+    /// What the sink holds now, next to `config`.
+    async fn held(&self, config: &FilterConfig, kube: &KubeClient) -> Result<Held, SinkError> {
+        match self {
+            Sink::File(s) => Ok(s.held(config)),
+            Sink::ConfigMap(s) => s.held(&kube.get().await?, config).await,
+            Sink::WasmPlugin(s) => s.held(&kube.get().await?, config).await,
         }
     }
 
@@ -244,6 +294,29 @@ impl Sinks {
     /// Sinks that do not carry `epoch` yet.
     pub fn missing(&self, epoch: u64) -> Vec<String> {
         self.sinks.iter().zip(&self.carrying).filter(|(_, c)| **c != Some(epoch)).map(|(s, _)| s.name()).collect()
+    }
+
+    /// Checks the sinks that took `config` from this process still hold it.
+    /// Those that hold something else (see [`Held::Other`]) count as missing
+    /// it again, so the next push writes it back; their names are returned.
+    /// A sink that cannot be read is left as it is (logged).
+    pub async fn verify(&mut self, config: &FilterConfig) -> Vec<String> {
+        let carrying: Vec<usize> = (0..self.sinks.len()).filter(|&i| self.carrying[i] == Some(config.epoch)).collect();
+        let kube = &self.kube;
+        let sinks = &self.sinks;
+        let checks = carrying.iter().map(|&i| async move { (i, sinks[i].held(config, kube).await) });
+        let mut drifted = Vec::new();
+        for (i, held) in futures::future::join_all(checks).await {
+            match held {
+                Ok(Held::Wanted | Held::Ahead) => {}
+                Ok(Held::Other) => {
+                    self.carrying[i] = None;
+                    drifted.push(self.sinks[i].name());
+                }
+                Err(e) => tracing::warn!(sink = %self.sinks[i].name(), "cannot check what the sink holds: {e}"),
+            }
+        }
+        drifted
     }
 
     /// Pushes `config` to every sink that does not carry its epoch yet,
@@ -377,6 +450,43 @@ pub(crate) mod tests {
         fs::remove_file(good.join(ECDS_FILE_NAME)).unwrap();
         let written = sinks.push(&config(4, 500), Need::All).await.unwrap();
         assert_eq!(written, [format!("file {}", bad.display())], "the good sink already carried epoch 4");
+    }
+
+    #[test]
+    fn what_a_sink_holds_is_judged_by_content_then_by_rollout_and_epoch() {
+        let c = config(4, 500);
+        let body = render_body(Path::new("/x.wasm"), &c);
+        assert_eq!(judge_ecds(Some(&body), &body, &c), Held::Wanted);
+        let other = |epoch, weight| render_body(Path::new("/x.wasm"), &config(epoch, weight));
+        assert_eq!(judge_ecds(Some(&other(5, 0)), &body, &c), Held::Ahead, "a rollback of ours, not saved yet");
+        assert_eq!(judge_ecds(Some(&other(3, 100)), &body, &c), Held::Other, "GitOps put an old one back");
+        assert_eq!(judge_ecds(Some(&other(4, 9000)), &body, &c), Held::Other, "edited by hand");
+        assert_eq!(judge_ecds(Some("garbage"), &body, &c), Held::Other);
+        assert_eq!(judge_ecds(None, &body, &c), Held::Other);
+        let mut foreign = config(9, 0);
+        foreign.rollout = "another".into();
+        let foreign = render_body(Path::new("/x.wasm"), &foreign);
+        assert_eq!(judge_ecds(Some(&foreign), &body, &c), Held::Other);
+        assert_eq!(ecds_holding(&body), Some(("r".to_string(), 4)));
+    }
+
+    #[tokio::test]
+    async fn a_sink_changed_behind_the_controllers_back_is_found_and_written_back() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sink = EcdsFileSink::new(tmp.path(), "/x.wasm");
+        let mut sinks = Sinks::new(vec![Sink::File(sink.clone())], quick());
+        sinks.push(&config(4, 500), Need::All).await.unwrap();
+        assert!(sinks.verify(&config(4, 500)).await.is_empty());
+        // A later epoch of ours (a CLI rollback not saved yet) is left alone.
+        sink.push(&config(5, 0)).unwrap();
+        assert!(sinks.verify(&config(4, 500)).await.is_empty());
+        assert_eq!(sink.held(&config(4, 500)), Held::Ahead);
+        // An older one (a GitOps sync) is drift: missing again, written back.
+        sink.push(&config(2, 100)).unwrap();
+        assert_eq!(sinks.verify(&config(4, 500)).await, [format!("file {}", tmp.path().display())]);
+        assert_eq!(sinks.missing(4).len(), 1);
+        sinks.push(&config(4, 500), Need::All).await.unwrap();
+        assert_eq!(sink.held(&config(4, 500)), Held::Wanted);
     }
 
     #[tokio::test]

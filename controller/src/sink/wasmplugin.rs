@@ -19,7 +19,7 @@ use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchP
 use serde_json::json;
 
 use super::configmap::FIELD_MANAGER;
-use super::SinkError;
+use super::{Held, SinkError};
 
 /// Fresh reads after a conflict before giving up (the push is then retried
 /// with backoff like any failure).
@@ -63,17 +63,37 @@ impl WasmPluginSink {
         ])
     }
 
+    fn api(&self, client: &kube::Client) -> Api<DynamicObject> {
+        Api::namespaced_with(client.clone(), &self.namespace, &api_resource())
+    }
+
+    async fn current(&self, api: &Api<DynamicObject>) -> Result<DynamicObject, SinkError> {
+        let what = format!("WasmPlugin {}", self.id());
+        api.get_opt(&self.name).await.map_err(|e| SinkError::Kube { what: what.clone(), source: Box::new(e) })?.ok_or(
+            SinkError::NotFound {
+                what,
+                hint: "apply it first (deploy/wasmplugin.yaml): the controller only patches its pluginConfig",
+            },
+        )
+    }
+
+    /// What `spec.pluginConfig` holds now, next to `config` (compared as
+    /// JSON values: istiod and kubectl may reorder keys).
+    pub async fn held(&self, client: &kube::Client, config: &FilterConfig) -> Result<Held, SinkError> {
+        let current = self.current(&self.api(client)).await?;
+        let plugin = current.data.pointer("/spec/pluginConfig");
+        let holding = plugin.and_then(|p| Some((p.get("rollout")?.as_str()?, p.get("epoch")?.as_u64()?)));
+        Ok(Held::judge(holding, plugin == Some(&Self::plugin_config(config)), config))
+    }
+
     pub async fn push(&self, client: &kube::Client, config: &FilterConfig) -> Result<(), SinkError> {
         let what = format!("WasmPlugin {}", self.id());
         let kube_err = |e| SinkError::Kube { what: what.clone(), source: Box::new(e) };
-        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &self.namespace, &api_resource());
+        let api = self.api(client);
         let want = Self::plugin_config(config);
         let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..PatchParams::default() };
         for _ in 0..MAX_CONFLICTS {
-            let current = api.get_opt(&self.name).await.map_err(kube_err)?.ok_or_else(|| SinkError::NotFound {
-                what: what.clone(),
-                hint: "apply it first (deploy/wasmplugin.yaml): the controller only patches its pluginConfig",
-            })?;
+            let current = self.current(&api).await?;
             if current.data.pointer("/spec/pluginConfig") == Some(&want) {
                 return Ok(());
             }
@@ -177,5 +197,30 @@ mod tests {
         let api = serve(handle, vec![Exchange::get(PATH, 200, plugin("9", WasmPluginSink::plugin_config(&c)))]);
         WasmPluginSink::new("istio-system", "canary").push(&client, &c).await.unwrap();
         api.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn held_compares_plugin_config_as_json_and_judges_it() {
+        let sink = WasmPluginSink::new("istio-system", "canary");
+        let c = config(4, 500);
+        // Keys in another order (as istiod or kubectl may store them): still equal.
+        let mut reordered: Vec<(String, serde_json::Value)> =
+            WasmPluginSink::plugin_config(&c).as_object().unwrap().clone().into_iter().collect();
+        reordered.reverse();
+        let reordered: serde_json::Map<String, serde_json::Value> = reordered.into_iter().collect();
+        let (client, handle) = client();
+        let api = serve(
+            handle,
+            vec![
+                Exchange::get(PATH, 200, plugin("1", serde_json::Value::Object(reordered))),
+                Exchange::get(PATH, 200, plugin("2", WasmPluginSink::plugin_config(&config(5, 0)))),
+                Exchange::get(PATH, 200, plugin("3", WasmPluginSink::plugin_config(&config(4, 9000)))),
+                Exchange::get(PATH, 200, plugin("4", json!({}))),
+            ],
+        );
+        for want in [Held::Wanted, Held::Ahead, Held::Other, Held::Other] {
+            assert_eq!(sink.held(&client, &c).await.unwrap(), want);
+        }
+        assert_eq!(api.await.unwrap().len(), 4);
     }
 }
