@@ -80,7 +80,7 @@ pub fn prometheus(data: &[u8]) {
         .map(|i| PromSample { labels: [("instance".to_string(), i.clone())].into(), value: 1.0 })
         .collect();
     if let Ok(reads) = reads_from("r", 1, &up, &samples, &samples, &samples) {
-        let w = merge_reads(1, "r/1", &reads, &mut ResetTracker::default());
+        let w = merge_reads("r", 1, "r/1", &reads, &mut ResetTracker::default());
         assert!(w.coverage.answered <= w.coverage.endpoints);
     }
 }
