@@ -9,21 +9,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use canary_tests::render_template;
+
 use crate::http;
 use crate::procs::Proc;
-
-/// The template's `${NAME}` placeholders filled; refuses to leave one.
-pub fn render_template(template: &Path, vars: &[(&str, String)]) -> Result<String> {
-    let mut text = fs::read_to_string(template).with_context(|| format!("cannot read {}", template.display()))?;
-    for (name, value) in vars {
-        text = text.replace(&format!("${{{name}}}"), value);
-    }
-    if let Some(at) = text.find("${") {
-        let rest: String = text[at..].chars().take(40).collect();
-        bail!("{} has a placeholder left unfilled: {rest}", template.display());
-    }
-    Ok(text)
-}
 
 /// What to start.
 #[derive(Debug, Clone)]

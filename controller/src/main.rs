@@ -208,15 +208,9 @@ fn print_status(s: &Status) {
     }
     match &s.last_decision {
         Some(d) => {
-            println!(
-                "  last decision #{} ({:?}{}): {}",
-                d.seq,
-                d.action,
-                if d.manual { ", manual" } else { "" },
-                d.reasons.join("; ")
-            );
+            print_decision(d.seq, &format!("{:?}", d.action), d.manual, &d.reasons);
             for g in &d.gates {
-                println!("    {:?}: {:?} — {}", g.gate, g.outcome, g.detail);
+                print_gate(&format!("{:?}", g.gate), &format!("{:?}", g.outcome), &g.detail);
             }
             let rate = |(errors, n): (u64, u64)| {
                 if n == 0 {
@@ -316,16 +310,10 @@ fn print_kube_status(s: &crd::CanaryRolloutStatus, output: Output) -> anyhow::Re
         s.epoch.unwrap_or(0)
     );
     if let Some(d) = &s.last_decision {
-        println!(
-            "  last decision #{} ({}{}): {}",
-            d.seq,
-            d.action,
-            if d.manual { ", manual" } else { "" },
-            d.reasons.join("; ")
-        );
+        print_decision(d.seq, &d.action, d.manual, &d.reasons);
     }
     for g in &s.gates {
-        println!("    {}: {} — {}", g.gate, g.outcome, g.detail);
+        print_gate(&g.gate, &g.outcome, &g.detail);
     }
     if let Some(c) = &s.last_command {
         println!("  last command {} ({}): {}", c.id, c.command, c.result);
@@ -500,4 +488,14 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The status's "last decision" line (local state or a CanaryRollout's status).
+fn print_decision(seq: u64, action: &str, manual: bool, reasons: &[String]) {
+    println!("  last decision #{seq} ({action}{}): {}", if manual { ", manual" } else { "" }, reasons.join("; "));
+}
+
+/// One gate of the last decision.
+fn print_gate(gate: &str, outcome: &str, detail: &str) {
+    println!("    {gate}: {outcome} — {detail}");
 }
