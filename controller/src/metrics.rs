@@ -93,6 +93,7 @@ pub struct Metrics {
     sink_pushes: Family,
     sink_push_seconds: Histogram,
     sink_attempts: Family,
+    sink_drifts: Family,
     control_requests: Family,
     sse_clients: AtomicU64,
 }
@@ -109,6 +110,7 @@ impl Default for Metrics {
             sink_pushes: Family::default(),
             sink_push_seconds: Histogram::new(PUSH_BUCKETS),
             sink_attempts: Family::default(),
+            sink_drifts: Family::default(),
             control_requests: Family::default(),
             sse_clients: AtomicU64::new(0),
         }
@@ -168,6 +170,11 @@ impl Metrics {
     pub fn sink_attempt(&self, sink: &str, ok: bool) {
         self.sink_attempts
             .inc(vec![("sink", sink.to_string()), ("result", if ok { "ok" } else { "error" }.to_string())]);
+    }
+
+    /// A sink found holding something other than what the controller wrote.
+    pub fn sink_drift(&self, sink: &str) {
+        self.sink_drifts.inc(vec![("sink", sink.to_string())]);
     }
 
     /// A request to a dashboard control endpoint and how it ended
@@ -245,6 +252,12 @@ impl Metrics {
             "canary_sink_attempts_total",
             "Attempts to write a configuration to one sink (file, ConfigMap, WasmPlugin), by sink and result.",
             &self.sink_attempts,
+        );
+        family(
+            w,
+            "canary_sink_drifts_total",
+            "Times a sink was found changed outside the controller (and written back), by sink.",
+            &self.sink_drifts,
         );
         family(
             w,
@@ -384,6 +397,7 @@ mod tests {
         m.sink_push(Duration::from_micros(700), true);
         m.sink_push(Duration::from_millis(3), true);
         m.sink_push(Duration::from_secs(9), false);
+        m.sink_drift("configmap mesh/canary");
         let w = Window {
             coverage: Coverage {
                 endpoints: 1,
@@ -421,6 +435,7 @@ mod tests {
             "canary_sink_push_duration_seconds_bucket{le=\"2.5\"} 2",
             "canary_sink_push_duration_seconds_bucket{le=\"+Inf\"} 3",
             "canary_sink_push_duration_seconds_count 3",
+            "canary_sink_drifts_total{sink=\"configmap mesh/canary\"} 1",
             "canary_phase{phase=\"paused\"} 1",
             "canary_phase{phase=\"running\"} 0",
             "canary_challenger_weight_ratio 0.05",

@@ -310,6 +310,7 @@ impl Sinks {
             match held {
                 Ok(Held::Wanted | Held::Ahead) => {}
                 Ok(Held::Other) => {
+                    METRICS.sink_drift(&self.sinks[i].name());
                     self.carrying[i] = None;
                     drifted.push(self.sinks[i].name());
                 }
