@@ -315,14 +315,7 @@ pub fn check_coverage(c: &Coverage, max_missing_share: f64) -> CoverageCheck {
     }
     let share = |n: usize| n as f64 / c.endpoints as f64;
     let failed = c.failures.len();
-    let named = || {
-        let mut list: Vec<String> =
-            c.failures.iter().take(NAMED_FAILURES).map(|f| format!("{}: {}", f.endpoint, f.error)).collect();
-        if failed > NAMED_FAILURES {
-            list.push(format!("and {} more", failed - NAMED_FAILURES));
-        }
-        list.join("; ")
-    };
+    let named = || name_some(c.failures.iter().map(|f| format!("{}: {}", f.endpoint, f.error)), failed);
     if failed > 0 && (c.answered == 0 || share(failed) > max_missing_share) {
         let limit = if max_missing_share > 0.0 {
             format!(" (more than envoy.max_missing_share {max_missing_share})")
@@ -346,7 +339,27 @@ pub fn check_coverage(c: &Coverage, max_missing_share: f64) -> CoverageCheck {
         }
         text
     });
+    let departed = (!c.departed.is_empty()).then(|| {
+        let n = c.departed.len();
+        format!(
+            "kept the last counts of {n} Envoys no longer in the fleet: {}",
+            name_some(c.departed.iter().cloned(), n)
+        )
+    });
+    let partial = match (partial, departed) {
+        (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+        (a, b) => a.or(b),
+    };
     CoverageCheck::Enough { partial }
+}
+
+/// The first [`NAMED_FAILURES`] of `total` items, then how many more.
+fn name_some(items: impl Iterator<Item = String>, total: usize) -> String {
+    let mut list: Vec<String> = items.take(NAMED_FAILURES).collect();
+    if total > NAMED_FAILURES {
+        list.push(format!("and {} more", total - NAMED_FAILURES));
+    }
+    list.join("; ")
 }
 
 impl RolloutState {
@@ -926,6 +939,10 @@ filter:
             );
         }
         assert_eq!(check_coverage(&coverage(2, 0, 2,), 0.0), Enough { partial: None });
+        let mut gone = coverage(2, 0, 2);
+        gone.departed = vec!["10.0.0.7:15000".into()];
+        let Enough { partial: Some(why) } = check_coverage(&gone, 0.0) else { panic!() };
+        assert_eq!(why, "kept the last counts of 1 Envoy no longer in the fleet: 10.0.0.7:15000");
         assert_eq!(check_coverage(&coverage(500, 0, 490,), 0.01), NotApplied { waiting: 10 });
         assert!(
             matches!(check_coverage(&coverage(500, 6, 494), 0.01), NoData(why) if why.contains("6 of 500 Envoys failed (more than envoy.max_missing_share 0.01)"))
