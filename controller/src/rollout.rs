@@ -341,10 +341,9 @@ pub fn check_coverage(c: &Coverage, max_missing_share: f64) -> CoverageCheck {
     });
     let departed = (!c.departed.is_empty()).then(|| {
         let n = c.departed.len();
-        format!(
-            "kept the last counts of {n} Envoys no longer in the fleet: {}",
-            name_some(c.departed.iter().cloned(), n)
-        )
+        let envoys = if n == 1 { "Envoy" } else { "Envoys" };
+        let names = name_some(c.departed.iter().cloned(), n);
+        format!("kept the last counts of {n} {envoys} no longer in the fleet: {names}")
     });
     let partial = match (partial, departed) {
         (Some(a), Some(b)) => Some(format!("{a}; {b}")),
