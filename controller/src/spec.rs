@@ -1021,7 +1021,12 @@ alerts:
 "#;
 
     fn with(path: &[&str], value: serde_yaml_ng::Value) -> Result<RolloutSpec, SpecError> {
-        let mut doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(EXAMPLE).unwrap();
+        edited(EXAMPLE, path, value)
+    }
+
+    /// `base` with the value at `path` set to `value`, parsed.
+    fn edited(base: &str, path: &[&str], value: serde_yaml_ng::Value) -> Result<RolloutSpec, SpecError> {
+        let mut doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(base).unwrap();
         let mut at = &mut doc;
         for (i, key) in path.iter().enumerate() {
             if i + 1 == path.len() {
@@ -1259,16 +1264,7 @@ filter:
 "#;
 
     fn shadow_with(path: &[&str], value: serde_yaml_ng::Value) -> Result<RolloutSpec, SpecError> {
-        let mut doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(SHADOW_SPEC).unwrap();
-        let mut at = &mut doc;
-        for (i, key) in path.iter().enumerate() {
-            if i + 1 == path.len() {
-                at[*key] = value.clone();
-            } else {
-                at = &mut at[*key];
-            }
-        }
-        RolloutSpec::from_yaml(&serde_yaml_ng::to_string(&doc).unwrap())
+        edited(SHADOW_SPEC, path, value)
     }
 
     #[test]

@@ -264,6 +264,15 @@ envoy: { admin: ["http://a"], ecds_dir: /x, wasm: /y }
         .unwrap()
     }
 
+    /// A rollout started and paused (decision 1), state and log saved.
+    fn paused(store: &Store, spec: &RolloutSpec) -> RolloutState {
+        let s0 = RolloutState::start(spec, 0);
+        let (s1, d1) = s0.command(spec, Command::Pause, "", 1).unwrap();
+        store.save_state(&s1).unwrap();
+        store.append_decision(&d1).unwrap();
+        s1
+    }
+
     #[test]
     fn state_and_spec_round_trip() {
         let dir = tempfile::tempdir().unwrap();
@@ -281,10 +290,7 @@ envoy: { admin: ["http://a"], ecds_dir: /x, wasm: /y }
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let spec = spec();
-        let s0 = RolloutState::start(&spec, 0);
-        let (s1, d1) = s0.command(&spec, Command::Pause, "", 1).unwrap();
-        store.save_state(&s1).unwrap();
-        store.append_decision(&d1).unwrap();
+        let s1 = paused(&store, &spec);
         let (s2, _) = s1.command(&spec, Command::Resume, "", 2).unwrap();
         store.save_state(&s2).unwrap();
         // Crash here: decision 2 is in the state only.
@@ -303,10 +309,7 @@ envoy: { admin: ["http://a"], ecds_dir: /x, wasm: /y }
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let spec = spec();
-        let s0 = RolloutState::start(&spec, 0);
-        let (s1, d1) = s0.command(&spec, Command::Pause, "", 1).unwrap();
-        store.save_state(&s1).unwrap();
-        store.append_decision(&d1).unwrap();
+        let s1 = paused(&store, &spec);
         store.repair_log_if_behind(&s1).unwrap();
         let (s2, d2) = s1.command(&spec, Command::Resume, "", 2).unwrap();
         store.save_state(&s2).unwrap();
