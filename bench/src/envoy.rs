@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use canary_tests::render_template;
+use canary_tests::{render_template, urlencode};
 
 use crate::http;
 use crate::procs::Proc;
@@ -146,15 +146,6 @@ impl Envoy {
         }
         Ok(())
     }
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// Clock ticks per second of `/proc/<pid>/stat` times.

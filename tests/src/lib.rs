@@ -461,7 +461,8 @@ pub fn error_lines(log: &Path) -> String {
     lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
-fn urlencode(s: &str) -> String {
+/// Percent-encodes everything but RFC 3986's unreserved characters (query values).
+pub fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
