@@ -286,15 +286,10 @@ async fn a_dead_scrape_target_is_a_failed_endpoint_and_a_dead_prometheus_no_wind
         selector: format!("job=\"{JOB}\""),
     });
     let expected = EcdsFileSink::version_info(&config());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let w = loop {
-        let w = prom.read(ROLLOUT, EPOCH, &expected).await.unwrap();
-        if w.coverage.endpoints == 2 && w.coverage.applied == 1 {
-            break w;
-        }
-        assert!(Instant::now() < deadline, "no scrape of both targets within 20 s: {:?}", w.coverage);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let w = read_until(&mut prom, &expected, "scrape of both targets", |w| {
+        w.coverage.endpoints == 2 && w.coverage.applied == 1
+    })
+    .await;
     assert_eq!(w.coverage.failures.len(), 1, "{:?}", w.coverage);
     assert_eq!(w.coverage.failures[0].endpoint, dead);
     drop(prometheus);
@@ -310,7 +305,7 @@ async fn read_until(prom: &mut PrometheusSource, expected: &str, what: &str, don
         if done(&w) {
             return w;
         }
-        assert!(Instant::now() < deadline, "{what} within 20 s: {:?}", w.coverage);
+        assert!(Instant::now() < deadline, "no {what} within 20 s: {:?}", w.coverage);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -338,11 +333,11 @@ async fn an_envoy_gone_from_prometheus_keeps_its_counts_in_the_window() {
     });
     let expected = EcdsFileSink::version_info(&config());
     let total = |w: &Window| w.versions.values().map(|v| v.requests).sum::<u64>();
-    let w = read_until(&mut prom, &expected, "both pods scraped with every count", |w| total(w) == 400).await;
+    let w = read_until(&mut prom, &expected, "scrape of both pods with every count", |w| total(w) == 400).await;
     assert_eq!((w.coverage.endpoints, w.coverage.answered), (2, 2));
 
     prometheus.set_targets(serde_json::json!([pod("pod-a")]));
-    let w = read_until(&mut prom, &expected, "pod-b out of `up`", |w| w.coverage.endpoints == 1).await;
+    let w = read_until(&mut prom, &expected, "drop of pod-b from `up`", |w| w.coverage.endpoints == 1).await;
     assert_eq!(total(&w), 400, "pod-b's 200 are still counted: {:?}", w.coverage);
     assert_eq!(w.coverage.departed, vec!["pod-b".to_string()]);
     assert!(w.coverage.failures.is_empty(), "{:?}", w.coverage);

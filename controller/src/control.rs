@@ -202,6 +202,11 @@ impl Controller {
     /// changed a sink: alerted once per epoch, then written back).
     pub async fn ensure_pushed(&mut self) -> Result<()> {
         let state = self.state()?;
+        self.deliver(&state).await
+    }
+
+    /// [`Controller::ensure_pushed`] for a state already read.
+    async fn deliver(&mut self, state: &RolloutState) -> Result<()> {
         let drifted = self.sinks.verify(&state.filter_config(&self.spec)).await;
         if !drifted.is_empty() {
             tracing::warn!(epoch = state.epoch, "sinks changed outside the controller, writing back: {drifted:?}");
@@ -213,7 +218,7 @@ impl Controller {
             }
         }
         if !self.sinks.missing(state.epoch).is_empty() {
-            self.push(&state, Need::All).await?;
+            self.push(state, Need::All).await?;
         }
         Ok(())
     }
@@ -311,12 +316,12 @@ impl Controller {
         if before.phase != Phase::Running {
             // A rollback some sink missed, or a pause after a restart:
             // keep delivering; nothing to evaluate.
-            if let Err(e) = self.ensure_pushed().await {
+            if let Err(e) = self.deliver(&before).await {
                 tracing::error!("sinks still missing the {} configuration: {e}", before.phase);
             }
             return Ok(None);
         }
-        self.ensure_pushed().await?;
+        self.deliver(&before).await?;
         self.read_labels_file()?;
         if let Ok(mut t) = serde_json::from_value::<crate::source::ResetTracker>(before.source_tracker.clone()) {
             // Earlier epochs are never read again: keep the tracker small.
@@ -550,8 +555,7 @@ mod tests {
     }
 
     fn pushed_epoch(file: &Path) -> u64 {
-        let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
-        doc["version_info"].as_str().unwrap().rsplit('/').next().unwrap().parse().unwrap()
+        crate::sink::ecds_holding(&std::fs::read_to_string(file).unwrap()).unwrap().1
     }
 
     #[tokio::test]

@@ -956,9 +956,7 @@ mod tests {
 
     fn window(ok: u64, errors: u64, timeouts: u64, latency_ms: f64) -> VersionWindow {
         let mut w = VersionWindow::default();
-        w.add_counter(Counter::RqTotal, ok + errors);
-        w.add_counter(Counter::Rq2xx, ok);
-        w.add_counter(Counter::Rq5xx, errors);
+        w.add_responses(ok + errors, errors);
         w.add_counter(Counter::RqTimeout, timeouts);
         w.latency_us.add(latency_ms * 1000.0, latency_ms * 10.0, ok + errors);
         w

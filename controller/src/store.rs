@@ -265,12 +265,11 @@ envoy: { admin: ["http://a"], ecds_dir: /x, wasm: /y }
     }
 
     /// A rollout started and paused (decision 1), state and log saved.
-    fn paused(store: &Store, spec: &RolloutSpec) -> RolloutState {
-        let s0 = RolloutState::start(spec, 0);
-        let (s1, d1) = s0.command(spec, Command::Pause, "", 1).unwrap();
+    fn paused(store: &Store, spec: &RolloutSpec) -> (RolloutState, Decision) {
+        let (s1, d1) = RolloutState::start(spec, 0).command(spec, Command::Pause, "", 1).unwrap();
         store.save_state(&s1).unwrap();
         store.append_decision(&d1).unwrap();
-        s1
+        (s1, d1)
     }
 
     #[test]
@@ -290,7 +289,7 @@ envoy: { admin: ["http://a"], ecds_dir: /x, wasm: /y }
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let spec = spec();
-        let s1 = paused(&store, &spec);
+        let (s1, _) = paused(&store, &spec);
         let (s2, _) = s1.command(&spec, Command::Resume, "", 2).unwrap();
         store.save_state(&s2).unwrap();
         // Crash here: decision 2 is in the state only.
@@ -309,7 +308,7 @@ envoy: { admin: ["http://a"], ecds_dir: /x, wasm: /y }
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let spec = spec();
-        let s1 = paused(&store, &spec);
+        let (s1, _) = paused(&store, &spec);
         store.repair_log_if_behind(&s1).unwrap();
         let (s2, d2) = s1.command(&spec, Command::Resume, "", 2).unwrap();
         store.save_state(&s2).unwrap();
@@ -342,9 +341,7 @@ envoy: { admin: ["http://a"], ecds_dir: /x, wasm: /y }
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let spec = spec();
-        let (s1, d1) = RolloutState::start(&spec, 0).command(&spec, Command::Pause, "", 1).unwrap();
-        store.save_state(&s1).unwrap();
-        store.append_decision(&d1).unwrap();
+        let (s1, d1) = paused(&store, &spec);
         // Decision 2 saved in the state, its log line lost.
         let (s2, _) = s1.command(&spec, Command::Resume, "", 2).unwrap();
         store.save_state(&s2).unwrap();

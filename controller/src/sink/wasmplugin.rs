@@ -67,8 +67,12 @@ impl WasmPluginSink {
         Api::namespaced_with(client.clone(), &self.namespace, &api_resource())
     }
 
+    fn what(&self) -> String {
+        format!("WasmPlugin {}", self.id())
+    }
+
     async fn current(&self, api: &Api<DynamicObject>) -> Result<DynamicObject, SinkError> {
-        let what = format!("WasmPlugin {}", self.id());
+        let what = self.what();
         api.get_opt(&self.name).await.map_err(|e| SinkError::Kube { what: what.clone(), source: Box::new(e) })?.ok_or(
             SinkError::NotFound {
                 what,
@@ -87,7 +91,7 @@ impl WasmPluginSink {
     }
 
     pub async fn push(&self, client: &kube::Client, config: &FilterConfig) -> Result<(), SinkError> {
-        let what = format!("WasmPlugin {}", self.id());
+        let what = self.what();
         let kube_err = |e| SinkError::Kube { what: what.clone(), source: Box::new(e) };
         let api = self.api(client);
         let want = Self::plugin_config(config);
