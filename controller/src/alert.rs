@@ -45,6 +45,12 @@ impl Alert {
             }
             AlertKind::SinkFailing => format!("canary {rollout}: a configuration push failed at {}", d.to.stage_name),
             AlertKind::SinkDrifted => format!("canary {rollout}: a sink was changed outside the controller"),
+            AlertKind::Incident => {
+                format!("canary {rollout}: incident at {}: the champion itself is failing; holding", d.from.stage_name)
+            }
+            AlertKind::StageOverdue => {
+                format!("canary {rollout}: {} reached its max_duration undecided; holding for a person", d.from.stage_name)
+            }
         };
         Alert {
             kind,

@@ -247,10 +247,11 @@ pub fn pending_command(annotations: &BTreeMap<String, String>, handled: Option<&
     let text = annotations.get(COMMAND).map(|c| c.trim().to_ascii_lowercase()).unwrap_or_default();
     let command = match text.as_str() {
         "pause" => Ok(Command::Pause),
+        "freeze" => Ok(Command::Freeze),
         "resume" => Ok(Command::Resume),
         "advance" => Ok(Command::Advance),
         "rollback" => Ok(Command::Rollback),
-        other => Err(format!("`{COMMAND}: {other}` is not a command: use pause, resume, advance or rollback")),
+        other => Err(format!("`{COMMAND}: {other}` is not a command: use pause, freeze, resume, advance or rollback")),
     };
     let reason = annotations.get(COMMAND_REASON).cloned().unwrap_or_default();
     Some(PendingCommand { id: id.to_string(), command, reason })
@@ -276,6 +277,7 @@ pub fn carries_id(reasons: &[String], id: &str) -> bool {
 pub fn command_name(c: Command) -> &'static str {
     match c {
         Command::Pause => "pause",
+        Command::Freeze => "freeze",
         Command::Resume => "resume",
         Command::Advance => "advance",
         Command::Rollback => "rollback",

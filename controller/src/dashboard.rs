@@ -784,6 +784,7 @@ async fn control_command(
 ) -> Response {
     let cmd = match command.as_str() {
         "pause" => Command::Pause,
+        "freeze" => Command::Freeze,
         "resume" => Command::Resume,
         "advance" => Command::Advance,
         "rollback" => Command::Rollback,

@@ -53,6 +53,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::anytime::{self, RateProcess};
 use crate::labels::LabelStats;
 use crate::psi;
 use crate::spec::{GateMethod, GatesSpec, NoDataPolicy};
@@ -89,6 +90,23 @@ pub enum GateKind {
     ShadowErrorRate,
     /// Shadow stage: the shadow's latency quantile against the champion's.
     ShadowLatency,
+}
+
+impl GateKind {
+    /// The gate's stable id in logs, alerts and reports (never Rust's
+    /// `Debug` form, so renaming a variant cannot change the log format).
+    pub fn id(self) -> &'static str {
+        match self {
+            GateKind::ErrorRate => "error_rate",
+            GateKind::Latency => "latency",
+            GateKind::Prediction => "prediction",
+            GateKind::Timeouts => "timeouts",
+            GateKind::Labels => "labels",
+            GateKind::ShadowAgreement => "shadow_agreement",
+            GateKind::ShadowErrorRate => "shadow_error_rate",
+            GateKind::ShadowLatency => "shadow_latency",
+        }
+    }
 }
 
 /// One gate's verdict and its evidence.
@@ -143,6 +161,10 @@ pub struct GateResult {
     /// until the sample reaches the next look (its numbers are that look's).
     #[serde(default, skip_serializing_if = "is_false")]
     pub carried: bool,
+    /// Anytime method, rate-like gates: the challenger's e-process so far
+    /// (carried from evaluation to evaluation within the stage's window).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<RateProcess>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -171,6 +193,7 @@ impl GateResult {
             confidence: None,
             needed: None,
             carried: false,
+            process: None,
         }
     }
 
@@ -218,9 +241,10 @@ impl GateResult {
         self
     }
 
-    /// Whether this result spent a look (a sequential verdict reached now).
+    /// Whether this result spent a look (a sequential verdict reached now),
+    /// or carries an anytime e-process the next evaluation continues.
     pub fn spends_look(&self) -> bool {
-        self.look.is_some() && !self.carried && self.outcome != Outcome::NoData
+        (self.look.is_some() && !self.carried && self.outcome != Outcome::NoData) || self.process.is_some()
     }
 }
 
@@ -234,15 +258,18 @@ pub struct StageContext {
     pub min_samples: u64,
     /// A shadow stage: the challenger serves no user, its shadow answers are judged.
     pub shadow: bool,
+    /// The stage advances only on gates that passed (`proven`); otherwise
+    /// (`no_harm`) an inconclusive gate does not hold it.
+    pub proven: bool,
 }
 
 impl StageContext {
     pub fn live(min_samples: u64) -> StageContext {
-        StageContext { min_samples, shadow: false }
+        StageContext { min_samples, shadow: false, proven: true }
     }
 
     pub fn shadow(min_samples: u64) -> StageContext {
-        StageContext { min_samples, shadow: true }
+        StageContext { min_samples, shadow: true, proven: true }
     }
 }
 
@@ -272,8 +299,19 @@ struct Judge<'a> {
 }
 
 impl Judge<'_> {
+    /// Intervals rather than point estimates (both the look-based and the
+    /// anytime method; gates without an anytime form use looks).
     fn sequential(&self) -> bool {
-        self.method == GateMethod::Sequential
+        self.method != GateMethod::Threshold
+    }
+
+    fn anytime(&self) -> bool {
+        self.method == GateMethod::Anytime
+    }
+
+    /// The e-process `gate` carried from the previous evaluation of the stage.
+    fn process(&self, gate: GateKind) -> RateProcess {
+        self.spent.iter().rev().find(|r| r.gate == gate).and_then(|r| r.process.clone()).unwrap_or_default()
     }
 
     /// The spent verdict of `gate` at look `k` or later, if any: carried
@@ -423,6 +461,12 @@ pub fn evaluate(
     if let Some(g) = &spec.labels {
         out.push(label_gate(g, labels, judge));
     }
+    if !stage.proven {
+        // no_harm: only a failure or missing data holds the stage.
+        for r in out.iter_mut().filter(|r| r.outcome == Outcome::Inconclusive) {
+            r.blocks = false;
+        }
+    }
     out
 }
 
@@ -468,6 +512,11 @@ fn rate_verdict(
     let (a, b) = (events.0 as f64 / n.0 as f64, events.1 as f64 / n.1 as f64);
     let tol = tolerance_pp / 100.0;
     let limit = a + tol;
+    if judge.anytime() {
+        let what = format!("{tolerance_pp} pp");
+        let counts = ((events.0 as f64, n.0 as f64), (events.1 as f64, n.1 as f64));
+        return anytime_rate(kind, counts, tol, &what, judge, head(a, b));
+    }
     if !judge.sequential() {
         let mut r =
             GateResult::at_most(kind, n, (a, b), limit, format!("{} + {tolerance_pp} pp = {}", head(a, b), pct(limit)));
@@ -524,6 +573,73 @@ fn rate_verdict(
         confidence: Some(confidence),
         needed: need,
         ..GateResult::base(kind, outcome, n, detail)
+    }
+}
+
+/// Growth factors of the sample at which "needs ~N more" is projected.
+const PROJECTIONS: [f64; 10] = [1.5, 2.0, 3.0, 5.0, 8.0, 13.0, 21.0, 34.0, 55.0, 89.0];
+
+/// Anytime method for a "higher is worse" rate (see [`crate::anytime`]):
+/// the champion's `(events, trials)` and the challenger's, tolerance `tol`
+/// as a rate. Fail when the harm e-value reaches 2/α, pass when the
+/// no-harm one does, inconclusive otherwise, with the growth of the
+/// challenger's sample at which, the rates staying as seen, one would.
+fn anytime_rate(
+    kind: GateKind,
+    counts: ((f64, f64), (f64, f64)),
+    tol: f64,
+    tolerance: &str,
+    judge: Judge<'_>,
+    head: String,
+) -> GateResult {
+    let ((s1, n1), (s2, n2)) = counts;
+    let alpha = judge.schedule.alpha;
+    let mut process = judge.process(kind);
+    process.update(s2, n2, anytime::anchor(s1, n1), tol);
+    let v = process.verdict(s1, n1, tol, alpha);
+    let outcome = if v.harm {
+        Outcome::Fail
+    } else if v.fine {
+        Outcome::Pass
+    } else {
+        Outcome::Inconclusive
+    };
+    let need = (outcome == Outcome::Inconclusive)
+        .then(|| {
+            PROJECTIONS.iter().find_map(|&t| {
+                let w = process.projected(t).verdict(s1 * t, n1 * t, tol, alpha);
+                (w.harm || w.fine).then(|| (n2 * (t - 1.0)).ceil() as u64)
+            })
+        })
+        .flatten();
+    let di = v.difference();
+    let level = 2.0 / alpha;
+    let detail = format!(
+        "{head}: harm e-value {:.3} and no-harm e-value {:.3} (either decides at {level:.0}); difference {}, {:.0}% sequence [{}, {}] pp vs tolerance +{tolerance}: {}",
+        v.log_e_harm.exp(),
+        v.log_e_fine.exp(),
+        pp(s2 / n2 - s1 / n1),
+        (1.0 - alpha) * 100.0,
+        pp(di.low),
+        pp(di.high),
+        verdict_words(outcome, need, "responses")
+    );
+    let (a, b) = (s1 / n1, s2 / n2);
+    let mut notes = BTreeMap::new();
+    notes.insert("e_harm".to_string(), v.log_e_harm.exp());
+    notes.insert("e_no_harm".to_string(), v.log_e_fine.exp());
+    GateResult {
+        champion: Some(a),
+        challenger: Some(b),
+        threshold: Some(a + tol),
+        margin: Some(a + tol - b),
+        difference: Some(b - a),
+        difference_interval: Some(di),
+        confidence: Some(1.0 - alpha),
+        needed: need,
+        notes,
+        process: Some(process),
+        ..GateResult::base(kind, outcome, (n1 as u64, n2 as u64), detail)
     }
 }
 

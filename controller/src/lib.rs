@@ -2,6 +2,7 @@
 //! configuration. This first part holds the configuration sinks.
 
 pub mod alert;
+pub mod anytime;
 pub mod control;
 pub mod crd;
 pub mod daemon;

@@ -57,8 +57,16 @@ enum Command {
         #[arg(long, value_enum, default_value = "human")]
         output: Output,
     },
-    /// Stop automatic progression (and automatic rollback) until `resume`.
-    Pause(Manual),
+    /// Stop automatic progression until `resume`; failing gates still roll
+    /// back (the safety net stays on) unless `--freeze`.
+    Pause {
+        #[command(flatten)]
+        manual: Manual,
+        /// Stop every automatic change, rollbacks by the gates too (recorded
+        /// with the reason).
+        #[arg(long)]
+        freeze: bool,
+    },
     /// Resume automatic progression.
     Resume(Manual),
     /// Move to the next stage now, without waiting for the gates.
@@ -435,7 +443,9 @@ async fn main() -> anyhow::Result<()> {
                 started.elapsed().as_secs_f64()
             );
         }
-        Command::Pause(m) => manual(RolloutCommand::Pause, m).await?,
+        Command::Pause { manual: m, freeze } => {
+            manual(if freeze { RolloutCommand::Freeze } else { RolloutCommand::Pause }, m).await?
+        }
         Command::Resume(m) => manual(RolloutCommand::Resume, m).await?,
         Command::Advance(m) => manual(RolloutCommand::Advance, m).await?,
         Command::Rollback(m) => manual(RolloutCommand::Rollback, m).await?,

@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::gates::{self, GateResult, LabelEvidence, StageContext};
+use crate::gates::{self, GateResult, LabelEvidence};
 use crate::rollout::{self, Action, Decision, RolloutState};
 use crate::spec::{GateMethod, RolloutSpec};
 
@@ -96,7 +96,7 @@ pub fn replay(
             continue;
         };
         let stage = d.from.stage;
-        let Some(s) = spec.stages.get(stage) else {
+        let Some(_) = spec.stages.get(stage) else {
             skipped += 1;
             continue;
         };
@@ -108,7 +108,7 @@ pub fn replay(
             }
         });
         let looks = spent.entry(d.from.epoch).or_default();
-        let context = StageContext { min_samples: s.min_requests, shadow: spec.is_shadow_stage(stage) };
+        let context = crate::rollout::stage_context(&spec, stage);
         let results = gates::evaluate(&spec.gates, &w.champion, &w.challenger, &labels, context, looks);
         for r in results.iter().filter(|r| r.spends_look()) {
             looks.retain(|l| l.gate != r.gate);

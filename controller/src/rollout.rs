@@ -7,12 +7,30 @@
 //!      │  ▲ hold (no data, too few requests, too early, gate without data)
 //!      │  └─┘
 //!      └──────────── any gate fails, or operator ─────────────────────────► RolledBack (0 %)
-//!   Running ◄──pause/resume──► Paused (no automatic change while paused)
+//!   Running ◄──pause/resume──► Paused (no progression; failing gates still roll back)
+//!                              Paused + frozen (`pause --freeze`: no automatic change at all)
 //! ```
 //!
-//! A stage may roll back as soon as both versions have `min_requests`
-//! responses; it advances only after `min_duration` too. Its window starts
-//! when every Envoy has applied the stage's configuration.
+//! With the anytime method a stage rolls back as soon as a gate fails,
+//! whatever its sample (the gates' error rates hold from the first
+//! response); it advances only with `min_requests` responses per version,
+//! after `min_duration`, and on what its `advance_when` asks: `no_harm` (no
+//! gate failed, every gate has data) or `proven` (every gate passed). With
+//! the older methods gates are judged from `min_requests` on. Its window
+//! starts when every Envoy has applied the stage's configuration.
+//!
+//! **Guardrails.** Before any gate, the responses since the previous
+//! evaluation are checked against absolute limits (`gates.guardrails`): the
+//! champion's 5xx share above `max_error_percent`, or no 2xx at all, is an
+//! **incident** — the fleet is failing, so relative gates mean nothing
+//! (two equally broken versions compare equal). The stage holds and alerts
+//! once; when the incident is over the stage's window starts again from
+//! that moment, without the incident's responses, and the rollout goes on
+//! by itself.
+//!
+//! **Terminal rule.** A stage still holding at its `max_duration` applies
+//! `on_max_duration`: hold and alert once (default), roll back, or advance
+//! (never over a failed gate, missing data or an incident).
 //!
 //! A shadow stage (the first, at 0 %) counts the challenger's evidence in
 //! shadow calls sent to it instead of responses to users, and is judged by
@@ -24,7 +42,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::gates::{self, GateResult, LabelEvidence, Outcome, StageContext};
 use crate::labels::LabelBook;
-use crate::spec::RolloutSpec;
+use crate::spec::{AdvanceWhen, GateMethod, RolloutSpec, TerminalOutcome};
 use crate::window::{Coverage, VersionWindow, Window};
 use canary_core::{FilterConfig, Weight};
 
@@ -54,6 +72,20 @@ impl std::fmt::Display for Phase {
 impl Phase {
     pub fn is_final(self) -> bool {
         matches!(self, Phase::Promoted | Phase::RolledBack)
+    }
+}
+
+impl Action {
+    /// The action as a verb, for reasons.
+    pub fn word(self) -> &'static str {
+        match self {
+            Action::Advance => "advance",
+            Action::Promote => "promote",
+            Action::Hold => "hold",
+            Action::Rollback => "roll back",
+            Action::Pause => "pause",
+            Action::Resume => "resume",
+        }
     }
 }
 
@@ -87,6 +119,11 @@ pub enum AlertKind {
     /// (a GitOps sync or a hand edit put something else back); it was
     /// written again. Sent by the controller, not by decisions.
     SinkDrifted,
+    /// The guardrails found the champion itself failing (an incident).
+    Incident,
+    /// A stage reached its `max_duration` undecided (terminal rule
+    /// `hold_and_alert`).
+    StageOverdue,
 }
 
 /// Where traffic stands: the configuration the filter should have.
@@ -177,12 +214,56 @@ pub struct RolloutState {
     /// once; until the next, its verdict is carried. Cleared on every move.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub looks: Vec<GateResult>,
+    /// Paused with `--freeze`: not even a failing gate rolls back.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub frozen: bool,
+    /// The incident under way, if any (see the module docs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incident: Option<Incident>,
+    /// Cumulative responses at the guardrails' last judgement in this stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard_mark: Option<GuardMark>,
+    /// Where the stage's window restarted after an incident: the
+    /// cumulative windows then, subtracted from every later one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_base: Option<WindowBase>,
+    /// The terminal rule's alert was sent for this stage.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub overdue_alerted: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// An incident found by the guardrails.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Incident {
+    pub since: Millis,
+    pub reason: String,
+}
+
+/// Both versions' cumulative responses by class at a guardrail judgement.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GuardMark {
+    pub champion: [u64; 5],
+    pub challenger: [u64; 5],
+}
+
+/// The cumulative windows a stage's window restarted from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WindowBase {
+    pub at: Millis,
+    pub champion: VersionWindow,
+    pub challenger: VersionWindow,
 }
 
 /// A manual command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
     Pause,
+    /// Pause and stop the safety net too: no rollback by the gates.
+    Freeze,
     Resume,
     Advance,
     Rollback,
@@ -238,36 +319,43 @@ pub fn judge(
         return (Action::Hold, vec![format!("no stage {stage} in the spec")]);
     };
     let shadow = spec.is_shadow_stage(stage);
-    let short = |have: u64| s.min_requests.saturating_sub(have);
+    let min_requests = spec.min_requests(stage);
+    let short = |have: u64| min_requests.saturating_sub(have);
     let (have_a, have_b) = evidence(shadow, summary);
     let (need_a, need_b) = (short(have_a), short(have_b));
+    let failed: Vec<String> = results
+        .iter()
+        .filter(|r| r.outcome == Outcome::Fail)
+        .map(|r| format!("{} gate failed: {}", r.gate.id(), r.detail))
+        .collect();
+    // Anytime gates hold their error rates from the first response: a
+    // failure rolls back at once. The look-based methods judge only from
+    // the stage's minimum.
+    if spec.gates.method == GateMethod::Anytime && !failed.is_empty() {
+        return (Action::Rollback, failed);
+    }
     if need_a > 0 || need_b > 0 {
         let reason = if shadow {
             let c = &summary.challenger.shadow;
             format!(
                 "too few to judge: need {need_a} more responses from the champion and {need_b} more shadow calls to the challenger (minimum {} each; {} copies failed, {} skipped)",
-                s.min_requests, c.failed, c.skipped
+                min_requests, c.failed, c.skipped
             )
         } else {
             format!(
-                "too few responses to judge: need {need_a} more from the champion and {need_b} more from the challenger (minimum {} each)",
-                s.min_requests
+                "too few responses to advance: need {need_a} more from the champion and {need_b} more from the challenger (minimum {} each)",
+                min_requests
             )
         };
         return (Action::Hold, vec![reason]);
     }
 
-    let failed: Vec<String> = results
-        .iter()
-        .filter(|r| r.outcome == Outcome::Fail)
-        .map(|r| format!("{:?} gate failed: {}", r.gate, r.detail))
-        .collect();
     if !failed.is_empty() {
         return (Action::Rollback, failed);
     }
 
     let mut waiting: Vec<String> =
-        results.iter().filter(|r| r.blocks).map(|r| format!("{:?}: {}", r.gate, r.detail)).collect();
+        results.iter().filter(|r| r.blocks).map(|r| format!("{}: {}", r.gate.id(), r.detail)).collect();
     let min_ms = s.min_duration.as_millis() as u64;
     if summary.elapsed_ms < min_ms {
         waiting.push(format!(
@@ -280,12 +368,56 @@ pub fn judge(
         return (Action::Hold, waiting);
     }
     let seconds = summary.elapsed_ms as f64 / 1000.0;
+    let verdict = match spec.advance_when(stage) {
+        AdvanceWhen::Proven => "every gate passed",
+        AdvanceWhen::NoHarm if results.iter().all(|r| r.outcome == Outcome::Pass) => "every gate passed",
+        AdvanceWhen::NoHarm => "no harm found (advance_when: no_harm; every gate has data, none failed)",
+    };
     let reason = if shadow {
-        format!("every gate passed over {seconds:.1} s with {have_a} champion responses and {have_b} shadow calls")
+        format!("{verdict} over {seconds:.1} s with {have_a} champion responses and {have_b} shadow calls")
     } else {
-        format!("every gate passed over {seconds:.1} s with {have_a} champion and {have_b} challenger responses")
+        format!("{verdict} over {seconds:.1} s with {have_a} champion and {have_b} challenger responses")
     };
     (forward(spec, stage), vec![reason])
+}
+
+/// How the gates see stage `stage`: its sample minimum and policy.
+pub fn stage_context(spec: &RolloutSpec, stage: usize) -> StageContext {
+    StageContext {
+        min_samples: spec.min_requests(stage),
+        shadow: spec.is_shadow_stage(stage),
+        proven: spec.advance_when(stage) == AdvanceWhen::Proven,
+    }
+}
+
+/// The guardrails on the responses since `mark` (cumulative counts now):
+/// `Some(Some(why))` an incident, `Some(None)` healthy, `None` too few
+/// champion responses to tell (the previous judgement stands).
+fn guardrails(spec: &RolloutSpec, mark: Option<&GuardMark>, now: &GuardMark) -> Option<Option<String>> {
+    let g = &spec.gates.guardrails;
+    let since = |a: &[u64; 5], b: Option<&[u64; 5]>| -> [u64; 5] {
+        std::array::from_fn(|i| a[i].saturating_sub(b.map_or(0, |b| b[i])))
+    };
+    let champion = since(&now.champion, mark.map(|m| &m.champion));
+    let challenger = since(&now.challenger, mark.map(|m| &m.challenger));
+    let n: u64 = champion.iter().sum();
+    if n < g.min_responses.max(1) {
+        return None;
+    }
+    let share = champion[4] as f64 / n as f64 * 100.0;
+    if champion[1] == 0 && challenger[1] == 0 {
+        return Some(Some(format!(
+            "no 2xx from either version since the previous evaluation ({n} champion and {} challenger responses)",
+            challenger.iter().sum::<u64>()
+        )));
+    }
+    if share > g.max_error_percent {
+        return Some(Some(format!(
+            "the champion answered {share:.1}% 5xx ({} of {n}) since the previous evaluation, above the {}% guardrail",
+            champion[4], g.max_error_percent
+        )));
+    }
+    Some(None)
 }
 
 /// What a window's coverage allows, under `envoy.max_missing_share`.
@@ -379,6 +511,11 @@ impl RolloutState {
             not_applied_alerted: false,
             source_tracker: serde_json::Value::Null,
             looks: vec![],
+            frozen: false,
+            incident: None,
+            guard_mark: None,
+            window_base: None,
+            overdue_alerted: false,
         }
     }
 
@@ -436,6 +573,10 @@ impl RolloutState {
         self.window_started_at = None;
         self.not_applied_alerted = false;
         self.looks.clear();
+        self.incident = None;
+        self.guard_mark = None;
+        self.window_base = None;
+        self.overdue_alerted = false;
         let to = self.target(spec);
         self.history.push(Transition {
             at: now,
@@ -495,8 +636,10 @@ impl RolloutState {
             Phase::Promoted | Phase::RolledBack => {
                 return hold(next, vec![format!("the rollout has ended: {}", self.phase)], vec![], None, vec![]);
             }
-            Phase::Paused => return hold(next, vec!["paused by an operator".into()], vec![], None, vec![]),
-            Phase::Running => {}
+            Phase::Paused if self.frozen => {
+                return hold(next, vec!["frozen by an operator: no automatic change at all".into()], vec![], None, vec![])
+            }
+            Phase::Paused | Phase::Running => {}
         }
 
         let source_failed = |mut next: RolloutState, why: String| {
@@ -506,7 +649,10 @@ impl RolloutState {
             } else {
                 vec![]
             };
-            let reason = format!("no data ({} in a row): {why}; missing data never advances", next.source_failures);
+            let reason = format!(
+                "no data ({} in a row): {why}; a stage never advances on data it could not read",
+                next.source_failures
+            );
             hold(next, vec![reason], vec![], None, alerts)
         };
         let window = match window {
@@ -543,22 +689,102 @@ impl RolloutState {
         };
         next.source_failures = 0;
         let c = &window.coverage;
-        let started = *next.window_started_at.get_or_insert(now);
-        let elapsed_ms = now.saturating_sub(started);
+        next.window_started_at.get_or_insert(now);
 
-        let champion = window.version(&spec.champion);
-        let challenger = window.version(&spec.challenger);
-        let stage = &spec.stages[self.stage];
-        let shadow = spec.is_shadow_stage(self.stage);
-        let context = StageContext { min_samples: stage.min_requests, shadow };
+        let mut champion = window.version(&spec.champion);
+        let mut challenger = window.version(&spec.challenger);
+        let mut notes: Vec<String> = coverage.into_iter().collect();
+        if spec.gates.guardrails.enabled {
+            let mark = GuardMark { champion: champion.responses, challenger: challenger.responses };
+            match guardrails(spec, next.guard_mark.as_ref(), &mark) {
+                Some(Some(why)) => {
+                    next.guard_mark = Some(mark);
+                    let mut alerts = vec![];
+                    if next.incident.is_none() {
+                        next.incident = Some(Incident { since: now, reason: why.clone() });
+                        alerts.push(AlertKind::Incident);
+                    }
+                    let reason = format!(
+                        "incident (guardrails): {why}; holding, and the stage's window will start again without it once it is over"
+                    );
+                    return hold(next, vec![reason], vec![], None, alerts);
+                }
+                Some(None) => {
+                    next.guard_mark = Some(mark);
+                    if let Some(incident) = next.incident.take() {
+                        let excluded = (
+                            champion.answered() - next.window_base.as_ref().map_or(0, |b| b.champion.answered()),
+                            challenger.answered() - next.window_base.as_ref().map_or(0, |b| b.challenger.answered()),
+                        );
+                        notes.push(format!(
+                            "the incident of {:.1} s is over ({}); the stage's window starts again now, excluding {} champion and {} challenger responses",
+                            now.saturating_sub(incident.since) as f64 / 1000.0,
+                            incident.reason,
+                            excluded.0,
+                            excluded.1
+                        ));
+                        next.window_base =
+                            Some(WindowBase { at: now, champion: champion.clone(), challenger: challenger.clone() });
+                        next.window_started_at = Some(now);
+                        next.looks.clear();
+                    }
+                }
+                None if next.incident.is_some() => {
+                    let why = next.incident.as_ref().map(|i| i.reason.clone()).unwrap_or_default();
+                    let reason = format!("incident (guardrails) not over yet: {why}; too few responses since to tell");
+                    return hold(next, vec![reason], vec![], None, vec![]);
+                }
+                None => {}
+            }
+        }
+        if let Some(base) = &next.window_base {
+            champion = champion.since(&base.champion);
+            challenger = challenger.since(&base.challenger);
+        }
+        let elapsed_ms = now.saturating_sub(next.window_started_at.unwrap_or(now));
+
+        let context = stage_context(spec, self.stage);
         let labels = self.stage_labels(spec);
-        let results = gates::evaluate(&spec.gates, &champion, &challenger, &labels, context, &self.looks);
+        let results = gates::evaluate(&spec.gates, &champion, &challenger, &labels, context, &next.looks);
         next.spend_looks(&results);
         let summary = WindowSummary { champion, challenger, coverage: c.clone(), elapsed_ms };
-        let (action, reasons) = judge(spec, self.stage, &results, &summary);
-        let alerts = if action == Action::Rollback { vec![AlertKind::Rollback] } else { vec![] };
-        let mut reasons = reasons;
-        reasons.extend(coverage);
+        let (mut action, mut reasons) = judge(spec, self.stage, &results, &summary);
+        let mut alerts = vec![];
+        if action == Action::Hold && now.saturating_sub(self.stage_entered_at) >= spec.max_duration(self.stage).as_millis() as u64 {
+            let rule = spec.stages[self.stage].on_max_duration;
+            let over = format!(
+                "the stage reached its max_duration ({}) undecided",
+                humantime::format_duration(spec.max_duration(self.stage))
+            );
+            let complete = results.iter().all(|r| r.outcome != Outcome::NoData || !r.blocks);
+            match rule {
+                TerminalOutcome::Rollback if self.phase == Phase::Running => {
+                    action = Action::Rollback;
+                    reasons.insert(0, format!("{over}: on_max_duration rollback"));
+                }
+                TerminalOutcome::Advance if self.phase == Phase::Running && complete => {
+                    action = self.forward(spec);
+                    reasons.insert(0, format!("{over}: on_max_duration advance (no gate failed, every gate has data)"));
+                }
+                _ => {
+                    reasons.push(format!("{over}: holding for a person to advance or roll back (on_max_duration)"));
+                    if !next.overdue_alerted {
+                        next.overdue_alerted = true;
+                        alerts.push(AlertKind::StageOverdue);
+                    }
+                }
+            }
+        }
+        if self.phase == Phase::Paused && action != Action::Rollback && action != Action::Hold {
+            reasons.insert(0, format!("paused by an operator: would {}", action.word()));
+            action = Action::Hold;
+        } else if self.phase == Phase::Paused && action == Action::Hold {
+            reasons.insert(0, "paused by an operator (the gates still judge: a failure rolls back)".into());
+        }
+        if action == Action::Rollback {
+            alerts.push(AlertKind::Rollback);
+        }
+        reasons.extend(notes);
         let (mut next, mut decision) = next.finish(action, false, now, spec, (reasons, results, Some(summary), alerts));
         // The label evidence the gates saw, for the record (and replay).
         decision.labels = Some(labels);
@@ -583,8 +809,14 @@ impl RolloutState {
                 next.phase = Phase::Paused;
                 Action::Pause
             }
+            (Command::Freeze, Phase::Running | Phase::Paused) => {
+                next.phase = Phase::Paused;
+                next.frozen = true;
+                Action::Pause
+            }
             (Command::Resume, Phase::Paused) => {
                 next.phase = Phase::Running;
+                next.frozen = false;
                 Action::Resume
             }
             (Command::Advance, Phase::Running | Phase::Paused) => self.forward(spec),

@@ -103,10 +103,67 @@ pub struct StageSpec {
     #[serde(with = "humantime_serde", default)]
     #[schemars(with = "String")]
     pub min_duration: Duration,
-    /// Least responses per version before gates are evaluated at all (in a
-    /// shadow stage: champion responses and shadow answers).
+    /// Least responses per version before the stage may advance (in a
+    /// shadow stage: champion responses and shadow answers). 0 or left out:
+    /// derived from the gates ([`RolloutSpec::min_requests`]). With the
+    /// default (anytime) method a failing gate rolls back before it; with
+    /// the others, gates are evaluated only from it on.
     #[serde(default)]
     pub min_requests: u64,
+    /// What the stage must show to advance: `no_harm` (no gate failed,
+    /// every gate has data; an inconclusive gate does not hold) or `proven`
+    /// (every gate passed: non-inferiority shown). Default: `proven` for the
+    /// stage that promotes (and every stage with the `sequential` or
+    /// `threshold` methods), `no_harm` before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advance_when: Option<AdvanceWhen>,
+    /// The terminal rule: the longest the stage may hold before
+    /// `on_max_duration` applies. Default: 3 × `min_duration`, at least 1h.
+    #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub max_duration: Option<Duration>,
+    /// What happens when the stage reaches `max_duration` undecided.
+    #[serde(default, skip_serializing_if = "TerminalOutcome::is_default")]
+    pub on_max_duration: TerminalOutcome,
+}
+
+/// When a stage may advance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AdvanceWhen {
+    /// No gate failed and every gate has data: small stages exist to catch harm.
+    NoHarm,
+    /// Every gate passed: the challenger is shown to be within tolerance.
+    Proven,
+}
+
+impl std::fmt::Display for AdvanceWhen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AdvanceWhen::NoHarm => "no_harm",
+            AdvanceWhen::Proven => "proven",
+        })
+    }
+}
+
+/// The outcome of a stage that reached its `max_duration` undecided.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TerminalOutcome {
+    /// Keep holding, and alert once (people decide: advance or roll back).
+    #[default]
+    HoldAndAlert,
+    /// Roll back.
+    Rollback,
+    /// Advance, provided no gate failed, every gate has data and no
+    /// incident is under way.
+    Advance,
+}
+
+impl TerminalOutcome {
+    fn is_default(&self) -> bool {
+        *self == TerminalOutcome::HoldAndAlert
+    }
 }
 
 fn is_false(b: &bool) -> bool {
@@ -123,6 +180,9 @@ pub fn default_stages() -> Vec<StageSpec> {
         shadow: false,
         min_duration: Duration::from_secs(days * DAY),
         min_requests,
+        advance_when: None,
+        max_duration: None,
+        on_max_duration: TerminalOutcome::HoldAndAlert,
     };
     vec![s(1.0, 1, 1000), s(5.0, 1, 1000), s(20.0, 2, 1000), s(50.0, 2, 1000), s(100.0, 0, 0)]
 }
@@ -133,11 +193,13 @@ pub fn default_stages() -> Vec<StageSpec> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GatesSpec {
-    /// `sequential` (the default): interval statistics at looks on a
-    /// geometric sample-size schedule with alpha spending, three-valued
-    /// (pass, fail, inconclusive). `threshold`: the point estimates against
-    /// the tolerances at every evaluation (the naive rule, kept for
-    /// comparison and `canary replay`).
+    /// `anytime` (the default): confidence sequences and e-processes, valid
+    /// at every evaluation and any traffic split, three-valued (pass, fail,
+    /// inconclusive); see [`crate::anytime`]. `sequential`: the previous
+    /// engine, intervals at looks on a geometric schedule with alpha
+    /// spending. `threshold`: the point estimates against the tolerances at
+    /// every evaluation (the naive rule, kept for comparison and `canary
+    /// replay`).
     #[serde(default)]
     pub method: GateMethod,
     /// Per gate and stage: the most a gate may ever wrongly fail a challenger
@@ -162,6 +224,59 @@ pub struct GatesSpec {
     /// Judged only in a shadow stage, on the challenger's shadow answers.
     #[serde(default)]
     pub shadow: Option<ShadowGate>,
+    /// Absolute ceilings that hold the rollout whatever the relative gates
+    /// say (an outage makes both versions equally bad). On by default.
+    #[serde(default, skip_serializing_if = "GuardrailsSpec::is_default")]
+    pub guardrails: GuardrailsSpec,
+}
+
+/// Absolute health limits, judged on the responses since the previous
+/// evaluation: an **incident** is the champion's 5xx share above
+/// `max_error_percent`, or no 2xx at all from either version. During an
+/// incident the stage holds (never advances, alerts once); when it ends,
+/// the stage's window starts again without the incident's responses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GuardrailsSpec {
+    /// `false` turns the guardrails off.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// The champion's 5xx share (percent of responses since the previous
+    /// evaluation) above which the fleet is in an incident.
+    #[serde(default = "default_max_error_percent")]
+    pub max_error_percent: f64,
+    /// Fewest responses (champion's) since the previous evaluation for the
+    /// guardrails to judge; fewer carry the previous judgement.
+    #[serde(default = "default_guardrail_responses")]
+    pub min_responses: u64,
+}
+
+impl Default for GuardrailsSpec {
+    fn default() -> Self {
+        GuardrailsSpec {
+            enabled: true,
+            max_error_percent: default_max_error_percent(),
+            min_responses: default_guardrail_responses(),
+        }
+    }
+}
+
+impl GuardrailsSpec {
+    fn is_default(&self) -> bool {
+        *self == GuardrailsSpec::default()
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_max_error_percent() -> f64 {
+    20.0
+}
+
+fn default_guardrail_responses() -> u64 {
+    20
 }
 
 impl Default for GatesSpec {
@@ -176,6 +291,7 @@ impl Default for GatesSpec {
             timeouts: None,
             labels: None,
             shadow: None,
+            guardrails: GuardrailsSpec::default(),
         }
     }
 }
@@ -199,8 +315,11 @@ fn default_look_growth() -> f64 {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum GateMethod {
-    /// Intervals at spent looks: pass, fail or inconclusive.
+    /// Confidence sequences and e-processes: pass, fail or inconclusive at
+    /// every evaluation.
     #[default]
+    Anytime,
+    /// Intervals at spent looks: pass, fail or inconclusive.
     Sequential,
     /// Point estimates against the tolerances at every evaluation.
     Threshold,
@@ -209,6 +328,7 @@ pub enum GateMethod {
 impl std::fmt::Display for GateMethod {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
+            GateMethod::Anytime => "anytime",
             GateMethod::Sequential => "sequential",
             GateMethod::Threshold => "threshold",
         })
@@ -618,6 +738,51 @@ impl RolloutSpec {
             .unwrap_or(Weight::ZERO)
     }
 
+    /// The stage's `min_requests`, or when 0 the default derived from the
+    /// gates: the challenger responses with which the anytime engine rolls
+    /// back a challenger erring 2 × tolerance more than a flawless champion
+    /// (with the stage's traffic split), at least 100. So a stage that
+    /// advances on `no_harm` has seen enough to catch that harm.
+    pub fn min_requests(&self, index: usize) -> u64 {
+        let Some(stage) = self.stages.get(index) else { return 0 };
+        if stage.min_requests > 0 {
+            return stage.min_requests;
+        }
+        let share = stage.weight_percent.unwrap_or(50.0).clamp(0.01, 100.0) / 100.0;
+        let ratio = if stage.shadow || share >= 0.5 { 1.0 } else { (1.0 - share) / share };
+        let tolerances = [
+            self.gates.error_rate.as_ref().map(|g| g.error_tolerance),
+            self.gates.timeouts.as_ref().map(|g| g.timeout_tolerance),
+            self.gates.shadow.as_ref().map(|g| g.error_tolerance),
+        ];
+        tolerances
+            .into_iter()
+            .flatten()
+            .filter(|t| *t > 0.0)
+            .map(|t| crate::anytime::responses_to_detect(t / 100.0, self.gates.alpha, ratio))
+            .fold(100, u64::max)
+    }
+
+    /// What stage `index` must show to advance.
+    pub fn advance_when(&self, index: usize) -> AdvanceWhen {
+        if let Some(w) = self.stages.get(index).and_then(|s| s.advance_when) {
+            return w;
+        }
+        let promotes = index + 2 >= self.stages.len();
+        if promotes || self.gates.method != GateMethod::Anytime {
+            AdvanceWhen::Proven
+        } else {
+            AdvanceWhen::NoHarm
+        }
+    }
+
+    /// The stage's terminal time: `max_duration`, or 3 × `min_duration`
+    /// and at least one hour.
+    pub fn max_duration(&self, index: usize) -> Duration {
+        let Some(stage) = self.stages.get(index) else { return Duration::MAX };
+        stage.max_duration.unwrap_or_else(|| (stage.min_duration * 3).max(Duration::from_secs(3600)))
+    }
+
     /// Whether stage `index` is a shadow stage.
     pub fn is_shadow_stage(&self, index: usize) -> bool {
         self.stages.get(index).is_some_and(|s| s.shadow)
@@ -797,6 +962,7 @@ impl RolloutSpec {
         };
         if let Some(e) = &g.error_rate {
             non_negative("gates.error_rate.error_tolerance", e.error_tolerance)?;
+            self.provable("gates.error_rate.error_tolerance", e.error_tolerance)?;
         }
         if let Some(l) = &g.latency {
             if !(l.latency_tolerance_multiplier.is_finite() && l.latency_tolerance_multiplier >= 1.0) {
@@ -823,6 +989,7 @@ impl RolloutSpec {
         }
         if let Some(t) = &g.timeouts {
             non_negative("gates.timeouts.timeout_tolerance", t.timeout_tolerance)?;
+            self.provable("gates.timeouts.timeout_tolerance", t.timeout_tolerance)?;
         }
         if let Some(l) = &g.labels {
             non_negative("gates.labels.min_degradation_tolerance", l.min_degradation_tolerance)?;
@@ -866,6 +1033,7 @@ impl RolloutSpec {
                 ));
             }
         }
+        self.validate_guardrails()?;
         self.validate_sinks()?;
         for (i, hook) in self.alerts.webhooks.iter().enumerate() {
             if !(hook.url.starts_with("http://") || hook.url.starts_with("https://")) {
@@ -895,6 +1063,37 @@ impl RolloutSpec {
     pub fn sinks(&self) -> Vec<SinkSpec> {
         let file = self.envoy.ecds_dir.clone().map(|dir| SinkSpec::File { dir });
         file.into_iter().chain(self.envoy.sinks.iter().cloned()).collect()
+    }
+
+    /// With the anytime method a tolerance must leave room to prove: a
+    /// challenger equal to the champion is never shown to be within 0.
+    fn provable(&self, field: &str, tolerance: f64) -> Result<(), SpecError> {
+        if self.gates.method == GateMethod::Anytime && tolerance <= 0.0 {
+            return Err(invalid(
+                field,
+                "0 can never be proven for a challenger equal to the champion: set the most harm you accept (e.g. 0.5 points)",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_guardrails(&self) -> Result<(), SpecError> {
+        let g = &self.gates.guardrails;
+        if !(g.max_error_percent.is_finite() && g.max_error_percent > 0.0 && g.max_error_percent <= 100.0) {
+            return Err(invalid(
+                "gates.guardrails.max_error_percent",
+                format!("{} must be within (0, 100] percent", g.max_error_percent),
+            ));
+        }
+        for (i, stage) in self.stages.iter().enumerate() {
+            if stage.max_duration.is_some_and(|m| m < stage.min_duration) {
+                return Err(invalid(
+                    format!("stages[{i}].max_duration"),
+                    "must be at least the stage's min_duration",
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn validate_sinks(&self) -> Result<(), SpecError> {

@@ -53,6 +53,17 @@ impl Histogram {
         self.buckets.values().fold(0u64, |acc, b| acc.saturating_add(b.count))
     }
 
+    /// What was added after `base` (an earlier state of the same
+    /// cumulative histogram), bucket by bucket.
+    pub fn since(&self, base: &Histogram) -> Histogram {
+        let mut out = Histogram::default();
+        for (key, b) in &self.buckets {
+            let before = base.buckets.get(key).map_or(0, |x| x.count);
+            out.add(b.lower, b.width, b.count.saturating_sub(before));
+        }
+        out
+    }
+
     pub fn buckets(&self) -> impl Iterator<Item = &Bucket> {
         self.buckets.values()
     }
@@ -181,6 +192,53 @@ impl VersionWindow {
             self.segment_mut(name).merge(segment);
         }
         self.shadow.merge(&other.shadow);
+    }
+
+    /// What happened after `base`, an earlier state of the same cumulative
+    /// window (the guardrails restart a window after an incident this way).
+    pub fn since(&self, base: &VersionWindow) -> VersionWindow {
+        let minus = |a: &[u64; 5], b: &[u64; 5]| std::array::from_fn(|i| a[i].saturating_sub(b[i]));
+        let predictions = self
+            .predictions
+            .iter()
+            .map(|(k, v)| (k.clone(), v.saturating_sub(base.predictions.get(k).copied().unwrap_or(0))))
+            .collect();
+        let segments = self
+            .segments
+            .iter()
+            .map(|(k, s)| {
+                let b = base.segments.get(k).cloned().unwrap_or_default();
+                let seg = SegmentWindow {
+                    requests: s.requests.saturating_sub(b.requests),
+                    unkeyed: s.unkeyed.saturating_sub(b.unkeyed),
+                    responses: minus(&s.responses, &b.responses),
+                    timeouts: s.timeouts.saturating_sub(b.timeouts),
+                    latency_us: s.latency_us.since(&b.latency_us),
+                };
+                (k.clone(), seg)
+            })
+            .collect();
+        let (s, b) = (&self.shadow, &base.shadow);
+        let shadow = ShadowWindow {
+            requests: s.requests.saturating_sub(b.requests),
+            rq_5xx: s.rq_5xx.saturating_sub(b.rq_5xx),
+            failed: s.failed.saturating_sub(b.failed),
+            agree: s.agree.saturating_sub(b.agree),
+            disagree: s.disagree.saturating_sub(b.disagree),
+            incomplete: s.incomplete.saturating_sub(b.incomplete),
+            skipped: s.skipped.saturating_sub(b.skipped),
+            latency_us: s.latency_us.since(&b.latency_us),
+        };
+        VersionWindow {
+            requests: self.requests.saturating_sub(base.requests),
+            unkeyed: self.unkeyed.saturating_sub(base.unkeyed),
+            responses: minus(&self.responses, &base.responses),
+            timeouts: self.timeouts.saturating_sub(base.timeouts),
+            latency_us: self.latency_us.since(&base.latency_us),
+            predictions,
+            segments,
+            shadow,
+        }
     }
 
     /// Responses whose prediction was read (every bin but `unparsed`).
