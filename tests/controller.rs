@@ -110,7 +110,7 @@ async fn a_challenger_with_5xx_above_tolerance_is_rolled_back_and_stops_getting_
     let rollback = decisions(&state_dir).into_iter().find(|d| d["action"] == "rollback").unwrap();
     assert_eq!(rollback["from"]["stage_name"], "5pct");
     assert_eq!(rollback["to"]["weight"], 0);
-    assert!(rollback["reasons"][0].as_str().unwrap().contains("ErrorRate gate failed"), "{rollback}");
+    assert!(rollback["reasons"][0].as_str().unwrap().contains("error_rate gate failed"), "{rollback}");
     let decided_at = rollback["at"].as_u64().unwrap();
 
     // After the rollback no request reaches the challenger.
@@ -156,7 +156,7 @@ async fn a_much_slower_challenger_is_rolled_back_by_the_latency_gate() {
     assert_eq!(state(&state_dir)["phase"], "rolled_back", "{}", daemon.output());
     let rollback = decisions(&state_dir).into_iter().find(|d| d["action"] == "rollback").unwrap();
     let reasons = rollback["reasons"].to_string();
-    assert!(reasons.contains("Latency gate failed"), "{reasons}");
+    assert!(reasons.contains("latency gate failed"), "{reasons}");
     assert!(!reasons.contains("ErrorRate"), "{reasons}");
 }
 

@@ -166,7 +166,7 @@ async fn a_challenger_whose_predictions_shift_is_rolled_back_by_the_psi_gate() {
     let rollback = decisions(&state_dir).into_iter().find(|d| d["action"] == "rollback").unwrap();
     assert_eq!(rollback["from"]["stage_name"], "10pct");
     let reasons = rollback["reasons"].to_string();
-    assert!(reasons.contains("Prediction gate failed: PSI"), "{reasons}");
+    assert!(reasons.contains("prediction gate failed: PSI"), "{reasons}");
     assert!(!reasons.contains("ErrorRate"), "{reasons}");
     let psi = gate(&rollback, "prediction");
     let value = psi["challenger"].as_f64().unwrap();
@@ -283,7 +283,7 @@ async fn a_challenger_that_disagrees_with_the_champion_is_rolled_back_in_the_sha
     let rollback = decisions(&state_dir).into_iter().find(|d| d["action"] == "rollback").unwrap();
     assert_eq!(rollback["from"]["stage_name"], "shadow");
     let reasons = rollback["reasons"].to_string();
-    assert!(reasons.contains("ShadowAgreement gate failed"), "{reasons}");
+    assert!(reasons.contains("shadow_agreement gate failed"), "{reasons}");
     let agreement = gate(&rollback, "shadow_agreement");
     let value = agreement["challenger"].as_f64().unwrap();
     println!(

@@ -321,7 +321,7 @@ mod tests {
             manual: false,
             from: t("5pct", 500),
             to: t("rolled-back", 0),
-            reasons: vec!["ErrorRate gate failed: 9% vs 1%".into()],
+            reasons: vec!["error_rate gate failed: 9% vs 1%".into()],
             gates: vec![],
             window: None,
             alerts: vec![AlertKind::Rollback],
@@ -334,7 +334,7 @@ mod tests {
         let a = Alert::from_decision("recs", AlertKind::Rollback, &decision());
         let text = a.payload(WebhookFormat::Slack)["text"].as_str().unwrap().to_string();
         assert!(text.starts_with("*canary recs: rolled back to 0% from 5pct (a gate failed)*"), "{text}");
-        assert!(text.contains("• ErrorRate gate failed"), "{text}");
+        assert!(text.contains("• error_rate gate failed"), "{text}");
         let json = a.payload(WebhookFormat::Json);
         assert_eq!(json["kind"], "rollback");
         assert_eq!(json["seq"], 7);

@@ -458,7 +458,7 @@ pub(crate) mod tests {
         assert!(pending_command(&pause, Some("a0")).is_some(), "a new id runs again");
         assert_eq!(pending_command(&ann(&[(COMMAND, "pause")]), None), None, "no id: nothing to run");
         let odd = pending_command(&ann(&[(COMMAND, "promote"), (COMMAND_ID, "b")]), None).unwrap();
-        assert!(odd.command.unwrap_err().contains("pause, resume, advance or rollback"));
+        assert!(odd.command.unwrap_err().contains("pause, freeze, resume, advance or rollback"));
         let upper = pending_command(&ann(&[(COMMAND, " Rollback "), (COMMAND_ID, "c")]), None).unwrap();
         assert_eq!(upper.command, Ok(Command::Rollback));
         let reason = reason_with_id("bad reviews", "a1");

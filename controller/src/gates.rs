@@ -660,6 +660,9 @@ fn latency_gate(
     judge: Judge<'_>,
 ) -> GateResult {
     let hn = (h.0.count(), h.1.count());
+    if judge.anytime() {
+        return anytime_latency(kind, who, h, q, multiplier, judge);
+    }
     let (a, b) = match (h.0.quantile(q), h.1.quantile(q)) {
         (Some(a), Some(b)) if hn.0 >= min_samples && hn.1 >= min_samples => (a, b),
         _ => {
@@ -743,6 +746,97 @@ fn latency_gate(
     }
 }
 
+/// Anytime method for latency: per version, bounds of the quantile valid
+/// at every sample size ([`anytime::quantile_bounds`], each version's
+/// sequence at α/2, so each verdict errs with probability ≤ α), read at
+/// the histogram's bucket edges (conservative). Fail when the challenger's
+/// lower bound exceeds the champion's upper bound × multiplier; pass when
+/// the challenger's upper bound is at most the champion's lower bound ×
+/// multiplier. No upper bound (too few samples for this quantile, or the
+/// rank lies beyond the last finite bucket) can never pass.
+fn anytime_latency(
+    kind: GateKind,
+    who: &str,
+    h: (&Histogram, &Histogram),
+    q: f64,
+    multiplier: f64,
+    judge: Judge<'_>,
+) -> GateResult {
+    let hn = (h.0.count(), h.1.count());
+    let alpha = judge.schedule.alpha / 2.0;
+    if hn.0 == 0 || hn.1 == 0 {
+        return GateResult::no_data(
+            kind,
+            hn.0,
+            hn.1,
+            NoDataPolicy::Hold,
+            format!(
+                "{} champion and {} {who} latency samples (histograms refresh at Envoy's stats flush)",
+                hn.0, hn.1
+            ),
+        );
+    }
+    let decide = |t: f64| {
+        let (a, b) = (anytime::quantile_bounds(h.0, q, alpha, t), anytime::quantile_bounds(h.1, q, alpha, t));
+        let fail = a.1.is_some_and(|a_high| b.0 > a_high * multiplier);
+        let pass = b.1.is_some_and(|b_high| b_high <= a.0 * multiplier);
+        (a, b, fail, pass)
+    };
+    let (ca, cb, fail, pass) = decide(1.0);
+    let outcome = if fail {
+        Outcome::Fail
+    } else if pass {
+        Outcome::Pass
+    } else {
+        Outcome::Inconclusive
+    };
+    let small = hn.0.min(hn.1);
+    let need = (outcome == Outcome::Inconclusive)
+        .then(|| {
+            PROJECTIONS.iter().find_map(|&t| {
+                let (_, _, f, p) = decide(t);
+                (f || p).then(|| (small as f64 * (t - 1.0)).ceil() as u64)
+            })
+        })
+        .flatten();
+    let ms = |x: Option<f64>| x.map_or("none yet".to_string(), |x| format!("{:.1} ms", x / 1000.0));
+    let (a, b) = (h.0.quantile(q).unwrap_or(0.0), h.1.quantile(q).unwrap_or(0.0));
+    let no_upper = if cb.1.is_none() {
+        format!(
+            "; no upper bound for the {who}'s p{} yet (needs ≥ {} samples and the rank below the last finite bucket)",
+            q * 100.0,
+            anytime::samples_for_upper_bound(q, alpha)
+        )
+    } else {
+        String::new()
+    };
+    let detail = format!(
+        "p{}: {who} {:.1} ms vs champion {:.1} ms × {multiplier}; {:.1}% sequences at bucket edges: {who} [{}, {}], champion [{}, {}]{no_upper}: {}",
+        q * 100.0,
+        b / 1000.0,
+        a / 1000.0,
+        (1.0 - alpha) * 100.0,
+        ms(Some(cb.0)),
+        ms(cb.1),
+        ms(Some(ca.0)),
+        ms(ca.1),
+        verdict_words(outcome, need, "latency samples")
+    );
+    // No upper bound: no interval (JSON has no infinity); the detail says why.
+    let interval = |x: (f64, Option<f64>)| x.1.map(|high| Interval { low: x.0, high });
+    GateResult {
+        champion: Some(a),
+        challenger: Some(b),
+        threshold: Some(a * multiplier),
+        margin: Some(a * multiplier - b),
+        champion_interval: interval(ca),
+        challenger_interval: interval(cb),
+        confidence: Some(1.0 - alpha),
+        needed: need,
+        ..GateResult::base(kind, outcome, hn, detail)
+    }
+}
+
 /// Challenger mean ≥ champion's − `min_degradation_tolerance`, once both
 /// have `min_labels`. Sequential: Welch's interval of the difference
 /// (challenger − champion): fail when its high end is below −tolerance,
@@ -766,6 +860,19 @@ fn label_gate(g: &crate::spec::LabelGate, labels: &LabelEvidence, judge: Judge<'
     // Higher is better: express as "challenger shortfall ≤ tolerance".
     let threshold = ma - tol;
     let head = format!("label metric: challenger {mb:.4} vs champion {ma:.4} − {tol} = {threshold:.4}");
+    if judge.anytime() && a.within_unit() && b.within_unit() {
+        // Outcomes in [0, 1] (0/1 labels above all): the shortfall 1 − x is
+        // a "higher is worse" rate, judged like the error rate.
+        let shortfall = |l: LabelStats| (l.n as f64 - l.sum, l.n as f64);
+        let mut r = anytime_rate(GateKind::Labels, (shortfall(a), shortfall(b)), tol, &tol.to_string(), judge, head);
+        r.champion = Some(ma);
+        r.challenger = Some(mb);
+        r.threshold = Some(threshold);
+        r.margin = Some(mb - threshold);
+        r.difference = Some(mb - ma);
+        r.difference_interval = r.difference_interval.map(|i| Interval { low: -i.high, high: -i.low });
+        return r;
+    }
     if !judge.sequential() {
         let mut r = GateResult::at_least(GateKind::Labels, n, (Some(ma), mb), threshold, head);
         r.difference = Some(mb - ma);
@@ -1024,6 +1131,26 @@ fn agreement_gate(
     if !judge.sequential() {
         return GateResult::at_least(GateKind::ShadowAgreement, (0, compared), (None, a), g.min_agreement, head);
     }
+    if judge.anytime() {
+        let alpha = judge.schedule.alpha;
+        let i = anytime::mean_cs(agree as f64, compared as f64, alpha);
+        let outcome = verdict(i, g.min_agreement, false);
+        let detail = format!(
+            "{head}; {:.0}% confidence sequence [{}, {}]: {}",
+            (1.0 - alpha) * 100.0,
+            pct(i.low),
+            pct(i.high),
+            verdict_words(outcome, None, "comparisons")
+        );
+        return GateResult {
+            challenger: Some(a),
+            threshold: Some(g.min_agreement),
+            margin: Some(a - g.min_agreement),
+            challenger_interval: Some(i),
+            confidence: Some(1.0 - alpha),
+            ..GateResult::base(GateKind::ShadowAgreement, outcome, (0, compared), detail)
+        };
+    }
     let k = judge.schedule.look(compared, min);
     if let Some(r) = judge.carried(GateKind::ShadowAgreement, k, (0, compared), min) {
         return r;
@@ -1097,7 +1224,7 @@ mod tests {
     }
 
     fn labels(a: (u64, f64), b: (u64, f64)) -> LabelEvidence {
-        let stats = |(n, mean): (u64, f64)| LabelStats { n, sum: mean * n as f64, sum_sq: 0.0 };
+        let stats = |(n, mean): (u64, f64)| LabelStats { n, sum: mean * n as f64, sum_sq: 0.0, ..Default::default() };
         LabelEvidence { champion: stats(a), challenger: stats(b) }
     }
 
@@ -1544,7 +1671,7 @@ mod tests {
         let g = sequential();
         let w = spread(1000, 0, 10.0);
         // 0/1 outcomes: sum_sq = sum.
-        let stats = |n: u64, mean: f64| LabelStats { n, sum: mean * n as f64, sum_sq: mean * n as f64 };
+        let stats = |n: u64, mean: f64| LabelStats { n, sum: mean * n as f64, sum_sq: mean * n as f64, ..Default::default() };
         let judge = |a: LabelStats, b: LabelStats| {
             only(
                 &evaluate(&g, &w, &w, &LabelEvidence { champion: a, challenger: b }, StageContext::live(1), &[]),

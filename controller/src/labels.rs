@@ -50,6 +50,12 @@ pub struct LabelStats {
     pub n: u64,
     pub sum: f64,
     pub sum_sq: f64,
+    /// The smallest and largest outcome seen (absent in state written
+    /// before they were kept: such outcomes count as unbounded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
 }
 
 impl LabelStats {
@@ -57,6 +63,14 @@ impl LabelStats {
         self.n += 1;
         self.sum += x;
         self.sum_sq += x * x;
+        self.min = Some(self.min.map_or(x, |m| m.min(x)));
+        self.max = Some(self.max.map_or(x, |m| m.max(x)));
+    }
+
+    /// Every outcome lies in [0, 1] (0/1 labels, or scores): the anytime
+    /// engine judges them exactly; others go through Welch's interval.
+    pub fn within_unit(&self) -> bool {
+        self.n > 0 && self.min.is_some_and(|m| m >= 0.0) && self.max.is_some_and(|m| m <= 1.0)
     }
 
     pub fn mean(&self) -> Option<f64> {

@@ -435,8 +435,8 @@ pub fn markdown(r: &Report) -> String {
         for g in &r.gates {
             let _ = writeln!(
                 s,
-                "| {:?} | {} | {} | {} | {} | {} |",
-                g.gate,
+                "| {} | {} | {} | {} | {} | {} |",
+                g.gate.id(),
                 outcome_name(g.outcome),
                 gate_interval(g),
                 gate_look(g),
@@ -681,8 +681,8 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}tr.worse td{{backg
             let f = |x: Option<f64>| x.map_or("—".to_string(), |v| format!("{v:.5}"));
             let _ = write!(
                 b,
-                "<tr><td>{:?}</td><td class=\"{o}\">{o}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                g.gate,
+                "<tr><td>{}</td><td class=\"{o}\">{o}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                g.gate.id(),
                 f(g.champion),
                 f(g.challenger),
                 f(g.threshold),
@@ -817,7 +817,7 @@ rollout: r
 champion: v1
 challenger: v2
 stages: [{ weight_percent: 10, min_requests: 10 }, { weight_percent: 100 }]
-gates: { error_rate: { error_tolerance: 1 } }
+gates: { method: sequential, error_rate: { error_tolerance: 1 } }
 envoy: { admin: ["http://a"], ecds_dir: /x, wasm: /y }
 "#,
         )
@@ -869,7 +869,7 @@ envoy: { admin: ["http://a"], ecds_dir: /x, wasm: /y }
         let md = markdown(&r);
         assert!(md.contains("recommend **rollback**") && md.contains("**worse**"), "{md}");
         // The sequential gate's interval, look and confidence are shown (look 12: 1000 from a first look at 10).
-        assert!(md.contains("| ErrorRate | fail | Δ +7.900 pp [+"), "{md}");
+        assert!(md.contains("| error_rate | fail | Δ +7.900 pp [+"), "{md}");
         assert!(md.contains("| 12 (99.96%) |"), "{md}");
         assert!(page.contains("<th>look (confidence)</th>") && page.contains("12 (99.96%)"));
         let whole = rollout_report(&spec, &s2, &log, 3000).unwrap();

@@ -904,7 +904,7 @@ alerts: { source_failures: 2 }
 
     #[test]
     fn an_inconclusive_gate_holds_saying_how_many_more_then_passes_at_a_later_look() {
-        let spec = spec();
+        let spec = RolloutSpec::from_yaml(&SPEC.replace("gates:\n", "gates:\n  method: sequential\n")).unwrap();
         let s = RolloutState::start(&spec, 0);
         // 2 errors in 300 each (0.67 %): the 1 pp tolerance is inside the interval.
         let (s, d) = s.step(&spec, Ok(&window(1, 300, 2, 2)), 20_000);
@@ -940,7 +940,7 @@ alerts: { source_failures: 2 }
         assert_eq!(d.alerts, vec![AlertKind::Rollback]);
         assert_eq!((d.to.weight, d.to.epoch, d.to.stage_name.as_str()), (Weight::ZERO, 2, ROLLED_BACK_STAGE));
         assert_eq!(s.phase, Phase::RolledBack);
-        assert!(d.reasons[0].contains("ErrorRate gate failed"), "{:?}", d.reasons);
+        assert!(d.reasons[0].contains("error_rate gate failed"), "{:?}", d.reasons);
         assert_eq!(s.filter_config(&spec).challenger_weight_bp, Weight::ZERO);
         // Nothing moves it afterwards.
         let (_, d) = s.step(&spec, Ok(&window(2, 500, 0, 0)), 2000);
@@ -981,18 +981,28 @@ alerts: { source_failures: 2 }
     }
 
     #[test]
-    fn paused_rollout_does_not_move_until_resumed() {
+    fn paused_rollout_does_not_progress_but_still_rolls_back_unless_frozen() {
         let spec = spec();
         let s = RolloutState::start(&spec, 0);
         let (s, d) = s.command(&spec, Command::Pause, "looking", 1).unwrap();
         assert_eq!((d.action, d.manual, s.phase), (Action::Pause, true, Phase::Paused));
         let (s, d) = s.step(&spec, Ok(&window(1, 500, 0, 0)), 100_000);
         assert_eq!(d.action, Action::Hold);
-        let (s, d) = s.step(&spec, Ok(&window(1, 500, 0, 50)), 100_001);
-        assert_eq!(d.action, Action::Hold, "paused: not even a rollback by the gates");
-        assert!(s.command(&spec, Command::Pause, "", 2).is_err());
-        let (s, _) = s.command(&spec, Command::Resume, "", 3).unwrap();
-        assert_eq!(s.phase, Phase::Running);
+        let (s, d) = s.step(&spec, Ok(&window(1, 500, 0, 0)), 120_000);
+        assert_eq!(d.action, Action::Hold);
+        assert!(d.reasons[0].starts_with("paused by an operator: would advance"), "{:?}", d.reasons);
+        // The safety net stays on: a failing gate rolls back while paused.
+        let (rolled, d) = s.step(&spec, Ok(&window(1, 500, 0, 50)), 100_001);
+        assert_eq!((d.action, d.alerts.clone()), (Action::Rollback, vec![AlertKind::Rollback]), "{:?}", d.reasons);
+        assert_eq!(rolled.phase, Phase::RolledBack);
+        // Frozen: nothing automatic at all, until resumed.
+        let (s, d) = s.command(&spec, Command::Freeze, "incident review", 2).unwrap();
+        assert_eq!((d.action, s.phase, s.frozen), (Action::Pause, Phase::Paused, true));
+        let (s, d) = s.step(&spec, Ok(&window(1, 500, 0, 50)), 100_002);
+        assert_eq!(d.action, Action::Hold, "frozen: not even a rollback by the gates");
+        assert!(s.command(&spec, Command::Pause, "", 3).is_err());
+        let (s, _) = s.command(&spec, Command::Resume, "", 4).unwrap();
+        assert_eq!((s.phase, s.frozen), (Phase::Running, false));
     }
 
     #[test]
@@ -1102,7 +1112,7 @@ filter:
         let s = RolloutState::start(&spec, 0);
         let (s, d) = s.step(&spec, Ok(&shadow_window(1, 500, 200, 140)), 1_000);
         assert_eq!(d.action, Action::Rollback);
-        assert!(d.reasons[0].contains("ShadowAgreement gate failed: shadow agreement 70.000%"), "{:?}", d.reasons);
+        assert!(d.reasons[0].contains("shadow_agreement gate failed: shadow agreement 70.000%"), "{:?}", d.reasons);
         assert_eq!(s.phase, Phase::RolledBack);
         assert!(!s.in_shadow_stage(&spec));
         assert_eq!(s.filter_config(&spec).shadow, None, "a rollback stops the copies too");
@@ -1122,7 +1132,7 @@ filter:
         w.coverage.applied = 1;
         let (s, d) = s.step(&spec, Ok(&w), 2_000);
         assert_eq!(d.action, Action::Rollback, "{:?}", d.reasons);
-        assert!(d.reasons[0].starts_with("Prediction gate failed: PSI 0.5"), "{:?}", d.reasons);
+        assert!(d.reasons[0].starts_with("prediction gate failed: PSI 0.5"), "{:?}", d.reasons);
         let psi = d.gates.iter().find(|g| g.gate == crate::gates::GateKind::Prediction).unwrap().challenger.unwrap();
         // Shares (0.04, 0.25, 0.25, 0.46) vs quarters: 0.21·ln(6.25) + 0.21·ln(1.84) ≈ 0.3848 + 0.1281 = 0.513,
         // a little less after smoothing.

@@ -1256,7 +1256,7 @@ alerts:
         assert_eq!(spec.stages[0].min_duration, Duration::from_secs(DAY));
         assert_eq!(spec.salt(), "recs-v2");
         assert_eq!(spec.gates.prediction.as_ref().unwrap().on_no_data, NoDataPolicy::Ignore);
-        assert_eq!((spec.gates.method, spec.gates.alpha, spec.gates.look_growth), (GateMethod::Sequential, 0.05, 1.5));
+        assert_eq!((spec.gates.method, spec.gates.alpha, spec.gates.look_growth), (GateMethod::Anytime, 0.05, 1.5));
         let threshold = with(&["gates", "method"], "threshold".into()).unwrap();
         assert_eq!(threshold.gates.method, GateMethod::Threshold);
         let tuned = with(&["gates", "alpha"], 0.01.into()).unwrap();
