@@ -613,13 +613,13 @@ fn anytime_rate(
         })
         .flatten();
     let di = v.difference();
-    let level = 2.0 / alpha;
+    let level = anytime::threshold(alpha);
     let detail = format!(
         "{head}: harm e-value {:.3} and no-harm e-value {:.3} (either decides at {level:.0}); difference {}, {:.0}% sequence [{}, {}] pp vs tolerance +{tolerance}: {}",
         v.log_e_harm.exp(),
         v.log_e_fine.exp(),
         pp(s2 / n2 - s1 / n1),
-        (1.0 - alpha) * 100.0,
+        (1.0 - 2.0 * anytime::CHAMPION_SHARE * alpha) * 100.0,
         pp(di.low),
         pp(di.high),
         verdict_words(outcome, need, "responses")

@@ -3,6 +3,7 @@
 
 pub mod alert;
 pub mod anytime;
+pub mod calibration;
 pub mod control;
 pub mod crd;
 pub mod daemon;
