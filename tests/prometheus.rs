@@ -131,7 +131,7 @@ fn gate_values(w: &Window) -> Vec<GateResult> {
         "prediction": {"max_psi": 0.2},
     }))
     .unwrap();
-    let context = StageContext { min_samples: 1, shadow: false };
+    let context = StageContext::live(1);
     gates::evaluate(&gates, &w.version(CHAMPION), &w.version(CHALLENGER), &LabelEvidence::default(), context, &[])
 }
 

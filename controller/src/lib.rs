@@ -14,6 +14,7 @@ mod fixtures;
 pub mod gates;
 pub mod labels;
 pub mod metrics;
+pub mod plan;
 pub mod psi;
 pub mod reconcile;
 pub mod replay;
