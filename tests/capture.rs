@@ -258,3 +258,30 @@ async fn a_slow_or_failing_shadow_never_delays_or_changes_the_users_response() {
         }
     }
 }
+
+/// Envoy's own answers to copies it could not complete — a timeout (504
+/// "upstream request timeout") or a refused connection (503 "upstream
+/// connect error …") — count as failed copies, not as the challenger's 5xx,
+/// and add no latency sample (the controller censors them at the timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timed_out_and_refused_shadow_copies_count_as_failed() {
+    let mut rig = echo_rig(&["--delay-ms", "1000"]).await;
+    let mut c = shadow_config(1, true);
+    if let Some(s) = c.shadow.as_mut() {
+        s.timeout_ms = 200;
+    }
+    rig.envoy.push(&c).await.unwrap();
+    traffic(&rig.envoy, 100).await;
+    let m = wait_shadow_settled(&rig.envoy, &c, 100).await;
+    assert_eq!((m["rq_total"], m["failed"], m["rq_5xx"]), (100, 100, 0), "timed out: {m:?}");
+
+    rig.challenger.proc.stop();
+    let mut c2 = shadow_config(2, true);
+    if let Some(s) = c2.shadow.as_mut() {
+        s.timeout_ms = 200;
+    }
+    rig.envoy.push(&c2).await.unwrap();
+    traffic(&rig.envoy, 100).await;
+    let m = wait_shadow_settled(&rig.envoy, &c2, 100).await;
+    assert_eq!((m["rq_total"], m["failed"], m["rq_5xx"]), (100, 100, 0), "refused: {m:?}");
+}

@@ -326,7 +326,7 @@ pub fn quantile_bounds(h: &Histogram, q: f64, alpha: f64, t: f64) -> (f64, Optio
     let upper = if above == 0 || above > n {
         None
     } else {
-        bucket_of(h, above, t).map(|b| b.1).filter(|u| u.is_finite())
+        bucket_of(h, above, t).map(|b| b.1).filter(|u| *u < crate::window::OPEN_WIDTH)
     };
     (lower, upper)
 }

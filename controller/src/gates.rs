@@ -261,15 +261,18 @@ pub struct StageContext {
     /// The stage advances only on gates that passed (`proven`); otherwise
     /// (`no_harm`) an inconclusive gate does not hold it.
     pub proven: bool,
+    /// A shadow stage: the copies' timeout in µs (failed copies count as
+    /// at least this slow); 0 when unknown.
+    pub shadow_timeout_us: u64,
 }
 
 impl StageContext {
     pub fn live(min_samples: u64) -> StageContext {
-        StageContext { min_samples, shadow: false, proven: true }
+        StageContext { min_samples, shadow: false, proven: true, shadow_timeout_us: 0 }
     }
 
     pub fn shadow(min_samples: u64) -> StageContext {
-        StageContext { min_samples, shadow: true, proven: true }
+        StageContext { min_samples, shadow: true, proven: true, shadow_timeout_us: 0 }
     }
 }
 
@@ -417,7 +420,7 @@ pub fn evaluate(
             out.push(prediction_gate(g, champion, challenger, min_samples, NoDataPolicy::Ignore, judge));
         }
         if let Some(g) = &spec.shadow {
-            out.extend(shadow_gates(g, champion, challenger, min_samples, judge));
+            out.extend(shadow_gates(g, champion, challenger, min_samples, stage.shadow_timeout_us, judge));
         }
         return out;
     }
@@ -1054,6 +1057,7 @@ fn shadow_gates(
     champion: &VersionWindow,
     challenger: &VersionWindow,
     min: u64,
+    shadow_timeout_us: u64,
     judge: Judge<'_>,
 ) -> Vec<GateResult> {
     let s = &challenger.shadow;
@@ -1103,10 +1107,17 @@ fn shadow_gates(
     let events = (champion.errors(), s.errors().min(n.1));
     out.push(rate_verdict(GateKind::ShadowErrorRate, n, events, g.error_tolerance, min, judge, head));
 
+    // Copies that got no answer (timed out, refused, reset) took at least
+    // the timeout: they enter the latency evidence censored there, in an
+    // open bucket, so they can fail the gate and never help it pass.
+    let mut shadow_latency = s.latency_us.clone();
+    if s.failed > 0 && shadow_timeout_us > 0 {
+        shadow_latency.add(shadow_timeout_us as f64, crate::window::OPEN_WIDTH, s.failed);
+    }
     out.push(latency_gate(
         GateKind::ShadowLatency,
         "shadow",
-        (&champion.latency_us, &s.latency_us),
+        (&champion.latency_us, &shadow_latency),
         g.quantile,
         g.latency_tolerance_multiplier,
         min,

@@ -387,6 +387,7 @@ pub fn stage_context(spec: &RolloutSpec, stage: usize) -> StageContext {
         min_samples: spec.min_requests(stage),
         shadow: spec.is_shadow_stage(stage),
         proven: spec.advance_when(stage) == AdvanceWhen::Proven,
+        shadow_timeout_us: u64::from(spec.shadow_config().timeout_ms) * 1000,
     }
 }
 

@@ -26,6 +26,10 @@ pub struct Bucket {
     pub count: u64,
 }
 
+/// The width of an open bucket `[lower, ∞)` (finite, so it serialises):
+/// samples known only to be at least `lower` (a timed-out shadow copy).
+pub const OPEN_WIDTH: f64 = 1e300;
+
 /// A histogram merged from many Envoys by adding bucket counts (never by
 /// averaging quantiles).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

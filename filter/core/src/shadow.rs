@@ -60,6 +60,27 @@ pub struct Answer {
     pub verdict: Option<Verdict>,
 }
 
+/// The bodies of the answers Envoy makes up itself when a call cannot be
+/// completed (its router's local replies, the same text its response code
+/// details name): a timeout, a refused or reset connection, no healthy
+/// host. Such an answer is the call failing, not the challenger answering.
+const LOCAL_REPLIES: [&[u8]; 5] = [
+    b"upstream request timeout",
+    b"upstream connect error or disconnect/reset before headers",
+    b"no healthy upstream",
+    b"upstream max stream duration reached",
+    b"upstream reset",
+];
+
+/// Longest local-reply prefix: read this much of a 503/504 body to tell.
+pub const LOCAL_REPLY_PREFIX: usize = 64;
+
+/// Whether a shadow answer is Envoy's own local reply (the call failed),
+/// by its status and the start of its body.
+pub fn is_local_reply(status: u16, body: &[u8]) -> bool {
+    (status == 503 || status == 504) && LOCAL_REPLIES.iter().any(|p| body.starts_with(p))
+}
+
 fn compare(a: Option<u16>, b: Option<u16>) -> Verdict {
     match (a, b) {
         (Some(a), Some(b)) if a == b => Verdict::Agree,
@@ -183,6 +204,19 @@ mod tests {
 
     fn call(id: u64) -> ShadowCall {
         ShadowCall { id, headers: vec![(":path".into(), "/".into())], body: vec![] }
+    }
+
+    #[test]
+    fn envoys_local_replies_are_failures_and_the_models_5xx_are_not() {
+        assert!(is_local_reply(504, b"upstream request timeout"));
+        assert!(is_local_reply(503, b"no healthy upstream"));
+        assert!(is_local_reply(
+            503,
+            b"upstream connect error or disconnect/reset before headers. reset reason: remote connection failure"
+        ));
+        assert!(!is_local_reply(503, b"{\"error\": \"overloaded\"}"), "the model's own 503");
+        assert!(!is_local_reply(500, b"upstream request timeout"), "not a status Envoy uses for it");
+        assert!(!is_local_reply(504, b""));
     }
 
     #[test]

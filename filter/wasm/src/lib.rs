@@ -9,7 +9,7 @@ use std::time::Duration;
 use canary_core::metrics::{Metric, MetricTable, PendingCounts, ShadowStat};
 use canary_core::predict::PredictionSource;
 use canary_core::request::{self, Exchange, Host, Routed};
-use canary_core::shadow::{ShadowCall, Shadows, Verdict};
+use canary_core::shadow::{is_local_reply, ShadowCall, Shadows, Verdict, LOCAL_REPLY_PREFIX};
 use canary_core::{Arm, Plan};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -159,6 +159,18 @@ impl Context for Root {
             }
             return;
         };
+        if status == 503 || status == 504 {
+            // Envoy's own reply to a call it could not complete (timeout,
+            // refused, reset, no host) is a failed copy: its latency is the
+            // timeout, not the challenger's, and its 5xx not the model's.
+            let head = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size.min(LOCAL_REPLY_PREFIX));
+            if is_local_reply(status, &head.ok().flatten().unwrap_or_default()) {
+                if shadows.token_failed(token) {
+                    active.increment(Metric::Shadow(ShadowStat::Failed));
+                }
+                return;
+            }
+        }
         let bin = if (200..300).contains(&status) { active.shadow_bin(body_size) } else { None };
         if let Some(answer) = shadows.answered(token, now_nanos(), bin) {
             if status >= 500 {
