@@ -935,9 +935,10 @@ alerts: { source_failures: 2 }
     fn failing_gate_rolls_back_at_once_and_alerts() {
         let spec = spec();
         let s = RolloutState::start(&spec, 0);
-        // 10 % errors vs 0 %: rolls back before the minimum duration is over.
-        let (s, d) = s.step(&spec, Ok(&window(1, 200, 0, 20)), 1000);
-        assert_eq!(d.action, Action::Rollback);
+        // 20 % errors vs 0 % (200 responses each): rolls back before the
+        // minimum duration and before min_requests.
+        let (s, d) = s.step(&spec, Ok(&window(1, 200, 0, 40)), 1000);
+        assert_eq!(d.action, Action::Rollback, "{:?}", d.reasons);
         assert_eq!(d.alerts, vec![AlertKind::Rollback]);
         assert_eq!((d.to.weight, d.to.epoch, d.to.stage_name.as_str()), (Weight::ZERO, 2, ROLLED_BACK_STAGE));
         assert_eq!(s.phase, Phase::RolledBack);
