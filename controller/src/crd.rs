@@ -221,21 +221,25 @@ pub const MAX_STAGES: usize = 32;
 /// same rules (and more) for specs that do not come through the API server.
 pub fn cross_field_rules(spec: &mut serde_json::Value) {
     let rule = |rule: &str, message: &str| json!({ "rule": rule, "message": message });
-    spec["x-kubernetes-validations"] = json!([rule("self.champion != self.challenger", "challenger must differ from champion")]);
+    spec["x-kubernetes-validations"] =
+        json!([rule("self.champion != self.challenger", "challenger must differ from champion")]);
     let stages = &mut spec["properties"]["stages"];
     stages["minItems"] = json!(1);
     stages["maxItems"] = json!(MAX_STAGES);
+    // A shadow stage has no weight (0); `has(…) ? … : 0.0` rather than
+    // `has(…) && …`, which some CEL evaluators do not short-circuit.
+    let w = |s: &str| format!("(has({s}.weight_percent) ? {s}.weight_percent : 0.0)");
+    let rising = format!(
+        "self.map(s, {}).filter(p, p > 0.0).isSorted() && self.all(a, {a} == 0.0 || self.exists_one(b, {} == {a}))",
+        w("s"),
+        w("b"),
+        a = w("a"),
+    );
+    let last = "self[size(self) - 1]";
+    let full = format!("has({last}.weight_percent) ? {last}.weight_percent == 100.0 : false");
     stages["x-kubernetes-validations"] = json!([
-        rule(
-            "self.filter(s, has(s.weight_percent) && s.weight_percent > 0.0).map(s, s.weight_percent).isSorted() \
-             && self.all(a, !has(a.weight_percent) || a.weight_percent == 0.0 \
-             || self.exists_one(b, has(b.weight_percent) && b.weight_percent == a.weight_percent))",
-            "stage weights must rise from each stage to the next",
-        ),
-        rule(
-            "has(self[size(self) - 1].weight_percent) && self[size(self) - 1].weight_percent == 100.0",
-            "the last stage must be 100",
-        ),
+        rule(&rising, "stage weights must rise from each stage to the next"),
+        rule(&full, "the last stage must be 100"),
     ]);
     let weight = &mut stages["items"]["properties"]["weight_percent"];
     weight["minimum"] = json!(0);
@@ -490,6 +494,11 @@ pub(crate) mod tests {
         let crd: serde_json::Value = serde_yaml_ng::from_str(&crd_yaml()).unwrap();
         let text = crd.to_string();
         assert!(!text.contains(r#""additionalProperties":false"#), "the API server refuses it beside properties");
+        assert!(!text.contains(r#""format":"uint"#), "Kubernetes ≥ 1.34 warns about uint formats");
+        assert!(
+            !text.contains("x-kubernetes-preserve-unknown-fields"),
+            "every field typed: nothing the controller cannot read"
+        );
         let version = &crd["spec"]["versions"][0];
         assert_eq!(version["name"], "v1alpha1");
         assert!(version["subresources"]["status"].is_object());
@@ -549,6 +558,37 @@ pub(crate) mod tests {
         let ecds: serde_json::Value = serde_yaml_ng::from_str(&read("sidecar/canary-ecds.yaml")).unwrap();
         let body: serde_json::Value = serde_json::from_str(ecds["data"]["canary.json"].as_str().unwrap()).unwrap();
         assert_eq!(body["resources"], json!([]));
+    }
+
+    /// The CRD's CEL rules (evaluated by tests/k8s/check.py with
+    /// cel-python) have their equivalents in `spec.validate()`, for specs
+    /// that do not come through an API server.
+    #[test]
+    fn what_the_cel_rules_refuse_the_spec_refuses_too() {
+        let crd: serde_json::Value = serde_yaml_ng::from_str(&crd_yaml()).unwrap();
+        let spec_schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        let messages: Vec<&str> = [
+            &spec_schema["x-kubernetes-validations"],
+            &spec_schema["properties"]["stages"]["x-kubernetes-validations"],
+        ]
+        .iter()
+        .flat_map(|rules| rules.as_array().unwrap())
+        .map(|r| r["message"].as_str().unwrap())
+        .collect();
+        assert_eq!(messages.len(), 3);
+        let tmp = tempfile::tempdir().unwrap();
+        let good = resource(tmp.path(), json!({})).spec;
+        let refused = |edit: &dyn Fn(&mut crate::spec::RolloutSpec), field: &str| {
+            let mut spec = good.clone();
+            edit(&mut spec);
+            let e = spec.validate().unwrap_err().to_string();
+            assert!(e.contains(field), "{e}");
+        };
+        refused(&|s| s.challenger = s.champion.clone(), "challenger");
+        refused(&|s| s.stages[1].weight_percent = Some(2.0), "stages[1].weight_percent");
+        refused(&|s| s.stages[1].weight_percent = Some(5.0), "stages[1].weight_percent");
+        refused(&|s| s.stages[1].weight_percent = Some(99.0), "the last stage must be 100");
+        refused(&|s| s.stages[1].weight_percent = Some(150.0), "stages[1].weight_percent");
     }
 
     #[test]
