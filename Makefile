@@ -4,7 +4,7 @@ CARGO ?= cargo
 SCENARIO ?= healthy
 DEMO_ARGS ?=
 
-.PHONY: help setup wasm build test unit integration lint demo fuzz clean
+.PHONY: help setup wasm build test unit integration lint demo fuzz clean install
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
@@ -41,6 +41,12 @@ demo: build ## A complete local rollout (SCENARIO=healthy|faulty, DEMO_ARGS="--s
 FUZZ_SECONDS ?= 60
 fuzz: ## Coverage-guided fuzzing (cargo-fuzz, nightly; installed if missing), FUZZ_SECONDS per target
 	bash scripts/fuzz.sh $(FUZZ_SECONDS)
+
+PREFIX ?= $(HOME)/.local
+install: ## Install `canary` and its kubectl plugin name `kubectl-canary` into PREFIX/bin (default ~/.local)
+	$(CARGO) install --locked --path controller --root $(PREFIX)
+	ln -sf canary $(PREFIX)/bin/kubectl-canary
+	@echo "kubectl canary status NAMESPACE/NAME  (with $(PREFIX)/bin on PATH)"
 
 clean: ## Remove build output (keeps .tools/)
 	$(CARGO) clean

@@ -118,6 +118,9 @@ k8s_tools() {
     python3 -m venv "$tools/k8s"
     "$tools/k8s/bin/pip" install -q "kubernetes-validate==$K8S_VALIDATE_VERSION" "cel-python==$CEL_PYTHON_VERSION" >&2
   fi
+  # kubectl: the plugin test runs `kubectl canary …` through kubectl's own
+  # plugin lookup (any kubectl will do; Debian's kubernetes-client otherwise).
+  command -v kubectl >/dev/null || apt_install kubernetes-client || log "no kubectl: the plugin test checks kubectl-canary directly only"
   local models="$tools/k8s/node/node_modules/@kubernetes-models/istio/package.json"
   if ! grep -q "\"version\": \"$ISTIO_MODELS_VERSION\"" "$models" 2>/dev/null; then
     command -v npm >/dev/null || apt_install nodejs npm

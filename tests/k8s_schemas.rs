@@ -115,9 +115,8 @@ fn objects_in(file: &Path, namespace: Option<&str>) -> Vec<Object> {
         .filter(|v| v.is_object())
         .map(|v| {
             let kind = v["kind"].as_str().unwrap().to_string();
-            let ns = (!CLUSTER_SCOPED.contains(&kind.as_str())).then(|| {
-                namespace.or(v["metadata"]["namespace"].as_str()).unwrap_or("default").to_string()
-            });
+            let ns = (!CLUSTER_SCOPED.contains(&kind.as_str()))
+                .then(|| namespace.or(v["metadata"]["namespace"].as_str()).unwrap_or("default").to_string());
             (kind, ns, v["metadata"]["name"].as_str().unwrap_or_default().to_string())
         })
         .collect()
