@@ -212,6 +212,25 @@ fn the_readme_install_sequence_works_on_a_fresh_cluster() {
     let old = ["kubectl apply -f deploy/crd.yaml -f deploy/rbac.yaml -f deploy/namespaces.yaml".to_string()];
     let e = on_a_fresh_cluster(&old).unwrap_err();
     assert!(e.contains("namespaces \"canary-system\" not found"), "{e}");
+    // The kustomize reading above matches the real one, where kubectl is
+    // installed (`scripts/setup.sh k8s`): same objects, same order.
+    let kubectl =
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).any(|d| d.join("kubectl").is_file());
+    for dir in ["deploy", "deploy/sidecar"] {
+        if !kubectl {
+            eprintln!("kubectl is not on PATH: the kustomize reading of {dir} is not compared with kubectl kustomize");
+            continue;
+        }
+        let out = Command::new("kubectl").arg("kustomize").arg(root().join(dir)).output().unwrap();
+        assert!(out.status.success(), "kubectl kustomize {dir}: {}", String::from_utf8_lossy(&out.stderr));
+        let real: Vec<(String, Option<String>)> = serde_yaml_ng::Deserializer::from_slice(&out.stdout)
+            .map(|d| serde_json::Value::deserialize(d).unwrap())
+            .map(|v| (v["kind"].as_str().unwrap().to_string(), v["metadata"]["namespace"].as_str().map(String::from)))
+            .collect();
+        let ours: Vec<(String, Option<String>)> =
+            kustomize(&root().join(dir)).into_iter().map(|(k, ns, _)| (k, ns)).collect();
+        assert_eq!(ours, real, "{dir}");
+    }
     let no_wait = ["kubectl apply -k deploy/".to_string(), "kubectl apply -f deploy/canaryrollout.yaml".to_string()];
     assert!(on_a_fresh_cluster(&no_wait).unwrap_err().contains("CRD not established"));
 }
