@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use canary_tests::{default_plugin_config, envoy_bin, pid_alive, render_template, root, wasm_path, Proc};
+use canary_tests::{envoy_validate, pid_alive, render_template, root, validate_vars, wasm_path, Proc};
 
 const VERSION: &str = "0.1.0";
 
@@ -77,29 +77,8 @@ fn registry(dir: &Path) -> (Proc, String) {
 
 /// `envoy --mode validate` of the sidecar bootstrap with the filter at `wasm`.
 fn envoy_validates(wasm: &Path) -> (bool, String) {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("ecds")).unwrap();
-    std::fs::write(dir.path().join("ecds/canary.json"), r#"{"version_info":"none","resources":[]}"#).unwrap();
-    let vars = [
-        ("ADMIN_PORT", "0".to_string()),
-        ("LISTEN_PORT", "0".into()),
-        ("ECDS_DIR", dir.path().join("ecds").display().to_string()),
-        ("WASM", wasm.display().to_string()),
-        ("CHAMPION", "v1".into()),
-        ("CHALLENGER", "v2".into()),
-        ("CHAMPION_PORT", "1".into()),
-        ("CHALLENGER_PORT", "2".into()),
-        ("DEFAULT_CONFIG", default_plugin_config("v1", "v2")),
-        ("ACCESS_LOG", "/dev/null".into()),
-    ];
-    let config = dir.path().join("envoy.yaml");
-    std::fs::write(&config, render_template(&root().join("envoy/sidecar.yaml"), &vars).unwrap()).unwrap();
-    let out = Command::new(envoy_bin().unwrap())
-        .args(["--mode", "validate", "--disable-hot-restart", "-c"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let config = render_template(&root().join("envoy/sidecar.yaml"), &validate_vars(wasm)).unwrap();
+    envoy_validate(&config).unwrap()
 }
 
 #[test]
