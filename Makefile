@@ -27,7 +27,7 @@ unit: ## Native unit tests of the pure core and the controller, and the fuzz cor
 	$(CARGO) test -p canary-core -p canary-controller
 	$(CARGO) test --manifest-path fuzz/Cargo.toml --target-dir target
 
-integration: build ## Tests against the real Envoy running the built .wasm (and headless Chromium, Prometheus)
+integration: build ## Tests against the real Envoy running the built .wasm (and Chromium, Prometheus, Kubernetes/Istio schemas, a local registry)
 	@bash scripts/setup.sh browser
 	@bash scripts/setup.sh prometheus
 	@bash scripts/setup.sh k8s
