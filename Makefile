@@ -4,7 +4,7 @@ CARGO ?= cargo
 SCENARIO ?= healthy
 DEMO_ARGS ?=
 
-.PHONY: help setup wasm build test unit integration lint demo fuzz clean
+.PHONY: help setup wasm build test unit integration lint demo fuzz clean install images
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
@@ -27,9 +27,11 @@ unit: ## Native unit tests of the pure core and the controller, and the fuzz cor
 	$(CARGO) test -p canary-core -p canary-controller
 	$(CARGO) test --manifest-path fuzz/Cargo.toml --target-dir target
 
-integration: build ## Tests against the real Envoy running the built .wasm (and headless Chromium, Prometheus)
+integration: build ## Tests against the real Envoy running the built .wasm (and Chromium, Prometheus, Kubernetes/Istio schemas, a local registry)
 	@bash scripts/setup.sh browser
 	@bash scripts/setup.sh prometheus
+	@bash scripts/setup.sh k8s
+	@bash scripts/setup.sh images
 	$(CARGO) test -p canary-tests -- --test-threads=1
 
 test: lint unit integration ## Everything CI runs: lint, unit and integration tests
@@ -40,6 +42,17 @@ demo: build ## A complete local rollout (SCENARIO=healthy|faulty, DEMO_ARGS="--s
 FUZZ_SECONDS ?= 60
 fuzz: ## Coverage-guided fuzzing (cargo-fuzz, nightly; installed if missing), FUZZ_SECONDS per target
 	bash scripts/fuzz.sh $(FUZZ_SECONDS)
+
+images: wasm ## Controller and filter images as OCI layouts in target/images/ (no Docker daemon; umoci); prints digests
+	@bash scripts/setup.sh images
+	$(CARGO) build --release -p canary-controller --bin canary
+	@bash scripts/images.sh
+
+PREFIX ?= $(HOME)/.local
+install: ## Install `canary` and its kubectl plugin name `kubectl-canary` into PREFIX/bin (default ~/.local)
+	$(CARGO) install --locked --path controller --root $(PREFIX)
+	ln -sf canary $(PREFIX)/bin/kubectl-canary
+	@echo "kubectl canary status NAMESPACE/NAME  (with $(PREFIX)/bin on PATH)"
 
 clean: ## Remove build output (keeps .tools/)
 	$(CARGO) clean

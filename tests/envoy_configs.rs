@@ -1,36 +1,13 @@
 //! Every Envoy config shipped in `envoy/` passes the real Envoy's validation.
 
-use std::process::Command;
-
-use canary_tests::{default_plugin_config, envoy_bin, render_template, root, wasm_path};
+use canary_tests::{envoy_validate, render_template, root, validate_vars, wasm_path};
 
 fn validate(config_text: &str) -> (bool, String) {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("ecds")).unwrap();
-    std::fs::write(dir.path().join("ecds/canary.json"), r#"{"version_info":"none","resources":[]}"#).unwrap();
-    let path = dir.path().join("envoy.yaml");
-    std::fs::write(&path, config_text.replace("@ECDS@", &dir.path().join("ecds").display().to_string())).unwrap();
-    let out = Command::new(envoy_bin().unwrap())
-        .args(["--mode", "validate", "--disable-hot-restart", "-c"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout))
+    envoy_validate(config_text).unwrap()
 }
 
 fn vars() -> Vec<(&'static str, String)> {
-    vec![
-        ("ADMIN_PORT", "0".into()),
-        ("LISTEN_PORT", "0".into()),
-        ("ECDS_DIR", "@ECDS@".into()),
-        ("WASM", wasm_path().unwrap().display().to_string()),
-        ("CHAMPION", "v1".into()),
-        ("CHALLENGER", "v2".into()),
-        ("CHAMPION_PORT", "1".into()),
-        ("CHALLENGER_PORT", "2".into()),
-        ("DEFAULT_CONFIG", default_plugin_config("v1", "v2")),
-        ("ACCESS_LOG", "/dev/null".into()),
-    ]
+    validate_vars(&wasm_path().unwrap())
 }
 
 #[test]

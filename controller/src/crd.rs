@@ -40,25 +40,89 @@ pub const ACCEPT_SPEC_CHANGE: &str = "canary.dev/accept-spec-change";
 /// directory's decision log).
 pub const HISTORY_LIMIT: usize = 20;
 
-/// Schemas for the filter's own configuration types (they live in the
-/// filter's crate, which knows nothing of Kubernetes): kept open, and
-/// checked by the filter's own rules when the spec is validated.
+/// Schemas for what the derive cannot describe: humantime durations and
+/// the filter's own configuration types (they live in the filter's crate,
+/// which knows nothing of Kubernetes). Written out by hand, typed as the
+/// filter's parser reads them, so the API server refuses what the
+/// controller could not decode; the filter's own rules still run when the
+/// spec is validated. `tests` checks them against the types' serde shapes.
 pub mod schema {
     use schemars::{json_schema, Schema, SchemaGenerator};
+    use serde_json::{json, Value};
 
-    pub fn object(_: &mut SchemaGenerator) -> Schema {
-        json_schema!({ "type": "object", "x-kubernetes-preserve-unknown-fields": true })
+    /// What humantime reads: `500ms`, `30s`, `1h 30m`, `2d`.
+    pub const DURATION_PATTERN: &str = r"^\s*([0-9]+\s*(nsec|ns|usec|us|µs|msec|ms|seconds|second|sec|s|minutes|minute|min|m|hours|hour|hr|h|days|day|d|weeks|week|w|months|month|M|years|year|y)\s*)+$";
+
+    pub fn duration(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({ "type": "string", "pattern": DURATION_PATTERN })
     }
 
-    pub fn object_list(_: &mut SchemaGenerator) -> Schema {
-        json_schema!({
-            "type": "array",
-            "items": { "type": "object", "x-kubernetes-preserve-unknown-fields": true }
-        })
+    fn string() -> Value {
+        json!({ "type": "string", "minLength": 1 })
+    }
+
+    /// An externally tagged enum of strings: exactly one of `names`.
+    fn one_of(names: &[&str], item: Value) -> Value {
+        let properties: serde_json::Map<String, Value> = names.iter().map(|n| (n.to_string(), item.clone())).collect();
+        json!({ "type": "object", "properties": properties, "minProperties": 1, "maxProperties": 1 })
+    }
+
+    fn object(properties: Value, required: &[&str]) -> Schema {
+        let mut v = json!({ "type": "object", "properties": properties });
+        if !required.is_empty() {
+            v["required"] = json!(required);
+        }
+        Schema::try_from(v).unwrap_or_default()
+    }
+
+    /// `filter.key`: `[{header: x-user-id}, {cookie: uid}]`, 1–4 sources.
+    pub fn key_list(_: &mut SchemaGenerator) -> Schema {
+        let max = canary_core::config::MAX_KEY_SOURCES;
+        json_schema!({ "type": "array", "minItems": 1, "maxItems": max, "items": one_of(&["header", "cookie"], string()) })
+    }
+
+    /// `filter.headers`: the names of the headers the filter owns.
+    pub fn headers(_: &mut SchemaGenerator) -> Schema {
+        object(json!({ "version": string(), "stage": string(), "unkeyed": string() }), &[])
+    }
+
+    /// `filter.prediction`: `from: {header | json_pointer}`, `bins: {numeric | categorical}`.
+    pub fn prediction(_: &mut SchemaGenerator) -> Schema {
+        let max = canary_core::predict::MAX_BINS;
+        let bins = json!({
+            "type": "object", "minProperties": 1, "maxProperties": 1,
+            "properties": {
+                "numeric": { "type": "array", "minItems": 1, "maxItems": max, "items": { "type": "number" } },
+                "categorical": { "type": "array", "minItems": 1, "maxItems": max, "items": string() },
+            }
+        });
+        let from = one_of(&["header", "json_pointer"], json!({ "type": "string" }));
+        object(json!({ "from": from, "bins": bins, "max_body_bytes": uint(32) }), &["from", "bins"])
+    }
+
+    /// `filter.segment`: a header and its 1–32 allowed values.
+    pub fn segment(_: &mut SchemaGenerator) -> Schema {
+        let max = canary_core::predict::MAX_SEGMENTS;
+        let values = json!({ "type": "array", "minItems": 1, "maxItems": max, "items": string() });
+        object(json!({ "header": string(), "values": values }), &["header", "values"])
+    }
+
+    /// `filter.override`: the QA override header and its secret.
+    pub fn qa_override(_: &mut SchemaGenerator) -> Schema {
+        let secret = json!({ "type": "string", "minLength": canary_core::config::MIN_SECRET_LEN });
+        object(json!({ "header": string(), "secret": secret }), &["header", "secret"])
     }
 
     pub fn unkeyed(_: &mut SchemaGenerator) -> Schema {
         json_schema!({ "type": "string", "enum": ["champion", "split_by_request_id"] })
+    }
+
+    /// An unsigned integer of `bits` as Kubernetes can say it: bounds, no
+    /// `uint*` format (Kubernetes ≥ 1.34 warns about formats it does not know).
+    pub fn uint(bits: u32) -> Value {
+        // Kubernetes integers are int64: a u64 field takes up to i64::MAX.
+        let max = if bits >= 64 { i64::MAX as u64 } else { (1u64 << bits) - 1 };
+        json!({ "type": "integer", "minimum": 0, "maximum": max })
     }
 }
 
@@ -143,14 +207,53 @@ pub fn crd_yaml() -> String {
     let header = "# Generated by `canary crd` from controller/src/spec.rs and controller/src/crd.rs: do not edit.\n";
     let mut crd = serde_json::to_value(CanaryRollout::crd()).unwrap_or_default();
     structural(&mut crd);
+    if let Some(spec) = crd.pointer_mut("/spec/versions/0/schema/openAPIV3Schema/properties/spec") {
+        cross_field_rules(spec);
+    }
     format!("{header}{}", serde_yaml_ng::to_string(&crd).unwrap_or_default())
 }
 
-/// Drops `additionalProperties: false` beside `properties`, which the API
-/// server refuses ("additionalProperties and properties are mutual
-/// exclusive"); kube-derive 2.0 emits it for `deny_unknown_fields`. Unknown
-/// fields are pruned by the API server anyway, and the controller's own
-/// parse refuses them.
+/// Most stages a CanaryRollout may list (bounds the cost of the CEL rules).
+pub const MAX_STAGES: usize = 32;
+
+/// What the API server can check beyond each field's type, as
+/// `x-kubernetes-validations` (CEL) and bounds. `spec.validate()` holds the
+/// same rules (and more) for specs that do not come through the API server.
+pub fn cross_field_rules(spec: &mut serde_json::Value) {
+    let rule = |rule: &str, message: &str| json!({ "rule": rule, "message": message });
+    spec["x-kubernetes-validations"] =
+        json!([rule("self.champion != self.challenger", "challenger must differ from champion")]);
+    let stages = &mut spec["properties"]["stages"];
+    stages["minItems"] = json!(1);
+    stages["maxItems"] = json!(MAX_STAGES);
+    // A shadow stage has no weight (0); `has(…) ? … : 0.0` rather than
+    // `has(…) && …`, which some CEL evaluators do not short-circuit.
+    let w = |s: &str| format!("(has({s}.weight_percent) ? {s}.weight_percent : 0.0)");
+    let rising = format!(
+        "self.map(s, {}).filter(p, p > 0.0).isSorted() && self.all(a, {a} == 0.0 || self.exists_one(b, {} == {a}))",
+        w("s"),
+        w("b"),
+        a = w("a"),
+    );
+    let last = "self[size(self) - 1]";
+    let full = format!("has({last}.weight_percent) ? {last}.weight_percent == 100.0 : false");
+    stages["x-kubernetes-validations"] = json!([
+        rule(&rising, "stage weights must rise from each stage to the next"),
+        rule(&full, "the last stage must be 100"),
+    ]);
+    let weight = &mut stages["items"]["properties"]["weight_percent"];
+    weight["minimum"] = json!(0);
+    weight["maximum"] = json!(100);
+}
+
+/// Makes the derived schema one the API server takes without a word:
+/// - drops `additionalProperties: false` beside `properties`, which it
+///   refuses ("additionalProperties and properties are mutual exclusive");
+///   kube-derive 2.0 emits it for `deny_unknown_fields`. Unknown fields are
+///   pruned by the API server (refused under strict field validation), and
+///   the controller's own parse refuses them;
+/// - turns schemars' `format: uint8/16/32/64` into bounds (Kubernetes ≥ 1.34
+///   warns about formats it does not know).
 pub fn structural(schema: &mut serde_json::Value) {
     match schema {
         serde_json::Value::Object(map) => {
@@ -158,6 +261,14 @@ pub fn structural(schema: &mut serde_json::Value) {
                 && map.get("additionalProperties") == Some(&serde_json::Value::Bool(false))
             {
                 map.remove("additionalProperties");
+            }
+            let bits = map.get("format").and_then(|f| f.as_str()).and_then(|f| f.strip_prefix("uint"));
+            if let Some(bits) = bits.and_then(|b| b.parse::<u32>().ok()) {
+                map.remove("format");
+                if let serde_json::Value::Object(bounds) = schema::uint(bits) {
+                    map.insert("minimum".into(), bounds["minimum"].clone());
+                    map.insert("maximum".into(), bounds["maximum"].clone());
+                }
             }
             map.values_mut().for_each(structural);
         }
@@ -385,6 +496,11 @@ pub(crate) mod tests {
         let crd: serde_json::Value = serde_yaml_ng::from_str(&crd_yaml()).unwrap();
         let text = crd.to_string();
         assert!(!text.contains(r#""additionalProperties":false"#), "the API server refuses it beside properties");
+        assert!(!text.contains(r#""format":"uint"#), "Kubernetes ≥ 1.34 warns about uint formats");
+        assert!(
+            !text.contains("x-kubernetes-preserve-unknown-fields"),
+            "every field typed: nothing the controller cannot read"
+        );
         let version = &crd["spec"]["versions"][0];
         assert_eq!(version["name"], "v1alpha1");
         assert!(version["subresources"]["status"].is_object());
@@ -444,6 +560,37 @@ pub(crate) mod tests {
         let ecds: serde_json::Value = serde_yaml_ng::from_str(&read("sidecar/canary-ecds.yaml")).unwrap();
         let body: serde_json::Value = serde_json::from_str(ecds["data"]["canary.json"].as_str().unwrap()).unwrap();
         assert_eq!(body["resources"], json!([]));
+    }
+
+    /// The CRD's CEL rules (evaluated by tests/k8s/check.py with
+    /// cel-python) have their equivalents in `spec.validate()`, for specs
+    /// that do not come through an API server.
+    #[test]
+    fn what_the_cel_rules_refuse_the_spec_refuses_too() {
+        let crd: serde_json::Value = serde_yaml_ng::from_str(&crd_yaml()).unwrap();
+        let spec_schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        let messages: Vec<&str> = [
+            &spec_schema["x-kubernetes-validations"],
+            &spec_schema["properties"]["stages"]["x-kubernetes-validations"],
+        ]
+        .iter()
+        .flat_map(|rules| rules.as_array().unwrap())
+        .map(|r| r["message"].as_str().unwrap())
+        .collect();
+        assert_eq!(messages.len(), 3);
+        let tmp = tempfile::tempdir().unwrap();
+        let good = resource(tmp.path(), json!({})).spec;
+        let refused = |edit: &dyn Fn(&mut crate::spec::RolloutSpec), field: &str| {
+            let mut spec = good.clone();
+            edit(&mut spec);
+            let e = spec.validate().unwrap_err().to_string();
+            assert!(e.contains(field), "{e}");
+        };
+        refused(&|s| s.challenger = s.champion.clone(), "challenger");
+        refused(&|s| s.stages[1].weight_percent = Some(2.0), "stages[1].weight_percent");
+        refused(&|s| s.stages[1].weight_percent = Some(5.0), "stages[1].weight_percent");
+        refused(&|s| s.stages[1].weight_percent = Some(99.0), "the last stage must be 100");
+        refused(&|s| s.stages[1].weight_percent = Some(150.0), "stages[1].weight_percent");
     }
 
     #[test]

@@ -59,7 +59,9 @@ impl Exchange {
 /// What a request carried (for checks beyond the exact body).
 #[derive(Debug, Clone)]
 pub struct Seen {
+    pub method: Method,
     pub path: String,
+    pub query: String,
     pub body: Value,
 }
 
@@ -80,13 +82,9 @@ pub fn serve(mut handle: Handle, exchanges: Vec<Exchange>) -> tokio::task::JoinH
                     Ok(Some(r)) => r,
                     _ => panic!("exchange {i}: expected {} {} but no request came", want.method, want.path),
                 };
-            let method = request.method().clone();
-            let path = request.uri().path().to_string();
-            let query = request.uri().query().unwrap_or("").to_string();
             let content_type =
                 request.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
-            let bytes = request.into_body().collect_bytes().await.unwrap_or_default();
-            let body: Value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
+            let Seen { method, path, query, body } = read(request).await;
             assert_eq!((&method, &path), (&want.method, &want.path), "exchange {i}: request");
             for q in &want.query {
                 assert!(query.split('&').any(|p| p == *q), "exchange {i}: query `{query}` lacks {q}");
@@ -97,16 +95,65 @@ pub fn serve(mut handle: Handle, exchanges: Vec<Exchange>) -> tokio::task::JoinH
             if let Some(b) = &want.body {
                 assert_eq!(&body, b, "exchange {i}: body of {method} {path}");
             }
-            seen.push(Seen { path, body });
-            let response = Response::builder()
-                .status(want.status)
-                .header(http::header::CONTENT_TYPE, "application/json")
-                .body(Body::from(serde_json::to_vec(&want.response).unwrap()))
-                .unwrap();
-            send.send_response(response);
+            seen.push(Seen { method, path, query, body });
+            send.send_response(json_response(want.status, &want.response));
         }
         seen
     })
+}
+
+async fn read(request: Request<Body>) -> Seen {
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let query = request.uri().query().unwrap_or("").to_string();
+    let bytes = request.into_body().collect_bytes().await.unwrap_or_default();
+    let body: Value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
+    Seen { method, path, query, body }
+}
+
+fn json_response(status: u16, body: &Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Body::from(serde_json::to_vec(body).unwrap()))
+        .unwrap()
+}
+
+/// How [`respond`] answers one request.
+pub enum Reply {
+    Json(u16, Value),
+    /// A watch: these events, one JSON line each, then the stream ends.
+    Events(Vec<Value>),
+    /// Never answered (a watch left open until the test ends).
+    Hold,
+}
+
+/// Plays the API server for clients that send requests concurrently and in
+/// no fixed order (the controller runtime): `answer` replies to each; every
+/// request is also sent on the returned channel, for the test to wait on.
+pub fn respond(
+    mut handle: Handle,
+    mut answer: impl FnMut(&Seen) -> Reply + Send + 'static,
+) -> tokio::sync::mpsc::UnboundedReceiver<Seen> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Some((request, send)) = handle.next_request().await {
+            let seen = read(request).await;
+            match answer(&seen) {
+                Reply::Json(status, body) => send.send_response(json_response(status, &body)),
+                Reply::Events(events) => {
+                    let lines: String = events.iter().map(|e| format!("{e}\n")).collect();
+                    send.send_response(Response::builder().status(200).body(Body::from(lines.into_bytes())).unwrap())
+                }
+                Reply::Hold => held.push(send),
+            }
+            if tx.send(seen).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 /// A Kubernetes `Status` error body, as the API server sends it.

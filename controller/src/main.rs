@@ -12,7 +12,7 @@ use canary_controller::rollout::Command as RolloutCommand;
 use canary_controller::sink::EcdsFileSink;
 use canary_controller::spec::{GateMethod, RolloutSpec};
 use canary_core::FilterConfig;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 /// Progressive delivery of ML model versions on Envoy.
 #[derive(Parser)]
@@ -183,6 +183,59 @@ struct Manual {
     output: Output,
 }
 
+/// The name under which the binary is a kubectl plugin (`make install`
+/// links it; kubectl finds `kubectl-canary` on PATH and runs it for
+/// `kubectl canary …`).
+const PLUGIN_NAME: &str = "kubectl-canary";
+/// Commands that act on one CanaryRollout, named positionally as a plugin.
+const PLUGIN_COMMANDS: &[&str] = &["status", "pause", "resume", "advance", "rollback"];
+
+/// As a kubectl plugin, the rollout is a positional argument, the way
+/// `kubectl argo rollouts pause NAME` takes it: `kubectl canary status
+/// shop/recs`, or `kubectl canary pause recs -n shop`. Rewritten to
+/// `--kube NAMESPACE/NAME`; everything else passes unchanged.
+fn plugin_args(args: Vec<String>) -> Vec<String> {
+    let Some(command) = args.get(1).filter(|c| PLUGIN_COMMANDS.contains(&c.as_str())) else {
+        return args;
+    };
+    let (mut namespace, mut target, mut rest) = (None, None, vec![]);
+    let mut words = args[2..].iter().cloned();
+    while let Some(w) = words.next() {
+        match w.as_str() {
+            "-n" | "--namespace" => namespace = words.next(),
+            _ if w.starts_with("--namespace=") => namespace = Some(w["--namespace=".len()..].to_string()),
+            // A flag's value follows it (every flag of these commands takes one).
+            _ if w.starts_with("--") && !w.contains('=') => {
+                rest.push(w);
+                rest.extend(words.next());
+            }
+            _ if !w.starts_with('-') && target.is_none() => target = Some(w),
+            _ => rest.push(w),
+        }
+    }
+    let mut out = vec![args[0].clone(), command.clone()];
+    if let Some(t) = target {
+        let t = match namespace {
+            Some(ns) if !t.contains('/') => format!("{ns}/{t}"),
+            _ => t,
+        };
+        out.extend(["--kube".to_string(), t]);
+    }
+    out.extend(rest);
+    out
+}
+
+/// The command line, read as a kubectl plugin when invoked as `kubectl-canary`.
+fn cli() -> Cli {
+    let args: Vec<String> = std::env::args().collect();
+    let invoked = args.first().and_then(|a| std::path::Path::new(a).file_name()).and_then(|n| n.to_str());
+    if invoked != Some(PLUGIN_NAME) {
+        return Cli::parse();
+    }
+    let matches = Cli::command().bin_name("kubectl canary").get_matches_from(plugin_args(args));
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
 fn read_config(file: &PathBuf) -> anyhow::Result<FilterConfig> {
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let config = FilterConfig::from_json(&bytes).with_context(|| format!("{} is refused", file.display()))?;
@@ -346,7 +399,7 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
-    let Cli { command } = Cli::parse();
+    let Cli { command } = cli();
     match command {
         Command::Run { spec, state_dir, accept_spec_change, token_file } => {
             let token = daemon_token(token_file.as_deref())?;
@@ -508,4 +561,37 @@ fn print_decision(seq: u64, action: &str, manual: bool, reasons: &[String]) {
 /// One gate of the last decision.
 fn print_gate(gate: &str, outcome: &str, detail: &str) {
     println!("    {gate}: {outcome} — {detail}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plugin_args;
+
+    fn rewritten(line: &str) -> String {
+        plugin_args(line.split_whitespace().map(String::from).collect()).join(" ")
+    }
+
+    #[test]
+    fn as_a_kubectl_plugin_the_rollout_is_positional() {
+        let cases = [
+            ("kubectl-canary status shop/recs", "kubectl-canary status --kube shop/recs"),
+            (
+                "kubectl-canary status recs -n shop --output json",
+                "kubectl-canary status --kube shop/recs --output json",
+            ),
+            ("kubectl-canary pause --namespace=shop recs", "kubectl-canary pause --kube shop/recs"),
+            (
+                "kubectl-canary rollback shop/recs --reason bad --wait 5s",
+                "kubectl-canary rollback --kube shop/recs --reason bad --wait 5s",
+            ),
+            ("kubectl-canary advance --reason ok shop/recs", "kubectl-canary advance --kube shop/recs --reason ok"),
+            // Already in the canary form, or not a per-rollout command: unchanged.
+            ("kubectl-canary status --kube shop/recs", "kubectl-canary status --kube shop/recs"),
+            ("kubectl-canary crd", "kubectl-canary crd"),
+            ("kubectl-canary", "kubectl-canary"),
+        ];
+        for (line, want) in cases {
+            assert_eq!(rewritten(line), want, "{line}");
+        }
+    }
 }

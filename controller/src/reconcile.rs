@@ -1,7 +1,9 @@
 //! The Kubernetes reconciler: one rollout per `CanaryRollout` resource.
 //!
 //! ```text
-//!  watch CanaryRollout ─► reconcile(ns/name)
+//!  watch CanaryRollout (untyped) ─► decode this one object
+//!     cannot? ─► status {phase: Invalid, message: the field} + a Warning Event; wait for an edit
+//!     reconcile(ns/name)
 //!     open <root>/<ns>/<name>  (the state directory: authoritative, on the Deployment's PersistentVolume)
 //!     annotation command with a new id? ─► Controller::command (once per id)
 //!     an interval since the last evaluation? ─► Controller::tick (read stats, decide, push to the sinks)
@@ -18,6 +20,13 @@
 //! ReadWriteOnce volume: two replicas never drive one rollout. No finalizer:
 //! deleting the resource stops the rollout where it is (the state
 //! directory stays for the record).
+//!
+//! Why untyped: the API server accepts objects the controller cannot decode
+//! (a CRD older than the controller, `--validate=false`, a value the schema
+//! cannot express). A typed watcher decodes each list page as a whole, so one
+//! such object would fail the initial list and stop every rollout; watched
+//! as `DynamicObject`s, each object is decoded on its own and a bad one is
+//! told why in its own status.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -25,8 +34,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller as Runtime};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 
@@ -47,6 +57,9 @@ pub enum ReconcileError {
     Status(String, #[source] kube::Error),
 }
 
+/// `status.phase` of a resource the controller cannot decode.
+pub const INVALID: &str = "Invalid";
+
 /// What every reconcile shares.
 pub struct Context {
     pub client: kube::Client,
@@ -61,16 +74,19 @@ pub struct Context {
     /// Each resource's controller, kept between reconciles: it knows which
     /// sinks carry which configuration.
     controllers: Mutex<HashMap<String, Controller>>,
+    /// Publishes the Events about resources that cannot be decoded.
+    recorder: Recorder,
 }
 
 impl Context {
     pub fn new(client: kube::Client, root: PathBuf) -> Arc<Context> {
         Arc::new(Context {
-            client,
+            client: client.clone(),
             root,
             failures: Mutex::new(HashMap::new()),
             evaluated: Mutex::new(HashMap::new()),
             controllers: Mutex::new(HashMap::new()),
+            recorder: Recorder::new(client.clone(), Reporter::from(FIELD_MANAGER)),
         })
     }
 
@@ -95,10 +111,27 @@ pub fn backoff(failures: u32) -> Duration {
 
 /// Watches every namespace's CanaryRollouts until a signal arrives.
 pub async fn run(client: kube::Client, root: PathBuf) -> anyhow::Result<()> {
-    let api: Api<CanaryRollout> = Api::all(client.clone());
-    Runtime::new(api, watcher::Config::default())
+    run_until(client, root, std::future::pending::<()>()).await;
+    Ok(())
+}
+
+/// The CanaryRollout resource, addressed without its types.
+pub fn api_resource() -> ApiResource {
+    ApiResource::erase::<CanaryRollout>(&())
+}
+
+/// Watches every namespace's CanaryRollouts until `shutdown` completes (or a
+/// signal arrives).
+pub async fn run_until<F>(client: kube::Client, root: PathBuf, shutdown: F)
+where
+    F: std::future::Future<Output = ()> + Send + Sync + 'static,
+{
+    let ar = api_resource();
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+    Runtime::new_with(api, watcher::Config::default(), ar)
         .shutdown_on_signal()
-        .run(reconcile, error_policy, Context::new(client, root))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile_object, error_policy, Context::new(client, root))
         .for_each(|r| async move {
             match r {
                 Ok((obj, _)) => tracing::debug!("reconciled {obj}"),
@@ -106,10 +139,9 @@ pub async fn run(client: kube::Client, root: PathBuf) -> anyhow::Result<()> {
             }
         })
         .await;
-    Ok(())
 }
 
-pub fn error_policy(obj: Arc<CanaryRollout>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
+pub fn error_policy(obj: Arc<DynamicObject>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
     let key = format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any());
     let n = {
         let mut failures = ctx.failures();
@@ -120,6 +152,67 @@ pub fn error_policy(obj: Arc<CanaryRollout>, error: &ReconcileError, ctx: Arc<Co
     let wait = backoff(n);
     tracing::error!("{key}: {error}; retrying in {wait:?} (failure {n})");
     Action::requeue(wait)
+}
+
+/// The typed resource, or a message naming the field that cannot be read,
+/// e.g. ``spec.interval: time unit needed, for example 60sec or 60ms``.
+pub fn decode(obj: &DynamicObject) -> Result<CanaryRollout, String> {
+    let mut value = serde_json::to_value(obj).map_err(|e| e.to_string())?;
+    // List items may come without their type; the typed resource wants it.
+    let ar = api_resource();
+    value["apiVersion"] = ar.api_version.into();
+    value["kind"] = ar.kind.into();
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        format!("cannot read `{path}`: {}", e.into_inner())
+    })
+}
+
+/// Decodes one resource on its own: a resource the controller cannot read
+/// is marked `Invalid` and waits for an edit; every other one is reconciled.
+pub async fn reconcile_object(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    match decode(&obj) {
+        Ok(typed) => reconcile(Arc::new(typed), ctx).await,
+        Err(message) => mark_invalid(&obj, &message, &ctx).await,
+    }
+}
+
+/// `status: {phase: Invalid, message}` through an untyped status patch (the
+/// typed one would decode the answer, the same undecodable object), and a
+/// Warning Event. Idempotent: the watch event of its own write changes
+/// nothing.
+async fn mark_invalid(obj: &DynamicObject, message: &str, ctx: &Context) -> Result<Action, ReconcileError> {
+    let namespace = obj.namespace().ok_or(ReconcileError::NoNamespace)?;
+    let name = obj.name_any();
+    let key = format!("{namespace}/{name}");
+    let generation = obj.meta().generation;
+    let status = obj.data.get("status");
+    let field = |f: &str| status.and_then(|s| s.get(f));
+    let told = field("phase").and_then(|v| v.as_str()) == Some(INVALID)
+        && field("message").and_then(|v| v.as_str()) == Some(message)
+        && field("observedGeneration").and_then(|v| v.as_i64()) == generation;
+    if told {
+        return Ok(Action::await_change());
+    }
+    tracing::warn!("{key}: {message}");
+    let ar = api_resource();
+    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &namespace, &ar);
+    let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..PatchParams::default() };
+    let patch =
+        serde_json::json!({ "status": { "phase": INVALID, "message": message, "observedGeneration": generation } });
+    api.patch_status(&name, &params, &Patch::Merge(patch)).await.map_err(|e| ReconcileError::Status(key.clone(), e))?;
+    let event = Event {
+        type_: EventType::Warning,
+        reason: "InvalidSpec".into(),
+        note: Some(message.chars().take(1000).collect()),
+        action: "Decode".into(),
+        secondary: None,
+    };
+    // The status carries the message; a missing Event grant only costs the Event.
+    if let Err(e) = ctx.recorder.publish(&event, &obj.object_ref(&ar)).await {
+        tracing::warn!("{key}: cannot publish the Event: {e}");
+    }
+    Ok(Action::await_change())
 }
 
 /// One pass over one resource; see the module's diagram.
@@ -440,6 +533,116 @@ mod tests {
         assert_eq!(r.unwrap(), Action::await_change());
         seen.unwrap();
         assert!(!tmp.path().join("root/shop/recs").exists(), "no rollout starts on a refused spec");
+    }
+
+    /// A CanaryRollout as the API server serves it, with its own ECDS
+    /// directory; `edit` makes it one the controller cannot decode.
+    fn served(tmp: &std::path::Path, name: &str, edit: impl FnOnce(&mut serde_json::Value)) -> serde_json::Value {
+        let ecds = tmp.join(name);
+        std::fs::create_dir(&ecds).unwrap();
+        let mut v = serde_json::to_value(resource(&ecds, json!({}))).unwrap();
+        v["metadata"]["name"] = name.into();
+        v["metadata"]["resourceVersion"] = "7".into();
+        edit(&mut v["spec"]);
+        v
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_undecodable_rollout_is_marked_invalid_and_every_other_one_is_reconciled() {
+        use crate::fixtures::{respond, status_error, Reply};
+        let tmp = tempfile::tempdir().unwrap();
+        let good = ["a", "b", "c"].map(|n| served(tmp.path(), n, |_| {}));
+        // The three values the API server accepted under the old schema.
+        let bad_interval = served(tmp.path(), "bad-interval", |s| s["interval"] = "60".into());
+        let bad_retry = served(tmp.path(), "bad-retry", |s| s["alerts"] = json!({"retry_attempts": 5_000_000_000u64}));
+        let bad_key = served(tmp.path(), "bad-key", |s| s["filter"]["key"] = json!([{"headr": "x-user-id"}]));
+        let mut objects: HashMap<String, serde_json::Value> = HashMap::new();
+        for o in good.iter().chain([&bad_interval, &bad_retry, &bad_key]) {
+            objects.insert(o["metadata"]["name"].as_str().unwrap().into(), o.clone());
+        }
+        // Listed: a, bad-interval, b, bad-retry. Over the watch: bad-key, c.
+        let list = json!({
+            "apiVersion": "canary.dev/v1alpha1", "kind": "CanaryRolloutList", "metadata": {"resourceVersion": "7"},
+            "items": [&good[0], &bad_interval, &good[1], &bad_retry],
+        });
+        let added = |o: &serde_json::Value| json!({"type": "ADDED", "object": o});
+        let mut watched = false;
+        let (client, handle) = client();
+        let mut seen = respond(handle, move |r| {
+            let rollout = r.path.strip_prefix("/apis/canary.dev/v1alpha1/namespaces/shop/canaryrollouts/");
+            match (r.method.as_str(), r.path.as_str(), rollout.and_then(|p| p.strip_suffix("/status"))) {
+                ("GET", "/apis/canary.dev/v1alpha1/canaryrollouts", _) if r.query.contains("watch=true") => {
+                    if std::mem::replace(&mut watched, true) {
+                        Reply::Hold
+                    } else {
+                        Reply::Events(vec![added(&bad_key), added(&good[2])])
+                    }
+                }
+                ("GET", "/apis/canary.dev/v1alpha1/canaryrollouts", _) => Reply::Json(200, list.clone()),
+                ("PATCH", _, Some(name)) if objects.contains_key(name) => Reply::Json(200, objects[name].clone()),
+                ("POST", "/apis/events.k8s.io/v1/namespaces/shop/events", _) => Reply::Json(201, r.body.clone()),
+                _ => Reply::Json(404, status_error(404, "NotFound", "not served by this test")),
+            }
+        });
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let root = tmp.path().join("root");
+        let runtime = tokio::spawn(run_until(client, root.clone(), async move {
+            stopped.await.ok();
+        }));
+
+        let (mut statuses, mut events) = (HashMap::new(), HashMap::new());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while statuses.len() < 6 || events.len() < 3 {
+            let r = tokio::time::timeout_at(deadline, seen.recv())
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| panic!("statuses written: {:?}; events: {:?}", statuses.keys(), events.keys()));
+            if let Some(name) = r.path.strip_suffix("/status").and_then(|p| p.rsplit('/').next()) {
+                statuses.insert(name.to_string(), r.body["status"].clone());
+            } else if r.method == http::Method::POST {
+                let regarding = r.body["regarding"]["name"].as_str().unwrap().to_string();
+                events.insert(regarding, r.body.clone());
+            }
+        }
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), runtime).await.unwrap().unwrap();
+
+        for name in ["a", "b", "c"] {
+            assert_eq!(statuses[name]["phase"], "running", "{name}: {}", statuses[name]);
+            assert!(root.join("shop").join(name).join("state.json").is_file(), "{name}: the rollout started");
+        }
+        for (name, field) in [
+            ("bad-interval", "spec.interval"),
+            ("bad-retry", "spec.alerts.retry_attempts"),
+            ("bad-key", "spec.filter.key"),
+        ] {
+            let status = &statuses[name];
+            assert_eq!(status["phase"], INVALID, "{name}");
+            let message = status["message"].as_str().unwrap();
+            assert!(message.contains(&format!("`{field}")), "{name}: {message}");
+            assert_eq!(status["observedGeneration"], 3);
+            let event = &events[name];
+            assert_eq!((event["type"].as_str(), event["reason"].as_str()), (Some("Warning"), Some("InvalidSpec")));
+            assert_eq!(event["note"].as_str(), Some(message));
+            assert!(!root.join("shop").join(name).exists(), "no rollout starts for {name}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_invalid_resource_already_told_is_not_patched_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut v = served(tmp.path(), "bad", |s| s["interval"] = "60".into());
+        let obj: DynamicObject = serde_json::from_value(v.clone()).unwrap();
+        let message = decode(&obj).unwrap_err();
+        v["status"] = json!({"phase": INVALID, "message": message, "observedGeneration": 3});
+        let told: DynamicObject = serde_json::from_value(v).unwrap();
+        // The mock expects no request at all.
+        let (client, handle) = client();
+        let api = serve(handle, vec![]);
+        let action = reconcile_object(Arc::new(told), Context::new(client, tmp.path().join("root"))).await.unwrap();
+        assert_eq!(action, Action::await_change());
+        assert!(api.await.unwrap().is_empty());
     }
 
     #[test]

@@ -59,7 +59,7 @@ pub struct RolloutSpec {
     pub salt: Option<String>,
     /// How often the controller evaluates.
     #[serde(with = "humantime_serde", default = "default_interval")]
-    #[schemars(with = "String")]
+    #[schemars(schema_with = "crate::crd::schema::duration")]
     pub interval: Duration,
     /// The stages, in order; the last one must be 100 %.
     #[serde(default = "default_stages")]
@@ -101,7 +101,7 @@ pub struct StageSpec {
     pub shadow: bool,
     /// Least time in the stage before it may advance (it may roll back earlier).
     #[serde(with = "humantime_serde", default)]
-    #[schemars(with = "String")]
+    #[schemars(schema_with = "crate::crd::schema::duration")]
     pub min_duration: Duration,
     /// Least responses per version before the stage may advance (in a
     /// shadow stage: champion responses and shadow answers). 0 or left out:
@@ -120,7 +120,7 @@ pub struct StageSpec {
     /// The terminal rule: the longest the stage may hold before
     /// `on_max_duration` applies. Default: 3 × `min_duration`, at least 1h.
     #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "Option<String>")]
+    #[schemars(schema_with = "crate::crd::schema::duration")]
     pub max_duration: Option<Duration>,
     /// What happens when the stage reaches `max_duration` undecided.
     #[serde(default, skip_serializing_if = "TerminalOutcome::is_default")]
@@ -443,11 +443,11 @@ pub struct EnvoySpec {
     pub sink_retry: RetrySpec,
     /// Per-endpoint timeout for stats reads.
     #[serde(with = "humantime_serde", default = "default_admin_timeout")]
-    #[schemars(with = "String")]
+    #[schemars(schema_with = "crate::crd::schema::duration")]
     pub timeout: Duration,
     /// Time allowed for every Envoy to apply a new configuration before an alert.
     #[serde(with = "humantime_serde", default = "default_apply_timeout")]
-    #[schemars(with = "String")]
+    #[schemars(schema_with = "crate::crd::schema::duration")]
     pub apply_timeout: Duration,
     /// Read the stats from Prometheus instead of every Envoy's admin API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -476,7 +476,7 @@ pub struct PrometheusSpec {
     pub selector: String,
     /// For one read (its four queries run at once).
     #[serde(with = "humantime_serde", default = "default_admin_timeout")]
-    #[schemars(with = "String")]
+    #[schemars(schema_with = "crate::crd::schema::duration")]
     pub timeout: Duration,
 }
 
@@ -510,10 +510,10 @@ fn default_configmap_key() -> String {
 pub struct RetrySpec {
     pub attempts: u32,
     #[serde(with = "humantime_serde")]
-    #[schemars(with = "String")]
+    #[schemars(schema_with = "crate::crd::schema::duration")]
     pub backoff: Duration,
     #[serde(with = "humantime_serde")]
-    #[schemars(with = "String")]
+    #[schemars(schema_with = "crate::crd::schema::duration")]
     pub max_backoff: Duration,
 }
 
@@ -543,11 +543,11 @@ fn default_apply_timeout() -> Duration {
 pub struct FilterSpec {
     /// `[{header: x-user-id}, {cookie: uid}]`, as in the plugin configuration.
     #[serde(with = "serde_yaml_ng::with::singleton_map_recursive")]
-    #[schemars(schema_with = "crate::crd::schema::object_list")]
+    #[schemars(schema_with = "crate::crd::schema::key_list")]
     pub key: Vec<KeySource>,
     #[schemars(schema_with = "crate::crd::schema::unkeyed")]
     pub unkeyed: UnkeyedPolicy,
-    #[schemars(schema_with = "crate::crd::schema::object")]
+    #[schemars(schema_with = "crate::crd::schema::headers")]
     pub headers: OwnedHeaders,
     /// Where responses carry their prediction and how it is binned, as in
     /// the plugin configuration (`from: {header: x-prediction}`, `bins:
@@ -555,12 +555,12 @@ pub struct FilterSpec {
     /// are fixed for the whole rollout: derive them from the champion
     /// beforehand (`canary bin-edges`).
     #[serde(with = "serde_yaml_ng::with::singleton_map_recursive", skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "crate::crd::schema::object")]
+    #[schemars(schema_with = "crate::crd::schema::prediction")]
     pub prediction: Option<PredictionConfig>,
     /// A request header whose allowed values split the counters. Every
     /// stage gets it.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "crate::crd::schema::object")]
+    #[schemars(schema_with = "crate::crd::schema::segment")]
     pub segment: Option<SegmentConfig>,
     /// Where and how shadow copies go; only shadow stages get it.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -568,7 +568,7 @@ pub struct FilterSpec {
     /// A QA override header and its secret (`<secret>:<version>`); every
     /// stage gets it. Overridden requests are not counted.
     #[serde(rename = "override", skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "crate::crd::schema::object")]
+    #[schemars(schema_with = "crate::crd::schema::qa_override")]
     pub qa_override: Option<canary_core::config::OverrideConfig>,
 }
 
@@ -596,7 +596,7 @@ pub struct ShadowSpec {
     pub cluster: Option<String>,
     /// How long the filter waits for a shadow answer (1 ms – 60 s).
     #[serde(with = "humantime_serde")]
-    #[schemars(with = "String")]
+    #[schemars(schema_with = "crate::crd::schema::duration")]
     pub timeout: Duration,
     /// Share of champion-served requests copied, in percent (0.01 resolution).
     pub sample_percent: f64,
@@ -632,10 +632,10 @@ pub struct AlertsSpec {
     /// Wait before the second attempt; it doubles after each failed one, up
     /// to `retry_max_backoff`.
     #[serde(with = "humantime_serde")]
-    #[schemars(with = "String")]
+    #[schemars(schema_with = "crate::crd::schema::duration")]
     pub retry_backoff: Duration,
     #[serde(with = "humantime_serde")]
-    #[schemars(with = "String")]
+    #[schemars(schema_with = "crate::crd::schema::duration")]
     pub retry_max_backoff: Duration,
 }
 

@@ -123,3 +123,54 @@ async fn a_refused_command_fails_the_cli_and_a_bad_reference_is_named() {
     let (ok, _, err) = canary(&dir, &["pause"]).await;
     assert!(!ok && err.contains("--state-dir"), "{err}");
 }
+
+/// `kubectl canary status NS/NAME`: the same binary named `kubectl-canary`
+/// (what `make install` links) answers as a kubectl plugin, run directly and,
+/// when kubectl is installed (`scripts/setup.sh k8s`), through kubectl's own
+/// plugin lookup on PATH.
+#[tokio::test]
+async fn as_kubectl_canary_it_answers_as_a_kubectl_plugin() {
+    let (fake, dir) = start("applied").await;
+    let bin = tempfile::tempdir().unwrap();
+    let plugin = bin.path().join("kubectl-canary");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_canary"), &plugin).unwrap();
+    let path = format!("{}:{}", bin.path().display(), std::env::var("PATH").unwrap_or_default());
+    let run = |program: std::path::PathBuf, args: Vec<&'static str>| {
+        let (config, path) = (dir.path().join("config"), path.clone());
+        async move {
+            let out = tokio::process::Command::new(program)
+                .args(args)
+                .env("KUBECONFIG", config)
+                .env("PATH", path)
+                .env_remove("CANARY_STATE_DIR")
+                .output()
+                .await
+                .unwrap();
+            let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+            (out.status.success(), text(&out.stdout), text(&out.stderr))
+        }
+    };
+    let (ok, out, err) = run(plugin.clone(), vec!["status", "shop/recs", "--output", "json"]).await;
+    assert!(ok, "{out}\n{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["phase"], "running");
+    let (ok, out, err) =
+        run(plugin.clone(), vec!["rollback", "recs", "-n", "shop", "--reason", "bad", "--wait", "10s"]).await;
+    assert!(ok && out.contains("rolled_back"), "{out}\n{err}");
+    assert_eq!(fake.patches.lock().unwrap().len(), 1);
+    let (ok, _, err) = run(plugin.clone(), vec!["status", "--output", "json"]).await;
+    assert!(!ok && err.contains("kubectl canary"), "usage names the plugin: {err}");
+
+    let kubectl = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|d| d.join("kubectl"))
+        .find(|p| p.is_file());
+    match kubectl {
+        Some(kubectl) => {
+            let (ok, out, err) = run(kubectl, vec!["canary", "status", "shop/recs", "--output", "json"]).await;
+            assert!(ok, "kubectl canary status: {out}\n{err}");
+            assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["phase"], "rolled_back");
+        }
+        None => {
+            eprintln!("kubectl is not on PATH (scripts/setup.sh k8s installs it): checked kubectl-canary directly only")
+        }
+    }
+}

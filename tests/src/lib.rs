@@ -175,6 +175,40 @@ pub fn render_template(template: &Path, vars: &[(&str, String)]) -> Result<Strin
     Ok(text)
 }
 
+/// `envoy --mode validate` of a configuration text whose ECDS directory is
+/// written `@ECDS@` (a temporary one holding an empty `canary.json`): whether
+/// Envoy accepts it, and what it said.
+pub fn envoy_validate(config_text: &str) -> Result<(bool, String)> {
+    let dir = tempfile::tempdir()?;
+    fs::create_dir(dir.path().join("ecds"))?;
+    fs::write(dir.path().join("ecds/canary.json"), r#"{"version_info":"none","resources":[]}"#)?;
+    let path = dir.path().join("envoy.yaml");
+    fs::write(&path, config_text.replace("@ECDS@", &dir.path().join("ecds").display().to_string()))?;
+    let out =
+        Command::new(envoy_bin()?).args(["--mode", "validate", "--disable-hot-restart", "-c"]).arg(&path).output()?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout),
+    ))
+}
+
+/// The `${NAME}`s of an `envoy/` template for [`envoy_validate`]: ports 0,
+/// ECDS at `@ECDS@`, the filter at `wasm`.
+pub fn validate_vars(wasm: &Path) -> Vec<(&'static str, String)> {
+    vec![
+        ("ADMIN_PORT", "0".into()),
+        ("LISTEN_PORT", "0".into()),
+        ("ECDS_DIR", "@ECDS@".into()),
+        ("WASM", wasm.display().to_string()),
+        ("CHAMPION", "v1".into()),
+        ("CHALLENGER", "v2".into()),
+        ("CHAMPION_PORT", "1".into()),
+        ("CHALLENGER_PORT", "2".into()),
+        ("DEFAULT_CONFIG", default_plugin_config("v1", "v2")),
+        ("ACCESS_LOG", "/dev/null".into()),
+    ]
+}
+
 /// The plugin configuration Envoy serves until the first good ECDS file.
 pub fn default_plugin_config(champion: &str, challenger: &str) -> String {
     format!(

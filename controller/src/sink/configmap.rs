@@ -57,7 +57,7 @@ impl ConfigMapSink {
         let kube_err = |e| SinkError::Kube { what: self.what(), source: Box::new(e) };
         let current = api.get_opt(&self.name).await.map_err(kube_err)?.ok_or_else(|| SinkError::NotFound {
             what: self.what(),
-            hint: "create it (deploy/sidecar-envoy.yaml has one) in the namespace of the sidecars that mount it",
+            hint: "create it (deploy/sidecar/canary-ecds.yaml has one) in the namespace of the sidecars that mount it",
         })?;
         Ok(current.data.and_then(|mut d| d.remove(&self.key)))
     }
@@ -143,6 +143,10 @@ mod tests {
         sink.push(&client, &c).await.unwrap();
         let e = sink.push(&client, &c).await.unwrap_err();
         assert!(matches!(e, SinkError::NotFound { .. }) && e.to_string().contains("ConfigMap mesh/canary-ecds"), "{e}");
+        // The hint names a file the repository has.
+        let text = e.to_string();
+        let named = text.split(['(', ' ']).find(|w| w.starts_with("deploy/")).unwrap();
+        assert!(Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(named).is_file(), "{text}");
         api.await.unwrap();
     }
 
