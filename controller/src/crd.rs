@@ -1,5 +1,5 @@
 //! The `CanaryRollout` custom resource (canary.dev/v1alpha1): its spec is
-//! the rollout spec ([`crate::spec::RolloutSpec`], derived there), its
+//! the rollout spec ([`canary_judge::spec::RolloutSpec`], derived there), its
 //! status what the reconciler mirrors from the rollout's state directory.
 //!
 //! ```text
@@ -17,14 +17,14 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use kube::api::{Api, Patch, PatchParams};
 use kube::CustomResourceExt;
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::json;
 
 use crate::control::Status;
-use crate::rollout::{Command, RolloutState};
 use crate::sink::configmap::FIELD_MANAGER;
-pub use crate::spec::CanaryRollout;
+use canary_judge::rollout::{Command, RolloutState};
+pub use canary_judge::spec::CanaryRollout;
+pub use canary_judge::status::{CanaryRolloutStatus, CommandStatus, DecisionStatus, GateStatus, TransitionStatus};
 
 /// The annotation naming a manual command.
 pub const COMMAND: &str = "canary.dev/command";
@@ -39,104 +39,6 @@ pub const ACCEPT_SPEC_CHANGE: &str = "canary.dev/accept-spec-change";
 /// Transitions kept in `status.history` (the full record is the state
 /// directory's decision log).
 pub const HISTORY_LIMIT: usize = 20;
-
-/// Schemas for the filter's own configuration types (they live in the
-/// filter's crate, which knows nothing of Kubernetes): kept open, and
-/// checked by the filter's own rules when the spec is validated.
-pub mod schema {
-    use schemars::{json_schema, Schema, SchemaGenerator};
-
-    pub fn object(_: &mut SchemaGenerator) -> Schema {
-        json_schema!({ "type": "object", "x-kubernetes-preserve-unknown-fields": true })
-    }
-
-    pub fn object_list(_: &mut SchemaGenerator) -> Schema {
-        json_schema!({
-            "type": "array",
-            "items": { "type": "object", "x-kubernetes-preserve-unknown-fields": true }
-        })
-    }
-
-    pub fn unkeyed(_: &mut SchemaGenerator) -> Schema {
-        json_schema!({ "type": "string", "enum": ["champion", "split_by_request_id"] })
-    }
-}
-
-/// What `kubectl get canaryrollout -o yaml` shows under `status`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct CanaryRolloutStatus {
-    /// running, paused, promoted or rolled_back.
-    pub phase: Option<String>,
-    /// 0-based stage index, and its name.
-    pub stage: Option<u32>,
-    pub stage_name: Option<String>,
-    pub stages: Option<u32>,
-    /// Challenger share, e.g. `5%`.
-    pub weight: Option<String>,
-    pub weight_bp: Option<u16>,
-    /// The configuration's epoch (raised on every change).
-    pub epoch: Option<u64>,
-    /// The last decision's gate verdicts.
-    #[serde(default)]
-    pub gates: Vec<GateStatus>,
-    pub last_decision: Option<DecisionStatus>,
-    /// The latest stage changes, oldest first (at most 20).
-    #[serde(default)]
-    pub history: Vec<TransitionStatus>,
-    /// Sinks that do not carry the current configuration yet.
-    #[serde(default)]
-    pub missing_sinks: Vec<String>,
-    /// The last manual command handled (from the annotations).
-    pub last_command: Option<CommandStatus>,
-    /// Why the reconciler cannot go on (a refused spec), or the last error.
-    pub message: Option<String>,
-    /// `metadata.generation` of the spec this status describes.
-    pub observed_generation: Option<i64>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct GateStatus {
-    pub gate: String,
-    /// pass, fail, inconclusive or no_data.
-    pub outcome: String,
-    pub detail: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct DecisionStatus {
-    pub seq: u64,
-    /// RFC 3339.
-    pub at: String,
-    /// advance, promote, hold, rollback, pause or resume.
-    pub action: String,
-    pub manual: bool,
-    pub reasons: Vec<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct TransitionStatus {
-    pub seq: u64,
-    pub at: String,
-    pub action: String,
-    pub manual: bool,
-    pub from_stage: String,
-    pub to_stage: String,
-    pub weight: String,
-    pub epoch: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct CommandStatus {
-    pub id: String,
-    pub command: String,
-    /// `applied: …` or `refused: …`.
-    pub result: String,
-}
 
 /// The CRD as YAML: what `canary crd` prints and `deploy/crd.yaml` holds.
 pub fn crd_yaml() -> String {
@@ -420,7 +322,7 @@ pub(crate) mod tests {
     #[test]
     fn a_resource_spec_reads_like_the_yaml_spec() {
         let r = resource(std::path::Path::new("/var/run/canary"), json!({}));
-        let yaml = crate::spec::RolloutSpec::from_yaml(
+        let yaml = canary_judge::spec::RolloutSpec::from_yaml(
             "rollout: recs-v2\nchampion: v1\nchallenger: v2\ninterval: 30s\nstages:\n  - {weight_percent: 5, min_duration: 1h, min_requests: 100}\n  - {weight_percent: 100}\ngates: {error_rate: {error_tolerance: 1.0}}\nenvoy: {admin: ['http://127.0.0.1:1'], timeout: 200ms, ecds_dir: /var/run/canary, wasm: /etc/canary/canary_filter.wasm}\nfilter: {key: [{header: x-user-id}, {cookie: uid}], unkeyed: champion}\n",
         )
         .unwrap();
@@ -480,10 +382,10 @@ pub(crate) mod tests {
         state = state.command(&spec, Command::Pause, "", 2_000).unwrap().0;
         state = state.command(&spec, Command::Resume, "", 3_000).unwrap().0;
         state.history = (1..=30)
-            .map(|seq| crate::rollout::Transition {
+            .map(|seq| canary_judge::rollout::Transition {
                 at: seq * 1000,
                 seq,
-                action: crate::rollout::Action::Advance,
+                action: canary_judge::rollout::Action::Advance,
                 manual: false,
                 from_stage: "a".into(),
                 to_stage: "b".into(),

@@ -12,11 +12,11 @@ use axum::{Json, Router};
 
 use crate::control::{self, now_millis, Controller};
 use crate::dashboard::{Hub, Token};
-use crate::labels::LabelRecord;
 use crate::metrics::METRICS;
-use crate::rollout::{Action, Decision};
-use crate::spec::RolloutSpec;
 use crate::store::Store;
+use canary_judge::labels::LabelRecord;
+use canary_judge::rollout::{Action, Decision};
+use canary_judge::spec::RolloutSpec;
 
 /// What the HTTP handlers need: the state directory and the spec, not the
 /// controller (its lock is held across a whole evaluation).

@@ -37,12 +37,12 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{watch, Notify};
 
 use crate::control::{self, now_millis, ControlError, Controller};
-use crate::gates::GateKind;
 use crate::metrics::{RolloutGauges, METRICS};
-use crate::rollout::{Action, Command, Decision, Millis};
-use crate::spec::RolloutSpec;
 use crate::store::Store;
-use crate::window::{Histogram, VersionWindow};
+use canary_judge::gates::GateKind;
+use canary_judge::rollout::{Action, Command, Decision, Millis};
+use canary_judge::spec::RolloutSpec;
+use canary_judge::window::{Histogram, VersionWindow};
 
 const INDEX_HTML: &str = include_str!("../assets/dashboard/index.html");
 const DASHBOARD_JS: &str = include_str!("../assets/dashboard/dashboard.js");
@@ -937,7 +937,7 @@ mod tests {
              gates: { error_rate: { error_tolerance: 1 } }\nenvoy: { admin: [\"http://a\"], ecds_dir: /x, wasm: /y }\n",
         )
         .unwrap();
-        let s0 = crate::rollout::RolloutState::start(&spec, 1_000);
+        let s0 = canary_judge::rollout::RolloutState::start(&spec, 1_000);
         store.save_state(&s0).unwrap();
         let hub = Hub::new(store.clone(), spec.clone(), false);
         let first = hub.current();

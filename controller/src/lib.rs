@@ -1,5 +1,7 @@
-//! The controller: reads Envoy's stats, decides, and pushes the filter's
-//! configuration. This first part holds the configuration sinks.
+//! canary-controller: the controller's I/O around the pure decisions of
+//! [`canary_judge`]: stats sources, configuration sinks, the state store,
+//! alerts, the daemon's HTTP API and dashboard, the Kubernetes resource and
+//! reconciler, and the `canary` CLI.
 
 pub mod alert;
 pub mod control;
@@ -9,18 +11,9 @@ pub mod dashboard;
 pub mod durable;
 #[cfg(test)]
 mod fixtures;
-pub mod gates;
-pub mod labels;
 pub mod metrics;
-pub mod psi;
 pub mod reconcile;
-pub mod replay;
-pub mod report;
-pub mod rollout;
-pub mod simulate;
+pub mod reports;
 pub mod sink;
 pub mod source;
-pub mod spec;
-pub mod stats;
 pub mod store;
-pub mod window;

@@ -8,10 +8,10 @@ use anyhow::Context;
 use canary_controller::control::{Controller, Status};
 use canary_controller::crd::{self, ResourceRef};
 use canary_controller::daemon;
-use canary_controller::rollout::Command as RolloutCommand;
 use canary_controller::sink::EcdsFileSink;
-use canary_controller::spec::{GateMethod, RolloutSpec};
 use canary_core::FilterConfig;
+use canary_judge::rollout::Command as RolloutCommand;
+use canary_judge::spec::{GateMethod, RolloutSpec};
 use clap::{Parser, Subcommand, ValueEnum};
 
 /// Progressive delivery of ML model versions on Envoy.
@@ -20,6 +20,24 @@ use clap::{Parser, Subcommand, ValueEnum};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// How the gates decide ([`GateMethod`], which as a judge type knows no CLI).
+#[derive(Clone, Copy, ValueEnum)]
+enum Method {
+    /// Intervals at spent looks: pass, fail or inconclusive.
+    Sequential,
+    /// Point estimates against the tolerances at every evaluation.
+    Threshold,
+}
+
+impl From<Method> for GateMethod {
+    fn from(m: Method) -> GateMethod {
+        match m {
+            Method::Sequential => GateMethod::Sequential,
+            Method::Threshold => GateMethod::Threshold,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -87,7 +105,7 @@ enum Command {
         spec: PathBuf,
         /// Judge with this method instead of the spec's `gates.method`.
         #[arg(long, value_enum)]
-        method: Option<GateMethod>,
+        method: Option<Method>,
         #[arg(long, value_enum, default_value = "human")]
         output: Output,
     },
@@ -106,7 +124,7 @@ enum Command {
         max_intervals: u32,
         #[arg(long, default_value_t = 2026)]
         seed: u64,
-        /// Stages and gates to simulate (default: the standard spec, see `canary_controller::simulate`).
+        /// Stages and gates to simulate (default: the standard spec, see `canary_judge::simulate`).
         #[arg(long)]
         spec: Option<PathBuf>,
         /// Worker threads (default: every core).
@@ -381,7 +399,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Report { state_dir, out, stage } => {
             let c = Controller::open(&state_dir, None, false)?;
             let now = canary_controller::control::now_millis();
-            let files = canary_controller::report::write_all(&c.store, &c.spec, out.as_deref(), now)?;
+            let files = canary_controller::reports::write_all(&c.store, &c.spec, out.as_deref(), now)?;
             let state = c.state()?;
             let log = c.store.decisions()?;
             let report = match &stage {
@@ -392,12 +410,12 @@ async fn main() -> anyhow::Result<()> {
                         .find(|d| &d.from.stage_name == name)
                         .map(|d| d.from.epoch)
                         .with_context(|| format!("no decision for stage `{name}` in the log"))?;
-                    canary_controller::report::stage_report(&c.spec, &state, &log, epoch, now)
+                    canary_judge::report::stage_report(&c.spec, &state, &log, epoch, now)
                 }
-                None => canary_controller::report::rollout_report(&c.spec, &state, &log, now),
+                None => canary_judge::report::rollout_report(&c.spec, &state, &log, now),
             };
             if let Some(r) = report {
-                println!("{}", canary_controller::report::markdown(&r));
+                println!("{}", canary_judge::report::markdown(&r));
             }
             for f in files {
                 eprintln!("wrote {}", f.display());
@@ -408,14 +426,20 @@ async fn main() -> anyhow::Result<()> {
             let recorded = store.load_spec()?.with_context(|| format!("no rollout in {}", state_dir.display()))?;
             let state = store.load_state()?.with_context(|| format!("no rollout state in {}", state_dir.display()))?;
             let other = RolloutSpec::load(&spec)?;
-            let r = canary_controller::replay::replay(&recorded, &state, &store.decisions()?, &other, method);
+            let r = canary_judge::replay::replay(
+                &recorded,
+                &state,
+                &store.decisions()?,
+                &other,
+                method.map(GateMethod::from),
+            );
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&r)?),
-                Output::Human => print!("{}", canary_controller::replay::render(&r)),
+                Output::Human => print!("{}", canary_judge::replay::render(&r)),
             }
         }
         Command::Simulate { reps, traffic, max_intervals, seed, spec, threads } => {
-            use canary_controller::simulate;
+            use canary_judge::simulate;
             let mut s = simulate::Settings::standard(reps);
             if let Some(path) = spec {
                 s.spec = RolloutSpec::load(&path)?;
@@ -465,7 +489,7 @@ async fn main() -> anyhow::Result<()> {
                 .enumerate()
                 .map(|(i, t)| t.parse::<f64>().with_context(|| format!("value #{i} `{t}` is not a number")))
                 .collect::<anyhow::Result<Vec<f64>>>()?;
-            let edges = canary_controller::psi::quantile_edges(&values, bins)?;
+            let edges = canary_judge::psi::quantile_edges(&values, bins)?;
             println!("{}", serde_json::json!({ "numeric": edges }));
         }
         Command::Crd => print!("{}", crd::crd_yaml()),

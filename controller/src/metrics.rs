@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
-use crate::window::Window;
+use canary_judge::window::Window;
 
 /// The process' metrics (one daemon per process).
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::default);
@@ -382,7 +382,7 @@ fn histogram(w: &mut String, name: &str, help: &str, h: &Histogram) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::window::{Coverage, EndpointFailure};
+    use canary_judge::window::{Coverage, EndpointFailure};
 
     #[test]
     fn the_text_format_has_help_type_and_cumulative_buckets() {

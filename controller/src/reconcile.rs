@@ -32,8 +32,8 @@ use kube::{Resource, ResourceExt};
 
 use crate::control::{ControlError, Controller};
 use crate::crd::{self, CanaryRollout, CanaryRolloutStatus, CommandStatus};
-use crate::rollout::Phase;
 use crate::sink::configmap::FIELD_MANAGER;
+use canary_judge::rollout::Phase;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -196,7 +196,7 @@ struct Pass {
     /// Otherwise, the time left until the next one.
     wait: Duration,
     dir: PathBuf,
-    spec: crate::spec::RolloutSpec,
+    spec: canary_judge::spec::RolloutSpec,
     accept: bool,
     client: kube::Client,
     command: Option<crd::PendingCommand>,

@@ -23,8 +23,8 @@ use std::sync::Arc;
 use fs2::FileExt;
 
 use crate::durable;
-use crate::rollout::{Decision, RolloutState};
-use crate::spec::{RolloutSpec, SpecError};
+use canary_judge::rollout::{Decision, RolloutState};
+use canary_judge::spec::{RolloutSpec, SpecError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -248,7 +248,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rollout::Command;
+    use canary_judge::rollout::Command;
 
     fn spec() -> RolloutSpec {
         RolloutSpec::from_yaml(

@@ -32,19 +32,23 @@ fn invalid(field: impl Into<String>, reason: impl std::fmt::Display) -> SpecErro
 }
 
 /// The rollout spec (as a Kubernetes resource: the spec of a CanaryRollout).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, kube::CustomResource)]
-#[kube(
-    group = "canary.dev",
-    version = "v1alpha1",
-    kind = "CanaryRollout",
-    namespaced,
-    status = "crate::crd::CanaryRolloutStatus",
-    shortname = "canary",
-    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
-    printcolumn = r#"{"name":"Stage","type":"string","jsonPath":".status.stageName"}"#,
-    printcolumn = r#"{"name":"Weight","type":"string","jsonPath":".status.weight"}"#,
-    printcolumn = r#"{"name":"Last","type":"string","jsonPath":".status.lastDecision.action"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(
+    feature = "kube",
+    derive(kube::CustomResource),
+    kube(
+        group = "canary.dev",
+        version = "v1alpha1",
+        kind = "CanaryRollout",
+        namespaced,
+        status = "crate::status::CanaryRolloutStatus",
+        shortname = "canary",
+        printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+        printcolumn = r#"{"name":"Stage","type":"string","jsonPath":".status.stageName"}"#,
+        printcolumn = r#"{"name":"Weight","type":"string","jsonPath":".status.weight"}"#,
+        printcolumn = r#"{"name":"Last","type":"string","jsonPath":".status.lastDecision.action"}"#,
+        printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    )
 )]
 #[serde(deny_unknown_fields)]
 pub struct RolloutSpec {
@@ -196,7 +200,7 @@ fn default_look_growth() -> f64 {
 }
 
 /// How the gates decide.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum GateMethod {
     /// Intervals at spent looks: pass, fail or inconclusive.
@@ -380,7 +384,7 @@ pub enum SinkSpec {
 }
 
 fn default_configmap_key() -> String {
-    crate::sink::ECDS_FILE_NAME.to_string()
+    crate::ECDS_FILE_NAME.to_string()
 }
 
 /// Retries of a failed push: `attempts` in all, waiting `backoff`, then
@@ -423,11 +427,11 @@ fn default_apply_timeout() -> Duration {
 pub struct FilterSpec {
     /// `[{header: x-user-id}, {cookie: uid}]`, as in the plugin configuration.
     #[serde(with = "serde_yaml_ng::with::singleton_map_recursive")]
-    #[schemars(schema_with = "crate::crd::schema::object_list")]
+    #[schemars(schema_with = "crate::status::schema::object_list")]
     pub key: Vec<KeySource>,
-    #[schemars(schema_with = "crate::crd::schema::unkeyed")]
+    #[schemars(schema_with = "crate::status::schema::unkeyed")]
     pub unkeyed: UnkeyedPolicy,
-    #[schemars(schema_with = "crate::crd::schema::object")]
+    #[schemars(schema_with = "crate::status::schema::object")]
     pub headers: OwnedHeaders,
     /// Where responses carry their prediction and how it is binned, as in
     /// the plugin configuration (`from: {header: x-prediction}`, `bins:
@@ -435,12 +439,12 @@ pub struct FilterSpec {
     /// are fixed for the whole rollout: derive them from the champion
     /// beforehand (`canary bin-edges`).
     #[serde(with = "serde_yaml_ng::with::singleton_map_recursive", skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "crate::crd::schema::object")]
+    #[schemars(schema_with = "crate::status::schema::object")]
     pub prediction: Option<PredictionConfig>,
     /// A request header whose allowed values split the counters. Every
     /// stage gets it.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "crate::crd::schema::object")]
+    #[schemars(schema_with = "crate::status::schema::object")]
     pub segment: Option<SegmentConfig>,
     /// Where and how shadow copies go; only shadow stages get it.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -448,7 +452,7 @@ pub struct FilterSpec {
     /// A QA override header and its secret (`<secret>:<version>`); every
     /// stage gets it. Overridden requests are not counted.
     #[serde(rename = "override", skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "crate::crd::schema::object")]
+    #[schemars(schema_with = "crate::status::schema::object")]
     pub qa_override: Option<canary_core::config::OverrideConfig>,
 }
 

@@ -30,12 +30,11 @@ pub use file::EcdsFileSink;
 pub use wasmplugin::WasmPluginSink;
 
 use crate::metrics::METRICS;
-use crate::spec::{RetrySpec, RolloutSpec, SinkSpec};
+use canary_judge::spec::{RetrySpec, RolloutSpec, SinkSpec};
 
 /// The filter's name in Envoy's `http_filters` and in the ECDS resource.
 pub const FILTER_NAME: &str = "canary";
-/// The ECDS file's name inside its directory (and the ConfigMap's key).
-pub const ECDS_FILE_NAME: &str = "canary.json";
+pub use canary_judge::ECDS_FILE_NAME;
 
 const WASM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
 

@@ -1,7 +1,9 @@
-//! The Prometheus stats source: reads one rollout epoch's per-version
+//! Evidence from Prometheus: the queries for one rollout epoch's per-version
 //! counters, histogram buckets, prediction bins, segments and shadow stats
-//! from a Prometheus server that scrapes the Envoys' `/stats/prometheus`,
-//! through its HTTP query API, into the same [`Window`] as the admin source.
+//! (Prometheus scrapes the Envoys' `/stats/prometheus`), and the pure reading
+//! of their answers into the same per-endpoint samples as the admin API's,
+//! hence the same [`Window`](crate::window::Window). The HTTP queries live in the controller's
+//! `source::prometheus`.
 //!
 //! ```text
 //!  4 instant queries (concurrently, one timeout for the read), all limited by the spec's selector:
@@ -34,7 +36,7 @@
 //! first scrape, so it is never exact (errors of a few percent over short
 //! stages); the filter's counters are born with their epoch, so their raw
 //! value *is* the window, and a restarted Envoy is corrected exactly as the
-//! admin source does (per `instance`, same [`ResetTracker`]). The price is
+//! admin source does (per `instance`, same [`ResetTracker`](super::admin::ResetTracker)). The price is
 //! one answer row per Envoy and series instead of per series.
 //!
 //! Missing data never counts as healthy: Prometheus unreachable, slow, or
@@ -50,10 +52,9 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::admin::{
-    clip, is_histogram, is_name, leaf_bucket_series, leaf_names_ok, merge_reads, EndpointRead, EndpointSample,
-    ReadError, ResetTracker, MAX_BINS, MAX_COUNT, MAX_SEGMENTS,
+    clip, is_histogram, is_name, leaf_bucket_series, leaf_names_ok, EndpointRead, EndpointSample, ReadError, MAX_BINS,
+    MAX_COUNT, MAX_SEGMENTS,
 };
-use crate::window::Window;
 
 /// Largest query answer accepted (a fleet of thousands of Envoys with fine
 /// latency buckets stays well below it).
@@ -71,19 +72,6 @@ pub const VERSION_TEXT_METRIC: &str = "envoy_extension_config_discovery_http_fil
 
 /// The label that tells Envoys apart.
 pub const INSTANCE_LABEL: &str = "instance";
-
-/// How to reach Prometheus.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PrometheusSourceConfig {
-    /// Base URL, e.g. `http://prometheus:9090` (a path prefix is kept).
-    pub url: String,
-    /// For the whole read (the four queries run at once); also passed to
-    /// Prometheus as the queries' own `timeout`.
-    pub timeout: Duration,
-    /// PromQL label matchers selecting this rollout's Envoys, without braces,
-    /// e.g. `job="canary-envoys"`.
-    pub selector: String,
-}
 
 /// Why a query answer is not usable.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -435,129 +423,12 @@ fn check_bounds(instance: &str, sample: &EndpointSample) -> Result<(), ResponseE
     Ok(())
 }
 
-/// Reads windows from Prometheus.
-pub struct PrometheusSource {
-    config: PrometheusSourceConfig,
-    client: reqwest::Client,
-    tracker: ResetTracker,
-}
-
-impl PrometheusSource {
-    pub fn new(config: PrometheusSourceConfig) -> PrometheusSource {
-        let url = config.url.trim().trim_end_matches('/').to_string();
-        let config = PrometheusSourceConfig { url, ..config };
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .connect_timeout(config.timeout)
-            .build()
-            // Cannot fail without TLS backends; the default client is equivalent.
-            .unwrap_or_default();
-        PrometheusSource { config, client, tracker: ResetTracker::default() }
-    }
-
-    pub fn config(&self) -> &PrometheusSourceConfig {
-        &self.config
-    }
-
-    /// Reads epoch `epoch` of rollout `rollout`. A failed query fails the
-    /// read; Envoys whose last scrape failed go to `coverage.failures`.
-    pub async fn read(&mut self, rollout: &str, epoch: u64, expected_version: &str) -> Result<Window, QueryError> {
-        let q = queries(rollout, epoch, &self.config.selector);
-        let timeout = self.config.timeout;
-        let all = async {
-            futures::try_join!(
-                self.query("up", &q.up),
-                self.query("uptime", &q.uptime),
-                self.query("version", &q.version),
-                self.query("data", &q.data),
-            )
-        };
-        let (up, uptime, version, data) =
-            tokio::time::timeout(timeout, all).await.map_err(|_| QueryError::Timeout(timeout))??;
-        let reads = reads_from(rollout, epoch, &up, &uptime, &version, &data)
-            .map_err(|error| QueryError::Response { query: "answers", error })?;
-        let window = merge_reads(rollout, epoch, expected_version, &reads, &mut self.tracker);
-        for f in &window.coverage.failures {
-            tracing::warn!(endpoint = %f.endpoint, error = %f.error, "stats read failed");
-        }
-        for endpoint in &window.coverage.departed {
-            tracing::debug!(%endpoint, "no longer in the fleet: its last counts of the epoch stay in the window");
-        }
-        Ok(window)
-    }
-
-    async fn query(&self, name: &'static str, promql: &str) -> Result<Vec<PromSample>, QueryError> {
-        let url = reqwest::Url::parse(&format!("{}/api/v1/query", self.config.url))
-            .ok()
-            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
-            .ok_or_else(|| QueryError::BadUrl(clip(&self.config.url, 100)))?;
-        let timeout = format!("{}ms", self.config.timeout.as_millis().max(1));
-        let response = self
-            .client
-            .post(url)
-            .form(&[("query", promql), ("timeout", timeout.as_str())])
-            .send()
-            .await
-            .map_err(|e| request_error(name, e))?;
-        let status = response.status().as_u16();
-        let body = read_body(response).await.map_err(|e| request_error(name, e))?;
-        // Prometheus answers a refused query with 400/422/503 and an error document: show its reason.
-        if status != 200 {
-            if let Err(error @ ResponseError::Refused { .. }) = parse_vector(&body) {
-                return Err(QueryError::Response { query: name, error });
-            }
-            return Err(QueryError::Status {
-                query: name,
-                status,
-                body: clip(String::from_utf8_lossy(&body).trim(), 200),
-            });
-        }
-        parse_vector(&body).map_err(|error| QueryError::Response { query: name, error })
-    }
-
-    /// Reset-tracking state, to persist across controller restarts.
-    pub fn tracker(&self) -> &ResetTracker {
-        &self.tracker
-    }
-
-    pub fn set_tracker(&mut self, t: ResetTracker) {
-        self.tracker = t;
-    }
-}
-
-async fn read_body(mut response: reqwest::Response) -> Result<Vec<u8>, reqwest::Error> {
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await? {
-        // Past the limit, keep one byte more so that the parser reports the size.
-        if body.len() > MAX_BODY_BYTES {
-            break;
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
-}
-
-fn request_error(query: &'static str, e: reqwest::Error) -> QueryError {
-    let mut reason = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        reason = s.to_string();
-        source = s.source();
-    }
-    let reason = clip(&reason, 200);
-    if e.is_connect() {
-        QueryError::Connect { query, reason }
-    } else {
-        QueryError::Request { query, reason }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use canary_core::metrics::{Counter, Histogram};
 
     use super::*;
-    use crate::source::admin::{bucket_series, counter_series};
+    use crate::evidence::admin::{bucket_series, counter_series, merge_reads, ResetTracker};
 
     fn vector(samples: &[(&[(&str, &str)], &str)]) -> Vec<u8> {
         let result: Vec<Value> = samples
@@ -746,19 +617,5 @@ mod tests {
         let samples: Vec<(&[(&str, &str)], &str)> = labels.iter().map(|l| (l.as_slice(), "1")).collect();
         let err = reads_from("r", 1, &up, &[], &[], &parsed(&samples)).unwrap_err();
         assert!(matches!(err, ResponseError::TooMany { what: "prediction bins", .. }), "{err}");
-    }
-
-    #[tokio::test]
-    async fn an_unreachable_prometheus_fails_the_read() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut source = PrometheusSource::new(PrometheusSourceConfig {
-            url: format!("http://127.0.0.1:{port}"),
-            timeout: Duration::from_secs(2),
-            selector: r#"job="x""#.into(),
-        });
-        let err = source.read("r", 1, "r/1").await.unwrap_err();
-        assert!(matches!(err, QueryError::Connect { .. }), "{err}");
-        let mut bad = PrometheusSource::new(PrometheusSourceConfig { url: "nope".into(), ..source.config().clone() });
-        assert!(matches!(bad.read("r", 1, "r/1").await, Err(QueryError::BadUrl(_))));
     }
 }

@@ -1,0 +1,288 @@
+//! The Envoy admin-API stats source: asks every Envoy's `/stats` for one
+//! rollout epoch, with bounded concurrency and a timeout per endpoint, and
+//! hands the answers to the pure parser, reset tracker and merge of
+//! [`canary_judge::evidence::admin`] (what the answer looks like, and why it
+//! is read the way it is, is documented there).
+//!
+//! ```text
+//!  for each endpoint (bounded concurrency, one timeout each):
+//!    GET /stats?format=json&usedonly&histogram_buckets=detailed&filter=<epoch E of rollout R, uptime, ECDS version>
+//!      ──parse_stats──► EndpointSample ──ResetTracker::observe──► corrected series
+//!  merge_reads ──► Window { versions, coverage }
+//! ```
+//!
+//! `filter` is an RE2 regex matched anywhere in the name (hence the anchors
+//! in [`stats_query`]); an invalid one gets HTTP 400 `Invalid re2 regex`.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use canary_core::metrics::rollout_prefix_in_envoy;
+use canary_judge::evidence::admin::{
+    clip, merge_reads, parse_stats, EndpointRead, EndpointSample, ParseError, ReadError, ResetTracker, MAX_BODY_BYTES,
+    UPTIME_STAT, VERSION_TEXT_STAT,
+};
+use canary_judge::window::Window;
+use futures::StreamExt;
+
+/// How to reach the Envoys.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminSourceConfig {
+    /// Admin base URLs, e.g. `http://127.0.0.1:9901` (plain HTTP only).
+    pub endpoints: Vec<String>,
+    /// Per endpoint: connect, answer and body together.
+    pub timeout: Duration,
+    /// Endpoints read at the same time (0 counts as 1).
+    pub max_concurrency: usize,
+}
+
+impl Default for AdminSourceConfig {
+    fn default() -> Self {
+        AdminSourceConfig { endpoints: vec![], timeout: Duration::from_secs(2), max_concurrency: 16 }
+    }
+}
+
+/// Reads windows from Envoys' admin APIs.
+pub struct AdminSource {
+    config: AdminSourceConfig,
+    client: reqwest::Client,
+    tracker: ResetTracker,
+}
+
+impl AdminSource {
+    /// Endpoints are normalized (no trailing `/`) and listed once each: the
+    /// same Envoy counted twice would double its traffic.
+    pub fn new(config: AdminSourceConfig) -> AdminSource {
+        let mut seen = BTreeSet::new();
+        let endpoints = config
+            .endpoints
+            .iter()
+            .map(|e| e.trim().trim_end_matches('/').to_string())
+            .filter(|e| seen.insert(e.clone()))
+            .collect();
+        let config = AdminSourceConfig { endpoints, ..config };
+        let client = reqwest::Client::builder()
+            // Admin ports are local or in-cluster: an HTTP(S)_PROXY meant for
+            // the internet must not apply.
+            .no_proxy()
+            // A fresh connection per read: an Envoy restarted since the last
+            // read must not be asked over a dead pooled connection.
+            .pool_max_idle_per_host(0)
+            .connect_timeout(config.timeout)
+            .build()
+            // Cannot fail without TLS backends; the default client is equivalent.
+            .unwrap_or_default();
+        AdminSource { config, client, tracker: ResetTracker::default() }
+    }
+
+    pub fn config(&self) -> &AdminSourceConfig {
+        &self.config
+    }
+
+    /// Reads epoch `epoch` of rollout `rollout` from every endpoint, with
+    /// bounded concurrency and a per-endpoint timeout, and merges it into one
+    /// window. `expected_version` is the `version_info` the endpoints should
+    /// report as active; `coverage.applied` counts those that do. Endpoints
+    /// that fail go to `coverage.failures` with the reason and contribute
+    /// nothing. Never panics.
+    pub async fn read(&mut self, rollout: &str, epoch: u64, expected_version: &str) -> Window {
+        let query = stats_query(rollout, epoch);
+        let (client, timeout) = (&self.client, self.config.timeout);
+        let mut reads: Vec<(usize, EndpointRead)> = futures::stream::iter(self.config.endpoints.iter().enumerate())
+            .map(|(i, endpoint)| {
+                let query = &query;
+                async move {
+                    let outcome = read_endpoint(client, endpoint, query, timeout, rollout, epoch).await;
+                    (i, EndpointRead { endpoint: endpoint.clone(), outcome })
+                }
+            })
+            .buffer_unordered(self.config.max_concurrency.max(1))
+            .collect()
+            .await;
+        // The configured order, so the tracker sees the same sequence every time.
+        reads.sort_by_key(|(i, _)| *i);
+        let reads: Vec<EndpointRead> = reads.into_iter().map(|(_, r)| r).collect();
+        let window = merge_reads(rollout, epoch, expected_version, &reads, &mut self.tracker);
+        for f in &window.coverage.failures {
+            tracing::warn!(endpoint = %f.endpoint, error = %f.error, "stats read failed");
+        }
+        for endpoint in &window.coverage.departed {
+            tracing::debug!(%endpoint, "no longer in the fleet: its last counts of the epoch stay in the window");
+        }
+        for endpoint in &window.coverage.resets {
+            tracing::info!(%endpoint, "Envoy restarted since the last read: earlier counts carried over");
+        }
+        window
+    }
+
+    /// Reset-tracking state, to persist across controller restarts.
+    pub fn tracker(&self) -> &ResetTracker {
+        &self.tracker
+    }
+
+    pub fn set_tracker(&mut self, t: ResetTracker) {
+        self.tracker = t;
+    }
+}
+
+/// `/stats` path and query for one rollout epoch.
+pub fn stats_query(rollout: &str, epoch: u64) -> String {
+    // Envoy matches `filter` with RE2 anywhere in the name: anchor every branch.
+    let regex = format!(
+        "^{}epoch\\.{epoch}\\.version\\.|^{}$|^{}$",
+        regex_escape(&rollout_prefix_in_envoy(rollout)),
+        regex_escape(UPTIME_STAT),
+        regex_escape(VERSION_TEXT_STAT)
+    );
+    format!("/stats?format=json&usedonly&histogram_buckets=detailed&filter={}", url_encode(&regex))
+}
+
+async fn read_endpoint(
+    client: &reqwest::Client,
+    endpoint: &str,
+    query: &str,
+    timeout: Duration,
+    rollout: &str,
+    epoch: u64,
+) -> Result<EndpointSample, ReadError> {
+    let url = admin_url(endpoint, query)?;
+    let body = tokio::time::timeout(timeout, fetch(client, url)).await.map_err(|_| ReadError::Timeout(timeout))??;
+    Ok(parse_stats(&body, rollout, epoch)?)
+}
+
+fn admin_url(endpoint: &str, query: &str) -> Result<reqwest::Url, ReadError> {
+    let base = reqwest::Url::parse(endpoint).map_err(|e| ReadError::BadUrl(format!("{}: {e}", clip(endpoint, 100))))?;
+    if base.scheme() != "http" || base.host().is_none() {
+        return Err(ReadError::BadUrl(format!("{}: expected http://HOST:PORT", clip(endpoint, 100))));
+    }
+    reqwest::Url::parse(&format!("{endpoint}{query}"))
+        .map_err(|e| ReadError::BadUrl(format!("{}: {e}", clip(endpoint, 100))))
+}
+
+async fn fetch(client: &reqwest::Client, url: reqwest::Url) -> Result<Vec<u8>, ReadError> {
+    let mut response = client.get(url).send().await.map_err(request_error)?;
+    let status = response.status().as_u16();
+    if status != 200 {
+        let mut body = Vec::new();
+        // A short excerpt is enough for the reason (Envoy: "Invalid re2 regex ...").
+        while let Ok(Some(chunk)) = response.chunk().await {
+            body.extend_from_slice(&chunk);
+            if body.len() > 200 {
+                break;
+            }
+        }
+        let body = clip(String::from_utf8_lossy(&body).trim(), 200);
+        return Err(ReadError::Status { status, body });
+    }
+    if let Some(n) = response.content_length().filter(|n| *n > MAX_BODY_BYTES as u64) {
+        return Err(ParseError::TooLarge { bytes: usize::try_from(n).unwrap_or(usize::MAX) }.into());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(request_error)? {
+        if body.len() + chunk.len() > MAX_BODY_BYTES {
+            return Err(ParseError::TooLarge { bytes: body.len() + chunk.len() }.into());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// The reason without reqwest's outer "error sending request for url (...)"
+/// (the URL is long and the endpoint is named anyway).
+fn request_error(e: reqwest::Error) -> ReadError {
+    let connect = e.is_connect();
+    let mut causes = vec![];
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        let text = s.to_string();
+        // hyper's "client error (Connect)" layer says nothing the variant does not.
+        if !text.starts_with("client error (") && !causes.contains(&text) {
+            causes.push(text);
+        }
+        source = s.source();
+    }
+    let reason = if causes.is_empty() { e.without_url().to_string() } else { causes.join(": ") };
+    let reason = clip(&reason, 300);
+    if connect {
+        ReadError::Connect(reason)
+    } else {
+        ReadError::Request(reason)
+    }
+}
+
+fn regex_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 2);
+    for c in s.chars() {
+        if !(c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn url_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ecds_version_stat_carries_the_filter_name() {
+        let want = format!("extension_config_discovery.http_filter.{}.version_text", crate::sink::FILTER_NAME);
+        assert_eq!(VERSION_TEXT_STAT, want);
+    }
+
+    #[test]
+    fn the_query_selects_the_epoch_the_uptime_and_the_ecds_version() {
+        let q = stats_query("recs-v2", 7);
+        assert!(q.starts_with("/stats?format=json&usedonly&histogram_buckets=detailed&filter="));
+        let filter = q.rsplit("filter=").next().unwrap();
+        assert_eq!(
+            filter,
+            url_encode(
+                r"^wasmcustom\.canary\.rollout\.recs-v2\.epoch\.7\.version\.|^server\.uptime$|^extension_config_discovery\.http_filter\.canary\.version_text$"
+            )
+        );
+        assert!(!filter.contains(['^', '|', '\\', '$']));
+    }
+
+    #[test]
+    fn endpoints_are_deduplicated_and_bad_urls_fail_cleanly() {
+        let source = AdminSource::new(AdminSourceConfig {
+            endpoints: vec!["http://127.0.0.1:1/".into(), "http://127.0.0.1:1".into(), "https://x:1".into()],
+            ..AdminSourceConfig::default()
+        });
+        assert_eq!(source.config().endpoints, vec!["http://127.0.0.1:1", "https://x:1"]);
+        for bad in ["", "not a url", "https://x:1", "file:///etc/passwd", "http://"] {
+            assert!(matches!(admin_url(bad, "/stats"), Err(ReadError::BadUrl(_))), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn unreachable_and_malformed_endpoints_become_failures() {
+        // A port nobody listens on: bind one, then free it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut source = AdminSource::new(AdminSourceConfig {
+            endpoints: vec![format!("http://127.0.0.1:{port}"), "no-scheme".into()],
+            timeout: Duration::from_secs(2),
+            max_concurrency: 0,
+        });
+        let w = source.read("r", 1, "r/1").await;
+        assert_eq!((w.coverage.endpoints, w.coverage.answered), (2, 0));
+        assert!(w.coverage.failures[0].error.starts_with("cannot connect: "), "{:?}", w.coverage.failures);
+        assert!(w.coverage.failures[1].error.starts_with("not a usable admin URL"), "{:?}", w.coverage.failures);
+        assert!(w.versions.is_empty());
+    }
+}
