@@ -172,7 +172,7 @@ impl Controller {
     async fn push(&mut self, state: &RolloutState, need: Need) -> Result<()> {
         let started = std::time::Instant::now();
         let pushed = self.sinks.push(&state.filter_config(&self.spec), need).await;
-        crate::metrics::METRICS.sink_push(started.elapsed(), pushed.is_ok());
+        crate::http::metrics::METRICS.sink_push(started.elapsed(), pushed.is_ok());
         match &pushed {
             Ok(_) if self.sinks.missing(state.epoch).is_empty() => self.sink_alerted = false,
             Ok(_) => {}
@@ -264,7 +264,7 @@ impl Controller {
         if !matches!(d.action, Action::Advance | Action::Promote | Action::Rollback) {
             return None;
         }
-        if let Err(e) = crate::reports::write_all(&self.store, &self.spec, None, now_millis()) {
+        if let Err(e) = crate::store::reports::write_all(&self.store, &self.spec, None, now_millis()) {
             tracing::error!("stage report not written: {e}");
         }
         let state = self.store.load_state().ok().flatten()?;
@@ -334,7 +334,7 @@ impl Controller {
         let read_started = std::time::Instant::now();
         let window = source.read(&self.spec.rollout, before.epoch, &expected).await;
         if let Ok(w) = &window {
-            crate::metrics::METRICS.source_read(w, read_started.elapsed());
+            crate::http::metrics::METRICS.source_read(w, read_started.elapsed());
         }
 
         let decision = {

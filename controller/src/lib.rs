@@ -1,19 +1,22 @@
 //! canary-controller: the controller's I/O around the pure decisions of
-//! [`canary_judge`]: stats sources, configuration sinks, the state store,
-//! alerts, the daemon's HTTP API and dashboard, the Kubernetes resource and
-//! reconciler, and the `canary` CLI.
+//! [`canary_judge`]. The `canary` binary is [`cli`].
+//!
+//! ```text
+//!  cli ──► control (the loop: read, decide, push, save, alert)
+//!            │ source/  HTTP reads of Envoy stats (admin API, Prometheus) ──► canary_judge::evidence
+//!            │ canary_judge::rollout::step (pure)
+//!            │ sink/    the filter configuration out (ECDS file, ConfigMap, Istio WasmPlugin)
+//!            │ store/   state directory: state, decision log, report files (atomic writes, lock)
+//!            │ alert    webhooks
+//!  http/  daemon API, dashboard, Prometheus metrics of the controller itself
+//!  k8s/   the CanaryRollout resource and its reconciler (one rollout per resource)
+//! ```
 
 pub mod alert;
+pub mod cli;
 pub mod control;
-pub mod crd;
-pub mod daemon;
-pub mod dashboard;
-pub mod durable;
-#[cfg(test)]
-mod fixtures;
-pub mod metrics;
-pub mod reconcile;
-pub mod reports;
+pub mod http;
+pub mod k8s;
 pub mod sink;
 pub mod source;
 pub mod store;

@@ -5,10 +5,10 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use canary_controller::control::{Controller, Status};
-use canary_controller::crd::{self, ResourceRef};
-use canary_controller::daemon;
-use canary_controller::sink::EcdsFileSink;
+use crate::control::{Controller, Status};
+use crate::k8s::crd::{self, ResourceRef};
+use crate::http::daemon;
+use crate::sink::EcdsFileSink;
 use canary_core::FilterConfig;
 use canary_judge::rollout::Command as RolloutCommand;
 use canary_judge::spec::{GateMethod, RolloutSpec};
@@ -346,12 +346,13 @@ fn print_kube_status(s: &crd::CanaryRolloutStatus, output: Output) -> anyhow::Re
 }
 
 /// The dashboard's operator token: `--token-file`, else `CANARY_TOKEN`.
-fn daemon_token(file: Option<&std::path::Path>) -> anyhow::Result<Option<canary_controller::dashboard::Token>> {
-    canary_controller::dashboard::Token::load(file, std::env::var("CANARY_TOKEN").ok())
+fn daemon_token(file: Option<&std::path::Path>) -> anyhow::Result<Option<crate::http::dashboard::Token>> {
+    crate::http::dashboard::Token::load(file, std::env::var("CANARY_TOKEN").ok())
 }
 
+/// Runs the command line (the `canary` binary's whole `main`).
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+pub async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
@@ -373,7 +374,7 @@ async fn main() -> anyhow::Result<()> {
                 let _ = std::fs::remove_file(&pid_path);
                 // A rollback alert being retried gets a little longer (a
                 // Kubernetes pod has 30 s between SIGTERM and SIGKILL).
-                let left = canary_controller::alert::drain_for(std::time::Duration::from_secs(10)).await;
+                let left = crate::alert::drain_for(std::time::Duration::from_secs(10)).await;
                 if left > 0 {
                     eprintln!("stopped with {left} alert(s) undelivered");
                 }
@@ -398,8 +399,8 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Report { state_dir, out, stage } => {
             let c = Controller::open(&state_dir, None, false)?;
-            let now = canary_controller::control::now_millis();
-            let files = canary_controller::reports::write_all(&c.store, &c.spec, out.as_deref(), now)?;
+            let now = crate::control::now_millis();
+            let files = crate::store::reports::write_all(&c.store, &c.spec, out.as_deref(), now)?;
             let state = c.state()?;
             let log = c.store.decisions()?;
             let report = match &stage {
@@ -422,7 +423,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Replay { state_dir, spec, method, output } => {
-            let store = canary_controller::store::Store::open(&state_dir)?;
+            let store = crate::store::Store::open(&state_dir)?;
             let recorded = store.load_spec()?.with_context(|| format!("no rollout in {}", state_dir.display()))?;
             let state = store.load_state()?.with_context(|| format!("no rollout state in {}", state_dir.display()))?;
             let other = RolloutSpec::load(&spec)?;
@@ -497,12 +498,12 @@ async fn main() -> anyhow::Result<()> {
             let client = kube_client().await?;
             let app = axum::Router::new()
                 .route("/healthz", axum::routing::get(|| async { "ok\n" }))
-                .route("/metrics", axum::routing::get(|| async { canary_controller::metrics::METRICS.render(None) }));
+                .route("/metrics", axum::routing::get(|| async { crate::http::metrics::METRICS.render(None) }));
             let listener =
                 tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
             eprintln!("canary operator: state in {}, /metrics on {}", state_root.display(), listener.local_addr()?);
             tokio::spawn(async move { axum::serve(listener, app).await });
-            canary_controller::reconcile::run(client, state_root).await?;
+            crate::k8s::reconcile::run(client, state_root).await?;
         }
         Command::Push { file, ecds_dir, wasm } => {
             let c = read_config(&file)?;

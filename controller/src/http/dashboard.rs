@@ -37,16 +37,16 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{watch, Notify};
 
 use crate::control::{self, now_millis, ControlError, Controller};
-use crate::metrics::{RolloutGauges, METRICS};
+use crate::http::metrics::{RolloutGauges, METRICS};
 use crate::store::Store;
 use canary_judge::gates::GateKind;
 use canary_judge::rollout::{Action, Command, Decision, Millis};
 use canary_judge::spec::RolloutSpec;
 use canary_judge::window::{Histogram, VersionWindow};
 
-const INDEX_HTML: &str = include_str!("../assets/dashboard/index.html");
-const DASHBOARD_JS: &str = include_str!("../assets/dashboard/dashboard.js");
-const DASHBOARD_CSS: &str = include_str!("../assets/dashboard/dashboard.css");
+const INDEX_HTML: &str = include_str!("../../assets/dashboard/index.html");
+const DASHBOARD_JS: &str = include_str!("../../assets/dashboard/dashboard.js");
+const DASHBOARD_CSS: &str = include_str!("../../assets/dashboard/dashboard.css");
 
 /// Points the page gets per series at most (neighbours are merged: a chart
 /// is a few hundred pixels wide, and a longer interval is less noisy).

@@ -31,7 +31,7 @@ use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 
 use crate::control::{ControlError, Controller};
-use crate::crd::{self, CanaryRollout, CanaryRolloutStatus, CommandStatus};
+use crate::k8s::crd::{self, CanaryRollout, CanaryRolloutStatus, CommandStatus};
 use crate::sink::configmap::FIELD_MANAGER;
 use canary_judge::rollout::Phase;
 
@@ -293,8 +293,8 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::crd::tests::resource;
-    use crate::fixtures::{client, serve, Exchange};
+    use crate::k8s::crd::tests::resource;
+    use crate::k8s::fixtures::{client, serve, Exchange};
 
     const STATUS: &str = "/apis/canary.dev/v1alpha1/namespaces/shop/canaryrollouts/recs/status";
     const MERGE: &str = "application/merge-patch+json";

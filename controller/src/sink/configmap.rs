@@ -90,7 +90,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::fixtures::{client, serve, status_error, Exchange};
+    use crate::k8s::fixtures::{client, serve, status_error, Exchange};
     use crate::sink::tests::config;
 
     const PATH: &str = "/api/v1/namespaces/mesh/configmaps/canary-ecds";

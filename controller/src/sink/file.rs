@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use canary_core::FilterConfig;
 
 use super::{ecds_resource, judge_ecds, version_info, Held, SinkError, ECDS_FILE_NAME};
-use crate::durable;
+use crate::store::durable;
 
 /// File-based ECDS: one JSON DiscoveryResponse file in a directory Envoy watches.
 #[derive(Debug, Clone)]

@@ -29,7 +29,7 @@ pub use configmap::ConfigMapSink;
 pub use file::EcdsFileSink;
 pub use wasmplugin::WasmPluginSink;
 
-use crate::metrics::METRICS;
+use crate::http::metrics::METRICS;
 use canary_judge::spec::{RetrySpec, RolloutSpec, SinkSpec};
 
 /// The filter's name in Envoy's `http_filters` and in the ECDS resource.

@@ -121,7 +121,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::fixtures::{client, serve, status_error, Exchange};
+    use crate::k8s::fixtures::{client, serve, status_error, Exchange};
     use crate::sink::tests::config;
 
     const PATH: &str = "/apis/extensions.istio.io/v1alpha1/namespaces/istio-system/wasmplugins/canary";

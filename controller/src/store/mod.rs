@@ -6,12 +6,16 @@
 //!   decisions.jsonl  every decision, one JSON line each, seq 1, 2, 3 … without gaps
 //!   lock             flock: one writer at a time (daemon, CLI commands)
 //!   daemon.pid       the running daemon, if any
+//!   reports/         canary analysis reports (see [`reports`])
 //! ```
 //!
 //! Order of writes for a decision: state first, then the log line. A crash
 //! between the two is repaired on the next open: the state keeps its last
 //! decision, and [`Store::repair_log`] appends it if the log lacks it, so the
 //! log has neither gaps nor duplicates.
+
+pub mod durable;
+pub mod reports;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader};
@@ -22,7 +26,6 @@ use std::sync::Arc;
 
 use fs2::FileExt;
 
-use crate::durable;
 use canary_judge::rollout::{Decision, RolloutState};
 use canary_judge::spec::{RolloutSpec, SpecError};
 

@@ -20,8 +20,8 @@ pub fn write(dir: &Path, stem: &str, r: &Report) -> Result<Vec<PathBuf>, StoreEr
     let json = dir.join(format!("{stem}.json"));
     let html_path = dir.join(format!("{stem}.html"));
     let body = serde_json::to_vec_pretty(r).unwrap_or_default();
-    crate::durable::write_atomic(&json, &body).map_err(io(&json))?;
-    crate::durable::write_atomic(&html_path, html(r).as_bytes()).map_err(io(&html_path))?;
+    crate::store::durable::write_atomic(&json, &body).map_err(io(&json))?;
+    crate::store::durable::write_atomic(&html_path, html(r).as_bytes()).map_err(io(&html_path))?;
     Ok(vec![json, html_path])
 }
 

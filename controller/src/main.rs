@@ -1,0 +1,5 @@
+//! `canary`: the controller's command line (see [`canary_controller::cli`]).
+
+fn main() -> anyhow::Result<()> {
+    canary_controller::cli::main()
+}
