@@ -29,12 +29,12 @@ pub struct Bucket {
 /// A histogram merged from many Envoys by adding bucket counts (never by
 /// averaging quantiles).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Histogram {
+pub struct MergedHistogram {
     /// Keyed by the lower bound's bits (non-negative floats order like their bits).
     buckets: BTreeMap<u64, Bucket>,
 }
 
-impl Histogram {
+impl MergedHistogram {
     pub fn add(&mut self, lower: f64, width: f64, count: u64) {
         if count == 0 || !lower.is_finite() || !width.is_finite() || lower < 0.0 || width < 0.0 {
             return;
@@ -43,7 +43,7 @@ impl Histogram {
         b.count = b.count.saturating_add(count);
     }
 
-    pub fn merge(&mut self, other: &Histogram) {
+    pub fn merge(&mut self, other: &MergedHistogram) {
         for b in other.buckets.values() {
             self.add(b.lower, b.width, b.count);
         }
@@ -89,7 +89,7 @@ pub struct VersionWindow {
     /// 504s (upstream timeouts), also counted in 5xx.
     pub timeouts: u64,
     /// Request-to-response-headers latency in microseconds.
-    pub latency_us: Histogram,
+    pub latency_us: MergedHistogram,
     /// Responses per prediction bin (`b0`..`bN`, labels, `other`,
     /// `unparsed`), when the filter reads predictions.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -226,7 +226,7 @@ pub struct SegmentWindow {
     /// `[1xx, 2xx, 3xx, 4xx, 5xx]`.
     pub responses: [u64; 5],
     pub timeouts: u64,
-    pub latency_us: Histogram,
+    pub latency_us: MergedHistogram,
 }
 
 impl SegmentWindow {
@@ -276,7 +276,7 @@ pub struct ShadowWindow {
     /// Sampled but not sent (body over the limit, too many in flight).
     pub skipped: u64,
     /// Microseconds from sending a copy to its answer.
-    pub latency_us: Histogram,
+    pub latency_us: MergedHistogram,
 }
 
 impl ShadowWindow {
@@ -416,7 +416,7 @@ mod tests {
 
     #[test]
     fn quantile_interpolates_inside_the_bucket() {
-        let mut h = Histogram::default();
+        let mut h = MergedHistogram::default();
         h.add(100.0, 10.0, 50);
         h.add(200.0, 10.0, 50);
         assert_eq!(h.count(), 100);
@@ -424,12 +424,12 @@ mod tests {
         assert_eq!(h.quantile(0.5), Some(110.0));
         assert_eq!(h.quantile(0.99), Some(209.8));
         assert_eq!(h.quantile(1.0), Some(210.0));
-        assert_eq!(Histogram::default().quantile(0.99), None);
+        assert_eq!(MergedHistogram::default().quantile(0.99), None);
     }
 
     #[test]
     fn merging_adds_bucket_counts() {
-        let (mut a, mut b) = (Histogram::default(), Histogram::default());
+        let (mut a, mut b) = (MergedHistogram::default(), MergedHistogram::default());
         a.add(100.0, 10.0, 1);
         b.add(100.0, 10.0, 2);
         b.add(5.0, 1.0, 3);
@@ -440,7 +440,7 @@ mod tests {
 
     #[test]
     fn bad_buckets_are_ignored() {
-        let mut h = Histogram::default();
+        let mut h = MergedHistogram::default();
         h.add(f64::NAN, 1.0, 5);
         h.add(-1.0, 1.0, 5);
         h.add(1.0, f64::INFINITY, 5);

@@ -4,11 +4,11 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use crate::control::{Controller, Status};
-use crate::k8s::crd::{self, ResourceRef};
 use crate::http::daemon;
+use crate::k8s::crd::{self, ResourceRef};
 use crate::sink::EcdsFileSink;
+use anyhow::Context;
 use canary_core::FilterConfig;
 use canary_judge::rollout::Command as RolloutCommand;
 use canary_judge::spec::{GateMethod, RolloutSpec};
