@@ -50,11 +50,11 @@ async fn five_hundred_endpoints_one_hanging_one_garbage_complete_within_the_time
 
     // 498 copies of one Envoy's counts.
     let n = (ENDPOINTS - 2) as u64;
-    let single = canary_judge::evidence::admin::merge_reads(
+    let single = canary_judge::evidence::merge::merge_reads(
         FIXTURE_ROLLOUT,
         FIXTURE_EPOCH,
         FIXTURE_VERSION,
-        &[canary_judge::evidence::admin::EndpointRead { endpoint: "one".into(), outcome: Ok(one) }],
+        &[canary_judge::evidence::merge::EndpointRead { endpoint: "one".into(), outcome: Ok(one) }],
         &mut Default::default(),
     );
     for version in [CHAMPION, CHALLENGER] {

@@ -71,7 +71,8 @@ pub fn labels(data: &[u8]) {
 /// conversion into per-Envoy samples and a window.
 pub fn prometheus(data: &[u8]) {
     use canary_judge::evidence::prometheus::{parse_vector, reads_from, PromSample};
-    use canary_judge::evidence::admin::{merge_reads, ResetTracker};
+    use canary_judge::evidence::merge::merge_reads;
+    use canary_judge::evidence::tracker::ResetTracker;
     let Ok(samples) = parse_vector(data) else { return };
     // Every instance the answer names is up, so that its samples are read.
     let up: Vec<PromSample> = samples

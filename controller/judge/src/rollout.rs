@@ -22,7 +22,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::evidence::admin::ResetTracker;
+use crate::evidence::tracker::ResetTracker;
 use crate::evidence::SourceError;
 use crate::gates::{self, GateResult, LabelEvidence, Outcome, StageContext};
 use crate::labels::LabelBook;

@@ -20,9 +20,10 @@ use std::time::Duration;
 
 use canary_core::metrics::rollout_prefix_in_envoy;
 use canary_judge::evidence::admin::{
-    clip, merge_reads, parse_stats, EndpointRead, EndpointSample, ParseError, ReadError, ResetTracker, MAX_BODY_BYTES,
-    UPTIME_STAT, VERSION_TEXT_STAT,
+    clip, parse_stats, EndpointSample, ParseError, ReadError, MAX_BODY_BYTES, UPTIME_STAT, VERSION_TEXT_STAT,
 };
+use canary_judge::evidence::merge::{merge_reads, EndpointRead};
+use canary_judge::evidence::tracker::ResetTracker;
 use canary_judge::window::Window;
 use futures::StreamExt;
 

@@ -13,7 +13,7 @@ pub mod admin;
 pub mod prometheus;
 
 pub use admin::{stats_query, AdminSource, AdminSourceConfig};
-pub use canary_judge::evidence::admin::ResetTracker;
+pub use canary_judge::evidence::tracker::ResetTracker;
 pub use canary_judge::evidence::SourceError;
 
 use canary_judge::window::Window;

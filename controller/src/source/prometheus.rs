@@ -9,10 +9,12 @@
 
 use std::time::Duration;
 
-use canary_judge::evidence::admin::{clip, merge_reads, ResetTracker};
+use canary_judge::evidence::admin::clip;
+use canary_judge::evidence::merge::merge_reads;
 use canary_judge::evidence::prometheus::{
     parse_vector, queries, reads_from, PromSample, QueryError, ResponseError, MAX_BODY_BYTES,
 };
+use canary_judge::evidence::tracker::ResetTracker;
 use canary_judge::window::Window;
 
 /// How to reach Prometheus.

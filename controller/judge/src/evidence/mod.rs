@@ -16,7 +16,21 @@
 //! state machine cannot tell them apart.
 
 pub mod admin;
+pub mod merge;
 pub mod prometheus;
+pub mod tracker;
+
+/// A sample of `rollout` epoch `epoch` whose Envoy reports that epoch applied.
+#[cfg(test)]
+pub(crate) fn sample(rollout: &str, epoch: u64, uptime: Option<u64>, series: &[(&str, u64)]) -> admin::EndpointSample {
+    admin::EndpointSample {
+        rollout: rollout.into(),
+        epoch,
+        uptime_s: uptime,
+        active_version: Some(format!("{rollout}/{epoch}")),
+        series: series.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+    }
+}
 
 /// Why a stats source produced no window at all (an endpoint's own failure
 /// is not this: it goes into the window's coverage). The state machine

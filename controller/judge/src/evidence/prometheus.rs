@@ -36,7 +36,7 @@
 //! first scrape, so it is never exact (errors of a few percent over short
 //! stages); the filter's counters are born with their epoch, so their raw
 //! value *is* the window, and a restarted Envoy is corrected exactly as the
-//! admin source does (per `instance`, same [`ResetTracker`](super::admin::ResetTracker)). The price is
+//! admin source does (per `instance`, same [`ResetTracker`](super::tracker::ResetTracker)). The price is
 //! one answer row per Envoy and series instead of per series.
 //!
 //! Missing data never counts as healthy: Prometheus unreachable, slow, or
@@ -52,9 +52,10 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::admin::{
-    clip, is_histogram, is_name, leaf_bucket_series, leaf_names_ok, EndpointRead, EndpointSample, ReadError, MAX_BINS,
-    MAX_COUNT, MAX_SEGMENTS,
+    clip, is_histogram, is_name, leaf_bucket_series, leaf_names_ok, EndpointSample, ReadError, MAX_BINS, MAX_COUNT,
+    MAX_SEGMENTS,
 };
+use super::merge::EndpointRead;
 
 /// Largest query answer accepted (a fleet of thousands of Envoys with fine
 /// latency buckets stays well below it).
@@ -252,7 +253,7 @@ pub fn queries(rollout: &str, epoch: u64, selector: &str) -> Queries {
     Queries { up: plain("up"), uptime: plain(UPTIME_METRIC), version: plain(VERSION_TEXT_METRIC), data }
 }
 
-/// What the four answers say, per instance: the reads [`merge_reads`]
+/// What the four answers say, per instance: the reads [`merge_reads`](super::merge::merge_reads)
 /// takes. The fleet is the instances `up` lists; an instance with `up = 0`
 /// is a failed endpoint; data of instances `up` does not list is ignored.
 /// Pure.
@@ -428,7 +429,9 @@ mod tests {
     use canary_core::metrics::{Counter, Histogram};
 
     use super::*;
-    use crate::evidence::admin::{bucket_series, counter_series, merge_reads, ResetTracker};
+    use crate::evidence::admin::{bucket_series, counter_series};
+    use crate::evidence::merge::merge_reads;
+    use crate::evidence::tracker::ResetTracker;
 
     fn vector(samples: &[(&[(&str, &str)], &str)]) -> Vec<u8> {
         let result: Vec<Value> = samples
