@@ -23,8 +23,8 @@ lint: ## rustfmt and clippy (host crates, and the filter glue) with warnings as 
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-unit: ## Native unit tests of the pure core and the controller, and the fuzz corpus replayed
-	$(CARGO) test -p canary-core -p canary-controller
+unit: ## Native unit tests of the pure core, the judge (and its purity check) and the controller, and the fuzz corpus replayed
+	$(CARGO) test -p canary-core -p canary-judge -p canary-controller
 	$(CARGO) test --manifest-path fuzz/Cargo.toml --target-dir target
 
 integration: build ## Tests against the real Envoy running the built .wasm (and Chromium, Prometheus, Kubernetes/Istio schemas, a local registry)

@@ -1,8 +1,8 @@
 //! The configuration examples people copy from compile: the README's rollout
 //! spec and plugin configuration, and the demo's spec template.
 
-use canary_controller::spec::RolloutSpec;
 use canary_core::FilterConfig;
+use canary_judge::spec::RolloutSpec;
 use canary_tests::{render_template, root};
 
 fn readme() -> String {

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use canary_controller::crd::CanaryRollout;
+use canary_controller::k8s::crd::CanaryRollout;
 use canary_controller::sink::wasmplugin::WasmPluginSink;
 use serde::Deserialize;
 

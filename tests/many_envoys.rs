@@ -10,8 +10,9 @@
 
 use std::time::{Duration, Instant};
 
-use canary_controller::rollout::{check_coverage, CoverageCheck};
-use canary_controller::source::{parse_stats, stats_query, AdminSource, AdminSourceConfig};
+use canary_controller::source::{stats_query, AdminSource, AdminSourceConfig};
+use canary_judge::evidence::admin::parse_stats;
+use canary_judge::rollout::{check_coverage, CoverageCheck};
 use canary_tests::fleet::{fixture, fixture_path, Behaviour, Fleet, FIXTURE_EPOCH, FIXTURE_ROLLOUT, FIXTURE_VERSION};
 use canary_tests::{client, route_users, users, Rig, CHALLENGER, CHAMPION};
 use std::sync::Arc;
@@ -49,11 +50,11 @@ async fn five_hundred_endpoints_one_hanging_one_garbage_complete_within_the_time
 
     // 498 copies of one Envoy's counts.
     let n = (ENDPOINTS - 2) as u64;
-    let single = canary_controller::source::merge_reads(
+    let single = canary_judge::evidence::merge::merge_reads(
         FIXTURE_ROLLOUT,
         FIXTURE_EPOCH,
         FIXTURE_VERSION,
-        &[canary_controller::source::EndpointRead { endpoint: "one".into(), outcome: Ok(one) }],
+        &[canary_judge::evidence::merge::EndpointRead { endpoint: "one".into(), outcome: Ok(one) }],
         &mut Default::default(),
     );
     for version in [CHAMPION, CHALLENGER] {

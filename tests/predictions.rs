@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use canary_controller::psi::quantile_edges;
+use canary_judge::psi::quantile_edges;
 use canary_tests::{canary, client, decisions, get, state, wasm_path, Daemon, Rig, CHALLENGER, CHAMPION};
 
 /// Users of the load, `load-0` .. `load-19999`.

@@ -8,14 +8,14 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use canary_controller::gates::{self, GateResult, LabelEvidence, StageContext};
-use canary_controller::psi;
 use canary_controller::sink::EcdsFileSink;
 use canary_controller::source::prometheus::{PrometheusSource, PrometheusSourceConfig};
 use canary_controller::source::{AdminSource, AdminSourceConfig};
-use canary_controller::spec::GatesSpec;
-use canary_controller::window::Window;
 use canary_core::FilterConfig;
+use canary_judge::gates::{self, GateResult, LabelEvidence, StageContext};
+use canary_judge::psi;
+use canary_judge::spec::GatesSpec;
+use canary_judge::window::Window;
 use canary_tests::{client, get, users, Proc, Rig, CHALLENGER, CHAMPION};
 use futures::StreamExt;
 
@@ -223,7 +223,7 @@ async fn gate_values_from_prometheus_match_the_admin_source_within_one_percent()
         );
         assert_eq!(x.predictions, y.predictions, "{version}");
         assert!(!x.predictions.is_empty(), "{version}: predictions were captured");
-        let segments = |v: &canary_controller::window::VersionWindow| {
+        let segments = |v: &canary_judge::window::VersionWindow| {
             v.segments
                 .iter()
                 .map(|(k, s)| (k.clone(), (s.requests, s.responses, s.latency_us.count())))
@@ -360,7 +360,7 @@ async fn a_controller_with_envoy_prometheus_judges_stages_from_prometheus() {
          filter:\n  key: [{{ header: x-user-id }}]\n",
         prometheus.url
     );
-    let spec = canary_controller::spec::RolloutSpec::from_yaml(&yaml).unwrap();
+    let spec = canary_judge::spec::RolloutSpec::from_yaml(&yaml).unwrap();
     let state_dir = tempfile::tempdir().unwrap();
     let mut controller = canary_controller::control::Controller::open(state_dir.path(), Some(spec), false).unwrap();
     // Opening a rollout does not push; the first evaluation would.
@@ -378,13 +378,13 @@ async fn a_controller_with_envoy_prometheus_judges_stages_from_prometheus() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let decision = loop {
         let d = controller.tick(&mut source).await.unwrap().expect("a running rollout is evaluated");
-        if d.action != canary_controller::rollout::Action::Hold {
+        if d.action != canary_judge::rollout::Action::Hold {
             break d;
         }
         assert!(Instant::now() < deadline, "still holding after 30 s: {:?}", d.reasons);
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
-    assert_eq!(decision.action, canary_controller::rollout::Action::Promote, "{:?}", decision.reasons);
+    assert_eq!(decision.action, canary_judge::rollout::Action::Promote, "{:?}", decision.reasons);
     let w = decision.window.unwrap();
     assert_eq!((w.coverage.endpoints, w.coverage.applied), (1, 1));
     assert_eq!(w.champion.requests + w.challenger.requests, ids.len() as u64, "every request, read from Prometheus");

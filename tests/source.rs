@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use canary_controller::sink::EcdsFileSink;
 use canary_controller::source::{AdminSource, AdminSourceConfig};
-use canary_controller::window::Window;
+use canary_judge::window::Window;
 use canary_tests::{
     client, counters_settled, filter_config, get, route_users, users, Backend, Envoy, EnvoyOptions, Reply, Rig,
     CHALLENGER, CHAMPION,

@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use canary_controller::rollout::RolloutState;
 use canary_controller::source::{AdminSource, AdminSourceConfig};
-use canary_controller::spec::RolloutSpec;
+use canary_judge::rollout::RolloutState;
+use canary_judge::spec::RolloutSpec;
 use canary_tests::fleet::{fixture, Behaviour, Fleet, FIXTURE_EPOCH, FIXTURE_ROLLOUT, FIXTURE_VERSION};
 
 /// Endpoints read at once, as `Controller::source` does.

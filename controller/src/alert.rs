@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::rollout::{AlertKind, Decision, Millis};
-use crate::spec::{AlertsSpec, WebhookFormat, WebhookSpec};
+use canary_judge::rollout::{AlertKind, Decision, Millis};
+use canary_judge::spec::{AlertsSpec, WebhookFormat, WebhookSpec};
 
 /// What an alert says.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -67,7 +67,13 @@ impl Alert {
 
     /// A push that failed after its retries: the configuration `state`
     /// should have is not (everywhere) where Envoy reads it.
-    pub fn sink_failing(rollout: &str, target: &crate::rollout::Target, seq: u64, error: &str, at: Millis) -> Alert {
+    pub fn sink_failing(
+        rollout: &str,
+        target: &canary_judge::rollout::Target,
+        seq: u64,
+        error: &str,
+        at: Millis,
+    ) -> Alert {
         let title = "cannot push the configuration of";
         Alert::about_sinks(AlertKind::SinkFailing, rollout, target, seq, title, vec![error.to_string()], at)
     }
@@ -76,7 +82,7 @@ impl Alert {
     /// there; the configuration is being written back.
     pub fn sink_drifted(
         rollout: &str,
-        target: &crate::rollout::Target,
+        target: &canary_judge::rollout::Target,
         seq: u64,
         sinks: &[String],
         at: Millis,
@@ -97,7 +103,7 @@ impl Alert {
     fn about_sinks(
         kind: AlertKind,
         rollout: &str,
-        target: &crate::rollout::Target,
+        target: &canary_judge::rollout::Target,
         seq: u64,
         title: &str,
         reasons: Vec<String>,
@@ -305,7 +311,7 @@ mod tests {
     use axum::{Json, Router};
 
     use super::*;
-    use crate::rollout::{Action, Target};
+    use canary_judge::rollout::{Action, Target};
 
     fn decision() -> Decision {
         let t = |name: &str, bp| Target {

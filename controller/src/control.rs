@@ -26,13 +26,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use crate::alert::{Alert, Alerter};
-use crate::labels::{parse_jsonl, Intake, LabelRecord};
-use crate::rollout::{evidence, Action, Command, Decision, Millis, Phase, RolloutState, WindowSummary};
 use crate::sink::{EcdsFileSink, Need, SinkError, Sinks};
 use crate::source::prometheus::{PrometheusSource, PrometheusSourceConfig};
 use crate::source::{AdminSource, AdminSourceConfig, Source};
-use crate::spec::RolloutSpec;
 use crate::store::{Store, StoreError};
+use canary_judge::labels::{parse_jsonl, Intake, LabelRecord};
+use canary_judge::rollout::{evidence, Action, Command, Decision, Millis, Phase, RolloutState, WindowSummary};
+use canary_judge::spec::RolloutSpec;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -41,7 +41,7 @@ pub enum ControlError {
     #[error(transparent)]
     Sink(#[from] SinkError),
     #[error(transparent)]
-    Refused(#[from] crate::rollout::CommandRefused),
+    Refused(#[from] canary_judge::rollout::CommandRefused),
     #[error("no rollout in {0}: start one with `canary run --spec FILE --state-dir DIR`")]
     NoRollout(String),
     #[error(
@@ -172,7 +172,7 @@ impl Controller {
     async fn push(&mut self, state: &RolloutState, need: Need) -> Result<()> {
         let started = std::time::Instant::now();
         let pushed = self.sinks.push(&state.filter_config(&self.spec), need).await;
-        crate::metrics::METRICS.sink_push(started.elapsed(), pushed.is_ok());
+        crate::http::metrics::METRICS.sink_push(started.elapsed(), pushed.is_ok());
         match &pushed {
             Ok(_) if self.sinks.missing(state.epoch).is_empty() => self.sink_alerted = false,
             Ok(_) => {}
@@ -264,13 +264,13 @@ impl Controller {
         if !matches!(d.action, Action::Advance | Action::Promote | Action::Rollback) {
             return None;
         }
-        if let Err(e) = crate::report::write_all(&self.store, &self.spec, None, now_millis()) {
+        if let Err(e) = crate::store::reports::write_all(&self.store, &self.spec, None, now_millis()) {
             tracing::error!("stage report not written: {e}");
         }
         let state = self.store.load_state().ok().flatten()?;
         let log = self.store.decisions().ok()?;
-        crate::report::stage_report(&self.spec, &state, &log, d.from.epoch, now_millis())
-            .map(|r| crate::report::markdown(&r))
+        canary_judge::report::stage_report(&self.spec, &state, &log, d.from.epoch, now_millis())
+            .map(|r| canary_judge::report::markdown(&r))
     }
 
     /// Writes the reports when a stage ended, and sends the decision's
@@ -323,7 +323,7 @@ impl Controller {
         }
         self.deliver(&before).await?;
         self.read_labels_file()?;
-        if let Ok(mut t) = serde_json::from_value::<crate::source::ResetTracker>(before.source_tracker.clone()) {
+        if let Some(mut t) = before.source_tracker.clone() {
             // Earlier epochs are never read again: keep the tracker small.
             for e in 1..before.epoch {
                 t.forget_epoch(&self.spec.rollout, e);
@@ -332,9 +332,9 @@ impl Controller {
         }
         let expected = EcdsFileSink::version_info(&before.filter_config(&self.spec));
         let read_started = std::time::Instant::now();
-        let window = source.read(&self.spec.rollout, before.epoch, &expected).await.map_err(|e| e.to_string());
+        let window = source.read(&self.spec.rollout, before.epoch, &expected).await;
         if let Ok(w) = &window {
-            crate::metrics::METRICS.source_read(w, read_started.elapsed());
+            crate::http::metrics::METRICS.source_read(w, read_started.elapsed());
         }
 
         let decision = {
@@ -346,8 +346,8 @@ impl Controller {
             // A log append that failed earlier (disk full) is made good
             // first: the log never gets a gap.
             let repaired = self.store.repair_log_if_behind(&old);
-            old.source_tracker = serde_json::to_value(source.tracker()).unwrap_or_default();
-            let (new, d) = old.step(&self.spec, window.as_ref().map_err(Clone::clone), now_millis());
+            old.source_tracker = Some(source.tracker().clone());
+            let (new, d) = old.step(&self.spec, window.as_ref(), now_millis());
             if let Err(e) = repaired {
                 // Nothing can be saved; a rollback goes out all the same.
                 if d.action == Action::Rollback {
@@ -480,8 +480,9 @@ pub fn segment_status(w: &WindowSummary) -> Vec<SegmentStatus> {
     names
         .into_iter()
         .map(|name| {
-            let counts =
-                |v: &crate::window::VersionWindow| v.segments.get(name).map_or((0, 0), |s| (s.errors(), s.answered()));
+            let counts = |v: &canary_judge::window::VersionWindow| {
+                v.segments.get(name).map_or((0, 0), |s| (s.errors(), s.answered()))
+            };
             SegmentStatus { segment: name.clone(), champion: counts(&w.champion), challenger: counts(&w.challenger) }
         })
         .collect()
@@ -535,7 +536,7 @@ mod tests {
     use canary_core::metrics::Counter;
 
     use super::*;
-    use crate::window::{Coverage, VersionWindow};
+    use canary_judge::window::{Coverage, VersionWindow};
 
     /// A spec with two file sinks: `envoy.ecds_dir` (broken: its parent is
     /// a regular file, so even root cannot write it) and a working one.

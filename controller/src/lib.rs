@@ -1,29 +1,22 @@
-//! The controller: reads Envoy's stats, decides, and pushes the filter's
-//! configuration. This first part holds the configuration sinks.
+//! canary-controller: the controller's I/O around the pure decisions of
+//! [`canary_judge`]. The `canary` binary is [`cli`].
+//!
+//! ```text
+//!  cli ──► control (the loop: read, decide, push, save, alert)
+//!            │ source/  HTTP reads of Envoy stats (admin API, Prometheus) ──► canary_judge::evidence
+//!            │ canary_judge::rollout::step (pure)
+//!            │ sink/    the filter configuration out (ECDS file, ConfigMap, Istio WasmPlugin)
+//!            │ store/   state directory: state, decision log, report files (atomic writes, lock)
+//!            │ alert    webhooks
+//!  http/  daemon API, dashboard, Prometheus metrics of the controller itself
+//!  k8s/   the CanaryRollout resource and its reconciler (one rollout per resource)
+//! ```
 
 pub mod alert;
-pub mod anytime;
-pub mod calibration;
+pub mod cli;
 pub mod control;
-pub mod crd;
-pub mod daemon;
-pub mod dashboard;
-pub mod durable;
-#[cfg(test)]
-mod fixtures;
-pub mod gates;
-pub mod labels;
-pub mod metrics;
-pub mod plan;
-pub mod psi;
-pub mod reconcile;
-pub mod replay;
-pub mod report;
-pub mod rollout;
-pub mod simulate;
+pub mod http;
+pub mod k8s;
 pub mod sink;
 pub mod source;
-pub mod spec;
-pub mod stats;
 pub mod store;
-pub mod window;

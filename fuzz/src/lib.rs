@@ -40,13 +40,13 @@ pub fn prediction(data: &[u8]) {
 
 /// The parser of Envoy's `/stats?format=json` answers.
 pub fn envoy_stats(data: &[u8]) {
-    let _ = canary_controller::source::parse_stats(data, "r", 1);
+    let _ = canary_judge::evidence::admin::parse_stats(data, "r", 1);
 }
 
 /// The rollout spec parser and validator.
 pub fn rollout_spec(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
-        if let Ok(spec) = canary_controller::spec::RolloutSpec::from_yaml(text) {
+        if let Ok(spec) = canary_judge::spec::RolloutSpec::from_yaml(text) {
             // A valid spec yields valid filter configurations for every stage.
             for i in 0..spec.stages.len() {
                 let c = spec.filter_config(&spec.stage_name(i), spec.stage_weight(i), 1, false);
@@ -59,10 +59,10 @@ pub fn rollout_spec(data: &[u8]) {
 /// The labels intake (JSONL and JSON batches).
 pub fn labels(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
-    let (records, _) = canary_controller::labels::parse_jsonl(&text);
-    let mut book = canary_controller::labels::LabelBook::default();
+    let (records, _) = canary_judge::labels::parse_jsonl(&text);
+    let mut book = canary_judge::labels::LabelBook::default();
     book.add("r", &records, |_, _| true);
-    if let Ok(batch) = serde_json::from_slice::<Vec<canary_controller::labels::LabelRecord>>(data) {
+    if let Ok(batch) = serde_json::from_slice::<Vec<canary_judge::labels::LabelRecord>>(data) {
         book.add("r", &batch, |_, _| true);
     }
 }
@@ -70,8 +70,9 @@ pub fn labels(data: &[u8]) {
 /// The parser of Prometheus query answers (`/api/v1/query`) and their
 /// conversion into per-Envoy samples and a window.
 pub fn prometheus(data: &[u8]) {
-    use canary_controller::source::prometheus::{parse_vector, reads_from, PromSample};
-    use canary_controller::source::{merge_reads, ResetTracker};
+    use canary_judge::evidence::prometheus::{parse_vector, reads_from, PromSample};
+    use canary_judge::evidence::merge::merge_reads;
+    use canary_judge::evidence::tracker::ResetTracker;
     let Ok(samples) = parse_vector(data) else { return };
     // Every instance the answer names is up, so that its samples are read.
     let up: Vec<PromSample> = samples

@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 
-use super::{judge_ecds, render_body, Held, SinkError};
+use super::{classify_ecds, render_body, Held, SinkError};
 
 /// A ConfigMap's whole size limit (etcd's object limit for ConfigMaps).
 pub const CONFIGMAP_LIMIT: usize = 1024 * 1024;
@@ -65,7 +65,7 @@ impl ConfigMapSink {
     /// What the key holds now, next to `config`.
     pub async fn held(&self, client: &kube::Client, config: &FilterConfig) -> Result<Held, SinkError> {
         let current = self.current(&Api::namespaced(client.clone(), &self.namespace)).await?;
-        Ok(judge_ecds(current.as_deref(), &render_body(&self.wasm, config), config))
+        Ok(classify_ecds(current.as_deref(), &render_body(&self.wasm, config), config))
     }
 
     pub async fn push(&self, client: &kube::Client, config: &FilterConfig) -> Result<(), SinkError> {
@@ -90,7 +90,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::fixtures::{client, serve, status_error, Exchange};
+    use crate::k8s::fixtures::{client, serve, status_error, Exchange};
     use crate::sink::tests::config;
 
     const PATH: &str = "/api/v1/namespaces/mesh/configmaps/canary-ecds";

@@ -13,8 +13,8 @@ use std::path::PathBuf;
 
 use canary_core::FilterConfig;
 
-use super::{ecds_resource, judge_ecds, version_info, Held, SinkError, ECDS_FILE_NAME};
-use crate::durable;
+use super::{classify_ecds, ecds_resource, version_info, Held, SinkError, ECDS_FILE_NAME};
+use crate::store::durable;
 
 /// File-based ECDS: one JSON DiscoveryResponse file in a directory Envoy watches.
 #[derive(Debug, Clone)]
@@ -60,7 +60,7 @@ impl EcdsFileSink {
     /// What the file holds now, next to `config` (unreadable: `Other`).
     pub fn held(&self, config: &FilterConfig) -> Held {
         let current = std::fs::read_to_string(self.path()).ok();
-        judge_ecds(current.as_deref(), &super::render_body(&self.wasm, config), config)
+        classify_ecds(current.as_deref(), &super::render_body(&self.wasm, config), config)
     }
 
     pub fn dir(&self) -> &std::path::Path {

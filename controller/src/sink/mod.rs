@@ -29,13 +29,12 @@ pub use configmap::ConfigMapSink;
 pub use file::EcdsFileSink;
 pub use wasmplugin::WasmPluginSink;
 
-use crate::metrics::METRICS;
-use crate::spec::{RetrySpec, RolloutSpec, SinkSpec};
+use crate::http::metrics::METRICS;
+use canary_judge::spec::{RetrySpec, RolloutSpec, SinkSpec};
 
 /// The filter's name in Envoy's `http_filters` and in the ECDS resource.
 pub const FILTER_NAME: &str = "canary";
-/// The ECDS file's name inside its directory (and the ConfigMap's key).
-pub const ECDS_FILE_NAME: &str = "canary.json";
+pub use canary_judge::ECDS_FILE_NAME;
 
 const WASM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
 
@@ -126,7 +125,7 @@ pub enum Held {
 impl Held {
     /// `holding`: the rollout and epoch the sink's content names, if it
     /// names any; `equal`: the content is byte for byte what `config` gives.
-    pub fn judge(holding: Option<(&str, u64)>, equal: bool, config: &FilterConfig) -> Held {
+    pub fn classify(holding: Option<(&str, u64)>, equal: bool, config: &FilterConfig) -> Held {
         match holding {
             _ if equal => Held::Wanted,
             Some((rollout, epoch)) if rollout == config.rollout && epoch > config.epoch => Held::Ahead,
@@ -143,9 +142,9 @@ pub fn ecds_holding(body: &str) -> Option<(String, u64)> {
 }
 
 /// [`Held`] for an ECDS file's text (the file and ConfigMap sinks).
-fn judge_ecds(current: Option<&str>, wanted: &str, config: &FilterConfig) -> Held {
+fn classify_ecds(current: Option<&str>, wanted: &str, config: &FilterConfig) -> Held {
     let holding = current.and_then(ecds_holding);
-    Held::judge(holding.as_ref().map(|(r, e)| (r.as_str(), *e)), current == Some(wanted), config)
+    Held::classify(holding.as_ref().map(|(r, e)| (r.as_str(), *e)), current == Some(wanted), config)
 }
 
 /// The ECDS file's text for `config`: what the file and ConfigMap sinks write.
@@ -457,17 +456,17 @@ pub(crate) mod tests {
     fn what_a_sink_holds_is_judged_by_content_then_by_rollout_and_epoch() {
         let c = config(4, 500);
         let body = render_body(Path::new("/x.wasm"), &c);
-        assert_eq!(judge_ecds(Some(&body), &body, &c), Held::Wanted);
+        assert_eq!(classify_ecds(Some(&body), &body, &c), Held::Wanted);
         let other = |epoch, weight| render_body(Path::new("/x.wasm"), &config(epoch, weight));
-        assert_eq!(judge_ecds(Some(&other(5, 0)), &body, &c), Held::Ahead, "a rollback of ours, not saved yet");
-        assert_eq!(judge_ecds(Some(&other(3, 100)), &body, &c), Held::Other, "GitOps put an old one back");
-        assert_eq!(judge_ecds(Some(&other(4, 9000)), &body, &c), Held::Other, "edited by hand");
-        assert_eq!(judge_ecds(Some("garbage"), &body, &c), Held::Other);
-        assert_eq!(judge_ecds(None, &body, &c), Held::Other);
+        assert_eq!(classify_ecds(Some(&other(5, 0)), &body, &c), Held::Ahead, "a rollback of ours, not saved yet");
+        assert_eq!(classify_ecds(Some(&other(3, 100)), &body, &c), Held::Other, "GitOps put an old one back");
+        assert_eq!(classify_ecds(Some(&other(4, 9000)), &body, &c), Held::Other, "edited by hand");
+        assert_eq!(classify_ecds(Some("garbage"), &body, &c), Held::Other);
+        assert_eq!(classify_ecds(None, &body, &c), Held::Other);
         let mut foreign = config(9, 0);
         foreign.rollout = "another".into();
         let foreign = render_body(Path::new("/x.wasm"), &foreign);
-        assert_eq!(judge_ecds(Some(&foreign), &body, &c), Held::Other);
+        assert_eq!(classify_ecds(Some(&foreign), &body, &c), Held::Other);
         assert_eq!(ecds_holding(&body), Some(("r".to_string(), 4)));
     }
 

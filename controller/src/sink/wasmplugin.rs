@@ -87,7 +87,7 @@ impl WasmPluginSink {
         let current = self.current(&self.api(client)).await?;
         let plugin = current.data.pointer("/spec/pluginConfig");
         let holding = plugin.and_then(|p| Some((p.get("rollout")?.as_str()?, p.get("epoch")?.as_u64()?)));
-        Ok(Held::judge(holding, plugin == Some(&Self::plugin_config(config)), config))
+        Ok(Held::classify(holding, plugin == Some(&Self::plugin_config(config)), config))
     }
 
     pub async fn push(&self, client: &kube::Client, config: &FilterConfig) -> Result<(), SinkError> {
@@ -121,7 +121,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::fixtures::{client, serve, status_error, Exchange};
+    use crate::k8s::fixtures::{client, serve, status_error, Exchange};
     use crate::sink::tests::config;
 
     const PATH: &str = "/apis/extensions.istio.io/v1alpha1/namespaces/istio-system/wasmplugins/canary";

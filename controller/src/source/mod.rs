@@ -1,24 +1,22 @@
-//! Stats sources: where the controller reads one rollout epoch's per-version
-//! counters and histograms, merged across every Envoy into one [`Window`].
+//! Stats sources: the HTTP that reads one rollout epoch's per-version
+//! counters and histograms from every Envoy; parsing, restart correction
+//! and merging into one [`Window`] are the judge's
+//! [`evidence`](canary_judge::evidence).
 //!
 //! ```text
 //!  admin       GET every Envoy's /stats (bounded concurrency, per-endpoint timeout)  ─┐
-//!                                                                                      ├─► per-endpoint samples
-//!  prometheus  4 instant queries to Prometheus' /api/v1/query (one per Envoy fleet)  ─┘      │
-//!                                                                    ResetTracker (restarts) ▼
-//!                                                                   merge_reads ─► Window { versions, coverage }
+//!                                                                                      ├─► evidence ─► Window
+//!  prometheus  4 instant queries to Prometheus' /api/v1/query (one per Envoy fleet)  ─┘
 //! ```
-//!
-//! Both produce the same [`Window`] from the same per-endpoint samples, with
-//! the same restart correction and the same coverage (endpoints asked, answered,
-//! applied, failed): the gates and the state machine cannot tell them apart.
 
 pub mod admin;
 pub mod prometheus;
 
-pub use admin::*;
+pub use admin::{stats_query, AdminSource, AdminSourceConfig};
+pub use canary_judge::evidence::tracker::ResetTracker;
+pub use canary_judge::evidence::SourceError;
 
-use crate::window::Window;
+use canary_judge::window::Window;
 
 /// The configured stats source of a rollout.
 pub enum Source {
@@ -26,14 +24,6 @@ pub enum Source {
     Admin(AdminSource),
     /// A Prometheus server that scrapes the Envoys' `/stats/prometheus`.
     Prometheus(prometheus::PrometheusSource),
-}
-
-/// Why a source produced no window at all (an endpoint's own failure is not
-/// this: it goes into the window's coverage).
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum SourceError {
-    #[error(transparent)]
-    Prometheus(#[from] prometheus::QueryError),
 }
 
 impl Source {

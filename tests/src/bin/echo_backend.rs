@@ -47,12 +47,13 @@ struct Echo {
 
 /// Whether this user's prediction is flipped: a fixed share of users.
 pub fn flipped(user: &str, rate: f64) -> bool {
-    let h = xxhash(user.as_bytes());
+    let h = fnv1a(user.as_bytes());
     (h % 1_000_000) as f64 / 1_000_000.0 < rate
 }
 
-fn xxhash(bytes: &[u8]) -> u64 {
-    // FNV-1a: stable, dependency-free, good enough to pick a share of users.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    // Stable, dependency-free, good enough to pick a share of users (and
+    // unrelated to the filter's xxh3 split, on purpose).
     bytes.iter().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100000001b3))
 }
 

@@ -37,16 +37,16 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{watch, Notify};
 
 use crate::control::{self, now_millis, ControlError, Controller};
-use crate::gates::GateKind;
-use crate::metrics::{RolloutGauges, METRICS};
-use crate::rollout::{Action, Command, Decision, Millis};
-use crate::spec::RolloutSpec;
+use crate::http::metrics::{RolloutGauges, METRICS};
 use crate::store::Store;
-use crate::window::{Histogram, VersionWindow};
+use canary_judge::gates::GateKind;
+use canary_judge::rollout::{Action, Command, Decision, Millis};
+use canary_judge::spec::RolloutSpec;
+use canary_judge::window::{MergedHistogram, VersionWindow};
 
-const INDEX_HTML: &str = include_str!("../assets/dashboard/index.html");
-const DASHBOARD_JS: &str = include_str!("../assets/dashboard/dashboard.js");
-const DASHBOARD_CSS: &str = include_str!("../assets/dashboard/dashboard.css");
+const INDEX_HTML: &str = include_str!("../../assets/dashboard/index.html");
+const DASHBOARD_JS: &str = include_str!("../../assets/dashboard/dashboard.js");
+const DASHBOARD_CSS: &str = include_str!("../../assets/dashboard/dashboard.css");
 
 /// Points the page gets per series at most (neighbours are merged: a chart
 /// is a few hundred pixels wide, and a longer interval is less noisy).
@@ -129,7 +129,7 @@ pub struct Snapshot {
 struct Cumulative {
     answered: u64,
     errors: u64,
-    latency_us: Histogram,
+    latency_us: MergedHistogram,
 }
 
 impl Cumulative {
@@ -140,7 +140,7 @@ impl Cumulative {
     /// `self - earlier`, bucket by bucket (never negative).
     fn minus(&self, earlier: &Cumulative) -> Cumulative {
         let before: HashMap<u64, u64> = earlier.latency_us.buckets().map(|b| (b.lower.to_bits(), b.count)).collect();
-        let mut latency_us = Histogram::default();
+        let mut latency_us = MergedHistogram::default();
         for b in self.latency_us.buckets() {
             let old = before.get(&b.lower.to_bits()).copied().unwrap_or(0);
             latency_us.add(b.lower, b.width, b.count.saturating_sub(old));
@@ -938,7 +938,7 @@ mod tests {
              gates: { error_rate: { error_tolerance: 1 } }\nenvoy: { admin: [\"http://a\"], ecds_dir: /x, wasm: /y }\n",
         )
         .unwrap();
-        let s0 = crate::rollout::RolloutState::start(&spec, 1_000);
+        let s0 = canary_judge::rollout::RolloutState::start(&spec, 1_000);
         store.save_state(&s0).unwrap();
         let hub = Hub::new(store.clone(), spec.clone(), false);
         let first = hub.current();
@@ -972,7 +972,7 @@ mod tests {
     }
 
     fn cumulative(answered: u64, errors: u64, latencies: &[(f64, u64)]) -> Cumulative {
-        let mut h = Histogram::default();
+        let mut h = MergedHistogram::default();
         for (lower, n) in latencies {
             h.add(*lower, lower / 10.0, *n);
         }

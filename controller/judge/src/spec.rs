@@ -32,19 +32,23 @@ fn invalid(field: impl Into<String>, reason: impl std::fmt::Display) -> SpecErro
 }
 
 /// The rollout spec (as a Kubernetes resource: the spec of a CanaryRollout).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, kube::CustomResource)]
-#[kube(
-    group = "canary.dev",
-    version = "v1alpha1",
-    kind = "CanaryRollout",
-    namespaced,
-    status = "crate::crd::CanaryRolloutStatus",
-    shortname = "canary",
-    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
-    printcolumn = r#"{"name":"Stage","type":"string","jsonPath":".status.stageName"}"#,
-    printcolumn = r#"{"name":"Weight","type":"string","jsonPath":".status.weight"}"#,
-    printcolumn = r#"{"name":"Last","type":"string","jsonPath":".status.lastDecision.action"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(
+    feature = "kube",
+    derive(kube::CustomResource),
+    kube(
+        group = "canary.dev",
+        version = "v1alpha1",
+        kind = "CanaryRollout",
+        namespaced,
+        status = "crate::status::CanaryRolloutStatus",
+        shortname = "canary",
+        printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+        printcolumn = r#"{"name":"Stage","type":"string","jsonPath":".status.stageName"}"#,
+        printcolumn = r#"{"name":"Weight","type":"string","jsonPath":".status.weight"}"#,
+        printcolumn = r#"{"name":"Last","type":"string","jsonPath":".status.lastDecision.action"}"#,
+        printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    )
 )]
 #[serde(deny_unknown_fields)]
 pub struct RolloutSpec {
@@ -59,7 +63,7 @@ pub struct RolloutSpec {
     pub salt: Option<String>,
     /// How often the controller evaluates.
     #[serde(with = "humantime_serde", default = "default_interval")]
-    #[schemars(schema_with = "crate::crd::schema::duration")]
+    #[schemars(schema_with = "crate::status::schema::duration")]
     pub interval: Duration,
     /// The stages, in order; the last one must be 100 %.
     #[serde(default = "default_stages")]
@@ -101,7 +105,7 @@ pub struct StageSpec {
     pub shadow: bool,
     /// Least time in the stage before it may advance (it may roll back earlier).
     #[serde(with = "humantime_serde", default)]
-    #[schemars(schema_with = "crate::crd::schema::duration")]
+    #[schemars(schema_with = "crate::status::schema::duration")]
     pub min_duration: Duration,
     /// Least responses per version before the stage may advance (in a
     /// shadow stage: champion responses and shadow answers). 0 or left out:
@@ -120,7 +124,7 @@ pub struct StageSpec {
     /// The terminal rule: the longest the stage may hold before
     /// `on_max_duration` applies. Default: 3 × `min_duration`, at least 1h.
     #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "crate::crd::schema::duration")]
+    #[schemars(schema_with = "crate::status::schema::duration")]
     pub max_duration: Option<Duration>,
     /// What happens when the stage reaches `max_duration` undecided.
     #[serde(default, skip_serializing_if = "TerminalOutcome::is_default")]
@@ -312,7 +316,7 @@ fn default_look_growth() -> f64 {
 }
 
 /// How the gates decide.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum GateMethod {
     /// Confidence sequences and e-processes: pass, fail or inconclusive at
@@ -443,11 +447,11 @@ pub struct EnvoySpec {
     pub sink_retry: RetrySpec,
     /// Per-endpoint timeout for stats reads.
     #[serde(with = "humantime_serde", default = "default_admin_timeout")]
-    #[schemars(schema_with = "crate::crd::schema::duration")]
+    #[schemars(schema_with = "crate::status::schema::duration")]
     pub timeout: Duration,
     /// Time allowed for every Envoy to apply a new configuration before an alert.
     #[serde(with = "humantime_serde", default = "default_apply_timeout")]
-    #[schemars(schema_with = "crate::crd::schema::duration")]
+    #[schemars(schema_with = "crate::status::schema::duration")]
     pub apply_timeout: Duration,
     /// Read the stats from Prometheus instead of every Envoy's admin API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -476,7 +480,7 @@ pub struct PrometheusSpec {
     pub selector: String,
     /// For one read (its four queries run at once).
     #[serde(with = "humantime_serde", default = "default_admin_timeout")]
-    #[schemars(schema_with = "crate::crd::schema::duration")]
+    #[schemars(schema_with = "crate::status::schema::duration")]
     pub timeout: Duration,
 }
 
@@ -500,7 +504,7 @@ pub enum SinkSpec {
 }
 
 fn default_configmap_key() -> String {
-    crate::sink::ECDS_FILE_NAME.to_string()
+    crate::ECDS_FILE_NAME.to_string()
 }
 
 /// Retries of a failed push: `attempts` in all, waiting `backoff`, then
@@ -510,10 +514,10 @@ fn default_configmap_key() -> String {
 pub struct RetrySpec {
     pub attempts: u32,
     #[serde(with = "humantime_serde")]
-    #[schemars(schema_with = "crate::crd::schema::duration")]
+    #[schemars(schema_with = "crate::status::schema::duration")]
     pub backoff: Duration,
     #[serde(with = "humantime_serde")]
-    #[schemars(schema_with = "crate::crd::schema::duration")]
+    #[schemars(schema_with = "crate::status::schema::duration")]
     pub max_backoff: Duration,
 }
 
@@ -543,11 +547,11 @@ fn default_apply_timeout() -> Duration {
 pub struct FilterSpec {
     /// `[{header: x-user-id}, {cookie: uid}]`, as in the plugin configuration.
     #[serde(with = "serde_yaml_ng::with::singleton_map_recursive")]
-    #[schemars(schema_with = "crate::crd::schema::key_list")]
+    #[schemars(schema_with = "crate::status::schema::key_list")]
     pub key: Vec<KeySource>,
-    #[schemars(schema_with = "crate::crd::schema::unkeyed")]
+    #[schemars(schema_with = "crate::status::schema::unkeyed")]
     pub unkeyed: UnkeyedPolicy,
-    #[schemars(schema_with = "crate::crd::schema::headers")]
+    #[schemars(schema_with = "crate::status::schema::headers")]
     pub headers: OwnedHeaders,
     /// Where responses carry their prediction and how it is binned, as in
     /// the plugin configuration (`from: {header: x-prediction}`, `bins:
@@ -555,12 +559,12 @@ pub struct FilterSpec {
     /// are fixed for the whole rollout: derive them from the champion
     /// beforehand (`canary bin-edges`).
     #[serde(with = "serde_yaml_ng::with::singleton_map_recursive", skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "crate::crd::schema::prediction")]
+    #[schemars(schema_with = "crate::status::schema::prediction")]
     pub prediction: Option<PredictionConfig>,
     /// A request header whose allowed values split the counters. Every
     /// stage gets it.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "crate::crd::schema::segment")]
+    #[schemars(schema_with = "crate::status::schema::segment")]
     pub segment: Option<SegmentConfig>,
     /// Where and how shadow copies go; only shadow stages get it.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -568,7 +572,7 @@ pub struct FilterSpec {
     /// A QA override header and its secret (`<secret>:<version>`); every
     /// stage gets it. Overridden requests are not counted.
     #[serde(rename = "override", skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "crate::crd::schema::qa_override")]
+    #[schemars(schema_with = "crate::status::schema::qa_override")]
     pub qa_override: Option<canary_core::config::OverrideConfig>,
 }
 
@@ -596,7 +600,7 @@ pub struct ShadowSpec {
     pub cluster: Option<String>,
     /// How long the filter waits for a shadow answer (1 ms – 60 s).
     #[serde(with = "humantime_serde")]
-    #[schemars(schema_with = "crate::crd::schema::duration")]
+    #[schemars(schema_with = "crate::status::schema::duration")]
     pub timeout: Duration,
     /// Share of champion-served requests copied, in percent (0.01 resolution).
     pub sample_percent: f64,
@@ -632,10 +636,10 @@ pub struct AlertsSpec {
     /// Wait before the second attempt; it doubles after each failed one, up
     /// to `retry_max_backoff`.
     #[serde(with = "humantime_serde")]
-    #[schemars(schema_with = "crate::crd::schema::duration")]
+    #[schemars(schema_with = "crate::status::schema::duration")]
     pub retry_backoff: Duration,
     #[serde(with = "humantime_serde")]
-    #[schemars(schema_with = "crate::crd::schema::duration")]
+    #[schemars(schema_with = "crate::status::schema::duration")]
     pub retry_max_backoff: Duration,
 }
 

@@ -41,9 +41,9 @@ use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 
 use crate::control::{ControlError, Controller};
-use crate::crd::{self, CanaryRollout, CanaryRolloutStatus, CommandStatus};
-use crate::rollout::Phase;
+use crate::k8s::crd::{self, CanaryRollout, CanaryRolloutStatus, CommandStatus};
 use crate::sink::configmap::FIELD_MANAGER;
+use canary_judge::rollout::Phase;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -289,7 +289,7 @@ struct Pass {
     /// Otherwise, the time left until the next one.
     wait: Duration,
     dir: PathBuf,
-    spec: crate::spec::RolloutSpec,
+    spec: canary_judge::spec::RolloutSpec,
     accept: bool,
     client: kube::Client,
     command: Option<crd::PendingCommand>,
@@ -386,8 +386,8 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::crd::tests::resource;
-    use crate::fixtures::{client, serve, Exchange};
+    use crate::k8s::crd::tests::resource;
+    use crate::k8s::fixtures::{client, serve, Exchange};
 
     const STATUS: &str = "/apis/canary.dev/v1alpha1/namespaces/shop/canaryrollouts/recs/status";
     const MERGE: &str = "application/merge-patch+json";
@@ -549,7 +549,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn one_undecodable_rollout_is_marked_invalid_and_every_other_one_is_reconciled() {
-        use crate::fixtures::{respond, status_error, Reply};
+        use crate::k8s::fixtures::{respond, status_error, Reply};
         let tmp = tempfile::tempdir().unwrap();
         let good = ["a", "b", "c"].map(|n| served(tmp.path(), n, |_| {}));
         // The three values the API server accepted under the old schema.

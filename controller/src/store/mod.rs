@@ -6,12 +6,16 @@
 //!   decisions.jsonl  every decision, one JSON line each, seq 1, 2, 3 … without gaps
 //!   lock             flock: one writer at a time (daemon, CLI commands)
 //!   daemon.pid       the running daemon, if any
+//!   reports/         canary analysis reports (see [`reports`])
 //! ```
 //!
 //! Order of writes for a decision: state first, then the log line. A crash
 //! between the two is repaired on the next open: the state keeps its last
 //! decision, and [`Store::repair_log`] appends it if the log lacks it, so the
 //! log has neither gaps nor duplicates.
+
+pub mod durable;
+pub mod reports;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader};
@@ -22,9 +26,8 @@ use std::sync::Arc;
 
 use fs2::FileExt;
 
-use crate::durable;
-use crate::rollout::{Decision, RolloutState};
-use crate::spec::{RolloutSpec, SpecError};
+use canary_judge::rollout::{Decision, RolloutState};
+use canary_judge::spec::{RolloutSpec, SpecError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -248,7 +251,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rollout::Command;
+    use canary_judge::rollout::Command;
 
     fn spec() -> RolloutSpec {
         RolloutSpec::from_yaml(

@@ -58,7 +58,7 @@ use crate::labels::LabelStats;
 use crate::psi;
 use crate::spec::{GateMethod, GatesSpec, NoDataPolicy};
 use crate::stats::{self, Interval, LookSchedule};
-use crate::window::{Histogram, VersionWindow};
+use crate::window::{MergedHistogram as Histogram, VersionWindow};
 
 /// Power the "needed" estimates aim for: the chance that the look they
 /// point to decides, if the observed difference is the true one.

@@ -57,7 +57,7 @@ use serde::{Deserialize, Serialize};
 use statrs::function::beta::ln_beta;
 
 use crate::stats::Interval;
-use crate::window::Histogram;
+use crate::window::MergedHistogram as Histogram;
 
 /// The mixture's prior, Beta(½, ½) (Jeffreys): no preferred rate.
 const PRIOR: (f64, f64) = (0.5, 0.5);

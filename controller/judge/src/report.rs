@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -17,7 +16,6 @@ use crate::labels::LabelStats;
 use crate::rollout::{Action, Decision, Millis, RolloutState, Target};
 use crate::spec::RolloutSpec;
 use crate::stats::{newcombe_diff, quantile_interval, welch_diff, wilson, Interval};
-use crate::store::{Store, StoreError};
 use crate::window::{Bucket, VersionWindow};
 
 pub const SCHEMA: &str = "canary.report/v1";
@@ -752,55 +750,6 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}tr.worse td{{backg
     );
     b.push_str("</body></html>\n");
     b
-}
-
-/// Writes `<stem>.json` and `<stem>.html` into `dir`.
-pub fn write(dir: &Path, stem: &str, r: &Report) -> Result<Vec<PathBuf>, StoreError> {
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| StoreError::Io { what: "write the report", path, source }
-    };
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let json = dir.join(format!("{stem}.json"));
-    let html_path = dir.join(format!("{stem}.html"));
-    let body = serde_json::to_vec_pretty(r).unwrap_or_default();
-    crate::durable::write_atomic(&json, &body).map_err(io(&json))?;
-    crate::durable::write_atomic(&html_path, html(r).as_bytes()).map_err(io(&html_path))?;
-    Ok(vec![json, html_path])
-}
-
-/// File stem of a stage's report.
-pub fn stage_stem(index: usize, stage: &str, epoch: u64) -> String {
-    format!("stage-{}-{stage}-epoch{epoch}", index + 1)
-}
-
-/// Writes every stage's report and the whole rollout's into `STATE_DIR/reports`
-/// (or `out`); returns the files written.
-pub fn write_all(
-    store: &Store,
-    spec: &RolloutSpec,
-    out: Option<&Path>,
-    now: Millis,
-) -> Result<Vec<PathBuf>, StoreError> {
-    let state = store.load_state()?.ok_or_else(|| StoreError::Corrupt {
-        path: store.dir().join("state.json"),
-        message: "no rollout state".into(),
-    })?;
-    let log = store.decisions()?;
-    let dir = out.map_or_else(|| store.dir().join("reports"), Path::to_path_buf);
-    let mut files = vec![];
-    let mut epochs: Vec<u64> = log.iter().map(|d| d.from.epoch).collect();
-    epochs.dedup();
-    for e in epochs {
-        if let Some(r) = stage_report(spec, &state, &log, e, now) {
-            let stem = stage_stem(r.stage_index.unwrap_or(0), r.stage.as_deref().unwrap_or("stage"), e);
-            files.extend(write(&dir, &stem, &r)?);
-        }
-    }
-    if let Some(r) = rollout_report(spec, &state, &log, now) {
-        files.extend(write(&dir, "rollout", &r)?);
-    }
-    Ok(files)
 }
 
 #[cfg(test)]

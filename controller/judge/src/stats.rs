@@ -6,7 +6,7 @@
 
 use statrs::distribution::{ContinuousCDF, Normal, StudentsT};
 
-use crate::window::Histogram;
+use crate::window::MergedHistogram as Histogram;
 
 /// A two-sided interval.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]

@@ -11,12 +11,12 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 
 use crate::control::{self, now_millis, Controller};
-use crate::dashboard::{Hub, Token};
-use crate::labels::LabelRecord;
-use crate::metrics::METRICS;
-use crate::rollout::{Action, Decision};
-use crate::spec::RolloutSpec;
+use crate::http::dashboard::{Hub, Token};
+use crate::http::metrics::METRICS;
 use crate::store::Store;
+use canary_judge::labels::LabelRecord;
+use canary_judge::rollout::{Action, Decision};
+use canary_judge::spec::RolloutSpec;
 
 /// What the HTTP handlers need: the state directory and the spec, not the
 /// controller (its lock is held across a whole evaluation).
@@ -54,12 +54,12 @@ pub async fn run(controller: Controller, token: Option<Token>) -> anyhow::Result
         .route("/status", get(status))
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(Arc::new((store.clone(), controller.spec.clone())))
-        .merge(crate::dashboard::router(hub.clone(), token));
+        .merge(crate::http::dashboard::router(hub.clone(), token));
     let mut c = controller;
     let listener = tokio::net::TcpListener::bind(&listen).await?;
     let addr = listener.local_addr()?;
-    crate::durable::write_atomic(&store.dir().join("daemon.addr"), addr.to_string().as_bytes())?;
-    crate::durable::write_atomic(&store.pid_path(), std::process::id().to_string().as_bytes())?;
+    crate::store::durable::write_atomic(&store.dir().join("daemon.addr"), addr.to_string().as_bytes())?;
+    crate::store::durable::write_atomic(&store.pid_path(), std::process::id().to_string().as_bytes())?;
     tokio::spawn(async move { axum::serve(listener, app).await });
     println!(
         "daemon pid {} serving http://{addr} (dashboard at /, POST /labels, GET /status, GET /metrics; controls {controls}); state in {}",

@@ -25,7 +25,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Binomial, Distribution, LogNormal};
 
 use crate::anytime::{self, RateProcess};
-use crate::window::Histogram;
+use crate::window::MergedHistogram as Histogram;
 
 /// The truth of a cell, relative to the tolerance δ.
 #[derive(Debug, Clone, Copy, PartialEq)]

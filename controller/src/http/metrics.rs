@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
-use crate::window::Window;
+use canary_judge::window::Window;
 
 /// The process' metrics (one daemon per process).
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::default);
@@ -32,7 +32,7 @@ const READ_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2
 
 /// A cumulative histogram with fixed bucket bounds.
 #[derive(Debug)]
-pub struct Histogram {
+pub struct SecondsHistogram {
     bounds: &'static [f64],
     inner: Mutex<HistogramInner>,
 }
@@ -45,10 +45,10 @@ struct HistogramInner {
     count: u64,
 }
 
-impl Histogram {
-    pub fn new(bounds: &'static [f64]) -> Histogram {
+impl SecondsHistogram {
+    pub fn new(bounds: &'static [f64]) -> SecondsHistogram {
         let inner = HistogramInner { counts: vec![0; bounds.len() + 1], sum: 0.0, count: 0 };
-        Histogram { bounds, inner: Mutex::new(inner) }
+        SecondsHistogram { bounds, inner: Mutex::new(inner) }
     }
 
     pub fn observe(&self, value: f64) {
@@ -89,9 +89,9 @@ pub struct Metrics {
     decisions: Family,
     source_reads: AtomicU64,
     source_errors: Family,
-    source_read_seconds: Histogram,
+    source_read_seconds: SecondsHistogram,
     sink_pushes: Family,
-    sink_push_seconds: Histogram,
+    sink_push_seconds: SecondsHistogram,
     sink_attempts: Family,
     sink_drifts: Family,
     control_requests: Family,
@@ -106,9 +106,9 @@ impl Default for Metrics {
             decisions: Family::default(),
             source_reads: AtomicU64::new(0),
             source_errors: Family::default(),
-            source_read_seconds: Histogram::new(READ_BUCKETS),
+            source_read_seconds: SecondsHistogram::new(READ_BUCKETS),
             sink_pushes: Family::default(),
-            sink_push_seconds: Histogram::new(PUSH_BUCKETS),
+            sink_push_seconds: SecondsHistogram::new(PUSH_BUCKETS),
             sink_attempts: Family::default(),
             sink_drifts: Family::default(),
             control_requests: Family::default(),
@@ -365,7 +365,7 @@ fn sample(w: &mut String, name: &str, labels: &[(&str, String)], value: f64) {
     let _ = writeln!(w, " {}", number(value));
 }
 
-fn histogram(w: &mut String, name: &str, help: &str, h: &Histogram) {
+fn histogram(w: &mut String, name: &str, help: &str, h: &SecondsHistogram) {
     header(w, name, "histogram", help);
     let s = h.snapshot();
     let mut cumulative = 0u64;
@@ -382,7 +382,7 @@ fn histogram(w: &mut String, name: &str, help: &str, h: &Histogram) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::window::{Coverage, EndpointFailure};
+    use canary_judge::window::{Coverage, EndpointFailure};
 
     #[test]
     fn the_text_format_has_help_type_and_cumulative_buckets() {

@@ -40,6 +40,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::evidence::tracker::ResetTracker;
+use crate::evidence::SourceError;
 use crate::gates::{self, GateResult, LabelEvidence, Outcome, StageContext};
 use crate::labels::LabelBook;
 use crate::spec::{AdvanceWhen, GateMethod, RolloutSpec, TerminalOutcome};
@@ -207,8 +209,8 @@ pub struct RolloutState {
     #[serde(default)]
     pub not_applied_alerted: bool,
     /// Per-endpoint counter bookkeeping of the stats source (resets).
-    #[serde(default)]
-    pub source_tracker: serde_json::Value,
+    #[serde(default, deserialize_with = "ResetTracker::deserialize_saved")]
+    pub source_tracker: Option<ResetTracker>,
     /// The sequential verdicts reached in this stage, one per gate: the
     /// latest look each gate spent (see [`crate::gates`]). A look is judged
     /// once; until the next, its verdict is carried. Cleared on every move.
@@ -510,7 +512,7 @@ impl RolloutState {
             labels_offset: 0,
             source_failures: 0,
             not_applied_alerted: false,
-            source_tracker: serde_json::Value::Null,
+            source_tracker: None,
             looks: vec![],
             frozen: false,
             incident: None,
@@ -628,7 +630,12 @@ impl RolloutState {
 
     /// One automatic evaluation. `window` is the stats source's answer for
     /// this state's epoch, or why there is none.
-    pub fn step(&self, spec: &RolloutSpec, window: Result<&Window, String>, now: Millis) -> (RolloutState, Decision) {
+    pub fn step(
+        &self,
+        spec: &RolloutSpec,
+        window: Result<&Window, &SourceError>,
+        now: Millis,
+    ) -> (RolloutState, Decision) {
         let mut next = self.clone();
         let hold = |next: RolloutState, reasons: Vec<String>, gates, summary, alerts| {
             next.finish(Action::Hold, false, now, spec, (reasons, gates, summary, alerts))
@@ -657,7 +664,7 @@ impl RolloutState {
             hold(next, vec![reason], vec![], None, alerts)
         };
         let window = match window {
-            Err(why) => return source_failed(next, why),
+            Err(why) => return source_failed(next, why.to_string()),
             Ok(w) if w.epoch != self.epoch => {
                 return source_failed(next, format!("stats are for epoch {}, not {}", w.epoch, self.epoch))
             }
@@ -855,6 +862,12 @@ alerts: { source_failures: 2 }
         RolloutSpec::from_yaml(SPEC).unwrap()
     }
 
+    /// A source that answered nothing at all.
+    fn refused() -> SourceError {
+        let reason = "connection refused".into();
+        SourceError::Prometheus(crate::evidence::prometheus::QueryError::Connect { query: "up", reason })
+    }
+
     /// A window for `epoch` with `n` responses per version and the given 5xx counts.
     fn window(epoch: u64, n: u64, champion_errors: u64, challenger_errors: u64) -> Window {
         Window::of(
@@ -966,11 +979,9 @@ alerts: { source_failures: 2 }
         partial.coverage.failures.push(EndpointFailure { endpoint: "http://b".into(), error: "timed out".into() });
         let mut alerts = vec![];
         for (i, w) in
-            [Err("connection refused".to_string()), Ok(partial.clone()), Err("x".into()), Ok(window(7, 500, 0, 0))]
-                .into_iter()
-                .enumerate()
+            [Err(refused()), Ok(partial.clone()), Err(refused()), Ok(window(7, 500, 0, 0))].into_iter().enumerate()
         {
-            let (next, d) = s.step(&spec, w.as_ref().map_err(|e| e.clone()), 100_000 + i as u64 * 1000);
+            let (next, d) = s.step(&spec, w.as_ref(), 100_000 + i as u64 * 1000);
             assert_eq!(d.action, Action::Hold, "{:?}", d.reasons);
             assert!(d.reasons[0].starts_with("no data"), "{:?}", d.reasons);
             alerts.extend(d.alerts);

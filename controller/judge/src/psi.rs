@@ -46,7 +46,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::window::Histogram;
+use crate::window::MergedHistogram;
 
 /// Pseudo-count added to every bin before normalising (see the module docs).
 pub const SMOOTHING: f64 = 0.5;
@@ -211,7 +211,7 @@ pub fn quantile_edges(values: &[f64], bins: usize) -> Result<Vec<f64>, EdgesErro
 
 /// The same from a merged histogram (e.g. a latency-like distribution the
 /// champion reported): edges at its interpolated i/bins quantiles.
-pub fn histogram_edges(histogram: &Histogram, bins: usize) -> Result<Vec<f64>, EdgesError> {
+pub fn histogram_edges(histogram: &MergedHistogram, bins: usize) -> Result<Vec<f64>, EdgesError> {
     check_bins(bins)?;
     let floor = histogram.buckets().next().map(|b| b.lower).ok_or(EdgesError::Empty)?;
     let edges = rising((1..bins).filter_map(|i| histogram.quantile(i as f64 / bins as f64)), floor);
@@ -358,15 +358,15 @@ mod tests {
 
     #[test]
     fn edges_from_a_merged_histogram() {
-        let mut h = Histogram::default();
+        let mut h = MergedHistogram::default();
         // 100 samples spread evenly over [0, 400): 25 per 100-wide bucket.
         for lower in [0.0, 100.0, 200.0, 300.0] {
             h.add(lower, 100.0, 25);
         }
         assert_eq!(histogram_edges(&h, 4).unwrap(), vec![100.0, 200.0, 300.0]);
         assert_eq!(histogram_edges(&h, 8).unwrap(), vec![50.0, 100.0, 150.0, 200.0, 250.0, 300.0, 350.0]);
-        assert_eq!(histogram_edges(&Histogram::default(), 4), Err(EdgesError::Empty));
-        let mut narrow = Histogram::default();
+        assert_eq!(histogram_edges(&MergedHistogram::default(), 4), Err(EdgesError::Empty));
+        let mut narrow = MergedHistogram::default();
         narrow.add(5.0, 0.0, 10);
         assert_eq!(histogram_edges(&narrow, 4), Err(EdgesError::AllEqual(5.0)));
     }

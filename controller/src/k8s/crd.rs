@@ -1,5 +1,5 @@
 //! The `CanaryRollout` custom resource (canary.dev/v1alpha1): its spec is
-//! the rollout spec ([`crate::spec::RolloutSpec`], derived there), its
+//! the rollout spec ([`canary_judge::spec::RolloutSpec`], derived there), its
 //! status what the reconciler mirrors from the rollout's state directory.
 //!
 //! ```text
@@ -17,14 +17,15 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use kube::api::{Api, Patch, PatchParams};
 use kube::CustomResourceExt;
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::json;
 
 use crate::control::Status;
-use crate::rollout::{Command, RolloutState};
 use crate::sink::configmap::FIELD_MANAGER;
-pub use crate::spec::CanaryRollout;
+use canary_judge::rollout::{Command, RolloutState};
+use canary_judge::status::schema;
+pub use canary_judge::spec::CanaryRollout;
+pub use canary_judge::status::{CanaryRolloutStatus, CommandStatus, DecisionStatus, GateStatus, TransitionStatus};
 
 /// The annotation naming a manual command.
 pub const COMMAND: &str = "canary.dev/command";
@@ -40,171 +41,9 @@ pub const ACCEPT_SPEC_CHANGE: &str = "canary.dev/accept-spec-change";
 /// directory's decision log).
 pub const HISTORY_LIMIT: usize = 20;
 
-/// Schemas for what the derive cannot describe: humantime durations and
-/// the filter's own configuration types (they live in the filter's crate,
-/// which knows nothing of Kubernetes). Written out by hand, typed as the
-/// filter's parser reads them, so the API server refuses what the
-/// controller could not decode; the filter's own rules still run when the
-/// spec is validated. `tests` checks them against the types' serde shapes.
-pub mod schema {
-    use schemars::{json_schema, Schema, SchemaGenerator};
-    use serde_json::{json, Value};
-
-    /// What humantime reads: `500ms`, `30s`, `1h 30m`, `2d`.
-    pub const DURATION_PATTERN: &str = r"^\s*([0-9]+\s*(nsec|ns|usec|us|µs|msec|ms|seconds|second|sec|s|minutes|minute|min|m|hours|hour|hr|h|days|day|d|weeks|week|w|months|month|M|years|year|y)\s*)+$";
-
-    pub fn duration(_: &mut SchemaGenerator) -> Schema {
-        json_schema!({ "type": "string", "pattern": DURATION_PATTERN })
-    }
-
-    fn string() -> Value {
-        json!({ "type": "string", "minLength": 1 })
-    }
-
-    /// An externally tagged enum of strings: exactly one of `names`.
-    fn one_of(names: &[&str], item: Value) -> Value {
-        let properties: serde_json::Map<String, Value> = names.iter().map(|n| (n.to_string(), item.clone())).collect();
-        json!({ "type": "object", "properties": properties, "minProperties": 1, "maxProperties": 1 })
-    }
-
-    fn object(properties: Value, required: &[&str]) -> Schema {
-        let mut v = json!({ "type": "object", "properties": properties });
-        if !required.is_empty() {
-            v["required"] = json!(required);
-        }
-        Schema::try_from(v).unwrap_or_default()
-    }
-
-    /// `filter.key`: `[{header: x-user-id}, {cookie: uid}]`, 1–4 sources.
-    pub fn key_list(_: &mut SchemaGenerator) -> Schema {
-        let max = canary_core::config::MAX_KEY_SOURCES;
-        json_schema!({ "type": "array", "minItems": 1, "maxItems": max, "items": one_of(&["header", "cookie"], string()) })
-    }
-
-    /// `filter.headers`: the names of the headers the filter owns.
-    pub fn headers(_: &mut SchemaGenerator) -> Schema {
-        object(json!({ "version": string(), "stage": string(), "unkeyed": string() }), &[])
-    }
-
-    /// `filter.prediction`: `from: {header | json_pointer}`, `bins: {numeric | categorical}`.
-    pub fn prediction(_: &mut SchemaGenerator) -> Schema {
-        let max = canary_core::predict::MAX_BINS;
-        let bins = json!({
-            "type": "object", "minProperties": 1, "maxProperties": 1,
-            "properties": {
-                "numeric": { "type": "array", "minItems": 1, "maxItems": max, "items": { "type": "number" } },
-                "categorical": { "type": "array", "minItems": 1, "maxItems": max, "items": string() },
-            }
-        });
-        let from = one_of(&["header", "json_pointer"], json!({ "type": "string" }));
-        object(json!({ "from": from, "bins": bins, "max_body_bytes": uint(32) }), &["from", "bins"])
-    }
-
-    /// `filter.segment`: a header and its 1–32 allowed values.
-    pub fn segment(_: &mut SchemaGenerator) -> Schema {
-        let max = canary_core::predict::MAX_SEGMENTS;
-        let values = json!({ "type": "array", "minItems": 1, "maxItems": max, "items": string() });
-        object(json!({ "header": string(), "values": values }), &["header", "values"])
-    }
-
-    /// `filter.override`: the QA override header and its secret.
-    pub fn qa_override(_: &mut SchemaGenerator) -> Schema {
-        let secret = json!({ "type": "string", "minLength": canary_core::config::MIN_SECRET_LEN });
-        object(json!({ "header": string(), "secret": secret }), &["header", "secret"])
-    }
-
-    pub fn unkeyed(_: &mut SchemaGenerator) -> Schema {
-        json_schema!({ "type": "string", "enum": ["champion", "split_by_request_id"] })
-    }
-
-    /// An unsigned integer of `bits` as Kubernetes can say it: bounds, no
-    /// `uint*` format (Kubernetes ≥ 1.34 warns about formats it does not know).
-    pub fn uint(bits: u32) -> Value {
-        // Kubernetes integers are int64: a u64 field takes up to i64::MAX.
-        let max = if bits >= 64 { i64::MAX as u64 } else { (1u64 << bits) - 1 };
-        json!({ "type": "integer", "minimum": 0, "maximum": max })
-    }
-}
-
-/// What `kubectl get canaryrollout -o yaml` shows under `status`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct CanaryRolloutStatus {
-    /// running, paused, promoted or rolled_back.
-    pub phase: Option<String>,
-    /// 0-based stage index, and its name.
-    pub stage: Option<u32>,
-    pub stage_name: Option<String>,
-    pub stages: Option<u32>,
-    /// Challenger share, e.g. `5%`.
-    pub weight: Option<String>,
-    pub weight_bp: Option<u16>,
-    /// The configuration's epoch (raised on every change).
-    pub epoch: Option<u64>,
-    /// The last decision's gate verdicts.
-    #[serde(default)]
-    pub gates: Vec<GateStatus>,
-    pub last_decision: Option<DecisionStatus>,
-    /// The latest stage changes, oldest first (at most 20).
-    #[serde(default)]
-    pub history: Vec<TransitionStatus>,
-    /// Sinks that do not carry the current configuration yet.
-    #[serde(default)]
-    pub missing_sinks: Vec<String>,
-    /// The last manual command handled (from the annotations).
-    pub last_command: Option<CommandStatus>,
-    /// Why the reconciler cannot go on (a refused spec), or the last error.
-    pub message: Option<String>,
-    /// `metadata.generation` of the spec this status describes.
-    pub observed_generation: Option<i64>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct GateStatus {
-    pub gate: String,
-    /// pass, fail, inconclusive or no_data.
-    pub outcome: String,
-    pub detail: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct DecisionStatus {
-    pub seq: u64,
-    /// RFC 3339.
-    pub at: String,
-    /// advance, promote, hold, rollback, pause or resume.
-    pub action: String,
-    pub manual: bool,
-    pub reasons: Vec<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct TransitionStatus {
-    pub seq: u64,
-    pub at: String,
-    pub action: String,
-    pub manual: bool,
-    pub from_stage: String,
-    pub to_stage: String,
-    pub weight: String,
-    pub epoch: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct CommandStatus {
-    pub id: String,
-    pub command: String,
-    /// `applied: …` or `refused: …`.
-    pub result: String,
-}
-
 /// The CRD as YAML: what `canary crd` prints and `deploy/crd.yaml` holds.
 pub fn crd_yaml() -> String {
-    let header = "# Generated by `canary crd` from controller/src/spec.rs and controller/src/crd.rs: do not edit.\n";
+    let header = "# Generated by `canary crd` from controller/judge/src/spec.rs, controller/judge/src/status.rs and controller/src/k8s/crd.rs: do not edit.\n";
     let mut crd = serde_json::to_value(CanaryRollout::crd()).unwrap_or_default();
     structural(&mut crd);
     if let Some(spec) = crd.pointer_mut("/spec/versions/0/schema/openAPIV3Schema/properties/spec") {
@@ -478,7 +317,7 @@ impl std::fmt::Display for ResourceRef {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::fixtures::{client, serve, Exchange};
+    use crate::k8s::fixtures::{client, serve, Exchange};
 
     #[test]
     fn the_checked_in_crd_is_the_generated_one() {
@@ -538,7 +377,7 @@ pub(crate) mod tests {
     #[test]
     fn a_resource_spec_reads_like_the_yaml_spec() {
         let r = resource(std::path::Path::new("/var/run/canary"), json!({}));
-        let yaml = crate::spec::RolloutSpec::from_yaml(
+        let yaml = canary_judge::spec::RolloutSpec::from_yaml(
             "rollout: recs-v2\nchampion: v1\nchallenger: v2\ninterval: 30s\nstages:\n  - {weight_percent: 5, min_duration: 1h, min_requests: 100}\n  - {weight_percent: 100}\ngates: {error_rate: {error_tolerance: 1.0}}\nenvoy: {admin: ['http://127.0.0.1:1'], timeout: 200ms, ecds_dir: /var/run/canary, wasm: /etc/canary/canary_filter.wasm}\nfilter: {key: [{header: x-user-id}, {cookie: uid}], unkeyed: champion}\n",
         )
         .unwrap();
@@ -580,7 +419,7 @@ pub(crate) mod tests {
         assert_eq!(messages.len(), 3);
         let tmp = tempfile::tempdir().unwrap();
         let good = resource(tmp.path(), json!({})).spec;
-        let refused = |edit: &dyn Fn(&mut crate::spec::RolloutSpec), field: &str| {
+        let refused = |edit: &dyn Fn(&mut canary_judge::spec::RolloutSpec), field: &str| {
             let mut spec = good.clone();
             edit(&mut spec);
             let e = spec.validate().unwrap_err().to_string();
@@ -629,10 +468,10 @@ pub(crate) mod tests {
         state = state.command(&spec, Command::Pause, "", 2_000).unwrap().0;
         state = state.command(&spec, Command::Resume, "", 3_000).unwrap().0;
         state.history = (1..=30)
-            .map(|seq| crate::rollout::Transition {
+            .map(|seq| canary_judge::rollout::Transition {
                 at: seq * 1000,
                 seq,
-                action: crate::rollout::Action::Advance,
+                action: canary_judge::rollout::Action::Advance,
                 manual: false,
                 from_stage: "a".into(),
                 to_stage: "b".into(),

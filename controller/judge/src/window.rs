@@ -33,12 +33,12 @@ pub const OPEN_WIDTH: f64 = 1e300;
 /// A histogram merged from many Envoys by adding bucket counts (never by
 /// averaging quantiles).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Histogram {
+pub struct MergedHistogram {
     /// Keyed by the lower bound's bits (non-negative floats order like their bits).
     buckets: BTreeMap<u64, Bucket>,
 }
 
-impl Histogram {
+impl MergedHistogram {
     pub fn add(&mut self, lower: f64, width: f64, count: u64) {
         if count == 0 || !lower.is_finite() || !width.is_finite() || lower < 0.0 || width < 0.0 {
             return;
@@ -47,7 +47,7 @@ impl Histogram {
         b.count = b.count.saturating_add(count);
     }
 
-    pub fn merge(&mut self, other: &Histogram) {
+    pub fn merge(&mut self, other: &MergedHistogram) {
         for b in other.buckets.values() {
             self.add(b.lower, b.width, b.count);
         }
@@ -59,8 +59,8 @@ impl Histogram {
 
     /// What was added after `base` (an earlier state of the same
     /// cumulative histogram), bucket by bucket.
-    pub fn since(&self, base: &Histogram) -> Histogram {
-        let mut out = Histogram::default();
+    pub fn since(&self, base: &MergedHistogram) -> MergedHistogram {
+        let mut out = MergedHistogram::default();
         for (key, b) in &self.buckets {
             let before = base.buckets.get(key).map_or(0, |x| x.count);
             out.add(b.lower, b.width, b.count.saturating_sub(before));
@@ -104,7 +104,7 @@ pub struct VersionWindow {
     /// 504s (upstream timeouts), also counted in 5xx.
     pub timeouts: u64,
     /// Request-to-response-headers latency in microseconds.
-    pub latency_us: Histogram,
+    pub latency_us: MergedHistogram,
     /// Responses per prediction bin (`b0`..`bN`, labels, `other`,
     /// `unparsed`), when the filter reads predictions.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -288,7 +288,7 @@ pub struct SegmentWindow {
     /// `[1xx, 2xx, 3xx, 4xx, 5xx]`.
     pub responses: [u64; 5],
     pub timeouts: u64,
-    pub latency_us: Histogram,
+    pub latency_us: MergedHistogram,
 }
 
 impl SegmentWindow {
@@ -338,7 +338,7 @@ pub struct ShadowWindow {
     /// Sampled but not sent (body over the limit, too many in flight).
     pub skipped: u64,
     /// Microseconds from sending a copy to its answer.
-    pub latency_us: Histogram,
+    pub latency_us: MergedHistogram,
 }
 
 impl ShadowWindow {
@@ -478,7 +478,7 @@ mod tests {
 
     #[test]
     fn quantile_interpolates_inside_the_bucket() {
-        let mut h = Histogram::default();
+        let mut h = MergedHistogram::default();
         h.add(100.0, 10.0, 50);
         h.add(200.0, 10.0, 50);
         assert_eq!(h.count(), 100);
@@ -486,12 +486,12 @@ mod tests {
         assert_eq!(h.quantile(0.5), Some(110.0));
         assert_eq!(h.quantile(0.99), Some(209.8));
         assert_eq!(h.quantile(1.0), Some(210.0));
-        assert_eq!(Histogram::default().quantile(0.99), None);
+        assert_eq!(MergedHistogram::default().quantile(0.99), None);
     }
 
     #[test]
     fn merging_adds_bucket_counts() {
-        let (mut a, mut b) = (Histogram::default(), Histogram::default());
+        let (mut a, mut b) = (MergedHistogram::default(), MergedHistogram::default());
         a.add(100.0, 10.0, 1);
         b.add(100.0, 10.0, 2);
         b.add(5.0, 1.0, 3);
@@ -502,7 +502,7 @@ mod tests {
 
     #[test]
     fn bad_buckets_are_ignored() {
-        let mut h = Histogram::default();
+        let mut h = MergedHistogram::default();
         h.add(f64::NAN, 1.0, 5);
         h.add(-1.0, 1.0, 5);
         h.add(1.0, f64::INFINITY, 5);

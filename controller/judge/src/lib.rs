@@ -1,0 +1,35 @@
+//! canary-judge: every decision of a rollout, as pure functions over values.
+//!
+//! ```text
+//!  spec (what the operator wrote) ─┐
+//!  evidence ──► window ────────────┼─► gates (stats, psi) ─► rollout::step ─► (state, decision)
+//!  labels ─────────────────────────┘                                 │
+//!                                        replay, simulate, report ◄──┘
+//! ```
+//!
+//! No async runtime, HTTP, Kubernetes client or CLI in this crate's
+//! dependencies (a test of the workspace checks `cargo tree`): the state
+//! machine that `run`, `replay` and `simulate` share is testable with plain
+//! values, and the controller crate around it does the I/O. The spec's
+//! `CanaryRollout` custom-resource derive is behind the `kube` feature.
+
+pub mod anytime;
+pub mod calibration;
+pub mod evidence;
+pub mod gates;
+pub mod labels;
+pub mod plan;
+pub mod psi;
+pub mod replay;
+pub mod report;
+pub mod rollout;
+pub mod simulate;
+pub mod spec;
+pub mod stats;
+pub mod status;
+pub mod window;
+
+/// The file Envoy watches for the filter's configuration (file-based ECDS),
+/// and the default ConfigMap key: one name wherever the configuration is
+/// written.
+pub const ECDS_FILE_NAME: &str = "canary.json";
