@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use canary_tests::{default_plugin_config, envoy_bin, render_template, root, wasm_path};
+use canary_tests::{envoy_bin, render_template, root, wasm_path};
 
 fn validate(config_text: &str) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
@@ -28,8 +28,13 @@ fn vars() -> Vec<(&'static str, String)> {
         ("CHALLENGER", "v2".into()),
         ("CHAMPION_PORT", "1".into()),
         ("CHALLENGER_PORT", "2".into()),
-        ("DEFAULT_CONFIG", default_plugin_config("v1", "v2")),
         ("ACCESS_LOG", "/dev/null".into()),
+        // envoy/bench-wasm.yaml only: the bench passes its own plugin configuration.
+        (
+            "DEFAULT_CONFIG",
+            r#"{"rollout":"bench","stage":"s","salt":"s","champion":"v1","challenger":"v2","challenger_weight_bp":0}"#
+                .into(),
+        ),
     ]
 }
 

@@ -760,7 +760,7 @@ async fn events(State(app): State<Arc<App>>) -> impl IntoResponse {
 }
 
 fn text(code: StatusCode, message: String) -> Response {
-    (code, [(header::CACHE_CONTROL, "no-store")], Json(serde_json::json!({ "error": message }))).into_response()
+    crate::daemon::error(code, message)
 }
 
 /// The bearer token of a request, if any.
