@@ -156,6 +156,23 @@ async fn the_dashboard_follows_a_rollout_live_and_its_pause_button_stops_it() {
         .unwrap();
     page.wait_for("document.querySelectorAll('#charts svg path').length >= 8", Duration::from_secs(10)).await.unwrap();
     assert!(page.eval("document.querySelectorAll('#timeline li[data-seq]').length").await.unwrap().as_u64() >= Some(2));
+    // Each judged gate's interval against its threshold; PSI as one value
+    // against its limit (the champion is the reference); the expected
+    // remaining time at the current traffic.
+    page.wait_for(
+        "document.querySelectorAll('#gates tbody tr[data-gate] svg.forest').length >= 3
+         && document.getElementById('eta').textContent.includes('until promotion')",
+        Duration::from_secs(15),
+    )
+    .await
+    .unwrap();
+    let psi_row = page
+        .eval("Array.from(document.querySelectorAll('#gates tr[data-gate=\"prediction\"] td')).map(td => td.textContent)")
+        .await
+        .unwrap();
+    assert_eq!(psi_row[1], "reference", "{psi_row}");
+    assert!(psi_row[2].as_str().unwrap_or("").starts_with("PSI "), "{psi_row}");
+    assert!(psi_row[3].as_str().unwrap_or("").starts_with("< "), "{psi_row}");
 
     // A screenshot mid-rollout, not blank (once the stage's clock runs and
     // the latency, PSI and label lines are drawn).

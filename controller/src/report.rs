@@ -640,21 +640,59 @@ fn gate_interval(g: &GateResult) -> String {
     }
 }
 
-/// A gate's interval against its limit, as a small "forest plot": the
-/// limit as a dashed line, the interval as a bar, the estimate as a dot
-/// coloured by the outcome. Difference gates are drawn around 0.
-fn forest_svg(g: &GateResult) -> String {
-    let (k, _) = gate_units(g);
-    let (point, interval, limit) = if judged_on_difference(g) {
+/// What a gate's "forest plot" shows, in the units people read (%, pp, ms):
+/// the estimate the gate judged, its interval (sequential gates), and the
+/// limit it is held to. Difference gates (rates, label means) are judged on
+/// challenger − champion, drawn around 0; the others on the challenger's
+/// value (latency quantile, PSI, agreement). The report and the dashboard
+/// draw the same numbers.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Forest {
+    pub point: f64,
+    pub low: Option<f64>,
+    pub high: Option<f64>,
+    pub limit: Option<f64>,
+    /// Drawn around 0 (a difference).
+    pub difference: bool,
+    /// "pp", "ms", "%" or "".
+    pub unit: &'static str,
+}
+
+/// The forest plot of a gate, if it has an estimate.
+pub fn forest(g: &GateResult) -> Option<Forest> {
+    let (k, unit) = gate_units(g);
+    let difference = judged_on_difference(g);
+    let (point, interval, limit) = if difference {
         (g.difference, g.difference_interval, g.threshold.zip(g.champion).map(|(t, c)| t - c))
     } else {
         (g.challenger, g.challenger_interval, g.threshold)
     };
-    let Some(point) = point.filter(|p| p.is_finite()) else { return "—".into() };
-    let mut xs = vec![point * k];
-    xs.extend(interval.iter().flat_map(|i| [i.low * k, i.high * k]));
-    xs.extend(limit.map(|l| l * k));
-    if judged_on_difference(g) {
+    let unit = match unit.trim() {
+        "%" if difference => "pp",
+        u => u,
+    };
+    Some(Forest {
+        point: point.filter(|p| p.is_finite())? * k,
+        low: interval.map(|i| i.low * k),
+        high: interval.map(|i| i.high * k),
+        limit: limit.map(|l| l * k),
+        difference,
+        unit,
+    })
+}
+
+/// A gate's interval against its limit, as a small "forest plot": the
+/// limit as a dashed line, the interval as a bar, the estimate as a dot
+/// coloured by the outcome. Difference gates are drawn around 0.
+fn forest_svg(g: &GateResult) -> String {
+    let Some(f) = forest(g) else { return "—".into() };
+    let with_unit = |x: f64| {
+        let sep = if f.unit == "%" || f.unit.is_empty() { "" } else { " " };
+        format!("{}{sep}{}", if f.difference { signed(x) } else { round3(x) }, f.unit)
+    };
+    let mut xs = vec![f.point];
+    xs.extend(f.low.into_iter().chain(f.high).chain(f.limit));
+    if f.difference {
         xs.push(0.0);
     }
     let xs: Vec<f64> = xs.into_iter().filter(|x| x.is_finite()).collect();
@@ -676,30 +714,30 @@ fn forest_svg(g: &GateResult) -> String {
         esc(&format!("{:?}", g.gate)),
         w - 6.0
     );
-    if judged_on_difference(g) {
+    if f.difference {
         let _ = write!(svg, "<line x1=\"{0:.1}\" y1=\"4\" x2=\"{0:.1}\" y2=\"24\" stroke=\"#999\"/>", x(0.0));
     }
-    if let Some(l) = limit {
+    if let Some(l) = f.limit {
         let _ = write!(
             svg,
             "<line x1=\"{0:.1}\" y1=\"2\" x2=\"{0:.1}\" y2=\"26\" stroke=\"#b91c1c\" stroke-dasharray=\"3,2\"/>\
              <text x=\"{0:.1}\" y=\"33\" font-size=\"9\" text-anchor=\"middle\" fill=\"#b91c1c\">limit {1}</text>",
-            x(l * k),
-            esc(&if judged_on_difference(g) { gate_diff(g, l) } else { gate_value(g, Some(l)) })
+            x(l),
+            esc(&with_unit(l))
         );
     }
-    if let Some(i) = interval {
+    if let (Some(low), Some(high)) = (f.low, f.high) {
         let _ = write!(
             svg,
             "<line x1=\"{:.1}\" y1=\"14\" x2=\"{:.1}\" y2=\"14\" stroke=\"{colour}\" stroke-width=\"4\" stroke-linecap=\"round\"/>",
-            x(i.low * k),
-            x(i.high * k)
+            x(low),
+            x(high)
         );
     }
     let _ = write!(
         svg,
         "<circle cx=\"{:.1}\" cy=\"14\" r=\"4\" fill=\"{colour}\" stroke=\"#fff\"><title>{}</title></circle></svg>",
-        x(point * k),
+        x(f.point),
         esc(&gate_interval(g))
     );
     svg
