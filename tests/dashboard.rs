@@ -167,7 +167,9 @@ async fn the_dashboard_follows_a_rollout_live_and_its_pause_button_stops_it() {
     .await
     .unwrap();
     let psi_row = page
-        .eval("Array.from(document.querySelectorAll('#gates tr[data-gate=\"prediction\"] td')).map(td => td.textContent)")
+        .eval(
+            "Array.from(document.querySelectorAll('#gates tr[data-gate=\"prediction\"] td')).map(td => td.textContent)",
+        )
         .await
         .unwrap();
     assert_eq!(psi_row[1], "reference", "{psi_row}");

@@ -721,9 +721,14 @@ fn forest_svg(g: &GateResult) -> String {
         let _ = write!(
             svg,
             "<line x1=\"{0:.1}\" y1=\"2\" x2=\"{0:.1}\" y2=\"26\" stroke=\"#b91c1c\" stroke-dasharray=\"3,2\"/>\
-             <text x=\"{0:.1}\" y=\"33\" font-size=\"9\" text-anchor=\"middle\" fill=\"#b91c1c\">limit {1}</text>",
+             <text x=\"{0:.1}\" y=\"33\" font-size=\"9\" text-anchor=\"{2}\" fill=\"#b91c1c\">limit {1}</text>",
             x(l),
-            esc(&with_unit(l))
+            esc(&with_unit(l)),
+            match x(l) {
+                at if at > w * 0.7 => "end",
+                at if at < w * 0.3 => "start",
+                _ => "middle",
+            }
         );
     }
     if let (Some(low), Some(high)) = (f.low, f.high) {

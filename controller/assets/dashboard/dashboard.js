@@ -209,7 +209,9 @@
     if (f.difference) svg.append(s('line', { x1: x(0), y1: 4, x2: x(0), y2: 20, stroke: '#999' }));
     if (isNum(f.limit)) {
       svg.append(s('line', { x1: x(f.limit), y1: 2, x2: x(f.limit), y2: 22, stroke: '#b91c1c', 'stroke-dasharray': '3,2' }));
-      const t = s('text', { x: x(f.limit), y: 29, 'font-size': 9, 'text-anchor': 'middle', fill: '#b91c1c' });
+      const at = x(f.limit);
+      const anchor = at > W * 0.7 ? 'end' : at < W * 0.3 ? 'start' : 'middle';
+      const t = s('text', { x: at, y: 29, 'font-size': 9, 'text-anchor': anchor, fill: '#b91c1c' });
       t.textContent = 'limit ' + label(f.limit);
       svg.append(t);
     }
