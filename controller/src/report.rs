@@ -995,7 +995,7 @@ pub fn html(r: &Report) -> String {
 body{{font:14px/1.45 system-ui,sans-serif;margin:24px;color:#111;max-width:1000px}}table{{border-collapse:collapse;margin:8px 0 16px}}\
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}tr.worse td{{background:#fee2e2}}.pass{{color:#15803d}}.fail{{color:#b91c1c;font-weight:bold}}\
 .no_data{{color:#92400e}}.inconclusive{{color:#a16207}}.rec{{font-size:18px;padding:8px 12px;border-radius:6px;background:#eef2ff;display:inline-block}}.muted{{color:#666}}code{{font-size:12px}}\
-svg.forest{{display:block}}</style></head><body>",
+svg.forest{{display:block}}td.detail{{min-width:300px;font-size:12px}}</style></head><body>",
         esc(&title),
         esc(&r.rollout),
         esc(&r.recommendation.action)
@@ -1023,7 +1023,7 @@ svg.forest{{display:block}}</style></head><body>",
             let o = outcome_name(g.outcome);
             let _ = write!(
                 b,
-                "<tr><td>{:?}</td><td class=\"{o}\">{o}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td>{:?}</td><td class=\"{o}\">{o}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"detail\">{}</td></tr>",
                 g.gate,
                 esc(&gate_value(g, g.champion)),
                 esc(&gate_value(g, g.challenger)),
