@@ -327,7 +327,8 @@ fn status_line(state: &serde_json::Value, started: Instant, sent: u64) -> String
         if name == "prediction" {
             // PSI compares the challenger with the champion: one value, against its limit.
             let outcome = g["outcome"].as_str().unwrap_or("");
-            gates.push(format!("psi {} (< {}) {outcome}", fmt(&g["challenger"]), fmt(&g["threshold"])));
+            let limit = g["threshold"].as_f64().map_or(String::new(), |_| format!(" (< {})", fmt(&g["threshold"])));
+            gates.push(format!("psi {}{limit} {outcome}", fmt(&g["challenger"])));
             continue;
         }
         gates.push(format!(
