@@ -495,7 +495,7 @@ pub fn markdown(r: &Report) -> String {
                 "| {:?} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 g.gate,
                 outcome_name(g.outcome),
-                gate_value(g, g.champion),
+                gate_champion(g),
                 gate_value(g, g.challenger),
                 gate_value(g, g.threshold),
                 gate_interval(g),
@@ -609,6 +609,15 @@ fn judged_on_difference(g: &GateResult) -> bool {
 fn gate_value(g: &GateResult, x: Option<f64>) -> String {
     let (k, unit) = gate_units(g);
     x.filter(|v| v.is_finite()).map_or("—".to_string(), |v| format!("{}{unit}", round3(v * k)))
+}
+
+/// The champion's column: PSI compares the challenger with the champion,
+/// which is the reference and has no value of its own.
+fn gate_champion(g: &GateResult) -> String {
+    match g.gate {
+        crate::gates::GateKind::Prediction => "reference".into(),
+        _ => gate_value(g, g.champion),
+    }
 }
 
 /// A difference in the gate's units: percentage points for rates.
@@ -1025,7 +1034,7 @@ svg.forest{{display:block}}td.detail{{min-width:300px;font-size:12px}}</style></
                 b,
                 "<tr><td>{:?}</td><td class=\"{o}\">{o}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"detail\">{}</td></tr>",
                 g.gate,
-                esc(&gate_value(g, g.champion)),
+                esc(&gate_champion(g)),
                 esc(&gate_value(g, g.challenger)),
                 esc(&gate_value(g, g.threshold)),
                 forest_svg(g),
