@@ -4,10 +4,10 @@ CARGO ?= cargo
 SCENARIO ?= healthy
 DEMO_ARGS ?=
 
-.PHONY: help setup wasm build test unit integration lint demo fuzz clean install images
+.PHONY: help setup wasm canary build test unit integration lint demo docs-screenshots fuzz clean install images
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 18
 
 setup: ## Install the pinned Envoy and the wasm32 toolchain into .tools/ (idempotent)
 	@bash scripts/setup.sh
@@ -15,6 +15,9 @@ setup: ## Install the pinned Envoy and the wasm32 toolchain into .tools/ (idempo
 wasm: setup ## Build the filter: target/wasm/wasm32-unknown-unknown/wasm/canary_filter.wasm
 	@bash scripts/build-wasm.sh >/dev/null
 	@ls -l target/wasm/wasm32-unknown-unknown/wasm/canary_filter.wasm | awk '{print "filter: " $$5 " bytes"}'
+
+canary: setup ## Build the canary CLI and daemon: target/debug/canary
+	$(CARGO) build -p canary-controller --bin canary
 
 build: wasm ## Build the filter, the controller and the test binaries
 	$(CARGO) build --workspace --exclude canary-filter --all-targets
@@ -36,8 +39,15 @@ integration: build ## Tests against the real Envoy running the built .wasm (and 
 
 test: lint unit integration ## Everything CI runs: lint, unit and integration tests
 
-demo: build ## A complete local rollout (SCENARIO=healthy|faulty, DEMO_ARGS="--stage-seconds 20 ...")
-	$(CARGO) run -q -p canary-tests --bin demo -- --scenario $(SCENARIO) $(DEMO_ARGS)
+# Builds only what the demo runs: the filter, the demo, its model servers and the canary CLI.
+demo: wasm ## A complete local rollout (SCENARIO=healthy|faulty, DEMO_ARGS="--stage-seconds 20 ...")
+	$(CARGO) build -q -p canary-tests -p canary-controller --bin demo --bin model-backend --bin canary
+	target/debug/demo --scenario $(SCENARIO) $(DEMO_ARGS)
+
+docs-screenshots: build ## Regenerate docs/*.png (a stage report, the rollout report, the dashboard) with headless Chromium
+	@bash scripts/setup.sh browser
+	CANARY_UPDATE_DOCS=1 $(CARGO) test -p canary-tests --test reports --test dashboard -- --test-threads=1 \
+	  a_real_rollout_writes_reports the_dashboard_follows_a_rollout_live
 
 FUZZ_SECONDS ?= 60
 fuzz: ## Coverage-guided fuzzing (cargo-fuzz, nightly; installed if missing), FUZZ_SECONDS per target

@@ -156,6 +156,25 @@ async fn the_dashboard_follows_a_rollout_live_and_its_pause_button_stops_it() {
         .unwrap();
     page.wait_for("document.querySelectorAll('#charts svg path').length >= 8", Duration::from_secs(10)).await.unwrap();
     assert!(page.eval("document.querySelectorAll('#timeline li[data-seq]').length").await.unwrap().as_u64() >= Some(2));
+    // Each judged gate's interval against its threshold; PSI as one value
+    // against its limit (the champion is the reference); the expected
+    // remaining time at the current traffic.
+    page.wait_for(
+        "document.querySelectorAll('#gates tbody tr[data-gate] svg.forest').length >= 3
+         && document.getElementById('eta').textContent.includes('until promotion')",
+        Duration::from_secs(15),
+    )
+    .await
+    .unwrap();
+    let psi_row = page
+        .eval(
+            "Array.from(document.querySelectorAll('#gates tr[data-gate=\"prediction\"] td')).map(td => td.textContent)",
+        )
+        .await
+        .unwrap();
+    assert_eq!(psi_row[1], "reference", "{psi_row}");
+    assert!(psi_row[2].as_str().unwrap_or("").starts_with("PSI "), "{psi_row}");
+    assert!(psi_row[3].as_str().unwrap_or("").starts_with("< "), "{psi_row}");
 
     // A screenshot mid-rollout, not blank (once the stage's clock runs and
     // the latency, PSI and label lines are drawn).
@@ -349,6 +368,54 @@ async fn control_calls_without_the_right_token_are_refused_and_change_nothing() 
         reqwest::get(format!("http://{open_addr}/api/state")).await.unwrap().json().await.unwrap();
     assert_eq!(s["controls"]["enabled"], false);
     assert_eq!(manual_decisions(&open_dir), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_api_is_described_at_openapi_json_answers_errors_as_json_and_its_address_goes_with_the_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let state_dir = dir.path().join("api");
+    let mut daemon = start_daemon(&state_dir, &idle_spec(dir.path(), "api"), &[], &[]);
+    let addr = daemon_addr(&state_dir, &daemon).await;
+    // A connection per request: the server closes one it answered 413
+    // before reading the whole body.
+    let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+
+    let r = client.get(format!("http://{addr}/openapi.json")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("application/json"));
+    let doc: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert!(doc["paths"]["/labels"]["post"]["responses"]["413"].is_object(), "{doc}");
+
+    // Every error is JSON with an `error` message.
+    let error_of = |r: reqwest::Response| async move {
+        let status = r.status().as_u16();
+        let body: serde_json::Value = r.json().await.unwrap_or_else(|e| panic!("{status}: not JSON: {e}"));
+        (status, body["error"].as_str().unwrap_or_else(|| panic!("{status}: no error in {body}")).to_string())
+    };
+    let (status, message) = error_of(client.get(format!("http://{addr}/nowhere")).send().await.unwrap()).await;
+    assert_eq!((status, message.contains("/openapi.json")), (404, true), "{message}");
+    let labels = format!("http://{addr}/labels");
+    let (status, message) = error_of(client.post(&labels).body("not json").send().await.unwrap()).await;
+    assert_eq!((status, message.contains("JSON array")), (400, true), "{message}");
+    let big = format!("[{}]", vec![r#"{"version":"v1","stage":"1pct","value":0.5}"#; 260_000].join(","));
+    assert!(big.len() > 10 * 1024 * 1024);
+    let (status, message) = error_of(client.post(&labels).body(big).send().await.unwrap()).await;
+    assert_eq!((status, message.contains("10 MiB")), (413, true), "{message}");
+
+    // A partial batch is 200 with what was rejected and why; negative values are allowed.
+    let batch = r#"[{"version":"v1","stage":"1pct","value":-1.5},{"version":"v9","stage":"1pct","correct":true}]"#;
+    let r = client.post(&labels).body(batch).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let intake: serde_json::Value = r.json().await.unwrap();
+    assert_eq!((intake["accepted"].as_u64(), intake["rejected"].as_u64()), (Some(1), Some(1)), "{intake}");
+    assert!(intake["errors"][0].as_str().unwrap().starts_with("record 1:"), "{intake}");
+
+    // SIGTERM: the daemon exits and takes its address and pid files with it.
+    assert!(Command::new("kill").arg(daemon.proc.pid().to_string()).status().unwrap().success());
+    daemon.wait_exit(Duration::from_secs(15)).await.unwrap();
+    assert!(!state_dir.join("daemon.addr").exists(), "daemon.addr left behind");
+    assert!(!state_dir.join("daemon.pid").exists(), "daemon.pid left behind");
 }
 
 /// One sample of the Prometheus text format.

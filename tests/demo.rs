@@ -46,8 +46,24 @@ fn the_healthy_demo_is_promoted_and_writes_reports() {
     for stage in ["1pct", "5pct", "20pct", "50pct"] {
         assert!(stdout.contains(&format!("{stage} (")), "no decision shown for {stage}:\n{stdout}");
     }
-    let reports: Vec<_> = std::fs::read_dir(out.join("reports")).unwrap().collect();
-    assert_eq!(reports.len(), 5, "4 stage reports and an index");
+    // The controller's reports: 4 stages and the whole rollout, each as
+    // Markdown, HTML and JSON, and an index; readable numbers only.
+    let mut names: Vec<String> = std::fs::read_dir(out.join("reports"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let summaries: Vec<&String> = names.iter().filter(|n| n.ends_with(".md")).collect();
+    assert_eq!(summaries.len(), 6, "{names:?}");
+    for md in summaries.iter().filter(|n| n.as_str() != "README.md") {
+        for ext in ["html", "json"] {
+            assert!(names.contains(&md.replace(".md", &format!(".{ext}"))), "{md} has no {ext}: {names:?}");
+        }
+    }
+    for name in names.iter().filter(|n| n.ends_with(".md") || n.ends_with(".html")) {
+        let text = std::fs::read_to_string(out.join("reports").join(name)).unwrap();
+        assert_eq!(canary_judge::report::unreadable_numbers(&text), Vec::<String>::new(), "{name}");
+    }
     assert_nothing_left(&stdout);
 }
 

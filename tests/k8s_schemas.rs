@@ -187,13 +187,13 @@ fn on_a_fresh_cluster(commands: &[String]) -> Result<(), String> {
 
 /// The README's install commands (the shell block with `kubectl apply -k deploy/`).
 fn readme_install_commands() -> Vec<String> {
-    let readme = read("README.md");
+    let readme = read("docs/kubernetes.md");
     let block = readme
         .split("```sh\n")
         .skip(1)
         .map(|b| b.split("```").next().unwrap())
         .find(|b| b.contains("kubectl apply -k deploy/"))
-        .expect("README has a ```sh block with `kubectl apply -k deploy/`");
+        .expect("docs/kubernetes.md has a ```sh block with `kubectl apply -k deploy/`");
     block
         .lines()
         .map(|l| l.split('#').next().unwrap())

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use canary_judge::report::unreadable_numbers;
 use canary_tests::{canary, chromium_screenshot, png_colours, rollout_spec, root, state, Daemon, Load, Rig};
 
 /// Sequential gates (the default) sized as in `tests/controller.rs`: a first
@@ -50,6 +51,15 @@ async fn a_real_rollout_writes_reports_that_match_the_schema_and_render_in_chrom
     broken["inputs"]["spec_sha256"] = "not a hash".into();
     assert!(!validator.is_valid(&broken));
 
+    // Written for people: times in ISO 8601, values rounded with units, a
+    // title that says what the page is, a forest plot per gate.
+    for page in ["rollout.html", "stage-1-1pct-epoch1.html"] {
+        let html = std::fs::read_to_string(reports.join(page)).unwrap();
+        assert_eq!(unreadable_numbers(&html), Vec::<String>::new(), "{page}");
+        assert!(html.contains("<title>Canary analysis: ") && html.contains("<th>at (UTC)</th>"), "{page}");
+        assert!(html.contains("latency (ms, log scale)") && html.contains("<svg class=\"forest\""), "{page}");
+    }
+
     // Rendered by Chromium: no console error, not blank.
     for page in ["rollout.html", "stage-1-1pct-epoch1.html"] {
         let png = dir.path().join(page.replace(".html", ".png"));
@@ -72,4 +82,6 @@ async fn a_real_rollout_writes_reports_that_match_the_schema_and_render_in_chrom
     let (ok, out, err) = canary(&["report", "--state-dir", state_dir.to_str().unwrap()]).unwrap();
     assert!(ok, "{err}");
     assert!(out.contains("whole rollout: recommend"), "{out}");
+    assert_eq!(unreadable_numbers(&out), Vec::<String>::new(), "{out}");
+    assert!(out.contains("| # | at (UTC) |") && out.contains("Z |"), "{out}");
 }

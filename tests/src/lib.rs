@@ -89,6 +89,12 @@ impl Drop for Proc {
     }
 }
 
+/// A port free on 127.0.0.1 a moment ago (for processes that take a port
+/// number rather than 0).
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
 /// True while a process with this PID exists (and is not a zombie).
 pub fn pid_alive(pid: u32) -> bool {
     fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -283,7 +289,6 @@ impl Envoy {
             ("CHALLENGER", opts.challenger.clone()),
             ("CHAMPION_PORT", opts.champion_port.to_string()),
             ("CHALLENGER_PORT", opts.challenger_port.to_string()),
-            ("DEFAULT_CONFIG", default_plugin_config(&opts.champion, &opts.challenger)),
             ("ACCESS_LOG", dir.join("access.log").display().to_string()),
         ];
         let config = render_template(&root().join("envoy").join(&opts.template), &vars)?;

@@ -131,6 +131,11 @@
     } else {
       setText($('time-left'), '–');
     }
+    // Expected time at the current traffic, counting down between snapshots.
+    const eta = (ms) => dur(Math.max(0, ms - since));
+    setText($('eta'), isNum(d.eta_ms) && !ended
+      ? '≈ ' + eta(d.eta_stage_ms) + ' until the stage can end, ≈ ' + eta(d.eta_ms) + ' until promotion at the current traffic'
+      : '');
     const stage = (d.stages || [])[d.stage] || {};
     setText($('in-stage'), isNum(d.in_stage_ms) && !ended
       ? 'in stage ' + dur(d.in_stage_ms + since) + (isNum(stage.min_duration_ms) ? ' of at least ' + dur(stage.min_duration_ms) : '')
@@ -154,7 +159,7 @@
       : 'decision #' + g.seq + ' at ' + clock(g.at) + ', stage ' + g.stage_name + (g.epoch !== d.epoch ? ' (an earlier stage)' : '');
     setText($('gates-note'), note);
     if (!results.length) {
-      tbody.replaceChildren(h('tr', {}, [h('td', { colspan: '8', class: 'detail', text: 'no gate results yet' })]));
+      tbody.replaceChildren(h('tr', {}, [h('td', { colspan: '9', class: 'detail', text: 'no gate results yet' })]));
       return;
     }
     tbody.replaceChildren(...results.map((r) => {
@@ -169,17 +174,57 @@
         r.carried ? 'carried' : null,
         isNum(r.needed) ? '≈ ' + r.needed + ' more each' : null,
       ].filter(Boolean).join(' · ');
+      // PSI compares the challenger with the champion: one value, against its limit.
+      const psi = r.gate === 'prediction';
       return h('tr', { 'data-gate': String(r.gate) }, [
         h('td', { text: gateName(r.gate) }),
-        h('td', { class: 'num' }, [f(r.champion), small(ci(r.champion_interval))]),
-        h('td', { class: 'num' }, [f(r.challenger), small(ci(r.challenger_interval)), small(diff)]),
-        h('td', { class: 'num', text: f(r.threshold) }),
+        psi ? h('td', { class: 'num muted', text: 'reference' }) : h('td', { class: 'num' }, [f(r.champion), small(ci(r.champion_interval))]),
+        h('td', { class: 'num' }, [(psi ? 'PSI ' : '') + f(r.challenger), small(ci(r.challenger_interval)), small(diff)]),
+        h('td', { class: 'num', text: (psi ? '< ' : '') + f(r.threshold) }),
+        h('td', {}, [forest(r.forest, outcome)]),
         h('td', { class: 'num', text: signed(r.margin, f) }),
         h('td', { class: 'num', text: (r.champion_n ?? '–') + ' / ' + (r.challenger_n ?? '–') }),
         h('td', {}, [h('span', { class: 'badge ' + outcome, text: outcome.replace(/_/g, ' ') }), look ? h('div', { class: 'muted', text: look }) : null]),
         h('td', { class: 'detail', text: String(r.detail || '') }),
       ]);
     }));
+  }
+
+  // A gate's interval against its threshold ("forest plot"), from the
+  // numbers the controller computed for it (the same as in the reports):
+  // {point, low, high, limit, difference, unit}.
+  function forest(f, outcome) {
+    if (!f || !isNum(f.point)) return '–';
+    const W = 200, H = 30;
+    const xs = [f.point, f.low, f.high, f.limit, f.difference ? 0 : null].filter(isNum);
+    let lo = Math.min(...xs), hi = Math.max(...xs);
+    const pad = Math.max((hi - lo) * 0.1, 1e-9);
+    lo -= pad; hi += pad;
+    const x = (v) => 6 + ((v - lo) / (hi - lo)) * (W - 12);
+    const unit = f.unit === '%' || !f.unit ? f.unit || '' : ' ' + f.unit;
+    const label = (v) => (f.difference && v > 0 ? '+' : '') + sig(v, 3) + unit;
+    const colour = { pass: '#15803d', fail: '#b91c1c', inconclusive: '#a16207' }[outcome] || '#6b7280';
+    const svg = s('svg', { class: 'forest', viewBox: '0 0 ' + W + ' ' + H, width: W, height: H, role: 'img' });
+    svg.append(s('line', { x1: 6, y1: 12, x2: W - 6, y2: 12, stroke: '#ddd' }));
+    if (f.difference) svg.append(s('line', { x1: x(0), y1: 4, x2: x(0), y2: 20, stroke: '#999' }));
+    if (isNum(f.limit)) {
+      svg.append(s('line', { x1: x(f.limit), y1: 2, x2: x(f.limit), y2: 22, stroke: '#b91c1c', 'stroke-dasharray': '3,2' }));
+      const at = x(f.limit);
+      const anchor = at > W * 0.7 ? 'end' : at < W * 0.3 ? 'start' : 'middle';
+      const t = s('text', { x: at, y: 29, 'font-size': 9, 'text-anchor': anchor, fill: '#b91c1c' });
+      t.textContent = 'limit ' + label(f.limit);
+      svg.append(t);
+    }
+    if (isNum(f.low) && isNum(f.high)) {
+      svg.append(s('line', { x1: x(f.low), y1: 12, x2: x(f.high), y2: 12, stroke: colour, 'stroke-width': 4, 'stroke-linecap': 'round' }));
+    }
+    const dot = s('circle', { cx: x(f.point), cy: 12, r: 4, fill: colour, stroke: '#fff' });
+    const title = s('title', {});
+    title.textContent = label(f.point) + (isNum(f.low) && isNum(f.high) ? ' [' + label(f.low) + ', ' + label(f.high) + ']' : '') +
+      (isNum(f.limit) ? ' against the limit ' + label(f.limit) : '');
+    dot.append(title);
+    svg.append(dot);
+    return svg;
   }
 
   // ---- charts -------------------------------------------------------------

@@ -48,6 +48,12 @@ pub struct Replay {
     /// Decisions without evidence to re-judge (manual, no data, not applied, paused).
     pub skipped: usize,
     pub differences: Vec<Difference>,
+    /// The decision at which the replayed rollout would have ended (a
+    /// replayed rollback or promotion the log does not have).
+    pub ended_at: Option<u64>,
+    /// Decisions after `ended_at`: not compared, the replayed rollout would
+    /// not have been there to make them.
+    pub after_end: usize,
     pub notes: Vec<String>,
 }
 
@@ -90,11 +96,16 @@ pub fn replay(
     let mut spent: BTreeMap<u64, Vec<GateResult>> = BTreeMap::new();
     let (mut judged, mut skipped, mut from_state) = (0, 0, 0);
     let mut differences = vec![];
+    let (mut ended_at, mut after_end) = (None, 0);
     for d in log {
         let Some(w) = d.window.as_ref().filter(|_| !d.manual) else {
             skipped += 1;
             continue;
         };
+        if ended_at.is_some() {
+            after_end += 1;
+            continue;
+        }
         let stage = d.from.stage;
         let Some(_) = spec.stages.get(stage) else {
             skipped += 1;
@@ -117,6 +128,9 @@ pub fn replay(
         let (action, reasons) = rollout::judge(&spec, stage, &results, w);
         judged += 1;
         if action != d.action {
+            if matches!(action, Action::Rollback | Action::Promote) {
+                ended_at = Some(d.seq);
+            }
             differences.push(Difference {
                 seq: d.seq,
                 at: d.at,
@@ -134,13 +148,14 @@ pub fn replay(
             "{from_state} decisions were logged without their label evidence: the stage's labels in the state were used"
         ));
     }
-    Replay { method: spec.gates.method, judged, skipped, differences, notes }
+    Replay { method: spec.gates.method, judged, skipped, differences, ended_at, after_end, notes }
 }
 
 /// The replay in words, one block per run of alike differences. Each
 /// decision is re-judged on its own evidence, as if the rollout had got
-/// there: after a replayed advance or rollback the later decisions of the
-/// stage differ too.
+/// there: after a replayed advance the later decisions of the stage differ
+/// too. A replayed rollback or promotion ends the replayed rollout: later
+/// decisions are not compared.
 pub fn render(r: &Replay) -> String {
     use std::fmt::Write as _;
     let mut s = format!(
@@ -150,6 +165,14 @@ pub fn render(r: &Replay) -> String {
         r.skipped,
         r.differences.len()
     );
+    if let Some(seq) = r.ended_at {
+        let _ = writeln!(
+            s,
+            "note: the replayed rollout would have ended at #{seq}; the {} later decisions are not compared \
+             (that rollout would not have been there to make them)",
+            r.after_end
+        );
+    }
     for n in &r.notes {
         let _ = writeln!(s, "note: {n}");
     }
@@ -263,6 +286,26 @@ envoy: { admin: ["http://a"], ecds_dir: /x, wasm: /y.wasm }
         assert_eq!(same.differences, vec![]);
         let text = render(&r);
         assert!(text.contains("#1 stage 1pct: recorded Rollback, replayed Hold"), "{text}");
+    }
+
+    #[test]
+    fn decisions_after_a_replayed_rollback_are_not_counted_as_differences() {
+        // Sequential gates hold a challenger with 2 % errors against 1 % + 1 pp
+        // for a while; the threshold rule rolls it back at the first decision.
+        let spec = RolloutSpec::from_yaml(&SPEC.replace("method: threshold", "method: sequential")).unwrap();
+        let (state, log) = record(&spec, &[(150, 3), (160, 3), (170, 4), (180, 4), (190, 4)]);
+        assert!(
+            log.iter().all(|d| d.action == Action::Hold),
+            "{:?}",
+            log.iter().map(|d| &d.reasons).collect::<Vec<_>>()
+        );
+        let strict = RolloutSpec::from_yaml(SPEC).unwrap();
+        let r = replay(&spec, &state, &log, &strict, None);
+        assert_eq!(r.differences.len(), 1, "{}", render(&r));
+        assert_eq!((r.differences[0].replayed, r.ended_at, r.after_end), (Action::Rollback, Some(1), 4));
+        let text = render(&r);
+        assert!(text.contains(": 1 would have differed"), "{text}");
+        assert!(text.contains("would have ended at #1; the 4 later decisions are not compared"), "{text}");
     }
 
     #[test]

@@ -40,8 +40,14 @@ pub struct MetricRow {
     pub challenger: Estimate,
     /// Challenger − champion, with its interval when one exists.
     pub difference: Estimate,
-    /// The challenger's point estimate is worse than the champion's.
+    /// The challenger is worse by a meaningful amount: the 95 % interval of
+    /// the difference lies wholly on the worse side of 0 (for quantiles: the
+    /// two versions' intervals do not overlap) and the difference is at
+    /// least `min_difference`.
     pub challenger_worse: bool,
+    /// The least difference (in `unit`; percentage points for shares)
+    /// highlighted as worse.
+    pub min_difference: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -54,6 +60,8 @@ pub struct SegmentRow {
 pub struct TimelineEntry {
     pub seq: u64,
     pub at: Millis,
+    /// `at` as ISO 8601 in UTC.
+    pub at_iso: String,
     pub action: Action,
     pub manual: bool,
     pub from: Target,
@@ -85,7 +93,39 @@ pub struct Distributions {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Recommendation {
     pub action: String,
+    /// The action in plain words, for people.
+    pub summary: String,
     pub reasons: Vec<String>,
+}
+
+/// The least differences a report highlights as worse: smaller ones are
+/// noise to a reviewer even when the interval excludes 0.
+pub const MIN_RATE_DIFFERENCE_PP: f64 = 0.1;
+/// Latency quantiles: at least this many milliseconds, and [`MIN_LATENCY_RATIO`] of the champion's.
+pub const MIN_LATENCY_DIFFERENCE_MS: f64 = 1.0;
+pub const MIN_LATENCY_RATIO: f64 = 0.05;
+/// Label means (the outcome's own units).
+pub const MIN_LABEL_DIFFERENCE: f64 = 0.01;
+
+/// Unix milliseconds as ISO 8601 in UTC (`2026-11-22T10:15:30.123Z`).
+pub fn iso_time(at: Millis) -> String {
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(at)).to_string()
+}
+
+/// A recommendation's action in plain words.
+fn plain_action(action: &str) -> String {
+    match action {
+        "advance" => {
+            "advance: the challenger is within every tolerance at this stage; give it the next stage's traffic"
+        }
+        "rollback" => {
+            "roll back: a gate showed the challenger worse than allowed; every user goes back to the champion"
+        }
+        "promoted" => "promoted: the challenger passed every stage and now serves everyone",
+        "rolled back" => "rolled back: the challenger was taken out of traffic",
+        _ => "hold: not enough evidence yet either way; keep the stage running",
+    }
+    .to_string()
 }
 
 /// One report.
@@ -100,6 +140,8 @@ pub struct Report {
     pub stage: Option<String>,
     pub stage_index: Option<usize>,
     pub generated_at: Millis,
+    /// `generated_at` as ISO 8601 in UTC.
+    pub generated_at_iso: String,
     pub inputs: Inputs,
     pub comparison: Vec<MetricRow>,
     pub gates: Vec<GateResult>,
@@ -140,7 +182,8 @@ fn rate_row(metric: &str, a: (u64, u64), b: (u64, u64)) -> MetricRow {
         interval: newcombe_diff(a.0, a.1, b.0, b.1, CONFIDENCE),
         n: a.1.min(b.1),
     };
-    let worse = matches!((ca.value, cb.value), (Some(x), Some(y)) if y > x);
+    let min = MIN_RATE_DIFFERENCE_PP / 100.0;
+    let worse = diff.interval.is_some_and(|i| i.low > 0.0) && diff.value.is_some_and(|d| d >= min);
     MetricRow {
         metric: metric.into(),
         unit: "share".into(),
@@ -149,6 +192,7 @@ fn rate_row(metric: &str, a: (u64, u64), b: (u64, u64)) -> MetricRow {
         challenger: cb,
         difference: diff,
         challenger_worse: worse,
+        min_difference: MIN_RATE_DIFFERENCE_PP,
     }
 }
 
@@ -160,7 +204,9 @@ fn quantile_row(q: f64, a: &VersionWindow, b: &VersionWindow) -> MetricRow {
         n: w.latency_us.count(),
     };
     let (ca, cb) = (est(a), est(b));
-    let worse = matches!((ca.value, cb.value), (Some(x), Some(y)) if y > x);
+    let min = ca.value.map_or(MIN_LATENCY_DIFFERENCE_MS, |x| (x * MIN_LATENCY_RATIO).max(MIN_LATENCY_DIFFERENCE_MS));
+    let apart = matches!((ca.interval, cb.interval), (Some(x), Some(y)) if y.low > x.high);
+    let worse = apart && matches!((ca.value, cb.value), (Some(x), Some(y)) if y - x >= min);
     MetricRow {
         metric: format!("latency p{}", q * 100.0),
         unit: "ms".into(),
@@ -169,6 +215,7 @@ fn quantile_row(q: f64, a: &VersionWindow, b: &VersionWindow) -> MetricRow {
         champion: ca,
         challenger: cb,
         challenger_worse: worse,
+        min_difference: min,
     }
 }
 
@@ -183,19 +230,18 @@ fn label_row(a: LabelStats, b: LabelStats) -> MetricRow {
         Estimate { value: s.mean(), interval, n: s.n }
     };
     let (ca, cb) = (est(a), est(b));
-    let worse = matches!((ca.value, cb.value), (Some(x), Some(y)) if y < x);
+    let interval = welch_diff(a.n, a.sum, a.sum_sq, b.n, b.sum, b.sum_sq, CONFIDENCE);
+    let worse = interval.is_some_and(|i| i.high < 0.0)
+        && matches!((ca.value, cb.value), (Some(x), Some(y)) if x - y >= MIN_LABEL_DIFFERENCE);
     MetricRow {
         metric: "label metric".into(),
         unit: "mean outcome".into(),
         higher_is_better: true,
-        difference: Estimate {
-            value: ca.value.zip(cb.value).map(|(x, y)| y - x),
-            interval: welch_diff(a.n, a.sum, a.sum_sq, b.n, b.sum, b.sum_sq, CONFIDENCE),
-            n: a.n.min(b.n),
-        },
+        difference: Estimate { value: ca.value.zip(cb.value).map(|(x, y)| y - x), interval, n: a.n.min(b.n) },
         champion: ca,
         challenger: cb,
         challenger_worse: worse,
+        min_difference: MIN_LABEL_DIFFERENCE,
     }
 }
 
@@ -212,6 +258,7 @@ fn comparison(a: &VersionWindow, b: &VersionWindow, labels: Option<(LabelStats, 
     if b.shadow.requests > 0 {
         let s = &b.shadow;
         let compared = s.agree + s.disagree;
+        let interval = wilson(s.agree, compared, CONFIDENCE);
         rows.push(MetricRow {
             metric: "shadow agreement".into(),
             unit: "share".into(),
@@ -219,11 +266,12 @@ fn comparison(a: &VersionWindow, b: &VersionWindow, labels: Option<(LabelStats, 
             champion: Estimate { value: Some(1.0), interval: None, n: compared },
             challenger: Estimate {
                 value: (compared > 0).then(|| s.agree as f64 / compared as f64),
-                interval: wilson(s.agree, compared, CONFIDENCE),
+                interval,
                 n: compared,
             },
             difference: Estimate { value: None, interval: None, n: compared },
-            challenger_worse: s.disagree > 0,
+            challenger_worse: interval.is_some_and(|i| i.high < 1.0 - MIN_RATE_DIFFERENCE_PP / 100.0),
+            min_difference: MIN_RATE_DIFFERENCE_PP,
         });
     }
     rows
@@ -242,6 +290,7 @@ fn timeline(log: &[&Decision]) -> Vec<TimelineEntry> {
         .map(|d| TimelineEntry {
             seq: d.seq,
             at: d.at,
+            at_iso: iso_time(d.at),
             action: d.action,
             manual: d.manual,
             from: d.from.clone(),
@@ -252,17 +301,18 @@ fn timeline(log: &[&Decision]) -> Vec<TimelineEntry> {
 }
 
 fn recommendation_of(d: Option<&Decision>, state: &RolloutState, ended: Option<&Decision>) -> Recommendation {
-    match ended.or(d) {
-        Some(d) => Recommendation {
-            action: match d.action {
-                Action::Advance | Action::Promote => "advance".into(),
-                Action::Rollback => "rollback".into(),
-                _ => "hold".into(),
+    let (action, reasons) = match ended.or(d) {
+        Some(d) => (
+            match d.action {
+                Action::Advance | Action::Promote => "advance",
+                Action::Rollback => "rollback",
+                _ => "hold",
             },
-            reasons: d.reasons.clone(),
-        },
-        None => Recommendation { action: "hold".into(), reasons: vec![format!("no evaluation yet ({})", state.phase)] },
-    }
+            d.reasons.clone(),
+        ),
+        None => ("hold", vec![format!("no evaluation yet ({})", state.phase)]),
+    };
+    Recommendation { action: action.into(), summary: plain_action(action), reasons }
 }
 
 /// Builds the report of the stage whose configuration had `epoch`.
@@ -326,6 +376,7 @@ pub fn stage_report(
         stage: Some(stage_name),
         stage_index: Some(stage_index),
         generated_at: now,
+        generated_at_iso: iso_time(now),
         inputs: Inputs {
             spec_sha256: sha256(spec.to_yaml().as_bytes()),
             spec: spec_json,
@@ -374,17 +425,19 @@ pub fn rollout_report(spec: &RolloutSpec, state: &RolloutState, log: &[Decision]
     let all: Vec<&Decision> = log.iter().collect();
     let final_reasons =
         log.iter().rev().find(|d| d.action != Action::Hold).map(|d| d.reasons.clone()).unwrap_or_default();
+    let action = match state.phase {
+        crate::rollout::Phase::Promoted => "promoted".into(),
+        crate::rollout::Phase::RolledBack => "rolled back".into(),
+        _ => last.recommendation.action.clone(),
+    };
     Some(Report {
         scope: "rollout".into(),
         stage: None,
         stage_index: None,
         timeline: timeline(&all),
         recommendation: Recommendation {
-            action: match state.phase {
-                crate::rollout::Phase::Promoted => "promoted".into(),
-                crate::rollout::Phase::RolledBack => "rolled back".into(),
-                _ => last.recommendation.action.clone(),
-            },
+            summary: plain_action(&action),
+            action,
             reasons: if state.phase.is_final() { final_reasons } else { last.recommendation.reasons.clone() },
         },
         stages: stage_reports
@@ -401,13 +454,16 @@ pub fn rollout_report(spec: &RolloutSpec, state: &RolloutState, log: &[Decision]
     })
 }
 
-/// The Markdown summary (stdout, alerts).
+/// The Markdown summary (stdout, alerts): the same facts as the HTML page.
 pub fn markdown(r: &Report) -> String {
     let mut s = String::new();
-    let title = r.stage.as_ref().map_or_else(|| "whole rollout".to_string(), |st| format!("stage {st}"));
-    let _ = writeln!(s, "## canary {} — {title}: recommend **{}**\n", r.rollout, r.recommendation.action);
+    let _ = writeln!(s, "## canary {} — {}: recommend **{}**\n", r.rollout, scope_title(r), r.recommendation.action);
+    let _ = writeln!(s, "{}\n", r.recommendation.summary);
     for reason in &r.recommendation.reasons {
-        let _ = writeln!(s, "- {reason}");
+        let _ = writeln!(s, "- {}", readable(reason));
+    }
+    if !r.worse.is_empty() {
+        let _ = writeln!(s, "\nThe challenger is worse on: **{}**.", r.worse.join(", "));
     }
     let _ = writeln!(
         s,
@@ -421,29 +477,102 @@ pub fn markdown(r: &Report) -> String {
             row.metric,
             fmt_est(&row.champion, &row.unit),
             fmt_est(&row.challenger, &row.unit),
-            fmt_est(&row.difference, &row.unit),
+            fmt_est(&row.difference, diff_unit(&row.unit)),
             if row.challenger_worse { "**worse**" } else { "" }
         );
     }
+    let _ = writeln!(s, "\n{}", worse_rule());
     if !r.gates.is_empty() {
         let _ = writeln!(
             s,
-            "\n| gate | outcome | interval | look (confidence) | needed | detail |\n| --- | --- | --- | --- | --- | --- |"
+            "\n| gate | outcome | champion | challenger | limit | interval | look (confidence) | needed | detail |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
         );
         for g in &r.gates {
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 g.gate.id(),
                 outcome_name(g.outcome),
+                gate_champion(g),
+                gate_value(g, g.challenger),
+                gate_value(g, g.threshold),
                 gate_interval(g),
                 gate_look(g),
                 g.needed.map_or("—".to_string(), |n| format!("~{n} more")),
-                g.detail
+                readable(&g.detail)
             );
         }
     }
+    if !r.timeline.is_empty() {
+        let _ = writeln!(s, "\n| # | at (UTC) | action | from → to | reasons |\n| --- | --- | --- | --- | --- |");
+        for e in &r.timeline {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {}{} | {} ({}) → {} ({}) | {} |",
+                e.seq,
+                e.at_iso,
+                e.action.word(),
+                if e.manual { " (operator)" } else { "" },
+                e.from.stage_name,
+                e.from.weight,
+                e.to.stage_name,
+                e.to.weight,
+                readable(&e.reasons.join("; "))
+            );
+        }
+    }
+    let _ = writeln!(s, "\n{}", inputs_line(r));
     s
+}
+
+/// "stage 5pct (5%)" or "whole rollout".
+fn scope_title(r: &Report) -> String {
+    r.stage.as_ref().map_or_else(|| "whole rollout".to_string(), |st| format!("stage {st}"))
+}
+
+/// What the highlighting means, in the report's own words.
+fn worse_rule() -> String {
+    format!(
+        "Highlighted as worse: the {:.0} % interval of the difference lies wholly on the worse side (for latency \
+         quantiles, the versions' intervals do not overlap) and the difference is at least {MIN_RATE_DIFFERENCE_PP} pp \
+         for rates, {MIN_LATENCY_DIFFERENCE_MS} ms and {:.0} % of the champion's for latency, {MIN_LABEL_DIFFERENCE} for label means.",
+        CONFIDENCE * 100.0,
+        MIN_LATENCY_RATIO * 100.0
+    )
+}
+
+fn inputs_line(r: &Report) -> String {
+    format!(
+        "Generated {} · epoch {} · window {:.1} s · decisions #{}–#{} · spec sha256 {} · filter configuration sha256 {}",
+        r.generated_at_iso,
+        r.inputs.epoch,
+        r.inputs.window_ms as f64 / 1000.0,
+        r.inputs.decisions.first().copied().unwrap_or(0),
+        r.inputs.decisions.last().copied().unwrap_or(0),
+        r.inputs.spec_sha256,
+        r.inputs.filter_config_sha256
+    )
+}
+
+/// Text recorded by the gates (reasons, details) as people read it: any
+/// number with more than four decimals rounded to three significant digits.
+fn readable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find(|c: char| c.is_ascii_digit()) {
+        let (before, from) = rest.split_at(start);
+        out.push_str(before);
+        let len = from.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(from.len());
+        let number = from[..len].trim_end_matches('.');
+        let decimals = number.split_once('.').map_or(0, |(_, d)| d.len());
+        match number.parse::<f64>() {
+            Ok(x) if decimals > 4 => out.push_str(&round3(x)),
+            _ => out.push_str(number),
+        }
+        rest = &from[number.len()..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn outcome_name(o: Outcome) -> &'static str {
@@ -455,31 +584,175 @@ fn outcome_name(o: Outcome) -> &'static str {
     }
 }
 
+/// How a gate's numbers read for people: the factor from the gate's own
+/// units (shares, microseconds) and the unit shown.
+fn gate_units(g: &GateResult) -> (f64, &'static str) {
+    use crate::gates::GateKind;
+    match g.gate {
+        GateKind::ErrorRate | GateKind::Timeouts | GateKind::ShadowErrorRate | GateKind::ShadowAgreement => {
+            (100.0, "%")
+        }
+        GateKind::Latency | GateKind::ShadowLatency => (0.001, " ms"),
+        GateKind::Prediction | GateKind::Labels => (1.0, ""),
+    }
+}
+
+/// Whether the gate is judged on challenger − champion (rates, label means).
+fn judged_on_difference(g: &GateResult) -> bool {
+    use crate::gates::GateKind;
+    matches!(g.gate, GateKind::ErrorRate | GateKind::Timeouts | GateKind::ShadowErrorRate | GateKind::Labels)
+}
+
+/// One of a gate's values, rounded, with its unit.
+fn gate_value(g: &GateResult, x: Option<f64>) -> String {
+    let (k, unit) = gate_units(g);
+    x.filter(|v| v.is_finite()).map_or("—".to_string(), |v| format!("{}{unit}", round3(v * k)))
+}
+
+/// The champion's column: PSI compares the challenger with the champion,
+/// which is the reference and has no value of its own.
+fn gate_champion(g: &GateResult) -> String {
+    match g.gate {
+        crate::gates::GateKind::Prediction => "reference".into(),
+        _ => gate_value(g, g.champion),
+    }
+}
+
+/// A difference in the gate's units: percentage points for rates.
+fn gate_diff(g: &GateResult, x: f64) -> String {
+    let (k, unit) = gate_units(g);
+    let unit = if unit == "%" { " pp" } else { unit };
+    format!("{}{unit}", signed(x * k))
+}
+
 /// The interval a sequential gate judged, in the gate's units.
 fn gate_interval(g: &GateResult) -> String {
-    use crate::gates::GateKind;
-    let rate = matches!(g.gate, GateKind::ErrorRate | GateKind::Timeouts | GateKind::ShadowErrorRate);
+    let (k, unit) = gate_units(g);
     match (g.difference_interval, g.champion_interval, g.challenger_interval) {
-        (Some(i), _, _) if rate => format!(
-            "Δ {:+.3} pp [{:+.3}, {:+.3}] pp",
-            g.difference.unwrap_or(f64::NAN) * 100.0,
-            i.low * 100.0,
-            i.high * 100.0
+        (Some(i), _, _) => format!(
+            "Δ {} [{}, {}]",
+            gate_diff(g, g.difference.unwrap_or(f64::NAN)),
+            signed(i.low * k),
+            gate_diff(g, i.high)
         ),
-        (Some(i), _, _) => format!("Δ {:+.4} [{:+.4}, {:+.4}]", g.difference.unwrap_or(f64::NAN), i.low, i.high),
         (None, Some(a), Some(b)) => format!(
-            "challenger [{:.1}, {:.1}] ms, champion [{:.1}, {:.1}] ms",
-            b.low / 1000.0,
-            b.high / 1000.0,
-            a.low / 1000.0,
-            a.high / 1000.0
+            "challenger [{}, {}]{unit}, champion [{}, {}]{unit}",
+            round3(b.low * k),
+            round3(b.high * k),
+            round3(a.low * k),
+            round3(a.high * k)
         ),
-        (None, None, Some(b)) if g.gate == GateKind::ShadowAgreement => {
-            format!("[{:.3}%, {:.3}%]", b.low * 100.0, b.high * 100.0)
-        }
-        (None, None, Some(b)) => format!("[{:.4}, {:.4}]", b.low, b.high),
+        (None, None, Some(b)) => format!("[{}, {}]{unit}", round3(b.low * k), round3(b.high * k)),
         _ => "—".into(),
     }
+}
+
+/// What a gate's "forest plot" shows, in the units people read (%, pp, ms):
+/// the estimate the gate judged, its interval (sequential gates), and the
+/// limit it is held to. Difference gates (rates, label means) are judged on
+/// challenger − champion, drawn around 0; the others on the challenger's
+/// value (latency quantile, PSI, agreement). The report and the dashboard
+/// draw the same numbers.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Forest {
+    pub point: f64,
+    pub low: Option<f64>,
+    pub high: Option<f64>,
+    pub limit: Option<f64>,
+    /// Drawn around 0 (a difference).
+    pub difference: bool,
+    /// "pp", "ms", "%" or "".
+    pub unit: &'static str,
+}
+
+/// The forest plot of a gate, if it has an estimate.
+pub fn forest(g: &GateResult) -> Option<Forest> {
+    let (k, unit) = gate_units(g);
+    let difference = judged_on_difference(g);
+    let (point, interval, limit) = if difference {
+        (g.difference, g.difference_interval, g.threshold.zip(g.champion).map(|(t, c)| t - c))
+    } else {
+        (g.challenger, g.challenger_interval, g.threshold)
+    };
+    let unit = match unit.trim() {
+        "%" if difference => "pp",
+        u => u,
+    };
+    Some(Forest {
+        point: point.filter(|p| p.is_finite())? * k,
+        low: interval.map(|i| i.low * k),
+        high: interval.map(|i| i.high * k),
+        limit: limit.map(|l| l * k),
+        difference,
+        unit,
+    })
+}
+
+/// A gate's interval against its limit, as a small "forest plot": the
+/// limit as a dashed line, the interval as a bar, the estimate as a dot
+/// coloured by the outcome. Difference gates are drawn around 0.
+fn forest_svg(g: &GateResult) -> String {
+    let Some(f) = forest(g) else { return "—".into() };
+    let with_unit = |x: f64| {
+        let sep = if f.unit == "%" || f.unit.is_empty() { "" } else { " " };
+        format!("{}{sep}{}", if f.difference { signed(x) } else { round3(x) }, f.unit)
+    };
+    let mut xs = vec![f.point];
+    xs.extend(f.low.into_iter().chain(f.high).chain(f.limit));
+    if f.difference {
+        xs.push(0.0);
+    }
+    let xs: Vec<f64> = xs.into_iter().filter(|x| x.is_finite()).collect();
+    let lo = xs.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let span = (hi - lo).max(1e-9);
+    let (lo, hi) = (lo - span * 0.1, hi + span * 0.1);
+    let (w, h) = (220.0, 34.0);
+    let x = |v: f64| 6.0 + (v - lo) / (hi - lo) * (w - 12.0);
+    let colour = match g.outcome {
+        Outcome::Pass => "#15803d",
+        Outcome::Fail => "#b91c1c",
+        Outcome::Inconclusive => "#a16207",
+        Outcome::NoData => "#6b7280",
+    };
+    let mut svg = format!(
+        "<svg class=\"forest\" viewBox=\"0 0 {w} {h}\" width=\"{w}\" height=\"{h}\" role=\"img\" aria-label=\"{} against its limit\">\
+         <line x1=\"6\" y1=\"14\" x2=\"{}\" y2=\"14\" stroke=\"#ddd\"/>",
+        esc(g.gate.id()),
+        w - 6.0
+    );
+    if f.difference {
+        let _ = write!(svg, "<line x1=\"{0:.1}\" y1=\"4\" x2=\"{0:.1}\" y2=\"24\" stroke=\"#999\"/>", x(0.0));
+    }
+    if let Some(l) = f.limit {
+        let _ = write!(
+            svg,
+            "<line x1=\"{0:.1}\" y1=\"2\" x2=\"{0:.1}\" y2=\"26\" stroke=\"#b91c1c\" stroke-dasharray=\"3,2\"/>\
+             <text x=\"{0:.1}\" y=\"33\" font-size=\"9\" text-anchor=\"{2}\" fill=\"#b91c1c\">limit {1}</text>",
+            x(l),
+            esc(&with_unit(l)),
+            match x(l) {
+                at if at > w * 0.7 => "end",
+                at if at < w * 0.3 => "start",
+                _ => "middle",
+            }
+        );
+    }
+    if let (Some(low), Some(high)) = (f.low, f.high) {
+        let _ = write!(
+            svg,
+            "<line x1=\"{:.1}\" y1=\"14\" x2=\"{:.1}\" y2=\"14\" stroke=\"{colour}\" stroke-width=\"4\" stroke-linecap=\"round\"/>",
+            x(low),
+            x(high)
+        );
+    }
+    let _ = write!(
+        svg,
+        "<circle cx=\"{:.1}\" cy=\"14\" r=\"4\" fill=\"{colour}\" stroke=\"#fff\"><title>{}</title></circle></svg>",
+        x(f.point),
+        esc(&gate_interval(g))
+    );
+    svg
 }
 
 fn gate_look(g: &GateResult) -> String {
@@ -489,11 +762,49 @@ fn gate_look(g: &GateResult) -> String {
     }
 }
 
+/// Three significant digits, at most four decimals, no trailing zeros.
+fn round3(x: f64) -> String {
+    if !x.is_finite() {
+        return "—".into();
+    }
+    let decimals = if x == 0.0 { 0 } else { (2 - x.abs().log10().floor() as i32).clamp(0, 4) as usize };
+    let s = format!("{x:.decimals$}");
+    let s = if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.').to_string() } else { s };
+    if s == "-0" {
+        "0".into()
+    } else {
+        s
+    }
+}
+
+/// [`round3`] with a sign.
+fn signed(x: f64) -> String {
+    let s = round3(x);
+    if x > 0.0 && s != "0" {
+        format!("+{s}")
+    } else {
+        s
+    }
+}
+
+/// A value in a row's unit: shares as %, differences of shares as pp.
 fn fmt_num(x: f64, unit: &str) -> String {
     match unit {
-        "share" => format!("{:.3}%", x * 100.0),
-        "ms" => format!("{x:.1} ms"),
-        _ => format!("{x:.4}"),
+        "share" => format!("{}%", round3(x * 100.0)),
+        "pp" => format!("{} pp", signed(x * 100.0)),
+        "ms" => format!("{} ms", round3(x)),
+        "Δ ms" => format!("{} ms", signed(x)),
+        "Δ" => signed(x),
+        _ => round3(x),
+    }
+}
+
+/// The unit of a row's difference.
+fn diff_unit(unit: &str) -> &'static str {
+    match unit {
+        "share" => "pp",
+        "ms" => "Δ ms",
+        _ => "Δ",
     }
 }
 
@@ -511,16 +822,18 @@ fn esc(s: &str) -> String {
 
 const COLORS: [&str; 2] = ["#2563eb", "#dc2626"];
 
-/// Latency distributions as step lines over a log-scaled axis.
+/// Latency distributions as step lines over a log-scaled axis: x the
+/// latency (ms, log scale), y each version's share of responses per bucket,
+/// with both axes labelled and a legend.
 fn latency_svg(d: &BTreeMap<String, Vec<Bucket>>, order: [&str; 2]) -> String {
-    let (w, h, pad) = (640.0, 220.0, 40.0);
+    let (w, h, left, right, top, bottom) = (680.0, 260.0, 64.0, 16.0, 34.0, 46.0);
     let all: Vec<&Bucket> = d.values().flatten().filter(|b| b.count > 0).collect();
     if all.is_empty() {
         return "<p class=\"muted\">no latency samples</p>".into();
     }
     let lo = all.iter().map(|b| b.lower.max(1.0)).fold(f64::INFINITY, f64::min).log10();
     let hi = all.iter().map(|b| (b.lower + b.width).max(1.0)).fold(0.0, f64::max).log10().max(lo + 0.1);
-    let x = |v: f64| pad + (v.max(1.0).log10() - lo) / (hi - lo) * (w - 2.0 * pad);
+    let x = |v: f64| left + (v.max(1.0).log10() - lo) / (hi - lo) * (w - left - right);
     let mut svg = format!(
         "<svg viewBox=\"0 0 {w} {h}\" width=\"{w}\" height=\"{h}\" role=\"img\" aria-label=\"latency distributions\">"
     );
@@ -533,41 +846,74 @@ fn latency_svg(d: &BTreeMap<String, Vec<Bucket>>, order: [&str; 2]) -> String {
         })
         .fold(0.0, f64::max)
         .max(1e-9);
+    let y = |share: f64| h - bottom - share / max_share * (h - top - bottom);
+    // The y axis: share of each version's responses in a bucket.
+    for i in 0..=4 {
+        let share = max_share * i as f64 / 4.0;
+        let _ = write!(
+            svg,
+            "<line x1=\"{left}\" y1=\"{0:.1}\" x2=\"{1}\" y2=\"{0:.1}\" stroke=\"#eee\"/>\
+             <text x=\"{2}\" y=\"{3:.1}\" font-size=\"11\" text-anchor=\"end\">{4}%</text>",
+            y(share),
+            w - right,
+            left - 6.0,
+            y(share) + 4.0,
+            round3(share * 100.0)
+        );
+    }
+    let _ = write!(
+        svg,
+        "<text transform=\"translate(14 {:.1}) rotate(-90)\" font-size=\"11\" text-anchor=\"middle\">share of responses per bucket</text>",
+        (top + h - bottom) / 2.0
+    );
     for (i, v) in order.iter().enumerate() {
         let Some(bs) = d.get(*v) else { continue };
         let n: u64 = bs.iter().map(|b| b.count).sum();
         let mut path = String::new();
         for b in bs {
-            let y = h - pad - (b.count as f64 / n.max(1) as f64) / max_share * (h - 2.0 * pad);
-            let _ = write!(path, "M{:.1},{:.1}H{:.1} ", x(b.lower), y, x(b.lower + b.width).max(x(b.lower) + 1.0));
+            let share = b.count as f64 / n.max(1) as f64;
+            let _ =
+                write!(path, "M{:.1},{:.1}H{:.1} ", x(b.lower), y(share), x(b.lower + b.width).max(x(b.lower) + 1.0));
         }
         let _ = write!(svg, "<path d=\"{path}\" stroke=\"{}\" stroke-width=\"2\" fill=\"none\"/>", COLORS[i]);
+        // Legend.
+        let lx = left + 190.0 * i as f64;
         let _ = write!(
             svg,
-            "<text x=\"{}\" y=\"16\" fill=\"{}\" font-size=\"12\">{}</text>",
-            pad + 140.0 * i as f64,
+            "<line x1=\"{lx}\" y1=\"14\" x2=\"{}\" y2=\"14\" stroke=\"{}\" stroke-width=\"3\"/>\
+             <text x=\"{}\" y=\"18\" font-size=\"12\">{} ({}, {n} responses)</text>",
+            lx + 18.0,
             COLORS[i],
-            esc(v)
+            lx + 24.0,
+            esc(v),
+            ["champion", "challenger"][i]
         );
     }
+    // The x axis: latency, log scale, ticks at 1-2-5.
     let ticks = (0..8).flat_map(|e| [1.0, 2.0, 5.0].map(|m| m * 10f64.powi(e)));
     for t in ticks {
         if t.log10() >= lo && t.log10() <= hi {
-            let label = if t >= 1000.0 { format!("{} ms", t / 1000.0) } else { format!("{t} µs") };
             let _ = write!(
                 svg,
-                "<text x=\"{:.1}\" y=\"{}\" font-size=\"11\" text-anchor=\"middle\">{label}</text>",
+                "<line x1=\"{0:.1}\" y1=\"{1}\" x2=\"{0:.1}\" y2=\"{2}\" stroke=\"#888\"/>\
+                 <text x=\"{0:.1}\" y=\"{3}\" font-size=\"11\" text-anchor=\"middle\">{4}</text>",
                 x(t),
-                h - 10.0
+                h - bottom,
+                h - bottom + 4.0,
+                h - bottom + 16.0,
+                round3(t / 1000.0)
             );
         }
     }
     let _ = write!(
         svg,
-        "<line x1=\"{pad}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"#888\"/></svg>",
-        h - pad,
-        w - pad,
-        h - pad
+        "<line x1=\"{left}\" y1=\"{0}\" x2=\"{1}\" y2=\"{0}\" stroke=\"#888\"/>\
+         <line x1=\"{left}\" y1=\"{top}\" x2=\"{left}\" y2=\"{0}\" stroke=\"#888\"/>\
+         <text x=\"{2:.1}\" y=\"{3}\" font-size=\"11\" text-anchor=\"middle\">latency (ms, log scale)</text></svg>",
+        h - bottom,
+        w - right,
+        (left + w - right) / 2.0,
+        h - 8.0
     );
     svg
 }
@@ -640,7 +986,7 @@ fn table(rows: &[MetricRow], champion: &str, challenger: &str) -> String {
             esc(&r.metric),
             esc(&fmt_est(&r.champion, &r.unit)),
             esc(&fmt_est(&r.challenger, &r.unit)),
-            esc(&fmt_est(&r.difference, &r.unit))
+            esc(&fmt_est(&r.difference, diff_unit(&r.unit)))
         );
     }
     t.push_str("</table>");
@@ -650,20 +996,26 @@ fn table(rows: &[MetricRow], champion: &str, challenger: &str) -> String {
 /// The self-contained HTML page.
 pub fn html(r: &Report) -> String {
     let order = [r.champion.as_str(), r.challenger.as_str()];
-    let title = r.stage.as_ref().map_or_else(|| "whole rollout".to_string(), |s| format!("stage {s}"));
+    let title = scope_title(r);
     let mut b = format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>canary {} — {}</title><style>\
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Canary analysis: {}, rollout {} — {}</title><style>\
 body{{font:14px/1.45 system-ui,sans-serif;margin:24px;color:#111;max-width:1000px}}table{{border-collapse:collapse;margin:8px 0 16px}}\
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}tr.worse td{{background:#fee2e2}}.pass{{color:#15803d}}.fail{{color:#b91c1c;font-weight:bold}}\
 .no_data{{color:#92400e}}.inconclusive{{color:#a16207}}.rec{{font-size:18px;padding:8px 12px;border-radius:6px;background:#eef2ff;display:inline-block}}.muted{{color:#666}}code{{font-size:12px}}\
-</style></head><body>",
+svg.forest{{display:block}}td.detail{{min-width:300px;font-size:12px}}</style></head><body>",
+        esc(&title),
         esc(&r.rollout),
-        esc(&title)
+        esc(&r.recommendation.action)
     );
-    let _ = write!(b, "<h1>canary {} — {}</h1>", esc(&r.rollout), esc(&title));
-    let _ = write!(b, "<p class=\"rec\">Recommendation: <b>{}</b></p><ul>", esc(&r.recommendation.action));
+    let _ = write!(b, "<h1>Canary analysis: {}, rollout {}</h1>", esc(&title), esc(&r.rollout));
+    let _ = write!(
+        b,
+        "<p class=\"rec\">Recommendation: <b>{}</b></p><p>{}</p><ul>",
+        esc(&r.recommendation.action),
+        esc(&r.recommendation.summary)
+    );
     for reason in &r.recommendation.reasons {
-        let _ = write!(b, "<li>{}</li>", esc(reason));
+        let _ = write!(b, "<li>{}</li>", esc(&readable(reason)));
     }
     b.push_str("</ul>");
     if !r.worse.is_empty() {
@@ -671,24 +1023,23 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}tr.worse td{{backg
     }
     b.push_str("<h2>Champion vs challenger</h2>");
     b.push_str(&table(&r.comparison, &r.champion, &r.challenger));
-    let _ = write!(b, "<p class=\"muted\">Intervals: {:.0} % (Wilson for rates, Newcombe for their difference, order statistics for latency quantiles, normal / Welch for label means).</p>", CONFIDENCE * 100.0);
+    let _ = write!(b, "<p class=\"muted\">Intervals: {:.0} % (Wilson for rates, Newcombe for their difference, order statistics for latency quantiles, normal / Welch for label means). {}</p>", CONFIDENCE * 100.0, esc(&worse_rule()));
     if !r.gates.is_empty() {
-        b.push_str("<h2>Gates</h2><table><tr><th>gate</th><th>outcome</th><th>champion</th><th>challenger</th><th>threshold</th><th>margin</th><th>interval</th><th>look (confidence)</th><th>needed</th><th>detail</th></tr>");
+        b.push_str("<h2>Gates</h2><table><tr><th>gate</th><th>outcome</th><th>champion</th><th>challenger</th><th>limit</th><th>interval against the limit</th><th>interval</th><th>look (confidence)</th><th>needed</th><th>detail</th></tr>");
         for g in &r.gates {
             let o = outcome_name(g.outcome);
-            let f = |x: Option<f64>| x.map_or("—".to_string(), |v| format!("{v:.5}"));
             let _ = write!(
                 b,
-                "<tr><td>{}</td><td class=\"{o}\">{o}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td>{}</td><td class=\"{o}\">{o}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"detail\">{}</td></tr>",
                 g.gate.id(),
-                f(g.champion),
-                f(g.challenger),
-                f(g.threshold),
-                f(g.margin),
+                esc(&gate_champion(g)),
+                esc(&gate_value(g, g.challenger)),
+                esc(&gate_value(g, g.threshold)),
+                forest_svg(g),
                 esc(&gate_interval(g)),
                 esc(&gate_look(g)),
                 g.needed.map_or("—".to_string(), |n| format!("~{n} more")),
-                esc(&g.detail)
+                esc(&readable(&g.detail))
             );
         }
         b.push_str("</table>");
@@ -705,9 +1056,9 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}tr.worse td{{backg
         for s in &r.stages {
             let _ = write!(
                 b,
-                "<h3>{} — {:?}</h3>{}",
+                "<h3>{} — {}</h3>{}",
                 esc(&s.stage),
-                s.action,
+                s.action.word(),
                 table(&s.comparison, &r.champion, &r.challenger)
             );
         }
@@ -716,33 +1067,24 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}tr.worse td{{backg
     b.push_str(&latency_svg(&r.distributions.latency_us, order));
     b.push_str("<h2>Prediction distributions</h2>");
     b.push_str(&predictions_svg(&r.distributions.prediction_bins, &r.distributions.predictions, order));
-    b.push_str("<h2>Decision timeline</h2><table><tr><th>#</th><th>at (UTC ms)</th><th>action</th><th>from → to</th><th>reasons</th></tr>");
+    b.push_str("<h2>Decision timeline</h2><table><tr><th>#</th><th>at (UTC)</th><th>action</th><th>from → to</th><th>reasons</th></tr>");
     for t in &r.timeline {
         let _ = write!(
             b,
-            "<tr><td>{}</td><td>{}</td><td>{:?}{}</td><td>{} ({}) → {} ({})</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}{}</td><td>{} ({}) → {} ({})</td><td>{}</td></tr>",
             t.seq,
-            t.at,
-            t.action,
+            esc(&t.at_iso),
+            t.action.word(),
             if t.manual { " (operator)" } else { "" },
             esc(&t.from.stage_name),
             t.from.weight,
             esc(&t.to.stage_name),
             t.to.weight,
-            esc(&t.reasons.join("; "))
+            esc(&readable(&t.reasons.join("; ")))
         );
     }
     b.push_str("</table><h2>Inputs</h2>");
-    let _ = write!(
-        b,
-        "<p>epoch {} · window {:.1} s · decisions #{}–#{} · spec sha256 <code>{}</code> · filter configuration sha256 <code>{}</code></p>",
-        r.inputs.epoch,
-        r.inputs.window_ms as f64 / 1000.0,
-        r.inputs.decisions.first().copied().unwrap_or(0),
-        r.inputs.decisions.last().copied().unwrap_or(0),
-        r.inputs.spec_sha256,
-        r.inputs.filter_config_sha256
-    );
+    let _ = write!(b, "<p>{}</p>", esc(&inputs_line(r)));
     let _ = write!(
         b,
         "<details><summary>filter configuration</summary><pre>{}</pre></details>",
@@ -750,6 +1092,23 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}tr.worse td{{backg
     );
     b.push_str("</body></html>\n");
     b
+}
+
+/// Numbers a reviewer should not have to read: raw epoch milliseconds
+/// (13 digits) and floats with more than four decimals; hashes are skipped.
+/// Reports hold themselves to this (their tests and the browser tests check it).
+pub fn unreadable_numbers(text: &str) -> Vec<String> {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '.'))
+        .filter(|w| w.len() < 40 && w.chars().next().is_some_and(|c| c.is_ascii_digit()))
+        .filter(|w| {
+            let w = w.trim_end_matches('.');
+            let (int, dec) = w.split_once('.').unwrap_or((w, ""));
+            int.chars().all(|c| c.is_ascii_digit())
+                && dec.chars().all(|c| c.is_ascii_digit())
+                && (int.len() >= 13 || dec.len() > 4)
+        })
+        .map(str::to_string)
+        .collect()
 }
 
 #[cfg(test)]
@@ -817,13 +1176,60 @@ envoy: { admin: ["http://a"], ecds_dir: /x, wasm: /y }
         );
         let md = markdown(&r);
         assert!(md.contains("recommend **rollback**") && md.contains("**worse**"), "{md}");
-        // The sequential gate's interval, look and confidence are shown (look 12: 1000 from a first look at 10).
-        assert!(md.contains("| error_rate | fail | Δ +7.900 pp [+"), "{md}");
+        // The sequential gate's values with units, its interval, look and
+        // confidence are shown (look 12: 1000 from a first look at 10).
+        assert!(md.contains("| error_rate | fail | 0.1% | 8% | 1.1% | Δ +7.9 pp [+5.04, +11.5 pp] |"), "{md}");
         assert!(md.contains("| 12 (99.96%) |"), "{md}");
         assert!(page.contains("<th>look (confidence)</th>") && page.contains("12 (99.96%)"));
+        // Plain words first, a forest plot per gate, a latency chart with axes and a legend.
+        assert!(page.contains("<title>Canary analysis: stage 10pct, rollout r — rollback</title>"), "{page}");
+        assert!(md.contains("roll back: a gate showed the challenger worse"), "{md}");
+        assert_eq!(page.matches("<svg class=\"forest\"").count(), r.gates.len());
+        assert!(page.contains("latency (ms, log scale)") && page.contains("v2 (challenger, 1000 responses)"));
+        // Times in ISO 8601 with zone, no raw epoch, no unrounded float, in either form.
+        assert!(md.contains("| 1970-01-01T00:00:02.000Z |") && page.contains("1970-01-01T00:00:02.000Z"));
+        for text in [&md, &page] {
+            assert_eq!(unreadable_numbers(text), Vec::<String>::new());
+        }
         let whole = rollout_report(&spec, &s2, &log, 3000).unwrap();
         assert_eq!((whole.scope.as_str(), whole.recommendation.action.as_str()), ("rollout", "rolled back"));
         assert_eq!(whole.stages.len(), 1);
+    }
+
+    #[test]
+    fn readable_rounds_long_floats_in_recorded_text_and_leaves_the_rest() {
+        assert_eq!(readable("PSI 0.002868721825053504 over 19950.000000000004 at 1.5"), "PSI 0.0029 over 19950 at 1.5");
+        assert_eq!(
+            readable("v2 (5pct) #12, 99.96% [+5.043, +11.467] pp"),
+            "v2 (5pct) #12, 99.96% [+5.043, +11.467] pp"
+        );
+        assert_eq!(
+            unreadable_numbers("at 1796393730430 and 0.002868721825053504"),
+            ["1796393730430", "0.002868721825053504"]
+        );
+        assert_eq!(unreadable_numbers("at 2026-11-22T10:15:30.123Z, 27.3 ms, sha 10db4452"), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_negligible_latency_difference_is_not_highlighted_but_a_real_one_is() {
+        let with_p99 = |tail_us: f64| {
+            let mut w = VersionWindow::served(1000, 0);
+            w.latency_us.add(10_000.0, 1000.0, 970);
+            w.latency_us.add(tail_us, 100.0, 30);
+            w
+        };
+        // 0.03 ms worse at p99: not worth a reviewer's attention.
+        let row = quantile_row(0.99, &with_p99(27_000.0), &with_p99(27_030.0));
+        let d = row.difference.value.unwrap();
+        assert!(d > 0.0 && d < 0.1 && !row.challenger_worse, "{row:?}");
+        // Three times slower everywhere: highlighted.
+        let mut slow = VersionWindow::served(1000, 0);
+        slow.latency_us.add(30_000.0, 3000.0, 990);
+        slow.latency_us.add(81_000.0, 300.0, 10);
+        let row = quantile_row(0.5, &with_p99(27_000.0), &slow);
+        assert!(row.challenger_worse, "{row:?}");
+        // One more error in a thousand is inside the interval: not highlighted.
+        assert!(!rate_row("e", (1, 1000), (2, 1000)).challenger_worse);
     }
 
     #[test]

@@ -895,7 +895,7 @@ impl RolloutSpec {
             })?;
         }
         if self.interval.is_zero() {
-            return Err(invalid("interval", "must be above 0"));
+            return Err(invalid("interval", "must be above 0, e.g. 1m"));
         }
         let g = &self.gates;
         if g.error_rate.is_none()
@@ -1019,7 +1019,7 @@ impl RolloutSpec {
                 ));
             }
             if p.timeout.is_zero() {
-                return Err(invalid("envoy.prometheus.timeout", "must be above 0"));
+                return Err(invalid("envoy.prometheus.timeout", "must be above 0, e.g. 2s"));
             }
         }
         let share = self.envoy.max_missing_share;
@@ -1186,6 +1186,9 @@ fn dns_label(field: &str, value: &str, max: usize) -> Result<(), SpecError> {
 
 /// Percent with at most two decimals → basis points.
 pub fn percent_to_weight(percent: f64) -> Result<Weight, String> {
+    if !(0.0..=100.0).contains(&percent) {
+        return Err(format!("{percent} must be within 0..=100 (a percentage of traffic, e.g. 5 for 5 %)"));
+    }
     let bp = percent * 100.0;
     if !bp.is_finite() || bp < 0.0 || (bp - bp.round()).abs() > 1e-6 {
         return Err(format!("{percent} is not a percentage with at most two decimals"));
@@ -1359,6 +1362,9 @@ alerts:
         assert_eq!(field_of(with(&["stages"], stages(&[1.0, 50.0]))), "stages[1].weight_percent");
         assert_eq!(field_of(with(&["stages"], stages(&[0.001, 100.0]))), "stages[0].weight_percent");
         assert_eq!(field_of(with(&["stages"], stages(&[1.0, 101.0]))), "stages[1].weight_percent");
+        let err = with(&["stages"], stages(&[1.0, 150.0])).unwrap_err().to_string();
+        assert!(err.contains("weight_percent`: 150 must be within 0..=100"), "{err}");
+        assert!(!err.contains("basis points"), "{err}");
         assert_eq!(field_of(with(&["stages"], stages(&[]))), "stages");
         assert!(with(&["stages"], stages(&[0.5, 100.0])).is_ok());
     }

@@ -427,14 +427,14 @@ pub async fn main() -> anyhow::Result<()> {
             let spec = spec.map(|p| RolloutSpec::load(&p)).transpose()?;
             let controller = Controller::open(&state_dir, spec, accept_spec_change)?;
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-            let pid_path = controller.store.pid_path();
+            let store = controller.store.clone();
             let stopped = tokio::select! {
                 r = daemon::run(controller, token) => { r?; false }
                 _ = tokio::signal::ctrl_c() => true,
                 _ = term.recv() => true,
             };
             if stopped {
-                let _ = std::fs::remove_file(&pid_path);
+                store.remove_daemon_files();
                 // A rollback alert being retried gets a little longer (a
                 // Kubernetes pod has 30 s between SIGTERM and SIGKILL).
                 let left = crate::alert::drain_for(std::time::Duration::from_secs(10)).await;

@@ -4,8 +4,9 @@
 
 use std::sync::Arc;
 
-use axum::extract::State;
-use axum::http::StatusCode;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -21,6 +22,12 @@ use canary_judge::spec::RolloutSpec;
 /// What the HTTP handlers need: the state directory and the spec, not the
 /// controller (its lock is held across a whole evaluation).
 type Shared = Arc<(Store, RolloutSpec)>;
+
+/// The daemon's HTTP API as OpenAPI 3.1, served at `/openapi.json`.
+pub const OPENAPI: &str = include_str!("../../assets/openapi.json");
+
+/// The largest `POST /labels` body; a larger one is answered 413.
+pub const LABELS_LIMIT: usize = 10 * 1024 * 1024;
 
 /// One line per decision, for people watching the terminal.
 pub fn progress_line(d: &Decision, started: u64) -> String {
@@ -50,15 +57,19 @@ pub async fn run(controller: Controller, token: Option<Token>) -> anyhow::Result
     let hub = Hub::new(store.clone(), controller.spec.clone(), token.is_some());
     tokio::spawn(hub.clone().run());
     let app = Router::new()
-        .route("/labels", post(labels))
+        .route("/labels", post(labels).layer(DefaultBodyLimit::max(LABELS_LIMIT)))
         .route("/status", get(status))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
         .with_state(Arc::new((store.clone(), controller.spec.clone())))
-        .merge(crate::http::dashboard::router(hub.clone(), token));
+        .merge(crate::http::dashboard::router(hub.clone(), token))
+        .fallback(|uri: Uri| async move {
+            error(StatusCode::NOT_FOUND, format!("no such endpoint: {uri} (see /openapi.json)"))
+        });
     let mut c = controller;
     let listener = tokio::net::TcpListener::bind(&listen).await?;
     let addr = listener.local_addr()?;
-    crate::store::durable::write_atomic(&store.dir().join("daemon.addr"), addr.to_string().as_bytes())?;
+    crate::store::durable::write_atomic(&store.addr_path(), addr.to_string().as_bytes())?;
     crate::store::durable::write_atomic(&store.pid_path(), std::process::id().to_string().as_bytes())?;
     tokio::spawn(async move { axum::serve(listener, app).await });
     println!(
@@ -112,16 +123,27 @@ pub async fn run(controller: Controller, token: Option<Token>) -> anyhow::Result
     if undelivered > 0 {
         eprintln!("{undelivered} alert(s) still undelivered at exit; see the errors above");
     }
-    let _ = std::fs::remove_file(store.pid_path());
+    store.remove_daemon_files();
     Ok(())
 }
 
-async fn labels(State(c): State<Shared>, body: axum::body::Bytes) -> Response {
+/// Every error the daemon answers: `{"error": "..."}`.
+pub fn error(code: StatusCode, message: String) -> Response {
+    (code, [(header::CACHE_CONTROL, "no-store")], Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+async fn labels(State(c): State<Shared>, body: Result<axum::body::Bytes, BytesRejection>) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            let limit = LABELS_LIMIT / (1024 * 1024);
+            return error(e.status(), format!("a labels batch may be at most {limit} MiB: send smaller batches"));
+        }
+        Err(e) => return error(e.status(), e.body_text()),
+    };
     let records: Vec<LabelRecord> = match serde_json::from_slice(&body) {
         Ok(r) => r,
-        Err(e) => {
-            return (StatusCode::BAD_REQUEST, format!("expected a JSON array of label records: {e}\n")).into_response()
-        }
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("expected a JSON array of label records: {e}")),
     };
     match control::add_labels(&c.0, &c.1, &records) {
         Ok(intake) => {
@@ -129,13 +151,51 @@ async fn labels(State(c): State<Shared>, body: axum::body::Bytes) -> Response {
                 if intake.rejected > 0 && intake.accepted == 0 { StatusCode::BAD_REQUEST } else { StatusCode::OK };
             (code, Json(intake)).into_response()
         }
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 
 async fn status(State(c): State<Shared>) -> Response {
     match control::status(&c.0, &c.1) {
         Ok(s) => Json(s).into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The routes registered in a source file (its axum route calls), with their methods.
+    fn routes(source: &str) -> Vec<(String, String)> {
+        source
+            .split(".route(\"")
+            .skip(1)
+            .map(|r| {
+                let (path, rest) = r.split_once('"').unwrap();
+                let method = rest.trim_start_matches([',', ' ']).split('(').next().unwrap().to_string();
+                (path.to_string(), method)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_openapi_file_documents_every_route_and_only_those() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
+        assert_eq!(doc["openapi"], "3.1.0");
+        let served: Vec<(String, String)> =
+            [include_str!("daemon.rs"), include_str!("dashboard.rs")].iter().flat_map(|s| routes(s)).collect();
+        assert!(served.len() >= 14, "{served:?}");
+        for (path, method) in &served {
+            assert!(doc["paths"][path][method].is_object(), "{method} {path} is served but not in openapi.json");
+        }
+        for (path, ops) in doc["paths"].as_object().unwrap() {
+            for method in ops.as_object().unwrap().keys() {
+                assert!(
+                    served.iter().any(|(p, m)| p == path && m == method),
+                    "{method} {path} is in openapi.json but not served"
+                );
+            }
+        }
     }
 }

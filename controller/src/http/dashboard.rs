@@ -39,7 +39,7 @@ use tokio::sync::{watch, Notify};
 use crate::control::{self, now_millis, ControlError, Controller};
 use crate::http::metrics::{RolloutGauges, METRICS};
 use crate::store::Store;
-use canary_judge::gates::GateKind;
+use canary_judge::gates::{GateKind, Outcome};
 use canary_judge::rollout::{Action, Command, Decision, Millis};
 use canary_judge::spec::RolloutSpec;
 use canary_judge::window::{MergedHistogram, VersionWindow};
@@ -230,8 +230,20 @@ struct GatesView {
     epoch: u64,
     stage_name: String,
     /// Each gate's result as logged (value, threshold, margin, outcome,
-    /// detail, and whatever later versions add).
+    /// detail, and whatever later versions add), with its `forest`: the
+    /// estimate, interval and limit in the units shown (as in the reports).
     results: Vec<serde_json::Value>,
+}
+
+/// What the current traffic says about the time still to go.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Pace {
+    epoch: u64,
+    /// Responses per second, champion and challenger, over the stage so far.
+    per_s: [f64; 2],
+    /// The largest number of further samples per version an inconclusive
+    /// gate of the stage says it needs.
+    needed: u64,
 }
 
 /// What the hub has read from the decision log so far.
@@ -249,6 +261,7 @@ struct Ingest {
     epoch_started: BTreeMap<u64, Millis>,
     timeline: VecDeque<DecisionView>,
     gates: Option<GatesView>,
+    pace: Option<Pace>,
     last: Option<DecisionView>,
     fingerprint: String,
     version: u64,
@@ -275,10 +288,32 @@ impl Ingest {
                 at: d.at,
                 epoch: d.from.epoch,
                 stage_name: d.from.stage_name.clone(),
-                results: d.gates.iter().filter_map(|g| serde_json::to_value(g).ok()).collect(),
+                results: d
+                    .gates
+                    .iter()
+                    .filter_map(|g| {
+                        let mut v = serde_json::to_value(g).ok()?;
+                        v["forest"] = serde_json::to_value(canary_judge::report::forest(g)).ok()?;
+                        Some(v)
+                    })
+                    .collect(),
             });
         }
         let Some(w) = &d.window else { return };
+        let secs = w.elapsed_ms as f64 / 1000.0;
+        if secs > 0.0 {
+            self.pace = Some(Pace {
+                epoch: d.from.epoch,
+                per_s: [w.champion.answered() as f64 / secs, w.challenger.answered() as f64 / secs],
+                needed: d
+                    .gates
+                    .iter()
+                    .filter(|g| g.outcome == Outcome::Inconclusive)
+                    .filter_map(|g| g.needed)
+                    .max()
+                    .unwrap_or(0),
+            });
+        }
         let epoch = d.from.epoch;
         let now = [Cumulative::of(&w.champion), Cumulative::of(&w.challenger)];
         let (delta, span_ms) = match &self.base {
@@ -309,6 +344,47 @@ impl Ingest {
             self.points = merge_pairs(std::mem::take(&mut self.points));
         }
     }
+}
+
+/// Expected milliseconds until the current stage can end and until the
+/// rollout is promoted, if the traffic keeps its current pace: the stage
+/// needs its minimum duration, its minimum responses per version, and the
+/// further samples its inconclusive gates say they need (of the smaller
+/// version); each later judged stage needs its minimum duration and
+/// responses at the same total traffic split by its weight. A lower bound
+/// when gates of later stages come out inconclusive. `None` without traffic.
+fn expected_remaining(
+    spec: &RolloutSpec,
+    stage: usize,
+    time_left_ms: Option<u64>,
+    requests_left: Option<(u64, u64)>,
+    pace: Pace,
+) -> Option<(u64, u64)> {
+    let [champion, challenger] = pace.per_s;
+    if champion <= 0.0 || challenger <= 0.0 {
+        return None;
+    }
+    let secs = |n: u64, per_s: f64| n as f64 / per_s;
+    let (left_a, left_b) = requests_left.unwrap_or((0, 0));
+    let this = [
+        time_left_ms.unwrap_or(0) as f64 / 1000.0,
+        secs(left_a, champion),
+        secs(left_b, challenger),
+        secs(pace.needed, champion.min(challenger)),
+    ]
+    .into_iter()
+    .fold(0.0, f64::max);
+    let total = champion + challenger;
+    // The last stage (100 %) is the promotion itself: nothing to wait for.
+    let later: f64 = (stage + 1..spec.stages.len().saturating_sub(1))
+        .map(|i| {
+            let share = f64::from(spec.stage_weight(i).bp()) / 10_000.0;
+            let slower = (total * share).min(total * (1.0 - share)).max(f64::MIN_POSITIVE);
+            let s = &spec.stages[i];
+            s.min_duration.as_secs_f64().max(secs(s.min_requests, slower))
+        })
+        .sum();
+    Some(((this * 1000.0) as u64, ((this + later) * 1000.0) as u64))
 }
 
 /// Halves the points by merging neighbours of the same epoch.
@@ -442,6 +518,10 @@ struct View<'a> {
     in_stage_ms: Option<u64>,
     time_left_ms: Option<u64>,
     requests_left: Option<(u64, u64)>,
+    /// Expected time until the stage can end, and until the rollout is
+    /// promoted, at the current traffic (see [`expected_remaining`]).
+    eta_stage_ms: Option<u64>,
+    eta_ms: Option<u64>,
     shadow_stage: bool,
     daemon_pid: Option<u32>,
     last_decision: Option<&'a DecisionView>,
@@ -543,6 +623,11 @@ impl Hub {
             Err(_) => ("unknown".into(), 0, String::new(), 0, 0),
         };
         let s = status.as_ref().ok();
+        let running = phase == "running" || phase == "paused";
+        let eta = s
+            .zip(ing.pace.filter(|p| p.epoch == epoch))
+            .filter(|_| running)
+            .and_then(|(s, pace)| expected_remaining(spec, s.stage, s.time_left_ms, s.requests_left, pace));
         let view = View {
             version: ing.version,
             generated_at: now_millis(),
@@ -559,6 +644,8 @@ impl Hub {
             in_stage_ms: s.and_then(|s| s.in_stage_ms),
             time_left_ms: s.and_then(|s| s.time_left_ms),
             requests_left: s.and_then(|s| s.requests_left),
+            eta_stage_ms: eta.map(|e| e.0),
+            eta_ms: eta.map(|e| e.1),
             shadow_stage: s.is_some_and(|s| s.shadow_stage),
             daemon_pid: s.and_then(|s| s.daemon_pid),
             last_decision: ing.last.as_ref(),
@@ -760,7 +847,7 @@ async fn events(State(app): State<Arc<App>>) -> impl IntoResponse {
 }
 
 fn text(code: StatusCode, message: String) -> Response {
-    (code, [(header::CACHE_CONTROL, "no-store")], Json(serde_json::json!({ "error": message }))).into_response()
+    crate::http::daemon::error(code, message)
 }
 
 /// The bearer token of a request, if any.
@@ -899,6 +986,28 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expected_remaining_time_follows_the_minimums_what_the_gates_need_and_the_traffic() {
+        let spec = RolloutSpec::from_yaml(
+            "rollout: r\nchampion: v1\nchallenger: v2\nstages:\n  - { weight_percent: 1, min_duration: 10m, min_requests: 100 }\n  \
+             - { weight_percent: 5, min_duration: 1h, min_requests: 1000 }\n  - { weight_percent: 50, min_duration: 1m, min_requests: 6000 }\n  \
+             - { weight_percent: 100 }\ngates: { error_rate: { error_tolerance: 1 } }\nenvoy: { admin: [\"http://a\"], ecds_dir: /x, wasm: /y }\n",
+        )
+        .unwrap();
+        // 100 responses a second, 1 % of them on the challenger.
+        let pace = Pace { epoch: 1, per_s: [99.0, 1.0], needed: 0 };
+        // This stage: 10 min left on its clock, 50 challenger responses to go (50 s).
+        // Then 5 %: an hour (1000 responses take 200 s); 50 %: 6000 at 50 a second is 2 min.
+        assert_eq!(expected_remaining(&spec, 0, Some(600_000), Some((0, 50)), pace), Some((600_000, 4_320_000)));
+        // An inconclusive gate needing 2000 more per version: 2000 s at the challenger's pace.
+        let needy = Pace { needed: 2000, ..pace };
+        assert_eq!(expected_remaining(&spec, 0, Some(600_000), Some((0, 0)), needy), Some((2_000_000, 5_720_000)));
+        // The last judged stage: nothing after it but the promotion.
+        assert_eq!(expected_remaining(&spec, 2, Some(0), Some((0, 0)), pace), Some((0, 0)));
+        // No challenger traffic: nothing can be told.
+        assert_eq!(expected_remaining(&spec, 0, None, None, Pace { per_s: [10.0, 0.0], ..pace }), None);
+    }
 
     #[test]
     fn tokens_match_only_themselves_and_never_print() {

@@ -241,6 +241,18 @@ impl Store {
         self.path("daemon.pid")
     }
 
+    /// Where the running daemon writes its HTTP address.
+    pub fn addr_path(&self) -> PathBuf {
+        self.path("daemon.addr")
+    }
+
+    /// A daemon that exits removes its pid and address files: neither may
+    /// point at a process or port that is gone.
+    pub fn remove_daemon_files(&self) {
+        let _ = fs::remove_file(self.pid_path());
+        let _ = fs::remove_file(self.addr_path());
+    }
+
     /// The running daemon's PID, if its pid file names a live process.
     pub fn daemon_pid(&self) -> Option<u32> {
         let pid: u32 = fs::read_to_string(self.pid_path()).ok()?.trim().parse().ok()?;

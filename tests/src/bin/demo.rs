@@ -9,7 +9,6 @@
 //! controller rolls it back, with the alert shown. Every process started is
 //! stopped at the end, on error and on Ctrl-C.
 
-use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -325,6 +324,13 @@ fn status_line(state: &serde_json::Value, started: Instant, sent: u64) -> String
             (_, Some(v)) => format!("{v:.3}"),
             _ => "-".into(),
         };
+        if name == "prediction" {
+            // PSI compares the challenger with the champion: one value, against its limit.
+            let outcome = g["outcome"].as_str().unwrap_or("");
+            let limit = g["threshold"].as_f64().map_or(String::new(), |_| format!(" (< {})", fmt(&g["threshold"])));
+            gates.push(format!("psi {}{limit} {outcome}", fmt(&g["challenger"])));
+            continue;
+        }
         gates.push(format!(
             "{name} {}/{} {}",
             fmt(&g["champion"]),
@@ -408,57 +414,38 @@ async fn labeler(
     }
 }
 
-/// A Markdown report per stage that ended, from the decision log.
+/// The controller's reports (`canary report`): per stage that ended and for
+/// the whole rollout, as HTML and JSON, plus each one's Markdown summary and
+/// an index (`README.md`) linking them.
 fn write_reports(out: &Path, state_dir: &Path) -> Result<PathBuf> {
+    use canary_controller::store::reports;
+    use canary_judge::report;
     let dir = out.join("reports");
-    std::fs::create_dir_all(&dir)?;
-    let decisions = canary_tests::decisions(state_dir);
+    let c = canary_controller::control::Controller::open(state_dir, None, false)?;
+    let now = canary_controller::control::now_millis();
+    reports::write_all(&c.store, &c.spec, Some(&dir), now)?;
+    let state = c.state()?;
+    let log = c.store.decisions()?;
     let mut index = String::from("# Rollout reports\n\n");
-    let mut n = 0;
-    let mut last_hold: HashMap<String, serde_json::Value> = HashMap::new();
-    for d in &decisions {
-        let stage = d["from"]["stage_name"].as_str().unwrap_or("?").to_string();
-        if d["action"] == "hold" {
-            last_hold.insert(stage, d.clone());
-            continue;
-        }
-        n += 1;
-        // The evidence of the stage: the ending decision's, or its last hold's for a manual move.
-        let evidence = if d["window"].is_null() { last_hold.get(&stage).unwrap_or(d) } else { d };
-        let mut md = format!(
-            "# Stage {stage}: {}\n\n- decision #{} at {} ({})\n- traffic: {}% → {}%\n- reasons:\n",
-            d["action"].as_str().unwrap_or("?"),
-            d["seq"],
-            d["at"],
-            if d["manual"] == true { "operator" } else { "gates" },
-            d["from"]["weight"].as_u64().unwrap_or(0) as f64 / 100.0,
-            d["to"]["weight"].as_u64().unwrap_or(0) as f64 / 100.0
-        );
-        for r in d["reasons"].as_array().into_iter().flatten() {
-            md.push_str(&format!("  - {}\n", r.as_str().unwrap_or("")));
-        }
-        let w = &evidence["window"];
-        md.push_str(&format!(
-            "\n| version | requests | responses 2xx / 5xx | timeouts |\n| --- | --- | --- | --- |\n| {CHAMPION} (champion) | {} | {} / {} | {} |\n| {CHALLENGER} (challenger) | {} | {} / {} | {} |\n",
-            w["champion"]["requests"], w["champion"]["responses"][1], w["champion"]["responses"][4], w["champion"]["timeouts"],
-            w["challenger"]["requests"], w["challenger"]["responses"][1], w["challenger"]["responses"][4], w["challenger"]["timeouts"],
+    let mut epochs: Vec<u64> =
+        log.iter().filter(|d| d.action != canary_judge::rollout::Action::Hold).map(|d| d.from.epoch).collect();
+    epochs.dedup();
+    for epoch in epochs {
+        let Some(r) = report::stage_report(&c.spec, &state, &log, epoch, now) else { continue };
+        let stem = reports::stage_stem(r.stage_index.unwrap_or(0), r.stage.as_deref().unwrap_or("stage"), epoch);
+        std::fs::write(dir.join(format!("{stem}.md")), report::markdown(&r))?;
+        index.push_str(&format!(
+            "- {}: {} — [summary]({stem}.md), [report]({stem}.html), [JSON]({stem}.json)\n",
+            r.stage.as_deref().unwrap_or("?"),
+            r.recommendation.action
         ));
-        md.push_str("\n| gate | outcome | champion | challenger | threshold | margin | detail |\n| --- | --- | --- | --- | --- | --- | --- |\n");
-        for g in evidence["gates"].as_array().into_iter().flatten() {
-            md.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {} | {} |\n",
-                g["gate"].as_str().unwrap_or(""),
-                g["outcome"].as_str().unwrap_or(""),
-                g["champion"],
-                g["challenger"],
-                g["threshold"],
-                g["margin"],
-                g["detail"].as_str().unwrap_or("")
-            ));
-        }
-        let file = format!("stage-{n}-{stage}.md");
-        std::fs::write(dir.join(&file), md)?;
-        index.push_str(&format!("- [{stage}: {}]({file})\n", d["action"].as_str().unwrap_or("?")));
+    }
+    if let Some(r) = report::rollout_report(&c.spec, &state, &log, now) {
+        std::fs::write(dir.join("rollout.md"), report::markdown(&r))?;
+        index.push_str(&format!(
+            "- whole rollout: {} — [summary](rollout.md), [report](rollout.html), [JSON](rollout.json)\n",
+            r.recommendation.action
+        ));
     }
     std::fs::write(dir.join("README.md"), index)?;
     Ok(dir)
