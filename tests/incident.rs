@@ -47,8 +47,10 @@ async fn an_outage_of_both_versions_holds_and_alerts_then_the_rollout_resumes_by
     let alerts: Vec<_> = receiver.bodies().into_iter().filter(|b| b["kind"] == "incident").collect();
     assert_eq!(alerts.len(), 1, "one alert per incident: {:?}", receiver.bodies());
     assert!(
-        decisions(&state_dir).iter().all(|d| d["action"] != "advance" && d["action"] != "rollback"
-            || d["seq"].as_u64() < incident["seq"].as_u64()),
+        decisions(&state_dir)
+            .iter()
+            .all(|d| d["action"] != "advance" && d["action"] != "rollback"
+                || d["seq"].as_u64() < incident["seq"].as_u64()),
         "nothing moved during the outage"
     );
 

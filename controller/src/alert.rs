@@ -49,7 +49,10 @@ impl Alert {
                 format!("canary {rollout}: incident at {}: the champion itself is failing; holding", d.from.stage_name)
             }
             AlertKind::StageOverdue => {
-                format!("canary {rollout}: {} reached its max_duration undecided; holding for a person", d.from.stage_name)
+                format!(
+                    "canary {rollout}: {} reached its max_duration undecided; holding for a person",
+                    d.from.stage_name
+                )
             }
         };
         Alert {

@@ -357,7 +357,9 @@ mod tests {
     fn calibration_table() {
         let runs = std::env::var("CALIBRATION_RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(1000);
         println!("{}", rate_table(&rate_grid(60), ALPHA, runs, 2026));
-        println!("{runs} runs per row, alpha = beta = {ALPHA}, at most 60 looks of a tenth of the fixed-horizon sample");
+        println!(
+            "{runs} runs per row, alpha = beta = {ALPHA}, at most 60 looks of a tenth of the fixed-horizon sample"
+        );
     }
 
     /// Latency, the cases 3 and 4: at n = 200 per look no upper

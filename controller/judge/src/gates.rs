@@ -773,10 +773,7 @@ fn anytime_latency(
             hn.0,
             hn.1,
             NoDataPolicy::Hold,
-            format!(
-                "{} champion and {} {who} latency samples (histograms refresh at Envoy's stats flush)",
-                hn.0, hn.1
-            ),
+            format!("{} champion and {} {who} latency samples (histograms refresh at Envoy's stats flush)", hn.0, hn.1),
         );
     }
     let decide = |t: f64| {
@@ -1682,7 +1679,8 @@ mod tests {
         let g = sequential();
         let w = spread(1000, 0, 10.0);
         // 0/1 outcomes: sum_sq = sum.
-        let stats = |n: u64, mean: f64| LabelStats { n, sum: mean * n as f64, sum_sq: mean * n as f64, ..Default::default() };
+        let stats =
+            |n: u64, mean: f64| LabelStats { n, sum: mean * n as f64, sum_sq: mean * n as f64, ..Default::default() };
         let judge = |a: LabelStats, b: LabelStats| {
             only(
                 &evaluate(&g, &w, &w, &LabelEvidence { champion: a, challenger: b }, StageContext::live(1), &[]),

@@ -107,7 +107,8 @@ pub fn plan(spec: &RolloutSpec, a: Assumptions) -> Vec<StagePlan> {
                 }
             }
         }
-        let harmful = rates.iter().filter_map(|&(_, base, tol)| median(base, tol, Truth::TwiceTolerance)).reduce(f64::min);
+        let harmful =
+            rates.iter().filter_map(|&(_, base, tol)| median(base, tol, Truth::TwiceTolerance)).reduce(f64::min);
         if let Some(t) = equal.filter(|t| *t > max_duration.as_secs_f64()) {
             warnings.push(format!(
                 "decides in ~{} but max_duration is {}",

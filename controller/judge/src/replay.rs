@@ -241,7 +241,12 @@ envoy: { admin: ["http://a"], ecds_dir: /x, wasm: /y.wasm }
             }
             let stage = spec.stage_name(s.stage);
             for v in ["v1", "v2"] {
-                let stats = crate::labels::LabelStats { n: *n, sum: 0.9 * *n as f64, sum_sq: 0.9 * *n as f64, ..Default::default() };
+                let stats = crate::labels::LabelStats {
+                    n: *n,
+                    sum: 0.9 * *n as f64,
+                    sum_sq: 0.9 * *n as f64,
+                    ..Default::default()
+                };
                 s.labels.by_stage.entry(stage.clone()).or_default().insert(v.into(), stats);
             }
             let (next, d) = s.step(spec, Ok(&window(s.epoch, *n, *errors)), (i as u64 + 1) * 1000);

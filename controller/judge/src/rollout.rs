@@ -645,7 +645,13 @@ impl RolloutState {
                 return hold(next, vec![format!("the rollout has ended: {}", self.phase)], vec![], None, vec![]);
             }
             Phase::Paused if self.frozen => {
-                return hold(next, vec!["frozen by an operator: no automatic change at all".into()], vec![], None, vec![])
+                return hold(
+                    next,
+                    vec!["frozen by an operator: no automatic change at all".into()],
+                    vec![],
+                    None,
+                    vec![],
+                )
             }
             Phase::Paused | Phase::Running => {}
         }
@@ -758,7 +764,9 @@ impl RolloutState {
         let summary = WindowSummary { champion, challenger, coverage: c.clone(), elapsed_ms };
         let (mut action, mut reasons) = judge(spec, self.stage, &results, &summary);
         let mut alerts = vec![];
-        if action == Action::Hold && now.saturating_sub(self.stage_entered_at) >= spec.max_duration(self.stage).as_millis() as u64 {
+        if action == Action::Hold
+            && now.saturating_sub(self.stage_entered_at) >= spec.max_duration(self.stage).as_millis() as u64
+        {
             let rule = spec.stages[self.stage].on_max_duration;
             let over = format!(
                 "the stage reached its max_duration ({}) undecided",

@@ -1091,10 +1091,7 @@ impl RolloutSpec {
         }
         for (i, stage) in self.stages.iter().enumerate() {
             if stage.max_duration.is_some_and(|m| m < stage.min_duration) {
-                return Err(invalid(
-                    format!("stages[{i}].max_duration"),
-                    "must be at least the stage's min_duration",
-                ));
+                return Err(invalid(format!("stages[{i}].max_duration"), "must be at least the stage's min_duration"));
             }
         }
         Ok(())

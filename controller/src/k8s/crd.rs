@@ -23,8 +23,8 @@ use serde_json::json;
 use crate::control::Status;
 use crate::sink::configmap::FIELD_MANAGER;
 use canary_judge::rollout::{Command, RolloutState};
-use canary_judge::status::schema;
 pub use canary_judge::spec::CanaryRollout;
+use canary_judge::status::schema;
 pub use canary_judge::status::{CanaryRolloutStatus, CommandStatus, DecisionStatus, GateStatus, TransitionStatus};
 
 /// The annotation naming a manual command.
