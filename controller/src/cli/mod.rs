@@ -146,6 +146,28 @@ enum Command {
     },
     /// Check a rollout spec (YAML).
     CheckSpec { file: PathBuf },
+    /// What a spec's stages will take at a given traffic, from the engine
+    /// itself: per stage the challenger's traffic, the time to
+    /// `min_requests`, the median time to a decision for a challenger equal
+    /// to the champion and for one 2x tolerance worse, and a warning where a
+    /// stage cannot decide within its `max_duration`. `${NAME}` placeholders
+    /// (as in controller/examples/rollout.yaml) are filled from the
+    /// environment, else with neutral values.
+    Plan {
+        spec: PathBuf,
+        /// Requests per second through the Envoys, both versions together.
+        #[arg(long)]
+        rps: f64,
+        /// The champion's 5xx rate (0.003 = 0.3 %).
+        #[arg(long, default_value_t = 0.003)]
+        error_rate: f64,
+        /// The champion's 504 rate.
+        #[arg(long, default_value_t = 0.001)]
+        timeout_rate: f64,
+        /// Simulated rollouts per estimate.
+        #[arg(long, default_value_t = 200)]
+        runs: u32,
+    },
     /// Numeric prediction bin edges at the champion's quantiles: reads
     /// observed predictions (numbers separated by whitespace or commas) from
     /// FILE or stdin, prints `bins - 1` edges for `filter.prediction.bins`.
@@ -254,6 +276,28 @@ fn cli() -> Cli {
     }
     let matches = Cli::command().bin_name("kubectl canary").get_matches_from(plugin_args(args));
     Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+/// `${NAME}` placeholders filled from the environment, else neutral
+/// values (durations `1m`, URLs and paths that parse), so a template like
+/// the demo's spec can be planned.
+fn fill_placeholders(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let Some(end) = rest[start..].find('}') else { break };
+        let name = &rest[start + 2..start + end];
+        let value = std::env::var(name).unwrap_or_else(|_| match name {
+            n if n.contains("DURATION") => "1m".into(),
+            n if n.contains("ADMIN") || n.contains("WEBHOOK") || n.contains("URL") => "http://127.0.0.1:9901".into(),
+            _ => "/tmp/canary".into(),
+        });
+        out.push_str(&value);
+        rest = &rest[start + end + 1..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn read_config(file: &PathBuf) -> anyhow::Result<FilterConfig> {
@@ -541,6 +585,17 @@ pub async fn main() -> anyhow::Result<()> {
             let stages: Vec<String> =
                 (0..s.stages.len()).map(|i| format!("{} {}", s.stage_name(i), s.stage_weight(i))).collect();
             println!("ok: rollout {}: {} → {}; stages {}", s.rollout, s.champion, s.challenger, stages.join(", "));
+        }
+        Command::Plan { spec, rps, error_rate, timeout_rate, runs } => {
+            anyhow::ensure!(
+                rps.is_finite() && rps > 0.0,
+                "--rps {rps} must be a positive number of requests per second"
+            );
+            let text = std::fs::read_to_string(&spec).with_context(|| format!("cannot read {}", spec.display()))?;
+            let spec = RolloutSpec::from_yaml(&fill_placeholders(&text))
+                .with_context(|| format!("{} is refused", spec.display()))?;
+            let a = canary_judge::plan::Assumptions { rps, error_rate, timeout_rate, runs: runs.max(10) };
+            print!("{}", canary_judge::plan::render(&canary_judge::plan::plan(&spec, a), a));
         }
         Command::BinEdges { bins, file } => {
             let text = match &file {
