@@ -25,6 +25,8 @@ struct Cli {
 /// How the gates decide ([`GateMethod`], which as a judge type knows no CLI).
 #[derive(Clone, Copy, ValueEnum)]
 enum Method {
+    /// Confidence sequences and e-processes (the default engine).
+    Anytime,
     /// Intervals at spent looks: pass, fail or inconclusive.
     Sequential,
     /// Point estimates against the tolerances at every evaluation.
@@ -34,6 +36,7 @@ enum Method {
 impl From<Method> for GateMethod {
     fn from(m: Method) -> GateMethod {
         match m {
+            Method::Anytime => GateMethod::Anytime,
             Method::Sequential => GateMethod::Sequential,
             Method::Threshold => GateMethod::Threshold,
         }
