@@ -271,6 +271,27 @@ pub enum Command {
     Rollback,
 }
 
+impl Command {
+    /// Every command, in the order help texts list them.
+    pub const ALL: [Command; 5] = [Command::Pause, Command::Freeze, Command::Resume, Command::Advance, Command::Rollback];
+
+    /// The command's word: in annotations, the daemon's API, the CLI and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Command::Pause => "pause",
+            Command::Freeze => "freeze",
+            Command::Resume => "resume",
+            Command::Advance => "advance",
+            Command::Rollback => "rollback",
+        }
+    }
+
+    /// The command a word names, if any.
+    pub fn from_name(word: &str) -> Option<Command> {
+        Command::ALL.into_iter().find(|c| c.name() == word)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("cannot {command}: the rollout is {phase}")]
 pub struct CommandRefused {
@@ -817,7 +838,7 @@ impl RolloutState {
         now: Millis,
     ) -> Result<(RolloutState, Decision), CommandRefused> {
         let refuse =
-            || CommandRefused { command: format!("{command:?}").to_lowercase(), phase: self.phase.to_string() };
+            || CommandRefused { command: command.name().to_string(), phase: self.phase.to_string() };
         let mut next = self.clone();
         let why = if reason.is_empty() { "no reason given".to_string() } else { reason.to_string() };
         let action = match (command, self.phase) {

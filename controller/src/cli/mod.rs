@@ -408,7 +408,7 @@ async fn kube_manual(
         .with_context(|| format!("cannot annotate CanaryRollout {r}"))?;
     eprintln!(
         "asked {r} to {} (command id {id}); waiting up to {wait:?} for the reconciler",
-        crd::command_name(command)
+        command.name()
     );
     let poll = std::time::Duration::from_secs(1);
     let status = crd::wait_handled(client, &r.namespace, &r.name, &id, wait, poll).await?;

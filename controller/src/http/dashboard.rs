@@ -869,13 +869,8 @@ async fn control_command(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let cmd = match command.as_str() {
-        "pause" => Command::Pause,
-        "freeze" => Command::Freeze,
-        "resume" => Command::Resume,
-        "advance" => Command::Advance,
-        "rollback" => Command::Rollback,
-        _ => return text(StatusCode::NOT_FOUND, format!("no such endpoint: POST /api/{command}")),
+    let Some(cmd) = Command::from_name(&command) else {
+        return text(StatusCode::NOT_FOUND, format!("no such endpoint: POST /api/{command}"));
     };
     let Some(token) = &app.token else {
         METRICS.control_request(&command, "disabled");

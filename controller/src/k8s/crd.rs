@@ -195,14 +195,11 @@ pub fn pending_command(annotations: &BTreeMap<String, String>, handled: Option<&
         return None;
     }
     let text = annotations.get(COMMAND).map(|c| c.trim().to_ascii_lowercase()).unwrap_or_default();
-    let command = match text.as_str() {
-        "pause" => Ok(Command::Pause),
-        "freeze" => Ok(Command::Freeze),
-        "resume" => Ok(Command::Resume),
-        "advance" => Ok(Command::Advance),
-        "rollback" => Ok(Command::Rollback),
-        other => Err(format!("`{COMMAND}: {other}` is not a command: use pause, freeze, resume, advance or rollback")),
-    };
+    let command = Command::from_name(&text).ok_or_else(|| {
+        let words: Vec<&str> = Command::ALL.iter().map(|c| c.name()).collect();
+        let (last, rest) = words.split_last().unwrap_or((&"", &[]));
+        format!("`{COMMAND}: {text}` is not a command: use {} or {last}", rest.join(", "))
+    });
     let reason = annotations.get(COMMAND_REASON).cloned().unwrap_or_default();
     Some(PendingCommand { id: id.to_string(), command, reason })
 }
@@ -224,15 +221,6 @@ pub fn carries_id(reasons: &[String], id: &str) -> bool {
     reasons.iter().any(|r| r.contains(&tag))
 }
 
-pub fn command_name(c: Command) -> &'static str {
-    match c {
-        Command::Pause => "pause",
-        Command::Freeze => "freeze",
-        Command::Resume => "resume",
-        Command::Advance => "advance",
-        Command::Rollback => "rollback",
-    }
-}
 
 /// A fresh command id: time and randomness, unique enough per resource.
 pub fn new_command_id() -> String {
@@ -243,7 +231,7 @@ pub fn new_command_id() -> String {
 /// The annotation patch that asks the reconciler for a command.
 pub fn command_patch(command: Command, id: &str, reason: &str) -> serde_json::Value {
     json!({ "metadata": { "annotations": {
-        COMMAND: command_name(command),
+        COMMAND: command.name(),
         COMMAND_ID: id,
         COMMAND_REASON: reason,
     } } })

@@ -353,7 +353,7 @@ async fn apply_command(c: &mut Controller, p: &crd::PendingCommand) -> Result<Co
         Ok(command) => command,
         Err(ref why) => return Ok(record("", format!("refused: {why}"))),
     };
-    let name = crd::command_name(command);
+    let name = command.name();
     let state = c.state()?;
     let logged = state.last_decision.iter().any(|d| d.manual && crd::carries_id(&d.reasons, &p.id))
         || c.store.decisions()?.iter().rev().take(1000).any(|d| d.manual && crd::carries_id(&d.reasons, &p.id));
