@@ -145,29 +145,19 @@ pub struct RateVerdict {
     pub log_e_fine: f64,
     /// The champion's confidence sequence at 0.2 α.
     pub champion: Interval,
-    /// The challenger's confidence sequence at 0.2 α (for the report's
-    /// interval of the difference, then at level 0.4 α; the tests above
-    /// decide).
-    pub challenger: Interval,
     pub harm: bool,
     pub fine: bool,
 }
 
-impl RateVerdict {
-    /// The difference's interval implied by both sequences: valid at
-    /// level 0.4 α at every look.
-    pub fn difference(&self) -> Interval {
-        Interval { low: self.challenger.low - self.champion.high, high: self.challenger.high - self.champion.low }
-    }
-}
-
-fn log_sum_exp(terms: impl Iterator<Item = f64>) -> f64 {
-    let v: Vec<f64> = terms.collect();
-    let m = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+/// ln of the mixture Σ wₖ Lₖ of the alternatives' likelihoods, from their
+/// logs (without allocating: it runs at every look of every simulated run).
+fn log_mixture_of(alternatives: &[(f64, f64); 3], log_likelihoods: [f64; 3]) -> f64 {
+    let terms: [f64; 3] = std::array::from_fn(|k| alternatives[k].0.ln() + log_likelihoods[k]);
+    let m = terms.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     if m == f64::NEG_INFINITY {
         return m;
     }
-    m + v.iter().map(|x| (x - m).exp()).sum::<f64>().ln()
+    m + terms.iter().map(|x| (x - m).exp()).sum::<f64>().ln()
 }
 
 impl RateProcess {
@@ -201,7 +191,7 @@ impl RateProcess {
         if self.n == 0.0 || ceiling >= 1.0 {
             return 0.0;
         }
-        let num = log_sum_exp(HARM.iter().zip(self.harm).map(|(&(w, _), l)| w.ln() + l));
+        let num = log_mixture_of(&HARM, self.harm);
         let p = (self.s / self.n).min(ceiling.max(0.0));
         num - log_likelihood(self.s, self.n, p)
     }
@@ -211,7 +201,7 @@ impl RateProcess {
         if self.n == 0.0 || floor <= 0.0 {
             return 0.0;
         }
-        let num = log_sum_exp(FINE.iter().zip(self.fine).map(|(&(w, _), l)| w.ln() + l));
+        let num = log_mixture_of(&FINE, self.fine);
         let p = (self.s / self.n).max(floor.min(1.0));
         num - log_likelihood(self.s, self.n, p)
     }
@@ -220,12 +210,21 @@ impl RateProcess {
     /// "higher is worse" rates, tolerance `tol`.
     pub fn verdict(&self, s1: f64, n1: f64, tol: f64, alpha: f64) -> RateVerdict {
         let champion = mean_cs(s1, n1, alpha * CHAMPION_SHARE);
-        let challenger = mean_cs(self.s, self.n, alpha * CHAMPION_SHARE);
         let log_e_harm = self.log_e_harm(champion.high + tol);
         let log_e_fine = self.log_e_fine(champion.low + tol);
         let level = threshold(alpha).ln();
         let harm = log_e_harm >= level;
-        RateVerdict { log_e_harm, log_e_fine, champion, challenger, harm, fine: !harm && log_e_fine >= level }
+        RateVerdict { log_e_harm, log_e_fine, champion, harm, fine: !harm && log_e_fine >= level }
+    }
+
+    /// The interval of the difference (challenger − champion) that the
+    /// challenger's sequence at 0.2 α and the verdict's `champion` sequence
+    /// imply: valid at level 0.4 α at every look. For the report only (the
+    /// tests decide), so it is computed once per evaluation, not for every
+    /// projection or simulated look.
+    pub fn difference(&self, champion: Interval, alpha: f64) -> Interval {
+        let challenger = mean_cs(self.s, self.n, alpha * CHAMPION_SHARE);
+        Interval { low: challenger.low - champion.high, high: challenger.high - champion.low }
     }
 
     /// The look this process would reach if the sample grew `t`-fold with
@@ -263,12 +262,22 @@ pub fn responses_to_detect(tol: f64, alpha: f64, ratio: f64) -> u64 {
         p.update((2.0 * tol * nf).round(), nf, anchor(0.0, nf * ratio), tol);
         p.verdict(0.0, nf * ratio, tol, alpha).harm
     };
-    let mut n = 8u64;
-    while !detects(n) && n < 1 << 40 {
+    smallest(8, 1 << 40, detects)
+}
+
+/// The smallest `n ≥ start` with `pred(n)`, for `pred` monotone: doubling
+/// from `start`, then a binary search within the last doubling; `cap`
+/// (or the first doubling past it) when none up to there.
+fn smallest(start: u64, cap: u64, pred: impl Fn(u64) -> bool) -> u64 {
+    let mut n = start.max(1);
+    while !pred(n) {
+        if n >= cap {
+            return n;
+        }
         n *= 2;
     }
     let lo = n / 2;
-    lo + first(n - lo, |d| detects(lo + d))
+    lo + first(n - lo, |d| pred(lo + d))
 }
 
 /// The smallest `c` in `0..=n` with `pred(c)`, for `pred` monotone
@@ -335,16 +344,7 @@ pub fn quantile_bounds(h: &Histogram, q: f64, alpha: f64, t: f64) -> (f64, Optio
 /// exist at level `alpha` (it needs the sequence of a count of n − 1 below
 /// to stay under 1 … i.e. room above the quantile).
 pub fn samples_for_upper_bound(q: f64, alpha: f64) -> u64 {
-    let mut n = 1u64;
-    while n < 100_000_000 {
-        if quantile_ranks(n, q, alpha).1 <= n {
-            // Refine downwards within the last doubling.
-            let lo = n / 2;
-            return lo + first(n - lo, |d| quantile_ranks(lo + d, q, alpha).1 <= lo + d);
-        }
-        n *= 2;
-    }
-    n
+    smallest(1, 100_000_000, |n| quantile_ranks(n, q, alpha).1 <= n)
 }
 
 #[cfg(test)]

@@ -84,6 +84,25 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    fn new(runs: u32, fixed: f64) -> Outcome {
+        Outcome { runs, failed: 0, passed: 0, to_decision: vec![], fixed }
+    }
+
+    /// Records a run's verdict reached with `n` challenger samples:
+    /// `fail` (rolled back) or `pass`; false for both when undecided.
+    /// Whether it decided (the run stops).
+    fn decided(&mut self, fail: bool, pass: bool, n: u64) -> bool {
+        if fail {
+            self.failed += 1;
+        } else if pass {
+            self.passed += 1;
+        } else {
+            return false;
+        }
+        self.to_decision.push(n);
+        true
+    }
+
     pub fn fail_rate(&self) -> f64 {
         f64::from(self.failed) / f64::from(self.runs)
     }
@@ -120,6 +139,12 @@ pub fn fixed_horizon(base: f64, tol: f64, share: f64, alpha: f64, beta: f64) -> 
     root * root / (tol * tol)
 }
 
+/// The champion's responses while the challenger, with `share` of the
+/// traffic, gets `per_look`.
+fn champion_per_look(per_look: u64, share: f64) -> u64 {
+    ((per_look as f64) * (1.0 - share) / share).round() as u64
+}
+
 fn draw(rng: &mut ChaCha8Rng, n: u64, p: f64) -> u64 {
     Binomial::new(n, p.clamp(0.0, 1.0)).map_or(0, |b| b.sample(rng))
 }
@@ -128,15 +153,9 @@ fn draw(rng: &mut ChaCha8Rng, n: u64, p: f64) -> u64 {
 /// an error rate: champion and challenger counts grow every look, the
 /// challenger's e-process folds in each batch.
 pub fn run_rate(cell: RateCell, alpha: f64, runs: u32, seed: u64) -> Outcome {
-    let per_champion = ((cell.per_look as f64) * (1.0 - cell.share) / cell.share).round() as u64;
+    let per_champion = champion_per_look(cell.per_look, cell.share);
     let p2 = cell.base + cell.truth.multiple() * cell.tol;
-    let mut out = Outcome {
-        runs,
-        failed: 0,
-        passed: 0,
-        to_decision: vec![],
-        fixed: fixed_horizon(cell.base, cell.tol, cell.share, alpha, alpha),
-    };
+    let mut out = Outcome::new(runs, fixed_horizon(cell.base, cell.tol, cell.share, alpha, alpha));
     for run in 0..runs {
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (u64::from(run) << 20));
         let (mut s1, mut n1, mut s2, mut n2) = (0u64, 0u64, 0u64, 0u64);
@@ -149,13 +168,7 @@ pub fn run_rate(cell: RateCell, alpha: f64, runs: u32, seed: u64) -> Outcome {
             let (s1f, n1f) = (s1 as f64, n1 as f64);
             process.update(s2 as f64, n2 as f64, anytime::anchor(s1f, n1f), cell.tol);
             let v = process.verdict(s1f, n1f, cell.tol, alpha);
-            if v.harm || v.fine {
-                if v.harm {
-                    out.failed += 1;
-                } else {
-                    out.passed += 1;
-                }
-                out.to_decision.push(n2);
+            if out.decided(v.harm, v.fine, n2) {
                 break;
             }
         }
@@ -192,8 +205,8 @@ pub struct LatencyCell {
 /// champion's upper × multiplier, pass when its upper is within the
 /// champion's lower × multiplier (what the latency gate does).
 pub fn run_latency(cell: LatencyCell, alpha: f64, runs: u32, seed: u64) -> Outcome {
-    let per_champion = ((cell.per_look as f64) * (1.0 - cell.share) / cell.share).round() as u64;
-    let mut out = Outcome { runs, failed: 0, passed: 0, to_decision: vec![], fixed: f64::NAN };
+    let per_champion = champion_per_look(cell.per_look, cell.share);
+    let mut out = Outcome::new(runs, f64::NAN);
     let Ok(dist) = LogNormal::new(cell.median_us.ln(), cell.sigma) else { return out };
     for run in 0..runs {
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (u64::from(run) << 20));
@@ -211,13 +224,7 @@ pub fn run_latency(cell: LatencyCell, alpha: f64, runs: u32, seed: u64) -> Outco
             let b = anytime::quantile_bounds(&h2, cell.q, alpha / 2.0, 1.0);
             let fail = a.1.is_some_and(|hi| b.0 > hi * cell.multiplier);
             let pass = b.1.is_some_and(|hi| hi <= a.0 * cell.multiplier);
-            if fail || pass {
-                if fail {
-                    out.failed += 1;
-                } else {
-                    out.passed += 1;
-                }
-                out.to_decision.push(h2.count());
+            if out.decided(fail, pass, h2.count()) {
                 break;
             }
         }
@@ -319,7 +326,7 @@ mod tests {
         let mut p = RateProcess::default();
         p.update(0.0, 50.0, anytime::anchor(0.0, 50.0), 0.02);
         let v = p.verdict(0.0, 50.0, 0.02, ALPHA);
-        assert!(!v.fine && v.difference().high > 0.02, "{v:?}");
+        assert!(!v.fine && p.difference(v.champion, ALPHA).high > 0.02, "{v:?}");
         let cell =
             RateCell { base: 0.001, tol: 0.02, share: 0.5, truth: Truth::TwiceTolerance, per_look: 30, max_looks: 40 };
         let o = run_rate(cell, ALPHA, 400, 7);

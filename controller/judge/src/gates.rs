@@ -615,7 +615,7 @@ fn anytime_rate(
             })
         })
         .flatten();
-    let di = v.difference();
+    let di = process.difference(v.champion, alpha);
     let level = anytime::threshold(alpha);
     let detail = format!(
         "{head}: harm e-value {:.3} and no-harm e-value {:.3} (either decides at {level:.0}); difference {}, {:.0}% sequence [{}, {}] pp vs tolerance +{tolerance}: {}",
