@@ -501,11 +501,13 @@ pub fn status(store: &Store, spec: &RolloutSpec) -> Result<Status> {
     };
     let shadow_stage = state.in_shadow_stage(spec);
     let requests_left = match (stage, state.last_decision.as_ref().and_then(|d| d.window.as_ref())) {
-        (Some(s), Some(w))
+        (Some(_), Some(w))
             if !state.phase.is_final() && state.last_decision.as_ref().map(|d| d.to.epoch) == Some(state.epoch) =>
         {
             let (a, b) = evidence(shadow_stage, w);
-            Some((s.min_requests.saturating_sub(a), s.min_requests.saturating_sub(b)))
+            // The spec's value, or the one derived from the gates when it is 0.
+            let min = spec.min_requests(state.stage);
+            Some((min.saturating_sub(a), min.saturating_sub(b)))
         }
         _ => None,
     };

@@ -107,10 +107,10 @@ pub fn replay(
             continue;
         }
         let stage = d.from.stage;
-        let Some(_) = spec.stages.get(stage) else {
+        if stage >= spec.stages.len() {
             skipped += 1;
             continue;
-        };
+        }
         let labels = d.labels.unwrap_or_else(|| {
             from_state += 1;
             LabelEvidence {
@@ -125,7 +125,7 @@ pub fn replay(
             looks.retain(|l| l.gate != r.gate);
             looks.push(r.clone());
         }
-        let (action, reasons) = rollout::judge(&spec, stage, &results, w);
+        let (action, reasons) = rollout::judge(&spec, stage, context.min_samples, &results, w);
         judged += 1;
         if action != d.action {
             if matches!(action, Action::Rollback | Action::Promote) {

@@ -45,7 +45,7 @@ use crate::evidence::SourceError;
 use crate::gates::{self, GateResult, LabelEvidence, Outcome, StageContext};
 use crate::labels::LabelBook;
 use crate::spec::{AdvanceWhen, GateMethod, RolloutSpec, TerminalOutcome};
-use crate::window::{Coverage, VersionWindow, Window};
+use crate::window::{responses_since, Coverage, VersionWindow, Window};
 use canary_core::{FilterConfig, Weight};
 
 /// Milliseconds since the Unix epoch.
@@ -273,7 +273,8 @@ pub enum Command {
 
 impl Command {
     /// Every command, in the order help texts list them.
-    pub const ALL: [Command; 5] = [Command::Pause, Command::Freeze, Command::Resume, Command::Advance, Command::Rollback];
+    pub const ALL: [Command; 5] =
+        [Command::Pause, Command::Freeze, Command::Resume, Command::Advance, Command::Rollback];
 
     /// The command's word: in annotations, the daemon's API, the CLI and logs.
     pub fn name(self) -> &'static str {
@@ -332,9 +333,13 @@ pub fn forward(spec: &RolloutSpec, stage: usize) -> Action {
 /// `on_no_data: hold`) or `min_duration` not over → hold, with the gates'
 /// reasons (an inconclusive gate says about how many more samples it
 /// needs); otherwise advance, or promote when the next stage is the last.
+/// `min_requests` is the stage's ([`RolloutSpec::min_requests`], derived
+/// from the gates when the spec leaves it 0), as the caller's
+/// [`stage_context`] already computed it.
 pub fn judge(
     spec: &RolloutSpec,
     stage: usize,
+    min_requests: u64,
     results: &[GateResult],
     summary: &WindowSummary,
 ) -> (Action, Vec<String>) {
@@ -342,7 +347,6 @@ pub fn judge(
         return (Action::Hold, vec![format!("no stage {stage} in the spec")]);
     };
     let shadow = spec.is_shadow_stage(stage);
-    let min_requests = spec.min_requests(stage);
     let short = |have: u64| min_requests.saturating_sub(have);
     let (have_a, have_b) = evidence(shadow, summary);
     let (need_a, need_b) = (short(have_a), short(have_b));
@@ -419,11 +423,8 @@ pub fn stage_context(spec: &RolloutSpec, stage: usize) -> StageContext {
 /// champion responses to tell (the previous judgement stands).
 fn guardrails(spec: &RolloutSpec, mark: Option<&GuardMark>, now: &GuardMark) -> Option<Option<String>> {
     let g = &spec.gates.guardrails;
-    let since = |a: &[u64; 5], b: Option<&[u64; 5]>| -> [u64; 5] {
-        std::array::from_fn(|i| a[i].saturating_sub(b.map_or(0, |b| b[i])))
-    };
-    let champion = since(&now.champion, mark.map(|m| &m.champion));
-    let challenger = since(&now.challenger, mark.map(|m| &m.challenger));
+    let champion = responses_since(&now.champion, mark.map_or(&[0; 5], |m| &m.champion));
+    let challenger = responses_since(&now.challenger, mark.map_or(&[0; 5], |m| &m.challenger));
     let n: u64 = champion.iter().sum();
     if n < g.min_responses.max(1) {
         return None;
@@ -748,8 +749,12 @@ impl RolloutState {
                     next.guard_mark = Some(mark);
                     if let Some(incident) = next.incident.take() {
                         let excluded = (
-                            champion.answered() - next.window_base.as_ref().map_or(0, |b| b.champion.answered()),
-                            challenger.answered() - next.window_base.as_ref().map_or(0, |b| b.challenger.answered()),
+                            champion
+                                .answered()
+                                .saturating_sub(next.window_base.as_ref().map_or(0, |b| b.champion.answered())),
+                            challenger
+                                .answered()
+                                .saturating_sub(next.window_base.as_ref().map_or(0, |b| b.challenger.answered())),
                         );
                         notes.push(format!(
                             "the incident of {:.1} s is over ({}); the stage's window starts again now, excluding {} champion and {} challenger responses",
@@ -783,7 +788,7 @@ impl RolloutState {
         let results = gates::evaluate(&spec.gates, &champion, &challenger, &labels, context, &next.looks);
         next.spend_looks(&results);
         let summary = WindowSummary { champion, challenger, coverage: c.clone(), elapsed_ms };
-        let (mut action, mut reasons) = judge(spec, self.stage, &results, &summary);
+        let (mut action, mut reasons) = judge(spec, self.stage, context.min_samples, &results, &summary);
         let mut alerts = vec![];
         if action == Action::Hold
             && now.saturating_sub(self.stage_entered_at) >= spec.max_duration(self.stage).as_millis() as u64
@@ -837,8 +842,7 @@ impl RolloutState {
         reason: &str,
         now: Millis,
     ) -> Result<(RolloutState, Decision), CommandRefused> {
-        let refuse =
-            || CommandRefused { command: command.name().to_string(), phase: self.phase.to_string() };
+        let refuse = || CommandRefused { command: command.name().to_string(), phase: self.phase.to_string() };
         let mut next = self.clone();
         let why = if reason.is_empty() { "no reason given".to_string() } else { reason.to_string() };
         let action = match (command, self.phase) {

@@ -147,6 +147,12 @@ fn add_all(a: &mut [u64; 5], b: &[u64; 5]) {
     }
 }
 
+/// Responses by class counted after `before`, an earlier state of the same
+/// cumulative counters.
+pub fn responses_since(now: &[u64; 5], before: &[u64; 5]) -> [u64; 5] {
+    std::array::from_fn(|i| now[i].saturating_sub(before[i]))
+}
+
 fn sum(values: impl IntoIterator<Item = u64>) -> u64 {
     values.into_iter().fold(0u64, |acc, n| acc.saturating_add(n))
 }
@@ -201,7 +207,6 @@ impl VersionWindow {
     /// What happened after `base`, an earlier state of the same cumulative
     /// window (the guardrails restart a window after an incident this way).
     pub fn since(&self, base: &VersionWindow) -> VersionWindow {
-        let minus = |a: &[u64; 5], b: &[u64; 5]| std::array::from_fn(|i| a[i].saturating_sub(b[i]));
         let predictions = self
             .predictions
             .iter()
@@ -215,7 +220,7 @@ impl VersionWindow {
                 let seg = SegmentWindow {
                     requests: s.requests.saturating_sub(b.requests),
                     unkeyed: s.unkeyed.saturating_sub(b.unkeyed),
-                    responses: minus(&s.responses, &b.responses),
+                    responses: responses_since(&s.responses, &b.responses),
                     timeouts: s.timeouts.saturating_sub(b.timeouts),
                     latency_us: s.latency_us.since(&b.latency_us),
                 };
@@ -236,7 +241,7 @@ impl VersionWindow {
         VersionWindow {
             requests: self.requests.saturating_sub(base.requests),
             unkeyed: self.unkeyed.saturating_sub(base.unkeyed),
-            responses: minus(&self.responses, &base.responses),
+            responses: responses_since(&self.responses, &base.responses),
             timeouts: self.timeouts.saturating_sub(base.timeouts),
             latency_us: self.latency_us.since(&base.latency_us),
             predictions,

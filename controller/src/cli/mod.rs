@@ -406,10 +406,7 @@ async fn kube_manual(
     crd::request_command(client.clone(), &r.namespace, &r.name, command, reason, &id)
         .await
         .with_context(|| format!("cannot annotate CanaryRollout {r}"))?;
-    eprintln!(
-        "asked {r} to {} (command id {id}); waiting up to {wait:?} for the reconciler",
-        command.name()
-    );
+    eprintln!("asked {r} to {} (command id {id}); waiting up to {wait:?} for the reconciler", command.name());
     let poll = std::time::Duration::from_secs(1);
     let status = crd::wait_handled(client, &r.namespace, &r.name, &id, wait, poll).await?;
     let Some(status) = status else {

@@ -381,7 +381,7 @@ fn expected_remaining(
             let share = f64::from(spec.stage_weight(i).bp()) / 10_000.0;
             let slower = (total * share).min(total * (1.0 - share)).max(f64::MIN_POSITIVE);
             let s = &spec.stages[i];
-            s.min_duration.as_secs_f64().max(secs(s.min_requests, slower))
+            s.min_duration.as_secs_f64().max(secs(spec.min_requests(i), slower))
         })
         .sum();
     Some(((this * 1000.0) as u64, ((this + later) * 1000.0) as u64))
@@ -614,7 +614,7 @@ impl Hub {
                 name: spec.stage_name(i),
                 weight_bp: spec.stage_weight(i).bp(),
                 min_duration_ms: spec.stages[i].min_duration.as_millis() as u64,
-                min_requests: spec.stages[i].min_requests,
+                min_requests: spec.min_requests(i),
                 shadow: spec.is_shadow_stage(i),
             })
             .collect();

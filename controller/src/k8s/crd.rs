@@ -221,7 +221,6 @@ pub fn carries_id(reasons: &[String], id: &str) -> bool {
     reasons.iter().any(|r| r.contains(&tag))
 }
 
-
 /// A fresh command id: time and randomness, unique enough per resource.
 pub fn new_command_id() -> String {
     let ms = crate::control::now_millis();
