@@ -287,6 +287,17 @@ fn pct(x: f64) -> String {
     format!("{:.3}%", x * 100.0)
 }
 
+/// An e-value as people read it: three decimals near the threshold, powers
+/// of ten once the evidence is overwhelming (no-harm evidence grows
+/// geometrically and reached 2e16 in a one-minute rollout).
+fn evalue(x: f64) -> String {
+    if x < 1e4 {
+        format!("{x:.3}")
+    } else {
+        format!("{x:.1e}")
+    }
+}
+
 /// Percentage points with a sign.
 fn pp(x: f64) -> String {
     format!("{:+.3}", x * 100.0)
@@ -618,9 +629,9 @@ fn anytime_rate(
     let di = process.difference(v.champion, alpha);
     let level = anytime::threshold(alpha);
     let detail = format!(
-        "{head}: harm e-value {:.3} and no-harm e-value {:.3} (either decides at {level:.0}); difference {}, {:.0}% sequence [{}, {}] pp vs tolerance +{tolerance}: {}",
-        v.log_e_harm.exp(),
-        v.log_e_fine.exp(),
+        "{head}: harm e-value {} and no-harm e-value {} (either decides at {level:.0}); difference {}, {:.0}% sequence [{}, {}] pp vs tolerance +{tolerance}: {}",
+        evalue(v.log_e_harm.exp()),
+        evalue(v.log_e_fine.exp()),
         pp(s2 / n2 - s1 / n1),
         (1.0 - 2.0 * anytime::CHAMPION_SHARE * alpha) * 100.0,
         pp(di.low),
@@ -1204,6 +1215,14 @@ mod tests {
 
     use super::*;
     use crate::spec::{ErrorRateGate, GateMethod, LabelGate, LatencyGate, PredictionGate, ShadowGate, TimeoutGate};
+
+    #[test]
+    fn e_values_read_as_decimals_near_the_threshold_and_powers_of_ten_beyond() {
+        assert_eq!(evalue(0.5), "0.500");
+        assert_eq!(evalue(62.5), "62.500");
+        assert_eq!(evalue(21_403_307_422_086_432.0), "2.1e16");
+        assert_eq!(crate::report::unreadable_numbers(&evalue(5.7e15)), Vec::<String>::new());
+    }
 
     fn window(ok: u64, errors: u64, timeouts: u64, latency_ms: f64) -> VersionWindow {
         let mut w = VersionWindow::default();

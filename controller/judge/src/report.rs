@@ -566,6 +566,7 @@ fn readable(text: &str) -> String {
         let number = from[..len].trim_end_matches('.');
         let decimals = number.split_once('.').map_or(0, |(_, d)| d.len());
         match number.parse::<f64>() {
+            Ok(x) if decimals > 0 && x >= 1e12 => out.push_str(&format!("{x:.1e}")),
             Ok(x) if decimals > 4 => out.push_str(&round3(x)),
             _ => out.push_str(number),
         }
@@ -1199,6 +1200,11 @@ envoy: { admin: ["http://a"], ecds_dir: /x, wasm: /y }
     #[test]
     fn readable_rounds_long_floats_in_recorded_text_and_leaves_the_rest() {
         assert_eq!(readable("PSI 0.002868721825053504 over 19950.000000000004 at 1.5"), "PSI 0.0029 over 19950 at 1.5");
+        // Decisions recorded before e-values were formatted for people.
+        assert_eq!(
+            readable("no-harm e-value 21403307422086432.000 at 1796393730430"),
+            "no-harm e-value 2.1e16 at 1796393730430"
+        );
         assert_eq!(
             readable("v2 (5pct) #12, 99.96% [+5.043, +11.467] pp"),
             "v2 (5pct) #12, 99.96% [+5.043, +11.467] pp"
