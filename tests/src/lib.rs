@@ -656,6 +656,38 @@ impl Load {
         Load { stop, ok, failed, tasks }
     }
 
+    /// About `rps` requests a second in all (users `load-0 .. load-<users>`),
+    /// from `clients` loops each ticking every `clients / rps` seconds: the
+    /// steady low traffic a small service sees, not a flood.
+    pub fn paced(url: String, rps: u32, clients: usize, users: usize) -> Load {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use std::sync::Arc;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let period = Duration::from_secs_f64(clients as f64 / f64::from(rps.max(1)));
+        let tasks = (0..clients)
+            .map(|worker| {
+                let (stop, ok, failed, url) = (stop.clone(), ok.clone(), failed.clone(), url.clone());
+                tokio::spawn(async move {
+                    let c = client();
+                    let mut tick = tokio::time::interval(period);
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    let mut i = worker;
+                    while !stop.load(Ordering::Relaxed) {
+                        tick.tick().await;
+                        let user = format!("load-{}", i % users.max(1));
+                        match get(&c, &url, &[("x-user-id", &user)]).await {
+                            Ok(r) if r.status < 500 => ok.fetch_add(1, Ordering::Relaxed),
+                            _ => failed.fetch_add(1, Ordering::Relaxed),
+                        };
+                        i += clients;
+                    }
+                })
+            })
+            .collect();
+        Load { stop, ok, failed, tasks }
+    }
+
     pub async fn stop(mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         for t in self.tasks.drain(..) {

@@ -22,13 +22,16 @@
 //!   `E = Π q(batch) / sup_{p ≤ U₁ + δ} L(p)` is at most a martingale with
 //!   mean 1. Its numerator is a fixed mixture of likelihoods under
 //!   alternatives anchored at the champion's current estimate p̂₁:
-//!   p̂₁ + 2δ (weight 0.6), p̂₁ + 4δ, p̂₁ + 8δ (0.2 each) — the likelihood-ratio
+//!   p̂₁ + 2δ (weight 0.45), p̂₁ + 4δ, p̂₁ + 8δ (0.15 each), and (0.25) the
+//!   challenger's own running estimate from earlier batches, kept above
+//!   p̂₁ + δ ([`ADAPTIVE`]: power one against any harm) — the likelihood-ratio
 //!   (SPRT) design of Wald, which reaches a verdict far sooner than a
 //!   confidence-interval test when the truth is near an alternative. The
 //!   anchor may use the champion's data (independent of the challenger's),
 //!   so the product stays a martingale. Roll back when E ≥ 1/(0.8 α).
 //! - *no harm proven* (promote): H₀ "p₂ ≥ p₁ + δ", boundary L₁ + δ,
-//!   alternatives p̂₁ (0.7), p̂₁ − δ and p̂₁ + δ/2 (0.15 each).
+//!   alternatives p̂₁ (0.55), p̂₁ − δ and p̂₁ + δ/2 (0.1 each) and the running
+//!   estimate kept below p̂₁ + δ (0.25).
 //!
 //! The champion's sequence gets 0.2 α ([`CHAMPION_SHARE`]) and the
 //! challenger's e-process 0.8 α, so each test errs with probability ≤ α.
@@ -112,10 +115,20 @@ pub fn mean_cs(s: f64, n: f64, alpha: f64) -> Interval {
 }
 
 /// Alternatives of the harm test: (weight, multiple of the tolerance above
-/// the champion's estimate).
-const HARM: [(f64, f64); 3] = [(0.6, 2.0), (0.2, 4.0), (0.2, 8.0)];
+/// the champion's estimate). The rest of the weight, [`ADAPTIVE`], goes to
+/// the challenger's own running estimate.
+const HARM: [(f64, f64); 3] = [(0.45, 2.0), (0.15, 4.0), (0.15, 8.0)];
 /// Alternatives of the no-harm test.
-const FINE: [(f64, f64); 3] = [(0.7, 0.0), (0.15, -1.0), (0.15, 0.5)];
+const FINE: [(f64, f64); 3] = [(0.55, 0.0), (0.1, -1.0), (0.1, 0.5)];
+/// Weight of the adaptive alternative: each batch is scored under the
+/// challenger's rate estimated from the batches before it (predictable, so
+/// the product stays a martingale under the null; Robbins & Siegmund's
+/// plug-in). The fixed alternatives are fast when the truth is near one of
+/// them; for a challenger between the tolerance and 2 × it (1.2 δ, say) the
+/// likelihood under 2 δ falls *behind* the null's, so without this
+/// component the harm test would never decide; with it, every challenger
+/// beyond the tolerance is rolled back eventually (power one).
+const ADAPTIVE: f64 = 0.25;
 
 /// Smallest and largest rate an alternative may take (a likelihood of 0
 /// would make one event end the component for good).
@@ -134,6 +147,13 @@ pub struct RateProcess {
     pub harm: [f64; 3],
     /// ln L of the folded batches under each no-harm alternative.
     pub fine: [f64; 3],
+    /// ln L of the folded batches under the adaptive alternative of each
+    /// test (`None` in a process recorded before it existed: that component
+    /// then counts for nothing, which only makes the test slower).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub harm_adaptive: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fine_adaptive: Option<f64>,
 }
 
 /// The verdicts of both tests at one look.
@@ -149,10 +169,14 @@ pub struct RateVerdict {
     pub fine: bool,
 }
 
-/// ln of the mixture Σ wₖ Lₖ of the alternatives' likelihoods, from their
-/// logs (without allocating: it runs at every look of every simulated run).
-fn log_mixture_of(alternatives: &[(f64, f64); 3], log_likelihoods: [f64; 3]) -> f64 {
-    let terms: [f64; 3] = std::array::from_fn(|k| alternatives[k].0.ln() + log_likelihoods[k]);
+/// ln of the mixture Σ wₖ Lₖ of the alternatives' likelihoods (the fixed
+/// ones and the adaptive one), from their logs (without allocating: it runs
+/// at every look of every simulated run).
+fn log_mixture_of(alternatives: &[(f64, f64); 3], log_likelihoods: [f64; 3], adaptive: Option<f64>) -> f64 {
+    let terms: [f64; 4] = std::array::from_fn(|k| match k {
+        3 => adaptive.map_or(f64::NEG_INFINITY, |l| ADAPTIVE.ln() + l),
+        _ => alternatives[k].0.ln() + log_likelihoods[k],
+    });
     let m = terms.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     if m == f64::NEG_INFINITY {
         return m;
@@ -182,6 +206,24 @@ impl RateProcess {
         for (k, &(_, m)) in FINE.iter().enumerate() {
             self.fine[k] += log_likelihood(ds, dn, at(m));
         }
+        // The adaptive alternative from the batches before this one only,
+        // kept on its test's side of the margin (a first batch has no
+        // estimate: the main alternative stands in).
+        let (harm_q, fine_q) = if self.n > 0.0 {
+            let q = (self.s + 0.5) / (self.n + 1.0);
+            (q.max(at(1.0)), q.min(at(1.0)))
+        } else {
+            (at(HARM[0].1), at(FINE[0].1))
+        };
+        if self.n == 0.0 {
+            (self.harm_adaptive, self.fine_adaptive) = (Some(0.0), Some(0.0));
+        }
+        if let Some(l) = &mut self.harm_adaptive {
+            *l += log_likelihood(ds, dn, harm_q.clamp(EDGE, 1.0 - EDGE));
+        }
+        if let Some(l) = &mut self.fine_adaptive {
+            *l += log_likelihood(ds, dn, fine_q.clamp(EDGE, 1.0 - EDGE));
+        }
         self.n = n;
         self.s = s;
     }
@@ -191,7 +233,7 @@ impl RateProcess {
         if self.n == 0.0 || ceiling >= 1.0 {
             return 0.0;
         }
-        let num = log_mixture_of(&HARM, self.harm);
+        let num = log_mixture_of(&HARM, self.harm, self.harm_adaptive);
         let p = (self.s / self.n).min(ceiling.max(0.0));
         num - log_likelihood(self.s, self.n, p)
     }
@@ -201,7 +243,7 @@ impl RateProcess {
         if self.n == 0.0 || floor <= 0.0 {
             return 0.0;
         }
-        let num = log_mixture_of(&FINE, self.fine);
+        let num = log_mixture_of(&FINE, self.fine, self.fine_adaptive);
         let p = (self.s / self.n).max(floor.min(1.0));
         num - log_likelihood(self.s, self.n, p)
     }
@@ -231,7 +273,14 @@ impl RateProcess {
     /// the rates seen so far (each alternative's likelihood per trial kept,
     /// the champion's sample grown alike): what "needs ~N more" projects.
     pub fn projected(&self, t: f64) -> RateProcess {
-        RateProcess { n: self.n * t, s: self.s * t, harm: self.harm.map(|l| l * t), fine: self.fine.map(|l| l * t) }
+        RateProcess {
+            n: self.n * t,
+            s: self.s * t,
+            harm: self.harm.map(|l| l * t),
+            fine: self.fine.map(|l| l * t),
+            harm_adaptive: self.harm_adaptive.map(|l| l * t),
+            fine_adaptive: self.fine_adaptive.map(|l| l * t),
+        }
     }
 }
 

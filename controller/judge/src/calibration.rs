@@ -318,6 +318,79 @@ mod tests {
         assert!(!v.harm && !v.fine, "{v:?}");
     }
 
+    /// Power one: a challenger 1.2 × the tolerance worse, between the
+    /// margin and the main alternative (2 δ), is rolled back once the
+    /// sample is large enough. Its likelihood under 2 δ falls behind the
+    /// margin's, so only the adaptive alternative carries the evidence;
+    /// without it this process never decides.
+    #[test]
+    fn a_challenger_just_beyond_tolerance_is_rolled_back_eventually() {
+        let (p1, tol) = (0.01, 0.01);
+        let mut process = RateProcess::default();
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let (mut s1, mut n1, mut s2, mut n2) = (0u64, 0u64, 0u64, 0u64);
+        let mut decided = None;
+        for look in 1..=400 {
+            s1 += draw(&mut rng, 38_000, p1);
+            n1 += 38_000;
+            s2 += draw(&mut rng, 2_000, p1 + 1.2 * tol);
+            n2 += 2_000;
+            let (s1f, n1f) = (s1 as f64, n1 as f64);
+            process.update(s2 as f64, n2 as f64, anytime::anchor(s1f, n1f), tol);
+            let v = process.verdict(s1f, n1f, tol, ALPHA);
+            assert!(!v.fine, "passed a challenger beyond tolerance at look {look}: {v:?}");
+            if v.harm {
+                decided = Some(n2);
+                break;
+            }
+        }
+        let n = decided.expect("rolled back within 800 000 challenger responses");
+        eprintln!("1.2 x tolerance rolled back after {n} challenger responses");
+    }
+
+    /// The case 7 at 200 requests a second in a 1 % stage, one look
+    /// a second (2 challenger responses, 198 champion): a challenger with
+    /// 5 % 5xx against 0.3 % (tolerance 1 point) is rolled back within the
+    /// first few hundred challenger responses. Measured (400 runs): median
+    /// 78 s (156 responses), 95th percentile 220 s, 38 % within 60 s. No
+    /// valid test does much better: an SPRT that knew both rates exactly
+    /// (0.05 against the margin 0.013) needs ln 20 / KL ≈ 96 responses (48 s)
+    /// on average, and the best fixed test at 60 s (120 responses, reject at
+    /// ≥ 5 errors) has power 0.72 — "always within 60 s" is not reachable at
+    /// α = 5 %.
+    #[test]
+    fn a_bad_challenger_at_200_requests_a_second_is_rolled_back_within_a_minute() {
+        let cell = RateCell { base: 0.003, tol: 0.01, share: 0.01, truth: Truth::Equal, per_look: 2, max_looks: 600 };
+        let runs: u32 = 400;
+        let mut within = 0u32;
+        let mut seconds = vec![];
+        for run in 0..runs {
+            let mut rng = ChaCha8Rng::seed_from_u64(77 ^ (u64::from(run) << 20));
+            let (mut s1, mut n1, mut s2, mut n2) = (0u64, 0u64, 0u64, 0u64);
+            let mut process = RateProcess::default();
+            for look in 1..=cell.max_looks {
+                s1 += draw(&mut rng, 198, cell.base);
+                n1 += 198;
+                s2 += draw(&mut rng, cell.per_look, 0.05);
+                n2 += cell.per_look;
+                let (s1f, n1f) = (s1 as f64, n1 as f64);
+                process.update(s2 as f64, n2 as f64, anytime::anchor(s1f, n1f), cell.tol);
+                let v = process.verdict(s1f, n1f, cell.tol, ALPHA);
+                assert!(!v.fine, "passed a 5 % challenger at look {look}");
+                if v.harm {
+                    seconds.push(look);
+                    within += u32::from(look <= 60);
+                    break;
+                }
+            }
+        }
+        seconds.sort_unstable();
+        assert_eq!(seconds.len(), runs as usize, "every run rolled back within 10 minutes");
+        let (median, p95) = (seconds[seconds.len() / 2], seconds[seconds.len() * 95 / 100]);
+        eprintln!("rolled back: median {median} s, 95th percentile {p95} s, {within}/{runs} within 60 s");
+        assert!(median <= 100 && p95 <= 300, "median {median} s, 95th percentile {p95} s");
+    }
+
     /// 0/1 labels: 50/50 correct each cannot pass a 0.02 tolerance on 50
     /// labels (the interval is not [0, 0]); a challenger 2 × tolerance worse
     /// (0.999 vs 0.959) at n = 30 passes at most α of the time.
@@ -346,7 +419,7 @@ mod tests {
                 let o = run_rate(cell, ALPHA, 200, 3);
                 let median = o.median_to_decision().unwrap_or(u64::MAX) as f64;
                 eprintln!("share {share} {truth:?}: median {median} vs fixed {fixed:.0}: {:.2}", median / fixed);
-                // Measured 0.81 (equal; 1.01 at 5 %) and 1.26 (2x; 1.71 at 5 %) at a 1 % stage: an
+                // Measured 0.86 (equal; 1.01 at 5 %) and 1.26 (2x; 1.81 at 5 %) at a 1 % stage: an
                 // equal challenger is proven sooner than the fixed design
                 // decides; harm at the rare-event end costs more (the
                 // binomial's information above the margin is lower). The

@@ -127,8 +127,9 @@ enum Command {
         /// Seeded repetitions per scenario, traffic level and method.
         #[arg(long, default_value_t = 1000)]
         reps: u32,
-        /// Responses per interval per version (comma-separated).
-        #[arg(long, value_delimiter = ',', default_values_t = [200u64, 5000])]
+        /// Responses per interval, both versions together, split by each
+        /// stage's weight (comma-separated).
+        #[arg(long, value_delimiter = ',', default_values_t = [2000u64, 50_000])]
         traffic: Vec<u64>,
         /// Evaluations before a rollout counts as undecided.
         #[arg(long, default_value_t = 400)]
