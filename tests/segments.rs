@@ -73,7 +73,7 @@ fn spec(rollout: &str, rig: &Rig) -> String {
     )
 }
 
-fn results<'a>(decision: &'a serde_json::Value) -> impl Iterator<Item = &'a serde_json::Value> {
+fn results(decision: &serde_json::Value) -> impl Iterator<Item = &serde_json::Value> {
     decision["gates"].as_array().into_iter().flatten()
 }
 
