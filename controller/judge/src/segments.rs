@@ -186,6 +186,23 @@ fn segment(
     r
 }
 
+/// The index in `results` of the segment result most worth a reader's
+/// eye: the first failed one, else the one with the least room left
+/// before its limit (relative to the limit, so gates in different units
+/// compare).
+pub fn worst(results: &[GateResult]) -> Option<usize> {
+    let segmented = || results.iter().enumerate().filter(|(_, r)| r.segment.is_some());
+    if let Some((i, _)) = segmented().find(|(_, r)| r.outcome == Outcome::Fail) {
+        return Some(i);
+    }
+    let room = |r: &GateResult| match (r.margin, r.threshold) {
+        (Some(m), Some(t)) if t.abs() > 0.0 => Some(m / t.abs()),
+        (Some(m), _) => Some(m),
+        _ => None,
+    };
+    segmented().filter_map(|(i, r)| room(r).map(|x| (i, x))).min_by(|a, b| a.1.total_cmp(&b.1)).map(|(i, _)| i)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,9 +268,15 @@ mod tests {
         let other = of(&r, Some("other"));
         assert_eq!((other.outcome, other.blocks), (Outcome::NoData, false), "{}", other.detail);
         assert!(other.detail.contains("not enough data: 0 champion and 0 challenger responses (judged from 200 each"));
-        // The state machine rolls back naming the segment.
         let failed: Vec<_> = r.iter().filter(|r| r.outcome == Outcome::Fail).collect();
         assert_eq!(failed.len(), 1);
+        assert_eq!(r[worst(&r).unwrap()].segment.as_deref(), Some("ent"));
+        // Without a failure, the least room left: `ent` again (1.3 % vs 0.3 % + 1 point).
+        let c = window(&[("free", 20_000, 60), ("ent", 2_000, 26), ("other", 0, 0)]);
+        let r = judge(&spec(SegmentSelection::All), &a, &c, &[]);
+        assert!(r.iter().all(|x| x.outcome != Outcome::Fail));
+        assert_eq!(r[worst(&r).unwrap()].segment.as_deref(), Some("ent"));
+        assert_eq!(worst(&r[..1]), None, "no segment result");
     }
 
     #[test]
