@@ -9,7 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use canary_tests::{client, decisions, get, state, wasm_path, Daemon, Rig, CHALLENGER, CHAMPION};
+use canary_judge::report::unreadable_numbers;
+use canary_tests::{
+    chromium_screenshot, client, decisions, get, png_colours, state, wasm_path, Daemon, Rig, CHALLENGER, CHAMPION,
+};
 
 const TIERS: [&str; 3] = ["free", "pro", "ent"];
 
@@ -102,6 +105,26 @@ async fn a_challenger_harmful_in_one_segment_is_rolled_back_naming_it() {
     println!("ent: challenger {rate:.4} over {} responses; total {}", ent["challenger_n"], total["detail"]);
     assert!((0.03..0.10).contains(&rate), "ent's 5xx rate {rate}");
     assert!(total["difference"].as_f64().unwrap() < 0.03, "{total}");
+
+    // The stage's report has the per-segment verdicts, `ent` highlighted as
+    // the worst, readable, and Chromium renders it without a console error.
+    let reports = state_dir.join("reports");
+    let page = std::fs::read_dir(&reports)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name().unwrap().to_string_lossy().starts_with("stage-") && p.extension().is_some_and(|e| e == "html")
+        })
+        .unwrap();
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(html.contains("<h2>Segments judged by the gates</h2>"), "{}", page.display());
+    assert!(html.contains("<tr class=\"worse\"><td>error_rate</td><td>ent</td><td class=\"fail\">fail</td>"));
+    assert_eq!(unreadable_numbers(&html), Vec::<String>::new());
+    let png = dir.path().join("segments.png");
+    let console = chromium_screenshot(&format!("file://{}", page.display()), &png, 1100, 1600).unwrap();
+    assert!(console.is_empty(), "console messages {console:?}");
+    let colours = png_colours(&png).unwrap();
+    assert!(colours > 20, "the screenshot looks blank ({colours} colours)");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
