@@ -1,7 +1,9 @@
 //! Calibration of the per-segment gates ([`crate::segments`]): K segments,
 //! one of them 5 % of the traffic, the others sharing the rest equally; the
 //! champion errs at `base` in every segment, the challenger the same
-//! (**identical**) or 2 × the tolerance more in the small segment only
+//! (**identical**), exactly the tolerance more in every segment (**at the
+//! tolerance**, still acceptable: the hardest case for false rollbacks),
+//! or 2 × the tolerance more in the small segment only
 //! (**harmful**: the total moves by a tenth of the tolerance, well within
 //! it). Each run grows both versions' windows look by look and judges them
 //! with [`segments::evaluate`] — the state machine's own call, carrying the
@@ -9,7 +11,7 @@
 //! (rollback) or every result passes (the stage would advance), or the
 //! looks run out (undecided). Counted:
 //!
-//! - **family-wise false rollback** (identical): any result failed — totals
+//! - **family-wise false rollback** (identical, at the tolerance): any result failed — totals
 //!   or any segment — must be ≤ α;
 //! - **detection** (harmful): the small segment failed.
 //!
@@ -24,12 +26,44 @@ use crate::segments;
 use crate::spec::{ErrorRateGate, GatesSpec, SegmentSelection};
 use crate::window::VersionWindow;
 
+/// The challenger's truth, relative to the champion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Challenger {
+    /// Equal in every segment.
+    Identical,
+    /// Exactly at the tolerance in every segment (still acceptable): the
+    /// hardest case for false rollbacks.
+    AtTolerance,
+    /// 2 × the tolerance worse in the 5 % segment, equal elsewhere.
+    Harmful,
+}
+
+impl Challenger {
+    fn name(self) -> &'static str {
+        match self {
+            Challenger::Identical => "identical",
+            Challenger::AtTolerance => "at the tolerance in every segment",
+            Challenger::Harmful => "harmful in the 5 % segment (2 × tolerance)",
+        }
+    }
+
+    /// The challenger's rate in segment `i` (0: the small one).
+    fn rate(self, i: usize, base: f64, tol: f64) -> f64 {
+        match self {
+            Challenger::Identical => base,
+            Challenger::AtTolerance => base + tol,
+            Challenger::Harmful if i == 0 => base + 2.0 * tol,
+            Challenger::Harmful => base,
+        }
+    }
+}
+
 /// One row of the table.
 #[derive(Debug, Clone, Copy)]
 pub struct Cell {
     /// Number of segments.
     pub k: usize,
-    pub harmful: bool,
+    pub challenger: Challenger,
     /// Champion 5xx rate, every segment.
     pub base: f64,
     /// `error_tolerance`, as a rate.
@@ -123,7 +157,7 @@ pub fn run(cell: Cell, alpha: f64, runs: u32, seed: u64) -> Tally {
         for _ in 0..cell.max_looks {
             for (i, name) in names.iter().enumerate() {
                 let n = (cell.per_look as f64 * shares[i]).round() as u64;
-                let p2 = if cell.harmful && i == 0 { cell.base + 2.0 * cell.tol } else { cell.base };
+                let p2 = cell.challenger.rate(i, cell.base, cell.tol);
                 let (ea, eb) = (draw(&mut rng, n, cell.base), draw(&mut rng, n, p2));
                 add(&mut a, name, n, ea);
                 add(&mut b, name, n, eb);
@@ -154,11 +188,20 @@ pub fn run(cell: Cell, alpha: f64, runs: u32, seed: u64) -> Tally {
     t
 }
 
-/// The table's cells: K = 2, 5, 10, identical and harmful.
+/// The table's cells: K = 2, 5, 10; identical, at the tolerance, harmful.
 pub fn grid(per_look: u64, max_looks: u32) -> Vec<Cell> {
     [2, 5, 10]
         .iter()
-        .flat_map(|&k| [false, true].map(|harmful| Cell { k, harmful, base: 0.01, tol: 0.01, per_look, max_looks }))
+        .flat_map(|&k| {
+            [Challenger::Identical, Challenger::AtTolerance, Challenger::Harmful].map(|challenger| Cell {
+                k,
+                challenger,
+                base: 0.01,
+                tol: 0.01,
+                per_look,
+                max_looks,
+            })
+        })
         .collect()
 }
 
@@ -173,7 +216,7 @@ pub fn table(cells: &[Cell], alpha: f64, runs: u32, seed: u64) -> String {
         out.push_str(&format!(
             "| {} | {} | {:.3} ± {:.3} | {:.3} ± {:.3} | {:.3} | {:.3} | {} |\n",
             c.k,
-            if c.harmful { "harmful in the 5 % segment (2 × tolerance)" } else { "identical" },
+            c.challenger.name(),
             rb,
             t.se(rb),
             sf,
@@ -198,12 +241,16 @@ mod tests {
     #[test]
     fn segments_keep_the_family_wise_error_and_find_the_harmed_segment() {
         let runs = 400;
-        let cell = Cell { k: 5, harmful: false, base: 0.01, tol: 0.01, per_look: 20_000, max_looks: 40 };
+        let cell =
+            Cell { k: 5, challenger: Challenger::Identical, base: 0.01, tol: 0.01, per_look: 20_000, max_looks: 40 };
         let same = run(cell, ALPHA, runs, 7);
         let fwer = same.rate(same.rolled_back);
         assert!(fwer <= ALPHA + 2.0 * same.se(ALPHA), "family-wise false rollback {fwer}");
         assert!(same.passed > runs / 2, "an identical challenger mostly passes: {same:?}");
-        let bad = run(Cell { harmful: true, ..cell }, ALPHA, runs, 8);
+        let edge = run(Cell { challenger: Challenger::AtTolerance, ..cell }, ALPHA, runs / 2, 9);
+        let fwer = edge.rate(edge.rolled_back);
+        assert!(fwer <= ALPHA + 2.0 * edge.se(ALPHA), "at the tolerance: family-wise false rollback {fwer}");
+        let bad = run(Cell { challenger: Challenger::Harmful, ..cell }, ALPHA, runs, 8);
         let found = bad.rate(bad.small_failed);
         assert!(found >= 1.0 - ALPHA - 2.0 * bad.se(1.0 - ALPHA), "detection {found}: {bad:?}");
         assert!(bad.rate(bad.passed) <= ALPHA, "promoted despite the harm: {bad:?}");
