@@ -176,8 +176,10 @@
       ].filter(Boolean).join(' · ');
       // PSI compares the challenger with the champion: one value, against its limit.
       const psi = r.gate === 'prediction';
-      return h('tr', { 'data-gate': String(r.gate) }, [
-        h('td', { text: gateName(r.gate) }),
+      // A per-segment result names its segment (the totals' row has none).
+      const attrs = r.segment ? { 'data-gate': String(r.gate), 'data-segment': String(r.segment) } : { 'data-gate': String(r.gate) };
+      return h('tr', attrs, [
+        h('td', { text: gateName(r.gate) + (r.segment ? ' · segment ' + r.segment : '') }),
         psi ? h('td', { class: 'num muted', text: 'reference' }) : h('td', { class: 'num' }, [f(r.champion), small(ci(r.champion_interval))]),
         h('td', { class: 'num' }, [(psi ? 'PSI ' : '') + f(r.challenger), small(ci(r.challenger_interval)), small(diff)]),
         h('td', { class: 'num', text: (psi ? '< ' : '') + f(r.threshold) }),
@@ -297,7 +299,7 @@
   const last = (a) => { if (!Array.isArray(a)) return null; for (let i = a.length - 1; i >= 0; i--) if (isNum(a[i])) return a[i]; return null; };
   const arr = (a, n) => (Array.isArray(a) ? a : new Array(n).fill(null));
   function gateLimit(d, kind) {
-    const r = d.gates && Array.isArray(d.gates.results) ? d.gates.results.find((g) => g.gate === kind) : null;
+    const r = d.gates && Array.isArray(d.gates.results) ? d.gates.results.find((g) => g.gate === kind && !g.segment) : null;
     return r && isNum(r.threshold) ? r.threshold : null;
   }
   const CHARTS = [

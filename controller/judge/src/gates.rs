@@ -165,6 +165,10 @@ pub struct GateResult {
     /// (carried from evaluation to evaluation within the stage's window).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub process: Option<RateProcess>,
+    /// The segment this result judges alone (`None`: all traffic); see
+    /// [`crate::segments`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment: Option<String>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -194,10 +198,17 @@ impl GateResult {
             needed: None,
             carried: false,
             process: None,
+            segment: None,
         }
     }
 
-    fn no_data(gate: GateKind, champion_n: u64, challenger_n: u64, policy: NoDataPolicy, detail: String) -> GateResult {
+    pub(crate) fn no_data(
+        gate: GateKind,
+        champion_n: u64,
+        challenger_n: u64,
+        policy: NoDataPolicy,
+        detail: String,
+    ) -> GateResult {
         GateResult {
             blocks: policy == NoDataPolicy::Hold,
             ..GateResult::base(gate, Outcome::NoData, (champion_n, challenger_n), detail)
@@ -1236,10 +1247,14 @@ mod tests {
     fn all_gates() -> GatesSpec {
         GatesSpec {
             method: GateMethod::Threshold,
-            error_rate: Some(ErrorRateGate { error_tolerance: 1.0 }),
-            latency: Some(LatencyGate { latency_tolerance_multiplier: 1.5, quantile: 0.99 }),
+            error_rate: Some(ErrorRateGate { error_tolerance: 1.0, segments: Default::default() }),
+            latency: Some(LatencyGate {
+                latency_tolerance_multiplier: 1.5,
+                quantile: 0.99,
+                segments: Default::default(),
+            }),
             prediction: Some(PredictionGate { max_psi: 0.2, on_no_data: NoDataPolicy::Ignore, min_predictions: 0 }),
-            timeouts: Some(TimeoutGate { timeout_tolerance: 0.5 }),
+            timeouts: Some(TimeoutGate { timeout_tolerance: 0.5, segments: Default::default() }),
             labels: Some(LabelGate { min_degradation_tolerance: 0.02, min_labels: 10 }),
             ..GatesSpec::default()
         }

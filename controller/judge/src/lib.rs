@@ -23,6 +23,8 @@ pub mod psi;
 pub mod replay;
 pub mod report;
 pub mod rollout;
+pub mod segment_calibration;
+pub mod segments;
 pub mod simulate;
 pub mod spec;
 pub mod stats;

@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::gates::{self, GateResult, LabelEvidence};
+use crate::gates::{GateResult, LabelEvidence};
 use crate::rollout::{self, Action, Decision, RolloutState};
 use crate::spec::{GateMethod, RolloutSpec};
 
@@ -120,9 +120,11 @@ pub fn replay(
         });
         let looks = spent.entry(d.from.epoch).or_default();
         let context = crate::rollout::stage_context(&spec, stage);
-        let results = gates::evaluate(&spec.gates, &w.champion, &w.challenger, &labels, context, looks);
+        let segment = spec.filter.segment.as_ref();
+        let results =
+            crate::segments::evaluate(&spec.gates, segment, &w.champion, &w.challenger, &labels, context, looks);
         for r in results.iter().filter(|r| r.spends_look()) {
-            looks.retain(|l| l.gate != r.gate);
+            looks.retain(|l| l.gate != r.gate || l.segment != r.segment);
             looks.push(r.clone());
         }
         let (action, reasons) = rollout::judge(&spec, stage, context.min_samples, &results, w);

@@ -491,7 +491,7 @@ pub fn markdown(r: &Report) -> String {
             let _ = writeln!(
                 s,
                 "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                g.gate.id(),
+                gate_label(g),
                 outcome_name(g.outcome),
                 gate_champion(g),
                 gate_value(g, g.challenger),
@@ -502,6 +502,9 @@ pub fn markdown(r: &Report) -> String {
                 readable(&g.detail)
             );
         }
+    }
+    if r.gates.iter().any(|g| g.segment.is_some()) {
+        s.push_str(&segment_verdicts_md(&r.gates));
     }
     if !r.timeline.is_empty() {
         let _ = writeln!(s, "\n| # | at (UTC) | action | from → to | reasons |\n| --- | --- | --- | --- | --- |");
@@ -608,6 +611,65 @@ fn judged_on_difference(g: &GateResult) -> bool {
 fn gate_value(g: &GateResult, x: Option<f64>) -> String {
     let (k, unit) = gate_units(g);
     x.filter(|v| v.is_finite()).map_or("—".to_string(), |v| format!("{}{unit}", round3(v * k)))
+}
+
+/// The gate's id, with the segment it judges alone if any.
+fn gate_label(g: &GateResult) -> String {
+    match &g.segment {
+        Some(seg) => format!("{} · segment {seg}", g.gate.id()),
+        None => g.gate.id().to_string(),
+    }
+}
+
+/// The per-segment verdicts of the gates with `segments`, as a Markdown
+/// table, the worst segment marked.
+fn segment_verdicts_md(gates: &[GateResult]) -> String {
+    let worst = crate::segments::worst(gates);
+    let mut s = String::from(
+        "\n### Segments judged by the gates\n\n| gate | segment | outcome | champion | challenger | limit | responses (champion / challenger) | |\n| --- | --- | --- | --- | --- | --- | --- | --- |\n",
+    );
+    for (i, g) in gates.iter().enumerate() {
+        let Some(seg) = &g.segment else { continue };
+        let _ = writeln!(
+            s,
+            "| {} | {seg} | {} | {} | {} | {} | {} / {} | {} |",
+            g.gate.id(),
+            outcome_name(g.outcome),
+            gate_champion(g),
+            gate_value(g, g.challenger),
+            gate_value(g, g.threshold),
+            g.champion_n,
+            g.challenger_n,
+            if Some(i) == worst { "**worst**" } else { "" }
+        );
+    }
+    s
+}
+
+/// The same as an HTML table, the worst segment's row highlighted.
+fn segment_verdicts_html(gates: &[GateResult]) -> String {
+    let worst = crate::segments::worst(gates);
+    let mut b = String::from("<h2>Segments judged by the gates</h2><table class=\"segments\"><tr><th>gate</th><th>segment</th><th>outcome</th><th>champion</th><th>challenger</th><th>limit</th><th>responses (champion / challenger)</th><th></th></tr>");
+    for (i, g) in gates.iter().enumerate() {
+        let Some(seg) = &g.segment else { continue };
+        let o = outcome_name(g.outcome);
+        let is_worst = Some(i) == worst;
+        let _ = write!(
+            b,
+            "<tr{}><td>{}</td><td>{}</td><td class=\"{o}\">{o}</td><td>{}</td><td>{}</td><td>{}</td><td>{} / {}</td><td>{}</td></tr>",
+            if is_worst { " class=\"worse\"" } else { "" },
+            g.gate.id(),
+            esc(seg),
+            esc(&gate_champion(g)),
+            esc(&gate_value(g, g.challenger)),
+            esc(&gate_value(g, g.threshold)),
+            g.champion_n,
+            g.challenger_n,
+            if is_worst { "<b>worst</b>" } else { "" }
+        );
+    }
+    b.push_str("</table><p class=\"muted\">Each segment's challenger against the same segment's champion; a gate with K segments spends alpha/2 on all traffic and alpha/(2K) on each segment (Bonferroni), so the family's chance of a wrong verdict stays within alpha. The worst segment: a failed one, else the least room left before its limit.</p>");
+    b
 }
 
 /// The champion's column: PSI compares the challenger with the champion,
@@ -1032,7 +1094,7 @@ svg.forest{{display:block}}td.detail{{min-width:300px;font-size:12px}}</style></
             let _ = write!(
                 b,
                 "<tr><td>{}</td><td class=\"{o}\">{o}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"detail\">{}</td></tr>",
-                g.gate.id(),
+                esc(&gate_label(g)),
                 esc(&gate_champion(g)),
                 esc(&gate_value(g, g.challenger)),
                 esc(&gate_value(g, g.threshold)),
@@ -1045,6 +1107,9 @@ svg.forest{{display:block}}td.detail{{min-width:300px;font-size:12px}}</style></
         }
         b.push_str("</table>");
         b.push_str("<p class=\"muted\">Sequential gates judge intervals at looks on a geometric sample-size schedule with alpha spending: fail when the interval is wholly worse than the tolerance, pass when wholly within it, inconclusive (hold) otherwise; \"needed\" is about how many more samples per version a verdict likely needs.</p>");
+    }
+    if r.gates.iter().any(|g| g.segment.is_some()) {
+        b.push_str(&segment_verdicts_html(&r.gates));
     }
     if !r.segments.is_empty() {
         b.push_str("<h2>Segments</h2>");
@@ -1195,6 +1260,57 @@ envoy: { admin: ["http://a"], ecds_dir: /x, wasm: /y }
         let whole = rollout_report(&spec, &s2, &log, 3000).unwrap();
         assert_eq!((whole.scope.as_str(), whole.recommendation.action.as_str()), ("rollout", "rolled back"));
         assert_eq!(whole.stages.len(), 1);
+    }
+
+    #[test]
+    fn a_segment_that_fails_rolls_back_by_name_and_is_the_highlighted_worst_segment() {
+        let spec = RolloutSpec::from_yaml(
+            r#"
+rollout: r
+champion: v1
+challenger: v2
+stages: [{ weight_percent: 50, min_requests: 100 }, { weight_percent: 100 }]
+gates: { error_rate: { error_tolerance: 3, segments: all } }
+envoy: { admin: ["http://a"], ecds_dir: /x, wasm: /y }
+filter: { key: [{ header: x-user-id }], segment: { header: x-tier, values: [free, pro, ent] } }
+"#,
+        )
+        .unwrap();
+        // 0.3 % 5xx everywhere, but 6 % for the challenger's `ent`.
+        let mut w = Window { epoch: 1, ..Default::default() };
+        for (v, ent_errors) in [("v1", 6), ("v2", 120)] {
+            let mut vw = VersionWindow::default();
+            for (seg, errors) in [("free", 6), ("pro", 6), ("ent", ent_errors)] {
+                let s = vw.segment_mut(seg);
+                s.responses = [0, 2000 - errors, 0, 0, errors];
+                s.requests = 2000;
+                vw.add_responses(2000, errors);
+            }
+            w.versions.insert(v.into(), vw);
+        }
+        w.coverage = Coverage::complete(1);
+        let (s1, d1) = RolloutState::start(&spec, 0).step(&spec, Ok(&w), 1000);
+        assert_eq!(d1.action, Action::Rollback, "{:?}", d1.reasons);
+        assert_eq!(d1.reasons.len(), 1, "{:?}", d1.reasons);
+        assert!(
+            d1.reasons[0].starts_with("error_rate gate failed: segment `ent`: 5xx rate: challenger 6.000% (120/2000)"),
+            "{:?}",
+            d1.reasons
+        );
+        let r = stage_report(&spec, &s1, &[d1], 1, 2000).unwrap();
+        let md = markdown(&r);
+        assert!(md.contains("### Segments judged by the gates"), "{md}");
+        assert!(md.contains("| error_rate | ent | fail | 0.3% | 6% | 3.3% | 2000 / 2000 | **worst** |"), "{md}");
+        assert!(md.contains("| error_rate | free | "), "{md}");
+        assert!(md.contains("| error_rate · segment ent | fail |"), "{md}");
+        let page = html(&r);
+        assert!(
+            page.contains("<tr class=\"worse\"><td>error_rate</td><td>ent</td><td class=\"fail\">fail</td>"),
+            "{page}"
+        );
+        for text in [&md, &page] {
+            assert_eq!(unreadable_numbers(text), Vec::<String>::new());
+        }
     }
 
     #[test]

@@ -42,7 +42,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::evidence::tracker::ResetTracker;
 use crate::evidence::SourceError;
-use crate::gates::{self, GateResult, LabelEvidence, Outcome, StageContext};
+use crate::gates::{GateResult, LabelEvidence, Outcome, StageContext};
 use crate::labels::LabelBook;
 use crate::spec::{AdvanceWhen, GateMethod, RolloutSpec, TerminalOutcome};
 use crate::window::{responses_since, Coverage, VersionWindow, Window};
@@ -621,10 +621,11 @@ impl RolloutState {
         forward(spec, self.stage)
     }
 
-    /// Keeps the verdicts of the looks `results` spent (one per gate).
+    /// Keeps the verdicts of the looks `results` spent (one per gate, and
+    /// per gate and segment).
     fn spend_looks(&mut self, results: &[GateResult]) {
         for r in results.iter().filter(|r| r.spends_look()) {
-            self.looks.retain(|l| l.gate != r.gate);
+            self.looks.retain(|l| l.gate != r.gate || l.segment != r.segment);
             self.looks.push(r.clone());
         }
     }
@@ -785,7 +786,15 @@ impl RolloutState {
 
         let context = stage_context(spec, self.stage);
         let labels = self.stage_labels(spec);
-        let results = gates::evaluate(&spec.gates, &champion, &challenger, &labels, context, &next.looks);
+        let results = crate::segments::evaluate(
+            &spec.gates,
+            spec.filter.segment.as_ref(),
+            &champion,
+            &challenger,
+            &labels,
+            context,
+            &next.looks,
+        );
         next.spend_looks(&results);
         let summary = WindowSummary { champion, challenger, coverage: c.clone(), elapsed_ms };
         let (mut action, mut reasons) = judge(spec, self.stage, context.min_samples, &results, &summary);

@@ -228,6 +228,15 @@ pub struct GatesSpec {
     /// Judged only in a shadow stage, on the challenger's shadow answers.
     #[serde(default)]
     pub shadow: Option<ShadowGate>,
+    /// Gates with `segments` judge each segment on its own: below this many
+    /// responses per version in a segment, the segment is "not enough
+    /// data" (default 100; see [`crate::segments`]).
+    #[serde(default = "default_segment_min_responses", skip_serializing_if = "is_default_segment_min")]
+    pub segment_min_responses: u64,
+    /// What a segment below `segment_min_responses` does: `ignore` (the
+    /// default: reported, does not hold the stage) or `block` (holds it).
+    #[serde(default, skip_serializing_if = "SegmentTooSmall::is_default")]
+    pub on_segment_too_small: SegmentTooSmall,
     /// Absolute ceilings that hold the rollout whatever the relative gates
     /// say (an outage makes both versions equally bad). On by default.
     #[serde(default, skip_serializing_if = "GuardrailsSpec::is_default")]
@@ -295,6 +304,8 @@ impl Default for GatesSpec {
             timeouts: None,
             labels: None,
             shadow: None,
+            segment_min_responses: default_segment_min_responses(),
+            on_segment_too_small: SegmentTooSmall::default(),
             guardrails: GuardrailsSpec::default(),
         }
     }
@@ -309,6 +320,108 @@ impl GatesSpec {
 
 fn default_alpha() -> f64 {
     0.05
+}
+
+fn default_segment_min_responses() -> u64 {
+    100
+}
+
+fn is_default_segment_min(n: &u64) -> bool {
+    *n == default_segment_min_responses()
+}
+
+/// What a segment with too few responses to judge does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SegmentTooSmall {
+    /// Reported as "not enough data"; does not hold the stage.
+    #[default]
+    Ignore,
+    /// Holds the stage until the segment has enough responses.
+    Block,
+}
+
+impl SegmentTooSmall {
+    fn is_default(&self) -> bool {
+        *self == SegmentTooSmall::default()
+    }
+}
+
+/// Which segments (values of `filter.segment.header`, and `other`) a gate
+/// also judges one by one: `none` (the default), `all`, or a list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum SegmentSelection {
+    #[default]
+    None,
+    All,
+    Only(Vec<String>),
+}
+
+impl SegmentSelection {
+    pub fn is_none(&self) -> bool {
+        *self == SegmentSelection::None
+    }
+
+    /// The segments judged, given the filter's segment configuration: its
+    /// values then `other` for `all`; the list as written otherwise.
+    pub fn names(&self, filter: Option<&SegmentConfig>) -> Vec<String> {
+        match self {
+            SegmentSelection::None => vec![],
+            SegmentSelection::All => filter
+                .map(|f| f.values.iter().cloned().chain([canary_core::predict::OTHER.to_string()]).collect())
+                .unwrap_or_default(),
+            SegmentSelection::Only(list) => list.clone(),
+        }
+    }
+}
+
+impl Serialize for SegmentSelection {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            SegmentSelection::None => s.serialize_str("none"),
+            SegmentSelection::All => s.serialize_str("all"),
+            SegmentSelection::Only(list) => list.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for SegmentSelection {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = SegmentSelection;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("`all`, `none` or a list of segment names")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<SegmentSelection, E> {
+                match v {
+                    "all" => Ok(SegmentSelection::All),
+                    "none" => Ok(SegmentSelection::None),
+                    _ => Err(E::custom(format!(
+                        "`{v}`: expected `all`, `none` or a list of segment names (e.g. [enterprise])"
+                    ))),
+                }
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<SegmentSelection, A::Error> {
+                let mut list = vec![];
+                while let Some(name) = seq.next_element::<String>()? {
+                    list.push(name);
+                }
+                Ok(SegmentSelection::Only(list))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+impl JsonSchema for SegmentSelection {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "SegmentSelection".into()
+    }
+
+    fn json_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        crate::status::schema::segment_selection(g)
+    }
 }
 
 fn default_look_growth() -> f64 {
@@ -344,6 +457,10 @@ impl std::fmt::Display for GateMethod {
 #[serde(deny_unknown_fields)]
 pub struct ErrorRateGate {
     pub error_tolerance: f64,
+    /// Segments also judged one by one: `all`, `none` (default) or a list
+    /// (a CanaryRollout resource takes the list form only).
+    #[serde(default, skip_serializing_if = "SegmentSelection::is_none")]
+    pub segments: SegmentSelection,
 }
 
 /// Challenger latency quantile ≤ champion's × `latency_tolerance_multiplier`.
@@ -354,6 +471,10 @@ pub struct LatencyGate {
     /// The quantile compared, default 0.99.
     #[serde(default = "default_quantile")]
     pub quantile: f64,
+    /// Segments also judged one by one: `all`, `none` (default) or a list
+    /// (a CanaryRollout resource takes the list form only).
+    #[serde(default, skip_serializing_if = "SegmentSelection::is_none")]
+    pub segments: SegmentSelection,
 }
 
 fn default_quantile() -> f64 {
@@ -412,6 +533,10 @@ pub struct ShadowGate {
 #[serde(deny_unknown_fields)]
 pub struct TimeoutGate {
     pub timeout_tolerance: f64,
+    /// Segments also judged one by one: `all`, `none` (default) or a list
+    /// (a CanaryRollout resource takes the list form only).
+    #[serde(default, skip_serializing_if = "SegmentSelection::is_none")]
+    pub segments: SegmentSelection,
 }
 
 /// Challenger label metric ≥ champion's − `min_degradation_tolerance`.
@@ -1001,6 +1126,7 @@ impl RolloutSpec {
                 return Err(invalid("gates.labels.min_labels", "must be >= 1: a label gate never passes on no labels"));
             }
         }
+        self.validate_segments()?;
         if self.envoy.admin.is_empty() && self.envoy.prometheus.is_none() {
             return Err(invalid("envoy.admin", "needs at least one Envoy admin URL (or set envoy.prometheus)"));
         }
@@ -1067,6 +1193,54 @@ impl RolloutSpec {
     pub fn sinks(&self) -> Vec<SinkSpec> {
         let file = self.envoy.ecds_dir.clone().map(|dir| SinkSpec::File { dir });
         file.into_iter().chain(self.envoy.sinks.iter().cloned()).collect()
+    }
+
+    /// Each gate's `segments` names segments the filter counts.
+    fn validate_segments(&self) -> Result<(), SpecError> {
+        let g = &self.gates;
+        let selections = [
+            ("error_rate", g.error_rate.as_ref().map(|x| &x.segments)),
+            ("latency", g.latency.as_ref().map(|x| &x.segments)),
+            ("timeouts", g.timeouts.as_ref().map(|x| &x.segments)),
+        ];
+        let filter = self.filter.segment.as_ref();
+        for (gate, selection) in selections {
+            let Some(selection) = selection.filter(|s| !s.is_none()) else { continue };
+            let field = format!("gates.{gate}.segments");
+            let Some(f) = filter else {
+                return Err(invalid(
+                    field,
+                    "needs filter.segment (the request header whose values split the traffic, and those values)",
+                ));
+            };
+            if let SegmentSelection::Only(list) = selection {
+                if list.is_empty() {
+                    return Err(invalid(field, "an empty list judges no segment: write `none`, `all` or some names"));
+                }
+                for (i, name) in list.iter().enumerate() {
+                    let known = f.values.contains(name) || name == canary_core::predict::OTHER;
+                    if !known {
+                        return Err(invalid(
+                            format!("{field}[{i}]"),
+                            format!(
+                                "`{name}` is not a segment the filter counts: one of {} or `other`",
+                                f.values.iter().map(|v| format!("`{v}`")).collect::<Vec<_>>().join(", ")
+                            ),
+                        ));
+                    }
+                    if list[..i].contains(name) {
+                        return Err(invalid(format!("{field}[{i}]"), format!("`{name}` is listed twice")));
+                    }
+                }
+            }
+        }
+        if g.segment_min_responses == 0 {
+            return Err(invalid(
+                "gates.segment_min_responses",
+                "must be >= 1: a segment is never judged on no response (default 100)",
+            ));
+        }
+        Ok(())
     }
 
     /// With the anytime method a tolerance must leave room to prove: a
@@ -1364,6 +1538,58 @@ alerts:
         assert!(!err.contains("basis points"), "{err}");
         assert_eq!(field_of(with(&["stages"], stages(&[]))), "stages");
         assert!(with(&["stages"], stages(&[0.5, 100.0])).is_ok());
+    }
+
+    #[test]
+    fn gate_segments_read_all_none_or_a_list_and_name_what_is_wrong() {
+        let segmented = |segments: &str| {
+            let spec = edited(
+                EXAMPLE,
+                &["filter", "segment"],
+                serde_yaml_ng::from_str("{header: x-tier, values: [free, pro]}").unwrap(),
+            )
+            .unwrap();
+            let mut doc = serde_yaml_ng::to_value(&spec).unwrap();
+            doc["gates"]["error_rate"]["segments"] = serde_yaml_ng::from_str(segments).unwrap();
+            RolloutSpec::from_yaml(&serde_yaml_ng::to_string(&doc).unwrap())
+        };
+        let spec = RolloutSpec::from_yaml(EXAMPLE).unwrap();
+        let e = spec.gates.error_rate.as_ref().unwrap();
+        assert_eq!(e.segments, SegmentSelection::None, "default: today's specs keep their meaning");
+        assert_eq!(spec.gates.segment_min_responses, 100);
+        assert_eq!(spec.gates.on_segment_too_small, SegmentTooSmall::Ignore);
+        let all = segmented("all").unwrap();
+        let sel = &all.gates.error_rate.as_ref().unwrap().segments;
+        assert_eq!(sel, &SegmentSelection::All);
+        assert_eq!(sel.names(all.filter.segment.as_ref()), ["free", "pro", "other"]);
+        let listed = segmented("[pro, other]").unwrap();
+        assert_eq!(
+            listed.gates.error_rate.unwrap().segments,
+            SegmentSelection::Only(vec!["pro".into(), "other".into()])
+        );
+        assert_eq!(segmented("none").unwrap().gates.error_rate.unwrap().segments, SegmentSelection::None);
+        // Round trip: what serializes parses back the same.
+        let back = RolloutSpec::from_yaml(&serde_yaml_ng::to_string(&all).unwrap()).unwrap();
+        assert_eq!(back, all);
+        assert_eq!(field_of(segmented("[gold]")), "gates.error_rate.segments[0]");
+        let err = segmented("[pro, gold]").unwrap_err().to_string();
+        assert!(err.contains("`gold` is not a segment the filter counts: one of `free`, `pro` or `other`"), "{err}");
+        assert_eq!(field_of(segmented("[pro, pro]")), "gates.error_rate.segments[1]");
+        assert_eq!(field_of(segmented("[]")), "gates.error_rate.segments");
+        let err = segmented("some").unwrap_err().to_string();
+        assert!(err.contains("expected `all`, `none` or a list of segment names"), "{err}");
+        // Without filter.segment there is nothing to split by.
+        assert_eq!(
+            field_of(with(
+                &["gates", "timeouts"],
+                serde_yaml_ng::from_str("{timeout_tolerance: 1, segments: all}").unwrap()
+            )),
+            "gates.timeouts.segments"
+        );
+        assert_eq!(field_of(with(&["gates", "segment_min_responses"], 0.into())), "gates.segment_min_responses");
+        assert_eq!(field_of(with(&["gates", "on_segment_too_small"], "hold".into())), "gates.on_segment_too_small");
+        let block = with(&["gates", "on_segment_too_small"], "block".into()).unwrap();
+        assert_eq!(block.gates.on_segment_too_small, SegmentTooSmall::Block);
     }
 
     #[test]

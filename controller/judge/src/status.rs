@@ -74,6 +74,14 @@ pub mod schema {
         object(json!({ "header": string(), "values": values }), &["header", "values"])
     }
 
+    /// A gate's `segments`. YAML and JSON specs also take the words `all`
+    /// and `none`; a structural CRD types each field once, so through the
+    /// API server the segments are listed by name.
+    pub fn segment_selection(_: &mut SchemaGenerator) -> Schema {
+        let max = canary_core::predict::MAX_SEGMENTS + 1;
+        json_schema!({ "type": "array", "maxItems": max, "items": string() })
+    }
+
     /// `filter.override`: the QA override header and its secret.
     pub fn qa_override(_: &mut SchemaGenerator) -> Schema {
         let secret = json!({ "type": "string", "minLength": canary_core::config::MIN_SECRET_LEN });

@@ -142,6 +142,12 @@ enum Command {
         /// Worker threads (default: every core).
         #[arg(long)]
         threads: Option<usize>,
+        /// The per-segment scenarios instead: K = 2, 5, 10 segments, a
+        /// challenger identical or harmful (2x tolerance) in a 5 % segment;
+        /// family-wise false rollback and detection (see
+        /// `canary_judge::segment_calibration`; alpha from --spec, else 0.05).
+        #[arg(long)]
+        segments: bool,
     },
     /// Check a filter plugin configuration (JSON) with the filter's own rules.
     CheckConfig {
@@ -547,7 +553,20 @@ pub async fn main() -> anyhow::Result<()> {
                 Output::Human => print!("{}", canary_judge::replay::render(&r)),
             }
         }
-        Command::Simulate { reps, traffic, max_intervals, seed, spec, threads } => {
+        Command::Simulate { segments: true, reps, seed, spec, .. } => {
+            use canary_judge::segment_calibration as sc;
+            let alpha = match spec {
+                Some(path) => RolloutSpec::load(&path)?.gates.alpha,
+                None => 0.05,
+            };
+            let started = std::time::Instant::now();
+            println!("{}", sc::table(&sc::grid(20_000, 40), alpha, reps, seed));
+            eprintln!(
+                "{reps} runs per row, seed {seed}, alpha {alpha}, base 1 %, tolerance 1 point, 20000 challenger responses per evaluation (1000 in the 5 % segment), at most 40 evaluations; {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
+        }
+        Command::Simulate { reps, traffic, max_intervals, seed, spec, threads, segments: false } => {
             use canary_judge::simulate;
             let mut s = simulate::Settings::standard(reps);
             if let Some(path) = spec {

@@ -26,11 +26,14 @@
 //!
 //! Knobs can change while it runs: `POST /_control` with any of
 //! `{"error_rate": 0.2, "latency_ms": 50, "latency_sigma": 0.5,
-//! "prediction_shift": 0.2, "disagree_rate": 0.1}`.
+//! "prediction_shift": 0.2, "disagree_rate": 0.1, "segment_error_rate": {"ent": 0.06}}`
+//! (`segment_error_rate`: by value of the `x-tier` header, replacing
+//! `error_rate` for those requests).
 //! `GET /_stats` returns `{"requests", "errors", "last_request_unix_ms"}`
 //! (model requests only). Prints `listening on 127.0.0.1:PORT` once it
 //! accepts connections.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -99,6 +102,9 @@ struct KnobUpdate {
     latency_sigma: Option<f64>,
     prediction_shift: Option<f64>,
     disagree_rate: Option<f64>,
+    /// 5xx rate by value of the `x-tier` header (the tests' segment
+    /// header), replacing `error_rate` for requests of those segments.
+    segment_error_rate: Option<BTreeMap<String, f64>>,
 }
 
 /// FNV-1a 64 of `salt` then `key`, finished with splitmix64 (FNV alone
@@ -138,6 +144,7 @@ fn prediction(user: &str, shift: f64, disagree_rate: f64) -> (f64, &'static str)
 struct Backend {
     version: String,
     knobs: Mutex<Knobs>,
+    segment_error_rate: Mutex<BTreeMap<String, f64>>,
     rng: Mutex<rand::rngs::StdRng>,
     requests: AtomicU64,
     errors: AtomicU64,
@@ -145,11 +152,15 @@ struct Backend {
 }
 
 impl Backend {
-    /// This request's fate: its delay and whether it fails.
-    fn draw(&self) -> (Duration, bool) {
+    /// This request's fate: its delay and whether it fails (at its
+    /// segment's rate when one is set for `tier`).
+    fn draw(&self, tier: Option<&str>) -> (Duration, bool) {
         let k = *self.knobs.lock().unwrap_or_else(|e| e.into_inner());
+        let by_segment =
+            tier.and_then(|t| self.segment_error_rate.lock().unwrap_or_else(|e| e.into_inner()).get(t).copied());
+        let error_rate = by_segment.unwrap_or(k.error_rate);
         let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
-        let fail = k.error_rate > 0.0 && rng.random::<f64>() < k.error_rate;
+        let fail = error_rate > 0.0 && rng.random::<f64>() < error_rate;
         let delay_ms = if k.latency_ms > 0.0 {
             LogNormal::new(k.latency_ms.ln(), k.latency_sigma.max(0.0)).map_or(k.latency_ms, |d| d.sample(&mut *rng))
         } else {
@@ -189,6 +200,7 @@ async fn main() -> anyhow::Result<()> {
     let backend = Arc::new(Backend {
         version: args.version.clone(),
         knobs: Mutex::new(knobs),
+        segment_error_rate: Mutex::new(BTreeMap::new()),
         rng: Mutex::new(rand::rngs::StdRng::seed_from_u64(args.seed)),
         requests: AtomicU64::new(0),
         errors: AtomicU64::new(0),
@@ -216,9 +228,17 @@ async fn control(State(b): State<Arc<Backend>>, Json(update): Json<KnobUpdate>) 
     next.latency_sigma = update.latency_sigma.unwrap_or(next.latency_sigma);
     next.prediction_shift = update.prediction_shift.unwrap_or(next.prediction_shift);
     next.disagree_rate = update.disagree_rate.unwrap_or(next.disagree_rate);
+    if let Some(rates) = &update.segment_error_rate {
+        if let Some((t, r)) = rates.iter().find(|(_, r)| !(0.0..=1.0).contains(*r)) {
+            return (StatusCode::BAD_REQUEST, format!("segment_error_rate {t}: {r} is outside 0..=1")).into_response();
+        }
+    }
     match check(&next) {
         Ok(()) => {
             *knobs = next;
+            if let Some(rates) = update.segment_error_rate {
+                *b.segment_error_rate.lock().unwrap_or_else(|e| e.into_inner()) = rates;
+            }
             (StatusCode::OK, format!("{next:?}\n")).into_response()
         }
         Err(e) => (StatusCode::BAD_REQUEST, e).into_response(),
@@ -235,7 +255,8 @@ async fn stats(State(b): State<Arc<Backend>>) -> Response {
 }
 
 async fn predict(State(b): State<Arc<Backend>>, headers: HeaderMap, _body: axum::body::Bytes) -> Response {
-    let (delay, fail) = b.draw();
+    let tier = headers.get("x-tier").and_then(|v| v.to_str().ok());
+    let (delay, fail) = b.draw(tier);
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }

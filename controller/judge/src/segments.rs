@@ -1,0 +1,342 @@
+//! Per-segment gates: a gate with `segments` also judges each segment of
+//! the traffic (a value of `filter.segment.header`, or `other`) alone —
+//! the segment's challenger against the *same segment's* champion, with
+//! the rollout's engine (the gate functions of [`crate::gates`], unchanged,
+//! fed the segment's windows). A challenger that is fine on average but
+//! hurts one segment fails that segment's result, which rolls back like
+//! any failed gate, its reason naming the segment and its figures.
+//!
+//! **Family-wise error: a Bonferroni split, fixed in advance.** A gate
+//! with segments tests a family of 1 + K hypotheses (all traffic and its K
+//! segments). Its `alpha` is split: `alpha / 2` for all traffic and
+//! `alpha / (2K)` for each segment, so the chance that any of the family
+//! wrongly fails a challenger within tolerance (or wrongly passes one
+//! outside it) stays below `alpha`, by the union bound. The union bound
+//! needs no independence and holds at any stopping time because each test
+//! does: the anytime engine's e-processes and confidence sequences are
+//! valid at every evaluation (Ville's inequality), and the look-based
+//! engine spends each test's alpha over its looks. Holm's step-down would
+//! be more powerful for one fixed sample, but it re-ranks the p-values at
+//! each look and a test rejected at one look may not be rejected at the
+//! next; with continuous monitoring its guarantee needs a sequential
+//! closed-testing construction, so the fixed split is used. K is known
+//! from the spec (the listed segments, or the filter's values and `other`
+//! for `all`), so the split never depends on the data. Gates without
+//! segments keep their full `alpha`, as before.
+//!
+//! **Too small.** A segment with fewer than `gates.segment_min_responses`
+//! responses from either version is not judged: reported as "not enough
+//! data", holding the stage only under `on_segment_too_small: block`.
+//!
+//! **State.** Segment results are [`GateResult`]s with `segment` set; the
+//! state machine keeps their spent looks and e-processes beside the totals'
+//! (one per gate and segment), and hands each segment back only its own.
+
+use crate::gates::{self, GateKind, GateResult, LabelEvidence, Outcome, StageContext};
+use crate::spec::{GatesSpec, NoDataPolicy, SegmentSelection, SegmentTooSmall};
+use crate::window::{SegmentWindow, VersionWindow};
+use canary_core::predict::SegmentConfig;
+
+/// The gates that can judge a segment (the filter counts responses,
+/// timeouts and latency per segment; predictions and labels are not split).
+const SEGMENTABLE: [GateKind; 3] = [GateKind::ErrorRate, GateKind::Latency, GateKind::Timeouts];
+
+/// The gates of `spec` that judge segments, each with its segments' names.
+pub fn families(spec: &GatesSpec, filter: Option<&SegmentConfig>) -> Vec<(GateKind, Vec<String>)> {
+    SEGMENTABLE
+        .iter()
+        .filter_map(|&kind| {
+            let names = selection(spec, kind)?.names(filter);
+            (!names.is_empty()).then_some((kind, names))
+        })
+        .collect()
+}
+
+fn selection(spec: &GatesSpec, kind: GateKind) -> Option<&SegmentSelection> {
+    match kind {
+        GateKind::ErrorRate => spec.error_rate.as_ref().map(|g| &g.segments),
+        GateKind::Latency => spec.latency.as_ref().map(|g| &g.segments),
+        GateKind::Timeouts => spec.timeouts.as_ref().map(|g| &g.segments),
+        _ => None,
+    }
+}
+
+/// `spec` with only the gates `keep` says to keep.
+fn only(spec: &GatesSpec, keep: impl Fn(GateKind) -> bool) -> GatesSpec {
+    GatesSpec {
+        error_rate: spec.error_rate.clone().filter(|_| keep(GateKind::ErrorRate)),
+        latency: spec.latency.clone().filter(|_| keep(GateKind::Latency)),
+        prediction: spec.prediction.clone().filter(|_| keep(GateKind::Prediction)),
+        timeouts: spec.timeouts.clone().filter(|_| keep(GateKind::Timeouts)),
+        labels: spec.labels.clone().filter(|_| keep(GateKind::Labels)),
+        ..spec.clone()
+    }
+}
+
+/// The order [`gates::evaluate`] lists the gates in.
+fn rank(kind: GateKind) -> usize {
+    [GateKind::ErrorRate, GateKind::Latency, GateKind::Prediction, GateKind::Timeouts, GateKind::Labels]
+        .iter()
+        .position(|&k| k == kind)
+        .unwrap_or(usize::MAX)
+}
+
+/// A segment's counters as a version window (what the gate functions read).
+pub fn as_version(s: &SegmentWindow) -> VersionWindow {
+    VersionWindow {
+        requests: s.requests,
+        unkeyed: s.unkeyed,
+        responses: s.responses,
+        timeouts: s.timeouts,
+        latency_us: s.latency_us.clone(),
+        ..Default::default()
+    }
+}
+
+fn prefix(name: &str) -> String {
+    format!("segment `{name}`: ")
+}
+
+/// Every gate of the stage, as [`gates::evaluate`] judges them, then one
+/// result per gate with segments and segment (see the module docs).
+/// `spent`: the results of earlier evaluations the state machine kept,
+/// totals' and segments' alike.
+pub fn evaluate(
+    spec: &GatesSpec,
+    filter: Option<&SegmentConfig>,
+    champion: &VersionWindow,
+    challenger: &VersionWindow,
+    labels: &LabelEvidence,
+    stage: StageContext,
+    spent: &[GateResult],
+) -> Vec<GateResult> {
+    let totals_spent: Vec<GateResult> = spent.iter().filter(|r| r.segment.is_none()).cloned().collect();
+    let families = families(spec, filter);
+    if families.is_empty() || stage.shadow {
+        // In a shadow stage the challenger serves no user: no segment to judge.
+        return gates::evaluate(spec, champion, challenger, labels, stage, &totals_spent);
+    }
+    let split = |k: GateKind| families.iter().any(|(f, _)| *f == k);
+    let plain = only(spec, |k| !split(k));
+    let halved = GatesSpec { alpha: spec.alpha / 2.0, ..only(spec, split) };
+    let mut out = gates::evaluate(&plain, champion, challenger, labels, stage, &totals_spent);
+    out.extend(gates::evaluate(&halved, champion, challenger, labels, stage, &totals_spent));
+    out.sort_by_key(|r| rank(r.gate));
+    for (kind, names) in &families {
+        let alpha = spec.alpha / (2.0 * names.len() as f64);
+        let one = GatesSpec { alpha, ..only(spec, |k| k == *kind) };
+        for name in names {
+            out.push(segment(&one, *kind, name, (champion, challenger), stage, spent));
+        }
+    }
+    out
+}
+
+/// One gate's verdict on one segment, at the segment's share of alpha.
+fn segment(
+    spec: &GatesSpec,
+    kind: GateKind,
+    name: &str,
+    windows: (&VersionWindow, &VersionWindow),
+    stage: StageContext,
+    spent: &[GateResult],
+) -> GateResult {
+    let empty = SegmentWindow::default();
+    let a = windows.0.segments.get(name).unwrap_or(&empty);
+    let b = windows.1.segments.get(name).unwrap_or(&empty);
+    let n = (a.answered(), b.answered());
+    let head = prefix(name);
+    let min = spec.segment_min_responses.max(1);
+    let mut r = if n.0.min(n.1) < min {
+        let policy = match spec.on_segment_too_small {
+            SegmentTooSmall::Block => NoDataPolicy::Hold,
+            SegmentTooSmall::Ignore => NoDataPolicy::Ignore,
+        };
+        let detail = format!(
+            "not enough data: {} champion and {} challenger responses (judged from {min} each; on_segment_too_small: {})",
+            n.0,
+            n.1,
+            if policy == NoDataPolicy::Hold { "block" } else { "ignore" }
+        );
+        GateResult::no_data(kind, n.0, n.1, policy, detail)
+    } else {
+        // The segment's own spent looks and e-process, as the gate wrote them.
+        let own: Vec<GateResult> = spent
+            .iter()
+            .filter(|r| r.gate == kind && r.segment.as_deref() == Some(name))
+            .map(|r| {
+                let mut r = r.clone();
+                r.segment = None;
+                r.detail = r.detail.strip_prefix(&head).map(str::to_string).unwrap_or(r.detail);
+                r
+            })
+            .collect();
+        let context = StageContext { min_samples: min, ..stage };
+        let results = gates::evaluate(spec, &as_version(a), &as_version(b), &LabelEvidence::default(), context, &own);
+        match results.into_iter().find(|r| r.gate == kind) {
+            Some(r) => r,
+            None => GateResult::no_data(kind, n.0, n.1, NoDataPolicy::Hold, "not judged".into()),
+        }
+    };
+    r.detail = format!("{head}{}", r.detail);
+    if r.outcome == Outcome::Fail {
+        r.detail.push_str(&format!(" (at this segment's share of alpha, {:.3}%)", spec.alpha * 100.0));
+    }
+    r.segment = Some(name.to_string());
+    r
+}
+
+/// The index in `results` of the segment result most worth a reader's
+/// eye: the first failed one, else the one with the least room left
+/// before its limit (relative to the limit, so gates in different units
+/// compare).
+pub fn worst(results: &[GateResult]) -> Option<usize> {
+    let segmented = || results.iter().enumerate().filter(|(_, r)| r.segment.is_some());
+    if let Some((i, _)) = segmented().find(|(_, r)| r.outcome == Outcome::Fail) {
+        return Some(i);
+    }
+    let room = |r: &GateResult| match (r.margin, r.threshold) {
+        (Some(m), Some(t)) if t.abs() > 0.0 => Some(m / t.abs()),
+        (Some(m), _) => Some(m),
+        _ => None,
+    };
+    segmented().filter_map(|(i, r)| room(r).map(|x| (i, x))).min_by(|a, b| a.1.total_cmp(&b.1)).map(|(i, _)| i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{ErrorRateGate, GateMethod};
+
+    fn filter() -> SegmentConfig {
+        SegmentConfig { header: "x-tier".into(), values: vec!["free".into(), "ent".into()] }
+    }
+
+    fn spec(segments: SegmentSelection) -> GatesSpec {
+        GatesSpec {
+            method: GateMethod::Anytime,
+            error_rate: Some(ErrorRateGate { error_tolerance: 1.0, segments }),
+            segment_min_responses: 200,
+            ..GatesSpec::default()
+        }
+    }
+
+    /// A version with `(segment, responses, 5xx)` per segment; its totals
+    /// are their sums.
+    fn window(segments: &[(&str, u64, u64)]) -> VersionWindow {
+        let mut w = VersionWindow::default();
+        for &(name, n, errors) in segments {
+            let s = w.segment_mut(name);
+            s.responses = [0, n - errors, 0, 0, errors];
+            s.requests = n;
+            w.responses[1] += n - errors;
+            w.responses[4] += errors;
+            w.requests += n;
+        }
+        w
+    }
+
+    fn judge(g: &GatesSpec, a: &VersionWindow, b: &VersionWindow, spent: &[GateResult]) -> Vec<GateResult> {
+        let f = filter();
+        evaluate(g, Some(&f), a, b, &LabelEvidence::default(), StageContext::live(100), spent)
+    }
+
+    fn of<'a>(results: &'a [GateResult], segment: Option<&str>) -> &'a GateResult {
+        results.iter().find(|r| r.segment.as_deref() == segment).unwrap()
+    }
+
+    #[test]
+    fn a_challenger_harmful_in_one_segment_fails_that_segment_while_the_total_is_within_tolerance() {
+        // 0.3 % 5xx everywhere for the champion; the challenger 6 % in `ent`
+        // (1 in 11 responses): the total difference is about 0.52 points,
+        // within the 1-point tolerance, the segment's 5.7 points are not.
+        let a = window(&[("free", 20_000, 60), ("ent", 2_000, 6), ("other", 0, 0)]);
+        let b = window(&[("free", 20_000, 60), ("ent", 2_000, 120), ("other", 0, 0)]);
+        let r = judge(&spec(SegmentSelection::All), &a, &b, &[]);
+        assert_eq!(r.len(), 4, "totals, then free, ent, other: {r:#?}");
+        let total = of(&r, None);
+        assert_ne!(total.outcome, Outcome::Fail, "{}", total.detail);
+        assert!(total.difference.unwrap() < 0.01);
+        let ent = of(&r, Some("ent"));
+        assert_eq!(ent.outcome, Outcome::Fail, "{}", ent.detail);
+        assert!(ent
+            .detail
+            .starts_with("segment `ent`: 5xx rate: challenger 6.000% (120/2000) vs champion 0.300% (6/2000)"));
+        assert!(ent.detail.contains("share of alpha, 0.833%"), "0.05 / (2 × 3): {}", ent.detail);
+        assert_ne!(of(&r, Some("free")).outcome, Outcome::Fail);
+        // `other` saw nothing: not enough data, and (ignore) it does not block.
+        let other = of(&r, Some("other"));
+        assert_eq!((other.outcome, other.blocks), (Outcome::NoData, false), "{}", other.detail);
+        assert!(other.detail.contains("not enough data: 0 champion and 0 challenger responses (judged from 200 each"));
+        let failed: Vec<_> = r.iter().filter(|r| r.outcome == Outcome::Fail).collect();
+        assert_eq!(failed.len(), 1);
+        assert_eq!(r[worst(&r).unwrap()].segment.as_deref(), Some("ent"));
+        // Without a failure, the least room left: `ent` again (1.3 % vs 0.3 % + 1 point).
+        let c = window(&[("free", 20_000, 60), ("ent", 2_000, 26), ("other", 0, 0)]);
+        let r = judge(&spec(SegmentSelection::All), &a, &c, &[]);
+        assert!(r.iter().all(|x| x.outcome != Outcome::Fail));
+        assert_eq!(r[worst(&r).unwrap()].segment.as_deref(), Some("ent"));
+        assert_eq!(worst(&r[..1]), None, "no segment result");
+    }
+
+    #[test]
+    fn an_identical_challenger_passes_every_segment_with_enough_data() {
+        let a = window(&[("free", 40_000, 120), ("ent", 8_000, 24), ("other", 4_000, 12)]);
+        let r = judge(&spec(SegmentSelection::All), &a, &a.clone(), &[]);
+        for x in &r {
+            assert_eq!(x.outcome, Outcome::Pass, "{:?}: {}", x.segment, x.detail);
+        }
+        // A listed selection judges only those.
+        let listed = judge(&spec(SegmentSelection::Only(vec!["ent".into()])), &a, &a.clone(), &[]);
+        assert_eq!(listed.iter().map(|r| r.segment.clone()).collect::<Vec<_>>(), [None, Some("ent".to_string())]);
+    }
+
+    #[test]
+    fn a_small_segment_blocks_only_when_told_to() {
+        let a = window(&[("free", 5_000, 15), ("ent", 50, 0)]);
+        let ignore = judge(&spec(SegmentSelection::Only(vec!["ent".into()])), &a, &a.clone(), &[]);
+        let ent = of(&ignore, Some("ent"));
+        assert_eq!((ent.outcome, ent.blocks), (Outcome::NoData, false));
+        let g = GatesSpec { on_segment_too_small: SegmentTooSmall::Block, ..spec(SegmentSelection::All) };
+        let block = judge(&g, &a, &a.clone(), &[]);
+        assert_eq!((of(&block, Some("ent")).outcome, of(&block, Some("ent")).blocks), (Outcome::NoData, true));
+    }
+
+    #[test]
+    fn totals_keep_their_alpha_without_segments_and_take_half_with_them() {
+        let a = window(&[("free", 3_000, 9), ("ent", 3_000, 9)]);
+        let b = window(&[("free", 3_000, 30), ("ent", 3_000, 12)]);
+        let context = StageContext::live(100);
+        let none = spec(SegmentSelection::None);
+        let plain = gates::evaluate(&none, &a, &b, &LabelEvidence::default(), context, &[]);
+        assert_eq!(judge(&none, &a, &b, &[]), plain, "no segment: exactly today's gates");
+        let halved = GatesSpec { alpha: 0.025, ..none.clone() };
+        let expected = gates::evaluate(&halved, &a, &b, &LabelEvidence::default(), context, &[]);
+        let with = judge(&spec(SegmentSelection::All), &a, &b, &[]);
+        assert_eq!(of(&with, None), &expected[0]);
+        assert_eq!(families(&spec(SegmentSelection::All), Some(&filter()))[0].1, ["free", "ent", "other"]);
+    }
+
+    #[test]
+    fn each_segment_carries_its_own_process_from_look_to_look() {
+        let g = spec(SegmentSelection::All);
+        let a1 = window(&[("free", 1_000, 3), ("ent", 1_000, 3)]);
+        let b1 = window(&[("free", 1_000, 3), ("ent", 1_000, 20)]);
+        let first = judge(&g, &a1, &b1, &[]);
+        let spent: Vec<GateResult> = first.iter().filter(|r| r.spends_look()).cloned().collect();
+        assert_eq!(spent.len(), 3, "totals, free and ent each carry an e-process");
+        let a2 = window(&[("free", 2_000, 6), ("ent", 2_000, 6)]);
+        let b2 = window(&[("free", 2_000, 6), ("ent", 2_000, 40)]);
+        let second = judge(&g, &a2, &b2, &spent);
+        let fresh = judge(&g, &a2, &b2, &[]);
+        for seg in ["free", "ent"] {
+            let (carried, new) = (of(&second, Some(seg)), of(&fresh, Some(seg)));
+            let p = carried.process.as_ref().unwrap();
+            assert_eq!((p.n, p.s), (2_000.0, if seg == "ent" { 40.0 } else { 6.0 }));
+            assert_ne!(carried.process, new.process, "{seg}: the first look's batch is folded in separately");
+            assert!(!carried.detail.contains("segment `ent`: segment"), "{}", carried.detail);
+        }
+        // A segment's process is never the totals' or another segment's.
+        assert_ne!(of(&second, Some("ent")).process, of(&second, Some("free")).process);
+    }
+}
