@@ -75,6 +75,8 @@ pub struct Controller {
     /// The source's reset tracker was loaded from the state directory
     /// (done once, at the first evaluation).
     tracker_loaded: bool,
+    /// How long the last evaluation's stats read took.
+    last_read: Option<Duration>,
 }
 
 /// What `status` shows.
@@ -143,6 +145,7 @@ impl Controller {
             drift_alerted: None,
             unsaved_rollback: None,
             tracker_loaded: false,
+            last_read: None,
         };
         match c.store.load_state()? {
             Some(state) => c.store.repair_log(&state)?,
@@ -341,6 +344,7 @@ impl Controller {
         let expected = EcdsFileSink::version_info(&before.filter_config(&self.spec));
         let read_started = std::time::Instant::now();
         let window = source.read(&self.spec.rollout, before.epoch, &expected).await;
+        self.last_read = Some(read_started.elapsed());
         if let Ok(w) = &window {
             crate::http::metrics::METRICS.source_read(w, read_started.elapsed());
         }
@@ -450,6 +454,11 @@ impl Controller {
                 max_concurrency: 64,
             })),
         }
+    }
+
+    /// How long the last evaluation's stats read took (for the scale bench).
+    pub fn last_read(&self) -> Option<Duration> {
+        self.last_read
     }
 
     pub fn interval(&self) -> Duration {
