@@ -334,9 +334,13 @@ async fn counts_survive_an_envoy_restart_behind_the_same_endpoint() {
     assert!(w.coverage.resets.is_empty());
     assert_eq!(source.tracker().resets(&relay.url()), 1);
 
-    // The state persists: a controller restarted with it still counts from before.
-    let saved = serde_json::to_string(source.tracker()).unwrap();
+    // The tracker persists (in its shards, as the controller saves it): a
+    // controller restarted with it still counts from before.
+    let saved: Vec<String> = (0..canary_judge::evidence::tracker::SHARDS)
+        .map(|i| serde_json::to_string(&source.tracker().shard(i)).unwrap())
+        .collect();
     let mut restarted = AdminSource::new(source.config().clone());
-    restarted.set_tracker(serde_json::from_str(&saved).unwrap());
+    let shards = saved.iter().map(|s| serde_json::from_str(s).unwrap());
+    restarted.set_tracker(canary_judge::evidence::tracker::ResetTracker::from_shards(shards).unwrap());
     assert_eq!(counted(&restarted.read("source-restart", 1, &version).await), want);
 }

@@ -249,17 +249,17 @@ impl ResetTracker {
         if track.departed {
             track.departed = false;
         }
-        let mut added = false;
+        // New series are added after the loop: the binary search needs
+        // `series` sorted throughout.
+        let mut added = vec![];
         for &(key, value) in &raw {
             match track.series.binary_search_by_key(&key, |s| s.key) {
                 Ok(i) => track.series[i].last = value,
-                Err(_) => {
-                    track.series.push(SeriesTrack { key, last: value, base: 0 });
-                    added = true;
-                }
+                Err(_) => added.push(SeriesTrack { key, last: value, base: 0 }),
             }
         }
-        if added {
+        if !added.is_empty() {
+            track.series.extend(added);
             track.series.sort_unstable_by_key(|s| s.key);
         }
         if sample.uptime_s.is_some() {
@@ -875,5 +875,34 @@ pub(crate) mod tests {
         assert_eq!(t.endpoints.keys().collect::<Vec<_>>(), ["a", "c"]);
         let got = t.observe("a", &sample("r", 10, Some(101), &[(&key(10), 6)]));
         assert_eq!(got.series[&key(10)], 6);
+    }
+
+    fn refs(s: &[(String, u64)]) -> Vec<(&str, u64)> {
+        s.iter().map(|(k, v)| (k.as_str(), *v)).collect()
+    }
+
+    #[test]
+    fn series_first_seen_in_a_later_read_are_counted_once() {
+        // Buckets appear between reads (histograms flush later than
+        // counters), and another Envoy may have named them first: each must
+        // be kept once, whatever the order of their key ids.
+        let key = |i: u64| format!("canary.rollout.r.epoch.1.version.v1.latency_us@{}+10", i * 10);
+        let all: Vec<(String, u64)> = (0..40).map(|i| (key(i), 1)).collect();
+        let mut t = ResetTracker::default();
+        t.observe("first", &sample("r", 1, Some(100), &refs(&all)));
+        for round in 1..=4u64 {
+            // Every 5th key, then also every 4th, 3rd, 2nd: new ones fall between old ones.
+            let some: Vec<(String, u64)> = all
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| (5 - round..=5).any(|m| i % m as usize == 0))
+                .map(|(_, s)| s.clone())
+                .collect();
+            let got = t.observe("e", &sample("r", 1, Some(100 + round), &refs(&some)));
+            assert!(!got.reset, "round {round}");
+            let mut n = 0;
+            t.observe_into("e", &sample("r", 1, Some(100 + round), &refs(&some)), |_, v| n += v);
+            assert_eq!(n, some.len() as u64, "round {round}: every series handed over once");
+        }
     }
 }
