@@ -214,17 +214,28 @@ async fn dead_hanging_and_garbage_endpoints_fail_with_their_reasons_within_the_t
     assert_eq!(reasons[hanging.url().as_str()], "no complete answer within 500ms (endpoint hanging or too slow)");
     assert!(reasons[garbage.url().as_str()].starts_with("unparseable stats: not JSON"), "{reasons:?}");
 
-    // Even one endpoint at a time, each hanging one costs one timeout, no more.
-    let mut serial = AdminSource::new(AdminSourceConfig {
-        endpoints: vec![hanging.url(), admin(&rig.envoy)],
-        timeout,
-        max_concurrency: 1,
-    });
-    let start = Instant::now();
-    counters_settled().await;
-    let w = serial.read("source-faults", 4, &version).await;
-    assert!(start.elapsed() < timeout + Duration::from_millis(500), "{:?}", start.elapsed());
-    assert_eq!(counted(&w), want);
+    // One deadline for the whole read: even one endpoint at a time, a
+    // hanging one costs one timeout wherever it sits. An endpoint that waits
+    // for the slot behind it gets what is left of the deadline (here none):
+    // reported as timed out, never counted as healthy.
+    for (endpoints, good_counted) in
+        [(vec![admin(&rig.envoy), hanging.url()], true), (vec![hanging.url(), admin(&rig.envoy)], false)]
+    {
+        let mut serial =
+            AdminSource::new(AdminSourceConfig { endpoints: endpoints.clone(), timeout, max_concurrency: 1 });
+        let start = Instant::now();
+        counters_settled().await;
+        let w = serial.read("source-faults", 4, &version).await;
+        assert!(start.elapsed() < timeout + Duration::from_millis(500), "{endpoints:?}: {:?}", start.elapsed());
+        let failed: Vec<&str> = w.coverage.failures.iter().map(|f| f.endpoint.as_str()).collect();
+        if good_counted {
+            assert_eq!(counted(&w), want);
+            assert_eq!(failed, [hanging.url().as_str()]);
+        } else {
+            assert_eq!(w.coverage.answered, 0, "{failed:?}");
+            assert_eq!(failed.len(), 2, "{failed:?}");
+        }
+    }
 }
 
 /// Exact p99 of samples (nearest rank).
