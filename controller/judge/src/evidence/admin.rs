@@ -373,6 +373,9 @@ fn parse_histograms(histograms: &RawValue, sample: &mut EndpointSample) -> Resul
             .totals
             .and_then(|t| serde_json::from_str(t.get()).ok())
             .ok_or_else(|| bad(name, "no `totals` array", None))?;
+        // The metric name once per histogram, not once per bucket (the
+        // same keys as `leaf_bucket_series`).
+        let base = leaf_series(&sample.rollout, sample.epoch, version, leaf);
         for bucket in totals {
             let b = serde_json::from_str::<Bucket<'_>>(bucket.get()).unwrap_or(Bucket {
                 lower_bound: None,
@@ -382,7 +385,9 @@ fn parse_histograms(histograms: &RawValue, sample: &mut EndpointSample) -> Resul
             let lower = bound(name, "lower_bound", b.lower_bound)?;
             let width = bound(name, "width", b.width)?;
             let n = count(name, b.count)?;
-            let key = leaf_bucket_series(&sample.rollout, sample.epoch, version, leaf, lower, width);
+            let mut key = String::with_capacity(base.len() + 24);
+            key.push_str(&base);
+            let _ = write!(key, "@{lower}+{width}");
             insert(sample, key, name, n)?;
         }
     }
