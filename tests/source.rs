@@ -214,17 +214,28 @@ async fn dead_hanging_and_garbage_endpoints_fail_with_their_reasons_within_the_t
     assert_eq!(reasons[hanging.url().as_str()], "no complete answer within 500ms (endpoint hanging or too slow)");
     assert!(reasons[garbage.url().as_str()].starts_with("unparseable stats: not JSON"), "{reasons:?}");
 
-    // Even one endpoint at a time, each hanging one costs one timeout, no more.
-    let mut serial = AdminSource::new(AdminSourceConfig {
-        endpoints: vec![hanging.url(), admin(&rig.envoy)],
-        timeout,
-        max_concurrency: 1,
-    });
-    let start = Instant::now();
-    counters_settled().await;
-    let w = serial.read("source-faults", 4, &version).await;
-    assert!(start.elapsed() < timeout + Duration::from_millis(500), "{:?}", start.elapsed());
-    assert_eq!(counted(&w), want);
+    // One deadline for the whole read: even one endpoint at a time, a
+    // hanging one costs one timeout wherever it sits. An endpoint that waits
+    // for the slot behind it gets what is left of the deadline (here none):
+    // reported as timed out, never counted as healthy.
+    for (endpoints, good_counted) in
+        [(vec![admin(&rig.envoy), hanging.url()], true), (vec![hanging.url(), admin(&rig.envoy)], false)]
+    {
+        let mut serial =
+            AdminSource::new(AdminSourceConfig { endpoints: endpoints.clone(), timeout, max_concurrency: 1 });
+        let start = Instant::now();
+        counters_settled().await;
+        let w = serial.read("source-faults", 4, &version).await;
+        assert!(start.elapsed() < timeout + Duration::from_millis(500), "{endpoints:?}: {:?}", start.elapsed());
+        let failed: Vec<&str> = w.coverage.failures.iter().map(|f| f.endpoint.as_str()).collect();
+        if good_counted {
+            assert_eq!(counted(&w), want);
+            assert_eq!(failed, [hanging.url().as_str()]);
+        } else {
+            assert_eq!(w.coverage.answered, 0, "{failed:?}");
+            assert_eq!(failed.len(), 2, "{failed:?}");
+        }
+    }
 }
 
 /// Exact p99 of samples (nearest rank).
@@ -334,9 +345,13 @@ async fn counts_survive_an_envoy_restart_behind_the_same_endpoint() {
     assert!(w.coverage.resets.is_empty());
     assert_eq!(source.tracker().resets(&relay.url()), 1);
 
-    // The state persists: a controller restarted with it still counts from before.
-    let saved = serde_json::to_string(source.tracker()).unwrap();
+    // The tracker persists (in its shards, as the controller saves it): a
+    // controller restarted with it still counts from before.
+    let saved: Vec<String> = (0..canary_judge::evidence::tracker::SHARDS)
+        .map(|i| serde_json::to_string(&source.tracker().shard(i)).unwrap())
+        .collect();
     let mut restarted = AdminSource::new(source.config().clone());
-    restarted.set_tracker(serde_json::from_str(&saved).unwrap());
+    let shards = saved.iter().map(|s| serde_json::from_str(s).unwrap());
+    restarted.set_tracker(canary_judge::evidence::tracker::ResetTracker::from_shards(shards).unwrap());
     assert_eq!(counted(&restarted.read("source-restart", 1, &version).await), want);
 }

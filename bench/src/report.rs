@@ -325,21 +325,11 @@ impl Results {
         for t in &self.targets {
             let _ = writeln!(md, "| {} | {} | {} | **{}** |", t.target, t.configuration, t.measured, t.verdict);
         }
-        let _ = writeln!(md, "\n## Controller scale (one evaluation cycle, simulated admin endpoints)\n");
+        let _ = writeln!(md, "\n## Controller scale (steady state, simulated admin endpoints)\n");
         if self.controller_scale.is_empty() {
             let _ = writeln!(md, "Not measured in this run.");
         } else {
-            let _ = writeln!(md, "Admin source (64 endpoints at a time) + merge + state-machine step, each size in a fresh process; endpoints serve a recorded real Envoy answer.\n");
-            let _ =
-                writeln!(md, "| endpoints | wall ms | of which read + merge ms | CPU ms | peak memory MiB (VmHWM) |");
-            let _ = writeln!(md, "| ---: | ---: | ---: | ---: | ---: |");
-            for r in &self.controller_scale {
-                let _ = writeln!(
-                    md,
-                    "| {} | {:.0} | {:.0} | {:.0} | {:.1} |",
-                    r.endpoints, r.wall_ms, r.read_ms, r.cpu_ms, r.peak_rss_mib
-                );
-            }
+            md.push_str(&scale_markdown(&self.controller_scale));
         }
         let _ = writeln!(md, "\n## Pure core (host, criterion)\n");
         if self.micro.is_empty() {
@@ -651,4 +641,51 @@ fn short(v: f64) -> String {
 
 fn xml(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// The controller scale rows as Markdown (also `canary-bench scale --markdown`).
+pub fn scale_markdown(rows: &[crate::scale::ScaleRow]) -> String {
+    let mut md = String::new();
+    let Some(first) = rows.first() else { return md };
+    let _ = writeln!(
+        md,
+        "`Controller::tick` (admin source, 64 endpoints at a time, timeout {:.0} ms, interval {:.0} ms) in a fresh process per size, {} consecutive evaluations; the endpoints serve a recorded real Envoy answer, two hang (first and last in the list), one answers garbage. Row = evaluation {}; peak = VmHWM reset before the evaluation (process peak over all evaluations in brackets); written = bytes written into the state directory by that evaluation (most by one evaluation after the first in brackets).\n",
+        first.timeout_ms,
+        first.interval_ms,
+        first.evaluations.len(),
+        crate::scale::STEADY
+    );
+    let _ = writeln!(
+        md,
+        "| endpoints | CPU ms | wall ms | read ms | peak MiB | written B | state.json B | tracker B | read, one hanging first / last ms |"
+    );
+    let _ = writeln!(md, "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for r in rows {
+        let _ = writeln!(
+            md,
+            "| {} | {:.0} | {:.0} | {:.0} | {:.1} ({:.1}) | {} ({}) | {} | {} | {:.0} / {:.0} |",
+            r.endpoints,
+            r.cpu_ms,
+            r.wall_ms,
+            r.read_ms,
+            r.peak_rss_mib,
+            r.process_peak_rss_mib,
+            r.written_bytes,
+            r.written_max_bytes,
+            r.state_json_bytes,
+            r.tracker_bytes,
+            r.read_hang_first_ms,
+            r.read_hang_last_ms
+        );
+    }
+    let _ = writeln!(md, "\nEvery evaluation (CPU ms / peak MiB / written B):\n");
+    for r in rows {
+        let cells: Vec<String> = r
+            .evaluations
+            .iter()
+            .map(|e| format!("{:.0}/{:.0}/{}", e.cpu_ms, e.peak_rss_mib, e.written_bytes))
+            .collect();
+        let _ = writeln!(md, "- {} endpoints: {}", r.endpoints, cells.join(", "));
+    }
+    md
 }

@@ -72,6 +72,11 @@ pub struct Controller {
     /// written: saved again before anything else, and never undone by
     /// pushing the older state the disk still holds.
     unsaved_rollback: Option<(RolloutState, Decision)>,
+    /// The source's reset tracker was loaded from the state directory
+    /// (done once, at the first evaluation).
+    tracker_loaded: bool,
+    /// How long the last evaluation's stats read took.
+    last_read: Option<Duration>,
 }
 
 /// What `status` shows.
@@ -139,6 +144,8 @@ impl Controller {
             sink_alerted: false,
             drift_alerted: None,
             unsaved_rollback: None,
+            tracker_loaded: false,
+            last_read: None,
         };
         match c.store.load_state()? {
             Some(state) => c.store.repair_log(&state)?,
@@ -323,16 +330,21 @@ impl Controller {
         }
         self.deliver(&before).await?;
         self.read_labels_file()?;
-        if let Some(mut t) = before.source_tracker.clone() {
-            // Earlier epochs are never read again: keep the tracker small.
-            for e in 1..before.epoch {
-                t.forget_epoch(&self.spec.rollout, e);
+        if !self.tracker_loaded {
+            // The tracker's own files; else one an older controller kept
+            // inside the state (saved to files at the end of this tick).
+            match self.store.load_tracker()?.or_else(|| before.source_tracker.clone()) {
+                Some(t) => source.set_tracker(t),
+                None => source.tracker_mut().must_save_all(),
             }
-            source.set_tracker(t);
+            self.tracker_loaded = true;
         }
+        // Earlier epochs are never read again: keep the tracker small.
+        source.tracker_mut().forget_epochs_before(&self.spec.rollout, before.epoch);
         let expected = EcdsFileSink::version_info(&before.filter_config(&self.spec));
         let read_started = std::time::Instant::now();
         let window = source.read(&self.spec.rollout, before.epoch, &expected).await;
+        self.last_read = Some(read_started.elapsed());
         if let Ok(w) = &window {
             crate::http::metrics::METRICS.source_read(w, read_started.elapsed());
         }
@@ -346,7 +358,11 @@ impl Controller {
             // A log append that failed earlier (disk full) is made good
             // first: the log never gets a gap.
             let repaired = self.store.repair_log_if_behind(&old);
-            old.source_tracker = Some(source.tracker().clone());
+            // Saved apart, a few shards per interval (never whole into the state).
+            old.source_tracker = None;
+            if let Err(e) = self.store.save_tracker(source.tracker_mut()) {
+                tracing::error!("reset tracker not saved (retried next interval): {e}");
+            }
             let (new, d) = old.step(&self.spec, window.as_ref(), now_millis());
             if let Err(e) = repaired {
                 // Nothing can be saved; a rollback goes out all the same.
@@ -438,6 +454,11 @@ impl Controller {
                 max_concurrency: 64,
             })),
         }
+    }
+
+    /// How long the last evaluation's stats read took (for the scale bench).
+    pub fn last_read(&self) -> Option<Duration> {
+        self.last_read
     }
 
     pub fn interval(&self) -> Duration {

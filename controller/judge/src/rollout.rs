@@ -208,8 +208,12 @@ pub struct RolloutState {
     pub source_failures: u32,
     #[serde(default)]
     pub not_applied_alerted: bool,
-    /// Per-endpoint counter bookkeeping of the stats source (resets).
-    #[serde(default, deserialize_with = "ResetTracker::deserialize_saved")]
+    /// Per-endpoint counter bookkeeping of the stats source (resets), as
+    /// older controllers saved it inside the state. Read, never written:
+    /// the controller moves it into the tracker's own shard files (see
+    /// [`ResetTracker`]) at its first evaluation, and the state it saves
+    /// from then on is without it.
+    #[serde(default, deserialize_with = "ResetTracker::deserialize_saved", skip_serializing)]
     pub source_tracker: Option<ResetTracker>,
     /// The sequential verdicts reached in this stage, one per gate: the
     /// latest look each gate spent (see [`crate::gates`]). A look is judged

@@ -83,7 +83,19 @@ pub async fn run(controller: Controller, token: Option<Token>) -> anyhow::Result
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        match c.tick(&mut source).await {
+        let evaluation_started = std::time::Instant::now();
+        let ticked = c.tick(&mut source).await;
+        let took = evaluation_started.elapsed();
+        if took > interval {
+            // Said, not silently absorbed: the next evaluation starts late.
+            METRICS.evaluation_overrun();
+            tracing::warn!(
+                took_ms = took.as_millis() as u64,
+                interval_ms = interval.as_millis() as u64,
+                "evaluation took longer than the interval: the next one starts late"
+            );
+        }
+        match ticked {
             Ok(Some(d)) => {
                 METRICS.evaluation(true);
                 hub.wake();

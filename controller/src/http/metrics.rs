@@ -86,6 +86,7 @@ impl Family {
 pub struct Metrics {
     evaluations: AtomicU64,
     evaluation_errors: AtomicU64,
+    evaluation_overruns: AtomicU64,
     decisions: Family,
     source_reads: AtomicU64,
     source_errors: Family,
@@ -103,6 +104,7 @@ impl Default for Metrics {
         Metrics {
             evaluations: AtomicU64::new(0),
             evaluation_errors: AtomicU64::new(0),
+            evaluation_overruns: AtomicU64::new(0),
             decisions: Family::default(),
             source_reads: AtomicU64::new(0),
             source_errors: Family::default(),
@@ -144,6 +146,12 @@ impl Metrics {
         } else {
             self.evaluation_errors.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// An evaluation that took longer than the interval (the next one
+    /// starts late: the interval is stretched, not kept).
+    pub fn evaluation_overrun(&self) {
+        self.evaluation_overruns.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A decision appended to the log (by the daemon, the dashboard or the CLI).
@@ -209,6 +217,13 @@ impl Metrics {
             "counter",
             "Evaluations that failed (state unchanged).",
             self.evaluation_errors.load(Ordering::Relaxed) as f64,
+        );
+        one(
+            w,
+            "canary_evaluation_overruns_total",
+            "counter",
+            "Evaluations that took longer than the interval (the next one started late).",
+            self.evaluation_overruns.load(Ordering::Relaxed) as f64,
         );
         family(
             w,

@@ -1,11 +1,12 @@
 //! The Envoy admin-API stats source: asks every Envoy's `/stats` for one
-//! rollout epoch, with bounded concurrency and a timeout per endpoint, and
+//! rollout epoch, with bounded concurrency and one deadline for the whole
+//! read, and
 //! hands the answers to the pure parser, reset tracker and merge of
 //! [`canary_judge::evidence::admin`] (what the answer looks like, and why it
 //! is read the way it is, is documented there).
 //!
 //! ```text
-//!  for each endpoint (bounded concurrency, one timeout each):
+//!  for each endpoint (bounded concurrency, one deadline: the read's start + timeout):
 //!    GET /stats?format=json&usedonly&histogram_buckets=detailed&filter=<epoch E of rollout R, uptime, ECDS version>
 //!      ──parse_stats──► EndpointSample ──ResetTracker::observe──► corrected series
 //!  merge_reads ──► Window { versions, coverage }
@@ -32,7 +33,9 @@ use futures::StreamExt;
 pub struct AdminSourceConfig {
     /// Admin base URLs, e.g. `http://127.0.0.1:9901` (plain HTTP only).
     pub endpoints: Vec<String>,
-    /// Per endpoint: connect, answer and body together.
+    /// For the whole read: every endpoint's connect, answer and body must
+    /// be in by the read's start plus this, whatever its place in the list
+    /// (a hanging Envoy costs one timeout, not one per slot it waits for).
     pub timeout: Duration,
     /// Endpoints read at the same time (0 counts as 1).
     pub max_concurrency: usize,
@@ -82,7 +85,7 @@ impl AdminSource {
     }
 
     /// Reads epoch `epoch` of rollout `rollout` from every endpoint, with
-    /// bounded concurrency and a per-endpoint timeout, and merges it into one
+    /// bounded concurrency and one deadline for all, and merges it into one
     /// window. `expected_version` is the `version_info` the endpoints should
     /// report as active; `coverage.applied` counts those that do. Endpoints
     /// that fail go to `coverage.failures` with the reason and contribute
@@ -90,11 +93,14 @@ impl AdminSource {
     pub async fn read(&mut self, rollout: &str, epoch: u64, expected_version: &str) -> Window {
         let query = stats_query(rollout, epoch);
         let (client, timeout) = (&self.client, self.config.timeout);
+        // One deadline from the read's start: an endpoint waiting for a
+        // free slot behind a hanging one gets what is left, not a fresh timeout.
+        let deadline = tokio::time::Instant::now() + timeout;
         let mut reads: Vec<(usize, EndpointRead)> = futures::stream::iter(self.config.endpoints.iter().enumerate())
             .map(|(i, endpoint)| {
                 let query = &query;
                 async move {
-                    let outcome = read_endpoint(client, endpoint, query, timeout, rollout, epoch).await;
+                    let outcome = read_endpoint(client, endpoint, query, deadline, timeout, rollout, epoch).await;
                     (i, EndpointRead { endpoint: endpoint.clone(), outcome })
                 }
             })
@@ -122,6 +128,10 @@ impl AdminSource {
         &self.tracker
     }
 
+    pub fn tracker_mut(&mut self) -> &mut ResetTracker {
+        &mut self.tracker
+    }
+
     pub fn set_tracker(&mut self, t: ResetTracker) {
         self.tracker = t;
     }
@@ -143,12 +153,14 @@ async fn read_endpoint(
     client: &reqwest::Client,
     endpoint: &str,
     query: &str,
+    deadline: tokio::time::Instant,
     timeout: Duration,
     rollout: &str,
     epoch: u64,
 ) -> Result<EndpointSample, ReadError> {
     let url = admin_url(endpoint, query)?;
-    let body = tokio::time::timeout(timeout, fetch(client, url)).await.map_err(|_| ReadError::Timeout(timeout))??;
+    let body =
+        tokio::time::timeout_at(deadline, fetch(client, url)).await.map_err(|_| ReadError::Timeout(timeout))??;
     Ok(parse_stats(&body, rollout, epoch)?)
 }
 
@@ -269,6 +281,24 @@ mod tests {
         for bad in ["", "not a url", "https://x:1", "file:///etc/passwd", "http://"] {
             assert!(matches!(admin_url(bad, "/stats"), Err(ReadError::BadUrl(_))), "{bad}");
         }
+    }
+
+    #[tokio::test]
+    async fn hanging_endpoints_cost_one_timeout_wherever_they_sit() {
+        // Listeners that never accept: the connection is made (backlog), the
+        // request sent, and no answer ever comes.
+        let hanging: Vec<std::net::TcpListener> =
+            (0..4).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+        let endpoints = hanging.iter().map(|l| format!("http://{}", l.local_addr().unwrap())).collect();
+        // One at a time: with a timeout per endpoint this read took 4 timeouts.
+        let timeout = Duration::from_millis(500);
+        let mut source = AdminSource::new(AdminSourceConfig { endpoints, timeout, max_concurrency: 1 });
+        let started = std::time::Instant::now();
+        let w = source.read("r", 1, "r/1").await;
+        let took = started.elapsed();
+        assert_eq!((w.coverage.endpoints, w.coverage.failures.len()), (4, 4));
+        assert!(w.coverage.failures.iter().all(|f| f.error.starts_with("no complete answer")), "{w:?}");
+        assert!(took < timeout * 3, "the read took {took:?} for a {timeout:?} deadline");
     }
 
     #[tokio::test]

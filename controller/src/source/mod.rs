@@ -44,6 +44,13 @@ impl Source {
         }
     }
 
+    pub fn tracker_mut(&mut self) -> &mut ResetTracker {
+        match self {
+            Source::Admin(s) => s.tracker_mut(),
+            Source::Prometheus(s) => s.tracker_mut(),
+        }
+    }
+
     pub fn set_tracker(&mut self, t: ResetTracker) {
         match self {
             Source::Admin(s) => s.set_tracker(t),

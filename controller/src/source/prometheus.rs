@@ -115,6 +115,10 @@ impl PrometheusSource {
         &self.tracker
     }
 
+    pub fn tracker_mut(&mut self) -> &mut ResetTracker {
+        &mut self.tracker
+    }
+
     pub fn set_tracker(&mut self, t: ResetTracker) {
         self.tracker = t;
     }

@@ -2,7 +2,10 @@
 //!
 //! ```text
 //!   spec.yaml        the spec as the rollout started (gates fixed up front)
-//!   state.json       RolloutState, replaced atomically
+//!   state.json       RolloutState, replaced atomically (small: a few KiB)
+//!   tracker/         the stats source's reset tracker, in shards
+//!                    (shard-NN.json, each replaced atomically; a few are
+//!                    rewritten per interval, see ResetTracker)
 //!   decisions.jsonl  every decision, one JSON line each, seq 1, 2, 3 … without gaps
 //!   lock             flock: one writer at a time (daemon, CLI commands)
 //!   daemon.pid       the running daemon, if any
@@ -26,6 +29,7 @@ use std::sync::Arc;
 
 use fs2::FileExt;
 
+use canary_judge::evidence::tracker::{ResetTracker, TrackerShard, SHARDS};
 use canary_judge::rollout::{Decision, RolloutState};
 use canary_judge::spec::{RolloutSpec, SpecError};
 
@@ -132,6 +136,77 @@ impl Store {
         durable::write_atomic(&p, &bytes).map_err(io("write", &p))
     }
 
+    fn tracker_dir(&self) -> PathBuf {
+        self.path("tracker")
+    }
+
+    fn shard_path(&self, index: usize) -> PathBuf {
+        self.tracker_dir().join(format!("shard-{index:02}.json"))
+    }
+
+    /// The reset tracker saved in `tracker/`, `None` if no shard was ever
+    /// saved. A shard that cannot be read is left out with an error logged,
+    /// as a tracker that could not be read always was: it only refines
+    /// counts across Envoy restarts.
+    pub fn load_tracker(&self) -> Result<Option<ResetTracker>> {
+        let mut shards = vec![];
+        let mut found = false;
+        for index in 0..SHARDS {
+            let p = self.shard_path(index);
+            let bytes = match fs::read(&p) {
+                Ok(b) => b,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io("read", &p)(e)),
+            };
+            found = true;
+            match serde_json::from_slice::<TrackerShard>(&bytes) {
+                Ok(shard) if shard.shard == index => shards.push(shard),
+                Ok(shard) => tracing::error!("{}: holds shard {}, left out", p.display(), shard.shard),
+                Err(e) => tracing::error!("{}: unreadable, left out: {e}", p.display()),
+            }
+        }
+        if !found {
+            return Ok(None);
+        }
+        match ResetTracker::from_shards(shards) {
+            Ok(t) => Ok(Some(t)),
+            Err(e) => {
+                tracing::error!("reset tracker in {} unreadable, starting afresh: {e}", self.tracker_dir().display());
+                Ok(Some(ResetTracker::default()))
+            }
+        }
+    }
+
+    /// Saves the shards the tracker says are due
+    /// ([`ResetTracker::take_shards_to_save`]); returns the bytes written.
+    /// Shards not written are marked again, to be retried at the next save.
+    pub fn save_tracker(&self, tracker: &mut ResetTracker) -> Result<u64> {
+        let due = tracker.take_shards_to_save();
+        let dir = self.tracker_dir();
+        if let Err(e) = fs::create_dir_all(&dir) {
+            tracker.must_save(&due);
+            return Err(io("create", &dir)(e));
+        }
+        let mut written = 0;
+        for (n, &index) in due.iter().enumerate() {
+            let p = self.shard_path(index);
+            let saved = serde_json::to_vec(&tracker.shard(index))
+                .map_err(|e| StoreError::Corrupt { path: p.clone(), message: e.to_string() })
+                .and_then(|bytes| {
+                    durable::write_atomic(&p, &bytes).map_err(io("write", &p))?;
+                    Ok(bytes.len() as u64)
+                });
+            match saved {
+                Ok(bytes) => written += bytes,
+                Err(e) => {
+                    tracker.must_save(&due[n..]);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(written)
+    }
+
     pub fn log_path(&self) -> PathBuf {
         self.path("decisions.jsonl")
     }
@@ -230,9 +305,15 @@ impl Store {
             ["state.json", "decisions.jsonl", "spec.yaml"].iter().any(|f| name.starts_with(&format!(".{f}.")))
         };
         let Ok(entries) = fs::read_dir(&self.dir) else { return 0 };
-        entries
+        let top = entries
             .flatten()
             .filter(|e| stale(&e.file_name().to_string_lossy()))
+            .filter(|e| fs::remove_file(e.path()).is_ok())
+            .count();
+        let Ok(entries) = fs::read_dir(self.tracker_dir()) else { return top };
+        top + entries
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".shard-"))
             .filter(|e| fs::remove_file(e.path()).is_ok())
             .count()
     }
@@ -422,5 +503,36 @@ envoy: { admin: ["http://a"], ecds_dir: /x, wasm: /y }
         assert!(other.try_lock_exclusive().is_err());
         drop(held);
         assert!(other.try_lock_exclusive().is_ok());
+    }
+
+    #[test]
+    fn the_tracker_is_saved_in_shards_a_few_at_a_time_and_loads_whole() {
+        use canary_judge::evidence::admin::EndpointSample;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.load_tracker().unwrap().is_none());
+        let mut t = ResetTracker::default();
+        for i in 0..50 {
+            let sample = EndpointSample {
+                rollout: "r".into(),
+                epoch: 1,
+                uptime_s: Some(10),
+                active_version: None,
+                series: [("canary.rollout.r.epoch.1.version.v1.rq_total".to_string(), 5 + i)].into(),
+            };
+            t.observe(&format!("http://10.1.0.{i}:9901"), &sample);
+        }
+        t.must_save_all();
+        let all = store.save_tracker(&mut t).unwrap();
+        assert_eq!(store.load_tracker().unwrap().as_ref(), Some(&t));
+        // Then one shard a save, a fraction of the whole.
+        let one = store.save_tracker(&mut t).unwrap();
+        assert!(one > 0 && one < all / 4, "{one} of {all} bytes");
+        // A damaged shard is left out, not the rest.
+        std::fs::write(dir.path().join("tracker/shard-00.json"), b"{").unwrap();
+        std::fs::write(dir.path().join("tracker/.shard-01.json.tmp"), b"").unwrap();
+        let back = store.load_tracker().unwrap().unwrap();
+        assert!(back.endpoint_count() < 50 && back.endpoint_count() > 30, "{}", back.endpoint_count());
+        assert_eq!(store.remove_stale_temp_files(), 1);
     }
 }

@@ -42,7 +42,10 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use canary_core::metrics::{metric_name, parse_metric_name, Counter, Histogram, Leaf, ShadowStat, Stat, PREFIX};
-use serde_json::Value;
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
 
 /// Largest `/stats` answer accepted. One epoch of one rollout is a few KiB
 /// (a full Envoy dump is ~40 KiB); anything near this is not our answer.
@@ -243,17 +246,21 @@ pub fn parse_stats(body: &[u8], rollout: &str, epoch: u64) -> Result<EndpointSam
     if body.len() > MAX_BODY_BYTES {
         return Err(ParseError::TooLarge { bytes: body.len() });
     }
-    // serde_json limits nesting (128 levels), so deep garbage cannot overflow the stack.
-    let doc: Value = serde_json::from_slice(body).map_err(|e| ParseError::Json(e.to_string()))?;
-    let entries = doc.get("stats").and_then(Value::as_array).ok_or(ParseError::NoStats)?;
+    // Typed and borrowed, values left raw until needed: no `Value` tree
+    // per answer (a fleet's read parses thousands of these). serde_json
+    // limits nesting (128 levels), so deep garbage cannot overflow the stack.
+    let doc: Doc<'_> = serde_json::from_slice(body).map_err(|e| ParseError::Json(e.to_string()))?;
+    let entries = doc.stats.ok_or(ParseError::NoStats)?;
     let mut sample = EndpointSample { rollout: rollout.to_string(), epoch, ..EndpointSample::default() };
     for entry in entries {
-        if let Some(histograms) = entry.get("histograms") {
+        // Not an object, or fields of other types: not a stat we read.
+        let Ok(entry) = serde_json::from_str::<Entry<'_>>(entry.get()) else { continue };
+        if let Some(histograms) = entry.histograms {
             parse_histograms(histograms, &mut sample)?;
             continue;
         }
-        let Some(name) = entry.get("name").and_then(Value::as_str) else { continue };
-        let value = entry.get("value");
+        let Some(name) = entry.name.as_deref() else { continue };
+        let value = entry.value;
         match name {
             UPTIME_STAT => {
                 if sample.uptime_s.replace(count(name, value)?).is_some() {
@@ -261,8 +268,10 @@ pub fn parse_stats(body: &[u8], rollout: &str, epoch: u64) -> Result<EndpointSam
                 }
             }
             VERSION_TEXT_STAT => {
-                let text = value.and_then(Value::as_str).ok_or_else(|| bad(name, "value is not a string", value))?;
-                if sample.active_version.replace(clip(text, 256)).is_some() {
+                let text = value
+                    .and_then(|v| serde_json::from_str::<Cow<'_, str>>(v.get()).ok())
+                    .ok_or_else(|| bad(name, "value is not a string", value))?;
+                if sample.active_version.replace(clip(&text, 256)).is_some() {
                     return Err(ParseError::Duplicate(name.into()));
                 }
             }
@@ -277,6 +286,48 @@ pub fn parse_stats(body: &[u8], rollout: &str, epoch: u64) -> Result<EndpointSam
     }
     check_bounds(&sample)?;
     Ok(sample)
+}
+
+#[derive(Deserialize)]
+struct Doc<'a> {
+    #[serde(borrow, default)]
+    stats: Option<Vec<&'a RawValue>>,
+}
+
+#[derive(Deserialize)]
+struct Entry<'a> {
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    value: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    histograms: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Histograms<'a> {
+    #[serde(borrow, default)]
+    details: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    computed_quantiles: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Detail<'a> {
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+    #[serde(borrow, default)]
+    totals: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Bucket<'a> {
+    #[serde(borrow, default)]
+    lower_bound: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    width: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    count: Option<&'a RawValue>,
 }
 
 /// Refuses samples with more bins or segments per version than any
@@ -302,25 +353,41 @@ fn check_bounds(sample: &EndpointSample) -> Result<(), ParseError> {
     Ok(())
 }
 
-fn parse_histograms(histograms: &Value, sample: &mut EndpointSample) -> Result<(), ParseError> {
-    let Some(details) = histograms.get("details") else {
+fn parse_histograms(histograms: &RawValue, sample: &mut EndpointSample) -> Result<(), ParseError> {
+    let Ok(histograms) = serde_json::from_str::<Histograms<'_>>(histograms.get()) else { return Ok(()) };
+    let Some(details) = histograms.details else {
         // Other formats (summary quantiles, ...) cannot be merged across Envoys.
-        return if histograms.get("computed_quantiles").is_some() { Err(ParseError::NotDetailed) } else { Ok(()) };
+        return if histograms.computed_quantiles.is_some() { Err(ParseError::NotDetailed) } else { Ok(()) };
     };
-    let details = details.as_array().ok_or_else(|| bad("histograms", "`details` is not an array", Some(details)))?;
+    let details: Vec<&RawValue> = serde_json::from_str(details.get())
+        .map_err(|_| bad("histograms", "`details` is not an array", Some(details)))?;
     for detail in details {
-        let name = detail.get("name").and_then(Value::as_str).ok_or_else(|| bad("histograms", "unnamed", None))?;
+        let detail =
+            serde_json::from_str::<Detail<'_>>(detail.get()).map_err(|_| bad("histograms", "unnamed", None))?;
+        let name = &*detail.name;
         let Some((version, leaf)) = ours(name, &sample.rollout, sample.epoch) else { continue };
         if !is_histogram(leaf) {
             return Err(bad(name, "a counter reported as a histogram", None));
         }
-        let totals =
-            detail.get("totals").and_then(Value::as_array).ok_or_else(|| bad(name, "no `totals` array", None))?;
+        let totals: Vec<&RawValue> = detail
+            .totals
+            .and_then(|t| serde_json::from_str(t.get()).ok())
+            .ok_or_else(|| bad(name, "no `totals` array", None))?;
+        // The metric name once per histogram, not once per bucket (the
+        // same keys as `leaf_bucket_series`).
+        let base = leaf_series(&sample.rollout, sample.epoch, version, leaf);
         for bucket in totals {
-            let lower = bound(name, "lower_bound", bucket.get("lower_bound"))?;
-            let width = bound(name, "width", bucket.get("width"))?;
-            let n = count(name, bucket.get("count"))?;
-            let key = leaf_bucket_series(&sample.rollout, sample.epoch, version, leaf, lower, width);
+            let b = serde_json::from_str::<Bucket<'_>>(bucket.get()).unwrap_or(Bucket {
+                lower_bound: None,
+                width: None,
+                count: None,
+            });
+            let lower = bound(name, "lower_bound", b.lower_bound)?;
+            let width = bound(name, "width", b.width)?;
+            let n = count(name, b.count)?;
+            let mut key = String::with_capacity(base.len() + 24);
+            key.push_str(&base);
+            let _ = write!(key, "@{lower}+{width}");
             insert(sample, key, name, n)?;
         }
     }
@@ -345,25 +412,25 @@ fn insert(sample: &mut EndpointSample, key: String, name: &str, value: u64) -> R
     Ok(())
 }
 
-fn count(name: &str, value: Option<&Value>) -> Result<u64, ParseError> {
-    match value.and_then(Value::as_u64) {
+fn count(name: &str, value: Option<&RawValue>) -> Result<u64, ParseError> {
+    match value.and_then(|v| serde_json::from_str::<u64>(v.get()).ok()) {
         Some(n) if n <= MAX_COUNT => Ok(n),
         Some(_) => Err(bad(name, "value over 2^53, not a plausible count", value)),
         None => Err(bad(name, "value is not a non-negative integer", value)),
     }
 }
 
-fn bound(name: &str, field: &str, value: Option<&Value>) -> Result<f64, ParseError> {
-    match value.and_then(Value::as_f64) {
+fn bound(name: &str, field: &str, value: Option<&RawValue>) -> Result<f64, ParseError> {
+    match value.and_then(|v| serde_json::from_str::<f64>(v.get()).ok()) {
         Some(x) if x.is_finite() && x >= 0.0 => Ok(x),
         _ => Err(bad(name, &format!("bucket `{field}` is not a non-negative number"), value)),
     }
 }
 
-fn bad(name: &str, problem: &str, value: Option<&Value>) -> ParseError {
+fn bad(name: &str, problem: &str, value: Option<&RawValue>) -> ParseError {
     let mut problem = problem.to_string();
     if let Some(v) = value {
-        let _ = write!(problem, " (got {})", clip(&v.to_string(), 60));
+        let _ = write!(problem, " (got {})", clip(v.get(), 60));
     }
     ParseError::Stat { name: clip(name, 160), problem }
 }

@@ -31,7 +31,16 @@ pub fn merge_reads(
 ) -> Window {
     let mut window = Window { epoch, ..Window::default() };
     window.coverage.endpoints = reads.len();
-    let mut sums = SeriesSums::default();
+    // Summed by the tracker's key id first: each key is decoded once per
+    // window, not once per endpoint.
+    let mut totals: Vec<u64> = vec![];
+    let mut add = |id: u32, value: u64| {
+        let id = id as usize;
+        if id >= totals.len() {
+            totals.resize(id + 1, 0);
+        }
+        totals[id] = totals[id].saturating_add(value);
+    };
     for read in reads {
         let sample = match &read.outcome {
             Ok(sample) if sample.epoch == epoch => sample,
@@ -56,22 +65,21 @@ pub fn merge_reads(
         if sample.active_version.as_deref() == Some(expected_version) || !sample.series.is_empty() {
             window.coverage.applied += 1;
         }
-        let corrected = tracker.observe(&read.endpoint, sample);
-        if corrected.reset {
+        if tracker.observe_into(&read.endpoint, sample, &mut add) {
             window.coverage.resets.push(read.endpoint.clone());
         }
-        sums.add(&mut window, &corrected.series);
     }
     let asked: BTreeSet<&str> = reads.iter().map(|r| r.endpoint.as_str()).collect();
-    for (endpoint, series) in tracker.departed(rollout, epoch, &asked) {
-        window.coverage.departed.push(endpoint);
-        sums.add(&mut window, &series);
+    window.coverage.departed = tracker.departed_into(rollout, epoch, &asked, &mut add);
+    let mut sums = SeriesSums::default();
+    for (id, total) in totals.iter().enumerate().filter(|(_, t)| **t > 0) {
+        sums.add(&mut window, tracker.key(id as u32), *total);
     }
     sums.finish(&mut window);
     window
 }
 
-/// Histogram buckets summed across endpoints first (saturating), then added
+/// Histogram buckets summed per bound first (saturating), then added
 /// to the window once each: keyed by (version, which histogram, lower
 /// bound's bits).
 #[derive(Default)]
@@ -80,26 +88,24 @@ struct SeriesSums {
 }
 
 impl SeriesSums {
-    /// Adds one endpoint's corrected series: counters straight into the window.
-    fn add(&mut self, window: &mut Window, series: &BTreeMap<String, u64>) {
-        for (key, value) in series {
-            let Some(Series { version, what }) = decode_series(key) else { continue };
-            if let What::Bucket { of, lower, width } = what {
-                let slot = self
-                    .buckets
-                    .entry((version.to_string(), HistogramKey::from(of), lower.to_bits()))
-                    .or_insert((lower, width, 0));
-                slot.2 = slot.2.saturating_add(*value);
-                continue;
-            }
-            let v = window.versions.entry(version.to_string()).or_default();
-            match what {
-                What::Counter(counter) => v.add_counter(counter, *value),
-                What::Pred(bin) => v.add_prediction(bin, *value),
-                What::SegmentCounter(segment, counter) => v.segment_mut(segment).add_counter(counter, *value),
-                What::ShadowCounter(stat) => v.shadow.add_counter(stat, *value),
-                What::Bucket { .. } => {}
-            }
+    /// Adds one series' total over the endpoints: counters straight into the window.
+    fn add(&mut self, window: &mut Window, key: &str, value: u64) {
+        let Some(Series { version, what }) = decode_series(key) else { return };
+        if let What::Bucket { of, lower, width } = what {
+            let slot = self
+                .buckets
+                .entry((version.to_string(), HistogramKey::from(of), lower.to_bits()))
+                .or_insert((lower, width, 0));
+            slot.2 = slot.2.saturating_add(value);
+            return;
+        }
+        let v = window.versions.entry(version.to_string()).or_default();
+        match what {
+            What::Counter(counter) => v.add_counter(counter, value),
+            What::Pred(bin) => v.add_prediction(bin, value),
+            What::SegmentCounter(segment, counter) => v.segment_mut(segment).add_counter(counter, value),
+            What::ShadowCounter(stat) => v.shadow.add_counter(stat, value),
+            What::Bucket { .. } => {}
         }
     }
 
