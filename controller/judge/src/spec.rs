@@ -570,7 +570,9 @@ pub struct EnvoySpec {
     /// How a failed push is retried, per sink.
     #[serde(default, skip_serializing_if = "RetrySpec::is_default")]
     pub sink_retry: RetrySpec,
-    /// Per-endpoint timeout for stats reads.
+    /// Deadline of one stats read of the whole fleet, from its start: every
+    /// endpoint must have answered by then (one hanging Envoy costs one
+    /// timeout wherever it sits in the list).
     #[serde(with = "humantime_serde", default = "default_admin_timeout")]
     #[schemars(schema_with = "crate::status::schema::duration")]
     pub timeout: Duration,
