@@ -301,14 +301,14 @@ pub fn anchor(s1: f64, n1: f64) -> f64 {
 }
 
 /// Challenger responses with which the harm test, fed its expected counts,
-/// rolls back a challenger erring `2 · tol` more often than a champion with
-/// no errors that has `ratio` times its traffic (the sample the default
+/// rolls back a challenger erring `harm · tol` more often than a champion
+/// with no errors that has `ratio` times its traffic (the sample the default
 /// `min_requests` is derived from).
-pub fn responses_to_detect(tol: f64, alpha: f64, ratio: f64) -> u64 {
+pub fn responses_to_detect(tol: f64, alpha: f64, ratio: f64, harm: f64) -> u64 {
     let detects = |n: u64| {
         let nf = n as f64;
         let mut p = RateProcess::default();
-        p.update((2.0 * tol * nf).round(), nf, anchor(0.0, nf * ratio), tol);
+        p.update((harm * tol * nf).round(), nf, anchor(0.0, nf * ratio), tol);
         p.verdict(0.0, nf * ratio, tol, alpha).harm
     };
     smallest(8, 1 << 40, detects)

@@ -879,6 +879,14 @@ impl RolloutSpec {
         if stage.min_requests > 0 {
             return stage.min_requests;
         }
+        // A stage that only has to show no harm is there to catch gross
+        // harm early (3 × the tolerance) at little traffic; the stage that
+        // promotes waits for the sample that catches 2 × (its proof of
+        // no harm needs more still).
+        let harm = match self.advance_when(index) {
+            AdvanceWhen::NoHarm => 3.0,
+            AdvanceWhen::Proven => 2.0,
+        };
         let share = stage.weight_percent.unwrap_or(50.0).clamp(0.01, 100.0) / 100.0;
         let ratio = if stage.shadow || share >= 0.5 { 1.0 } else { (1.0 - share) / share };
         let tolerances = [
@@ -890,7 +898,7 @@ impl RolloutSpec {
             .into_iter()
             .flatten()
             .filter(|t| *t > 0.0)
-            .map(|t| crate::anytime::responses_to_detect(t / 100.0, self.gates.alpha, ratio))
+            .map(|t| crate::anytime::responses_to_detect(t / 100.0, self.gates.alpha, ratio, harm))
             .fold(100, u64::max)
     }
 
