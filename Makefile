@@ -46,7 +46,7 @@ demo: wasm ## A complete local rollout (SCENARIO=healthy|faulty, DEMO_ARGS="--st
 
 docs-screenshots: build ## Regenerate docs/*.png (a stage report, the rollout report, the dashboard) with headless Chromium
 	@bash scripts/setup.sh browser
-	CANARY_UPDATE_DOCS=1 $(CARGO) test -p canary-tests --test reports --test dashboard -- --test-threads=1 \
+	CANARY_UPDATE_DOCS=1 $(CARGO) test -p canary-tests --test integration -- --test-threads=1 \
 	  a_real_rollout_writes_reports the_dashboard_follows_a_rollout_live
 
 FUZZ_SECONDS ?= 60

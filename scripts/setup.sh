@@ -86,7 +86,7 @@ browser() {
   apt_install chromium || { log "no Chromium: install it (apt-get install chromium) or set CANARY_CHROMIUM"; return 1; }
 }
 # --- Prometheus (with `setup.sh prometheus`: the integration tests) ------------
-# tests/prometheus.rs starts Debian's Prometheus server scraping real Envoys;
+# tests/integration/prometheus.rs starts Debian's Prometheus server scraping real Envoys;
 # CANARY_PROMETHEUS points at another prometheus binary instead.
 prometheus_server() {
   [ -n "${CANARY_PROMETHEUS:-}" ] && [ -x "$CANARY_PROMETHEUS" ] && return 0
@@ -132,7 +132,7 @@ k8s_tools() {
 }
 # --- image tools (with `setup.sh images`: make images, the integration tests) ---
 # umoci builds OCI layouts without a daemon; skopeo copies them to and from
-# registries; docker-registry is the registry tests/images.rs starts locally.
+# registries; docker-registry is the registry tests/integration/images.rs starts locally.
 image_tools() {
   command -v umoci >/dev/null && command -v skopeo >/dev/null && command -v docker-registry >/dev/null && return 0
   apt_install umoci skopeo docker-registry

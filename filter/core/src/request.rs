@@ -169,7 +169,7 @@ pub fn route_request<H: Host + ?Sized>(plan: &Plan, host: &mut H) -> Routed {
     host.set_request_header(&h.unkeyed, unkeyed.then_some(b"1".as_slice()));
     // No explicit route-cache clear: Envoy clears it on every request-header
     // change a Wasm filter makes, and the extra foreign-function call cost
-    // ~3.7 µs per request (bench/ablate.sh). tests/split.rs checks the route.
+    // ~3.7 µs per request (bench/ablate.sh). tests/integration/split.rs checks the route.
     count(host, &routed, Counter::RqTotal);
     if unkeyed {
         count(host, &routed, Counter::RqUnkeyed);

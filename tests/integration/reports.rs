@@ -7,7 +7,7 @@ use std::time::Duration;
 use canary_judge::report::unreadable_numbers;
 use canary_tests::{canary, chromium_screenshot, png_colours, rollout_spec, root, state, Daemon, Load, Rig};
 
-/// Sequential gates (the default) sized as in `tests/controller.rs`: a first
+/// Sequential gates (the default) sized as in `tests/integration/controller.rs`: a first
 /// look at 300 responses decides an equal challenger, latency at the median.
 const GATES: &str = "  error_rate: { error_tolerance: 2 }\n  latency: { latency_tolerance_multiplier: 2, quantile: 0.5 }\n  timeouts: { timeout_tolerance: 2 }";
 
