@@ -165,9 +165,8 @@ pub fn run_rate(cell: RateCell, alpha: f64, runs: u32, seed: u64) -> Outcome {
             n1 += per_champion;
             s2 += draw(&mut rng, cell.per_look, p2);
             n2 += cell.per_look;
-            let (s1f, n1f) = (s1 as f64, n1 as f64);
-            process.update(s2 as f64, n2 as f64, anytime::anchor(s1f, n1f), cell.tol);
-            let v = process.verdict(s1f, n1f, cell.tol, alpha);
+            process.update((s1 as f64, n1 as f64), (s2 as f64, n2 as f64), cell.tol);
+            let v = process.verdict(alpha);
             if out.decided(v.harm, v.fine, n2) {
                 break;
             }
@@ -233,13 +232,13 @@ pub fn run_latency(cell: LatencyCell, alpha: f64, runs: u32, seed: u64) -> Outco
 }
 
 /// The rate grid: base rates, tolerances and stage shares users meet.
-pub fn rate_grid(max_looks: u32) -> Vec<RateCell> {
+pub fn rate_grid(looks_to_fixed: f64, max_looks: u32) -> Vec<RateCell> {
     let mut cells = vec![];
     for &(base, tol) in &[(0.001, 0.001), (0.01, 0.005), (0.003, 0.01), (0.05, 0.02), (0.1, 0.02)] {
         for &share in &[0.01, 0.05, 0.2, 0.5] {
             for truth in [Truth::Equal, Truth::AtTolerance, Truth::TwiceTolerance] {
-                // About ten looks to reach the fixed-horizon sample.
-                let per_look = (fixed_horizon(base, tol, share, 0.05, 0.05) / 10.0).ceil().max(1.0) as u64;
+                // `looks_to_fixed` looks to reach the fixed-horizon sample.
+                let per_look = (fixed_horizon(base, tol, share, 0.05, 0.05) / looks_to_fixed).ceil().max(1.0) as u64;
                 cells.push(RateCell { base, tol, share, truth, per_look, max_looks });
             }
         }
@@ -307,15 +306,23 @@ mod tests {
     /// tolerance (0.2 %): no rollback.
     #[test]
     fn unequal_traffic_small_counts_do_not_roll_back_a_challenger_at_tolerance() {
+        // Four looks, a quarter of the counts each.
         let mut p = RateProcess::default();
-        p.update(9.0, 1688.0, anytime::anchor(167.0, 167_112.0), 0.001);
-        let v = p.verdict(167.0, 167_112.0, 0.001, ALPHA);
+        for k in 1..=4 {
+            let f = f64::from(k) / 4.0;
+            p.update((167.0 * f, 167_112.0 * f), (9.0 * f, 1688.0 * f), 0.001);
+        }
+        let v = p.verdict(ALPHA);
         assert!(!v.harm, "{v:?}");
-        // Case 2: champion 0/9 vs challenger 1/1 decides nothing.
-        let mut p = RateProcess::default();
-        p.update(1.0, 1.0, anytime::anchor(0.0, 9.0), 0.01);
-        let v = p.verdict(0.0, 9.0, 0.01, ALPHA);
-        assert!(!v.harm && !v.fine, "{v:?}");
+        // Case 2: champion 0/9 vs challenger 1/1 decides nothing, whether
+        // the response came in the first look or a later one.
+        for first in [(0.0, 0.0), (0.0, 5.0)] {
+            let mut p = RateProcess::default();
+            p.update(first, (0.0, 0.0), 0.01);
+            p.update((0.0, 9.0), (1.0, 1.0), 0.01);
+            let v = p.verdict(ALPHA);
+            assert!(!v.harm && !v.fine, "{v:?}");
+        }
     }
 
     /// Power one: a challenger 1.2 × the tolerance worse, between the
@@ -335,9 +342,8 @@ mod tests {
             n1 += 38_000;
             s2 += draw(&mut rng, 2_000, p1 + 1.2 * tol);
             n2 += 2_000;
-            let (s1f, n1f) = (s1 as f64, n1 as f64);
-            process.update(s2 as f64, n2 as f64, anytime::anchor(s1f, n1f), tol);
-            let v = process.verdict(s1f, n1f, tol, ALPHA);
+            process.update((s1 as f64, n1 as f64), (s2 as f64, n2 as f64), tol);
+            let v = process.verdict(ALPHA);
             assert!(!v.fine, "passed a challenger beyond tolerance at look {look}: {v:?}");
             if v.harm {
                 decided = Some(n2);
@@ -373,9 +379,8 @@ mod tests {
                 n1 += 198;
                 s2 += draw(&mut rng, cell.per_look, 0.05);
                 n2 += cell.per_look;
-                let (s1f, n1f) = (s1 as f64, n1 as f64);
-                process.update(s2 as f64, n2 as f64, anytime::anchor(s1f, n1f), cell.tol);
-                let v = process.verdict(s1f, n1f, cell.tol, ALPHA);
+                process.update((s1 as f64, n1 as f64), (s2 as f64, n2 as f64), cell.tol);
+                let v = process.verdict(ALPHA);
                 assert!(!v.fine, "passed a 5 % challenger at look {look}");
                 if v.harm {
                     seconds.push(look);
@@ -397,9 +402,12 @@ mod tests {
     #[test]
     fn binary_labels_are_judged_as_proportions() {
         let mut p = RateProcess::default();
-        p.update(0.0, 50.0, anytime::anchor(0.0, 50.0), 0.02);
-        let v = p.verdict(0.0, 50.0, 0.02, ALPHA);
-        assert!(!v.fine && p.difference(v.champion, ALPHA).high > 0.02, "{v:?}");
+        for k in 1..=5 {
+            let n = f64::from(k) * 10.0;
+            p.update((0.0, n), (0.0, n), 0.02);
+        }
+        let v = p.verdict(ALPHA);
+        assert!(!v.fine && p.difference(ALPHA).high > 0.02, "{v:?}");
         let cell =
             RateCell { base: 0.001, tol: 0.02, share: 0.5, truth: Truth::TwiceTolerance, per_look: 30, max_looks: 40 };
         let o = run_rate(cell, ALPHA, 400, 7);
@@ -419,12 +427,14 @@ mod tests {
                 let o = run_rate(cell, ALPHA, 200, 3);
                 let median = o.median_to_decision().unwrap_or(u64::MAX) as f64;
                 eprintln!("share {share} {truth:?}: median {median} vs fixed {fixed:.0}: {:.2}", median / fixed);
-                // Measured 0.86 (equal; 1.01 at 5 %) and 1.26 (2x; 1.81 at 5 %) at a 1 % stage: an
-                // equal challenger is proven sooner than the fixed design
-                // decides; harm at the rare-event end costs more (the
-                // binomial's information above the margin is lower). The
-                // bounds keep those figures from regressing.
-                let bound = if truth == Truth::Equal { 1.1 } else { 2.0 };
+                // Measured 0.61 (equal; 0.60 at 5 %) and 0.76 (2x; 0.96 at 5 %),
+                // against 0.86 / 1.26 (1.01 / 1.81) with the earlier
+                // champion-confidence-sequence construction. Harm at the
+                // rare-event end costs more (the binomial's information
+                // above the margin is lower; even the oracle of
+                // `oracle_floor` needs 0.65–0.80). The bounds keep those
+                // figures from regressing.
+                let bound = if truth == Truth::Equal { 0.7 } else { 1.05 };
                 assert!(median <= bound * fixed, "{truth:?} at {share}: {median} vs fixed {fixed}");
             }
         }
@@ -436,9 +446,9 @@ mod tests {
     #[ignore]
     fn calibration_table() {
         let runs = std::env::var("CALIBRATION_RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(1000);
-        println!("{}", rate_table(&rate_grid(60), ALPHA, runs, 2026));
+        println!("{}", rate_table(&rate_grid(20.0, 120), ALPHA, runs, 2026));
         println!(
-            "{runs} runs per row, alpha = beta = {ALPHA}, at most 60 looks of a tenth of the fixed-horizon sample"
+            "{runs} runs per row, alpha = beta = {ALPHA}, at most 120 looks of a twentieth of the fixed-horizon sample"
         );
     }
 
@@ -463,5 +473,50 @@ mod tests {
         let within = LatencyCell { factor: 1.2, per_look: 2000, max_looks: 10, ..slow };
         let o = run_latency(within, ALPHA, 100, 12);
         assert!(o.fail_rate() <= ALPHA + 2.0 * o.se(ALPHA), "{}", o.fail_rate());
+    }
+}
+
+#[cfg(test)]
+mod oracle {
+    use super::*;
+    /// A reference floor: an SPRT that knows the champion's rate exactly and
+    /// whose alternative is the truth, at threshold 1/α (a test that must
+    /// learn the champion's rate cannot expect to beat it). Measured (300 runs, looks of a twentieth of the fixed
+    /// sample): 0.50 (equal) and 0.65–0.80 (2 × tolerance) of the fixed
+    /// horizon at a 1 % stage; the engine needs 0.55–0.65 and 0.70–0.90
+    /// (`cargo test -p canary-judge --release -- --ignored oracle_floor
+    /// --nocapture`).
+    #[test]
+    #[ignore]
+    fn oracle_floor() {
+        let runs = 300u32;
+        for &(base, tol) in &[(0.001, 0.001), (0.01, 0.005), (0.003, 0.01), (0.05, 0.02)] {
+            for &share in &[0.01, 0.5] {
+                let fixed = fixed_horizon(base, tol, share, 0.05, 0.05);
+                let per_look = (fixed / 20.0).ceil().max(1.0) as u64;
+                let mut line = format!("b{base} t{tol} s{share} fixed {fixed:.0}:");
+                for (name, d, alt) in [("eq", 0.0, 0.0), ("2x", 2.0, 2.0)] {
+                    let mut to = vec![];
+                    for run in 0..runs {
+                        let mut rng = ChaCha8Rng::seed_from_u64(run as u64 * 7 + 1);
+                        let (mut s, mut n) = (0u64, 0u64);
+                        for _ in 0..400 {
+                            s += draw(&mut rng, per_look, base + d * tol);
+                            n += per_look;
+                            let l = anytime::log_likelihood(s as f64, n as f64, base + alt * tol)
+                                - anytime::log_likelihood(s as f64, n as f64, base + tol);
+                            if l >= (20.0f64).ln() {
+                                to.push(n);
+                                break;
+                            }
+                        }
+                    }
+                    to.sort_unstable();
+                    let m = to.get(runs as usize / 2).copied().unwrap_or(u64::MAX) as f64 / fixed;
+                    line += &format!(" {name} {m:.2}");
+                }
+                println!("{line}");
+            }
+        }
     }
 }

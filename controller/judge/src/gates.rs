@@ -620,8 +620,8 @@ fn anytime_rate(
     let ((s1, n1), (s2, n2)) = counts;
     let alpha = judge.schedule.alpha;
     let mut process = judge.process(kind);
-    process.update(s2, n2, anytime::anchor(s1, n1), tol);
-    let v = process.verdict(s1, n1, tol, alpha);
+    process.update((s1, n1), (s2, n2), tol);
+    let v = process.verdict(alpha);
     let outcome = if v.harm {
         Outcome::Fail
     } else if v.fine {
@@ -632,19 +632,19 @@ fn anytime_rate(
     let need = (outcome == Outcome::Inconclusive)
         .then(|| {
             PROJECTIONS.iter().find_map(|&t| {
-                let w = process.projected(t).verdict(s1 * t, n1 * t, tol, alpha);
+                let w = process.projected(t).verdict(alpha);
                 (w.harm || w.fine).then(|| (n2 * (t - 1.0)).ceil() as u64)
             })
         })
         .flatten();
-    let di = process.difference(v.champion, alpha);
+    let di = process.difference(alpha);
     let level = anytime::threshold(alpha);
     let detail = format!(
         "{head}: harm e-value {} and no-harm e-value {} (either decides at {level:.0}); difference {}, {:.0}% sequence [{}, {}] pp vs tolerance +{tolerance}: {}",
         evalue(v.log_e_harm.exp()),
         evalue(v.log_e_fine.exp()),
         pp(s2 / n2 - s1 / n1),
-        (1.0 - 2.0 * anytime::CHAMPION_SHARE * alpha) * 100.0,
+        (1.0 - alpha) * 100.0,
         pp(di.low),
         pp(di.high),
         verdict_words(outcome, need, "responses")
