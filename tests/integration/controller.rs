@@ -327,7 +327,7 @@ async fn the_label_gate_holds_until_enough_labels_arrive_by_http_and_jsonl() {
     let jsonl = dir.path().join("labels.jsonl");
     std::fs::write(&jsonl, "").unwrap();
     // 500 labels per version, 90 % correct each: the anytime engine proves
-    // "within 0.1" from them (the no-harm e-value passes 1/(0.8 α) = 25);
+    // "within 0.1" from them (the no-harm e-value passes 1/(0.9 α) ≈ 22);
     // within 0.05 would need about 800 each, as a fixed-horizon test would.
     let gates = "  error_rate: { error_tolerance: 2 }\n  labels: { min_degradation_tolerance: 0.1, min_labels: 500 }";
     let extra = format!("labels:\n  jsonl: {}\n", jsonl.display());

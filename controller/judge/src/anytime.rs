@@ -173,6 +173,30 @@ pub struct RateProcess {
     /// [`PROCESS_VERSION`] when written by this code.
     #[serde(default)]
     pub version: u8,
+    /// The champion's and the challenger's `(events, trials)` of the
+    /// rollout's earlier stages: where the alternatives are anchored before
+    /// this stage has its own estimate (so a stage's first look is scored
+    /// too).
+    #[serde(default, skip_serializing_if = "is_zero_pair")]
+    pub prior_champion: (f64, f64),
+    #[serde(default, skip_serializing_if = "is_zero_pair")]
+    pub prior_challenger: (f64, f64),
+    /// Earlier stages whose no-harm evidence `fine` carries (see
+    /// [`RateProcess::into_next_stage`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pooled_stages: u32,
+    /// `fine` and `fine_adaptive` as carried in from the earlier stages
+    /// (what a projection of this stage's growth starts from).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fine_carried: Option<[f64; 4]>,
+}
+
+fn is_zero_pair(p: &(f64, f64)) -> bool {
+    *p == (0.0, 0.0)
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The verdicts of both tests at one look.
@@ -252,49 +276,108 @@ impl RateProcess {
     /// one given the past). The first batch only gives that estimate. A
     /// window that went backwards (a new window), or a process of an older
     /// version, starts again.
-    pub fn update(&mut self, champion: (f64, f64), challenger: (f64, f64), tol: f64) {
+    pub fn update(&mut self, champion: (f64, f64), challenger: (f64, f64), tol: f64, alpha: f64) {
         let ((s1, n1), (s2, n2)) = (champion, challenger);
         let b = Batch { s1: s1 - self.s1, n1: n1 - self.n1, s2: s2 - self.s, n2: n2 - self.n };
         let backwards = |ds: f64, dn: f64| dn < 0.0 || ds < -1e-9 || ds > dn + 1e-9;
         if self.version != PROCESS_VERSION || backwards(b.s1, b.n1) || backwards(b.s2, b.n2) {
+            // Evidence is dropped; the earlier stages' rates (only where the
+            // alternatives are anchored) are kept.
+            let (prior_champion, prior_challenger) = if self.version == PROCESS_VERSION {
+                (self.prior_champion, self.prior_challenger)
+            } else {
+                ((0.0, 0.0), (0.0, 0.0))
+            };
             *self = RateProcess {
                 version: PROCESS_VERSION,
                 harm_adaptive: Some(0.0),
                 fine_adaptive: Some(0.0),
+                prior_champion,
+                prior_challenger,
                 ..RateProcess::default()
             };
             if n1 > 0.0 || n2 > 0.0 {
-                return self.update(champion, challenger, tol);
+                return self.update(champion, challenger, tol, alpha);
             }
             return;
         }
         let b = Batch { s1: b.s1.clamp(0.0, b.n1), s2: b.s2.clamp(0.0, b.n2), ..b };
         let tol = tol.clamp(EDGE, 1.0 - 4.0 * EDGE);
-        if self.n1 > 0.0 {
-            let pa = anchor(self.s1, self.n1).clamp(EDGE, 1.0 - tol - EDGE);
+        let (past_s1, past_n1) = (self.s1 + self.prior_champion.0, self.n1 + self.prior_champion.1);
+        let (past_s2, past_n2) = (self.s + self.prior_challenger.0, self.n + self.prior_challenger.1);
+        // Each component's ln e-value of this batch with the champion's
+        // rate anchored at `pa`.
+        let score = |pa: f64| -> [f64; 8] {
+            let pa = pa.clamp(EDGE, 1.0 - tol - EDGE);
             let at = |m: f64| (pa + m * tol).clamp(EDGE, 1.0 - EDGE);
-            for (k, &(_, m)) in HARM.iter().enumerate() {
-                self.harm[k] += log_batch_e(b, pa, at(m), tol);
-            }
-            for (k, &(_, m)) in FINE.iter().enumerate() {
-                self.fine[k] += log_batch_e(b, pa, at(m), tol);
-            }
             // The challenger's rate from the batches before this one, kept
             // on its test's side of the margin (before any, the main
             // alternatives stand in).
-            let (harm_q, fine_q) = if self.n > 0.0 {
-                let q = (self.s + 0.5) / (self.n + 1.0);
+            let (harm_q, fine_q) = if past_n2 > 0.0 {
+                let q = (past_s2 + 0.5) / (past_n2 + 1.0);
                 (q.max(at(1.0)), q.min(at(1.0)))
             } else {
                 (at(HARM[0].1), at(FINE[0].1))
             };
-            *self.harm_adaptive.get_or_insert(0.0) += log_batch_e(b, pa, harm_q, tol);
-            *self.fine_adaptive.get_or_insert(0.0) += log_batch_e(b, pa, fine_q, tol);
+            std::array::from_fn(|k| match k {
+                0..=2 => log_batch_e(b, pa, at(HARM[k].1), tol),
+                3..=5 => log_batch_e(b, pa, at(FINE[k - 3].1), tol),
+                6 => log_batch_e(b, pa, harm_q, tol),
+                _ => log_batch_e(b, pa, fine_q, tol),
+            })
+        };
+        let batch = if past_n1 > 0.0 {
+            Some(score(anchor(past_s1, past_n1)))
+        } else if b.n1 > 0.0 && b.n2 > 0.0 {
+            Some(first_batch(b, alpha, score))
+        } else {
+            None
+        };
+        if let Some(e) = batch {
+            for k in 0..3 {
+                self.harm[k] += e[k];
+                self.fine[k] += e[k + 3];
+            }
+            *self.harm_adaptive.get_or_insert(0.0) += e[6];
+            *self.fine_adaptive.get_or_insert(0.0) += e[7];
         }
         self.n1 = n1;
         self.s1 = s1;
         self.n = n2;
         self.s = s2;
+    }
+
+    /// The process the same gate starts the rollout's next stage with. The
+    /// no-harm evidence is **pooled**: the next stage's batches multiply
+    /// into it (the same two models, so "within tolerance" is one
+    /// hypothesis for the whole rollout, and a product of e-values given
+    /// the past is an e-process whatever each batch's traffic split). So
+    /// the promoting stage builds on what the small stages showed, and the
+    /// chance of ever proving a challenger beyond tolerance stays ≤ α over
+    /// the whole rollout. The harm test starts again at 1: a fault that
+    /// shows only at a larger share (load) is not buried under the small
+    /// stages' good evidence, at the price of α per stage for a false
+    /// rollback. The counts start again with the stage's window; the
+    /// earlier ones anchor the alternatives.
+    pub fn into_next_stage(&self) -> RateProcess {
+        if self.version != PROCESS_VERSION {
+            return RateProcess::default();
+        }
+        RateProcess {
+            n: 0.0,
+            s: 0.0,
+            n1: 0.0,
+            s1: 0.0,
+            harm: [0.0; 3],
+            harm_adaptive: Some(0.0),
+            fine: self.fine,
+            fine_adaptive: self.fine_adaptive,
+            version: PROCESS_VERSION,
+            prior_champion: (self.prior_champion.0 + self.s1, self.prior_champion.1 + self.n1),
+            prior_challenger: (self.prior_challenger.0 + self.s, self.prior_challenger.1 + self.n),
+            pooled_stages: self.pooled_stages + 1,
+            fine_carried: Some([self.fine[0], self.fine[1], self.fine[2], self.fine_adaptive.unwrap_or(0.0)]),
+        }
     }
 
     /// ln E of the harm test.
@@ -325,27 +408,67 @@ impl RateProcess {
         Interval { low: challenger.low - champion.high, high: challenger.high - champion.low }
     }
 
-    /// The look this process would reach if the sample grew `t`-fold with
-    /// the rates seen so far (each alternative's growth per trial kept):
-    /// what "needs ~N more" projects.
+    /// The look this process would reach if the stage's sample grew
+    /// `t`-fold with the rates seen so far (each alternative's growth per
+    /// trial in this stage kept): what "needs ~N more" projects.
     pub fn projected(&self, t: f64) -> RateProcess {
+        let start = self.fine_carried.unwrap_or_default();
+        let grow = |now: f64, from: f64| from + (now - from) * t;
         RateProcess {
             n: self.n * t,
             s: self.s * t,
             n1: self.n1 * t,
             s1: self.s1 * t,
             harm: self.harm.map(|l| l * t),
-            fine: self.fine.map(|l| l * t),
+            fine: std::array::from_fn(|k| grow(self.fine[k], start[k])),
             harm_adaptive: self.harm_adaptive.map(|l| l * t),
-            fine_adaptive: self.fine_adaptive.map(|l| l * t),
-            version: self.version,
+            fine_adaptive: self.fine_adaptive.map(|l| grow(l, start[3])),
+            ..self.clone()
         }
     }
 }
 
-/// The e-value at which a rate test decides at level `alpha` (Ville).
+/// The share of α spent on the first batch's champion confidence sequence
+/// (see [`first_batch`]).
+pub const FIRST_BATCH_SHARE: f64 = 0.1;
+
+/// The e-value at which a rate test decides at level `alpha` (Ville, with
+/// [`FIRST_BATCH_SHARE`] of α kept for the first batch's sequence).
 pub fn threshold(alpha: f64) -> f64 {
-    1.0 / alpha
+    1.0 / (alpha * (1.0 - FIRST_BATCH_SHARE))
+}
+
+/// Grid of the champion's rates over which the first batch's e-values are
+/// minimised, and the margin (in ln) taken off the grid's minimum for the
+/// rates between grid points.
+const FIRST_BATCH_GRID: u32 = 32;
+const FIRST_BATCH_MARGIN: f64 = 0.01;
+
+/// A stage's first batch, when no earlier batch or stage estimates the
+/// champion's rate: each component's e-value is the smallest over the
+/// champion rates in the batch's own confidence sequence at
+/// `FIRST_BATCH_SHARE · α`. On the event that the sequence covers the true
+/// rate p₁ (probability ≥ 1 − 0.1 α) that minimum is at most the e-value
+/// anchored at p₁, which is an e-value (p₁ is fixed); so the process stays
+/// below an e-process there, and it crosses 1/(0.9 α) with probability at
+/// most 0.9 α + 0.1 α = α. Without it, a batch that arrives all at once
+/// (labels imported in bulk) could never be judged. The minimum enters
+/// mixed half and half with 1 (not scoring the batch), so a wide sequence
+/// (a champion with little data) costs at most ln 2.
+fn first_batch(b: Batch, alpha: f64, score: impl Fn(f64) -> [f64; 8]) -> [f64; 8] {
+    let c = mean_cs(b.s1, b.n1, alpha * FIRST_BATCH_SHARE);
+    let mut low = [f64::INFINITY; 8];
+    for i in 0..=FIRST_BATCH_GRID {
+        let pa = c.low + (c.high - c.low) * f64::from(i) / f64::from(FIRST_BATCH_GRID);
+        let e = score(pa);
+        for k in 0..8 {
+            low[k] = low[k].min(e[k]);
+        }
+    }
+    // Half the weight on not scoring the batch at all: a mixture of two
+    // e-values (1, and the one anchored at p₁) is one, and it keeps a
+    // sequence edge far from p₁ from digging the process a deep hole.
+    low.map(|l| (0.5 + 0.5 * (l - FIRST_BATCH_MARGIN).exp()).ln())
 }
 
 /// The champion's rate estimate the alternatives are anchored at (add-½,
@@ -364,7 +487,7 @@ pub fn responses_to_detect(tol: f64, alpha: f64, ratio: f64, harm: f64) -> u64 {
         let mut p = RateProcess::default();
         for i in 1..=10 {
             let f = nf * f64::from(i) / 10.0;
-            p.update((0.0, f * ratio), (harm * tol * f, f), tol);
+            p.update((0.0, f * ratio), (harm * tol * f, f), tol, alpha);
         }
         p.verdict(alpha).harm
     };

@@ -165,7 +165,7 @@ pub fn run_rate(cell: RateCell, alpha: f64, runs: u32, seed: u64) -> Outcome {
             n1 += per_champion;
             s2 += draw(&mut rng, cell.per_look, p2);
             n2 += cell.per_look;
-            process.update((s1 as f64, n1 as f64), (s2 as f64, n2 as f64), cell.tol);
+            process.update((s1 as f64, n1 as f64), (s2 as f64, n2 as f64), cell.tol, alpha);
             let v = process.verdict(alpha);
             if out.decided(v.harm, v.fine, n2) {
                 break;
@@ -310,7 +310,7 @@ mod tests {
         let mut p = RateProcess::default();
         for k in 1..=4 {
             let f = f64::from(k) / 4.0;
-            p.update((167.0 * f, 167_112.0 * f), (9.0 * f, 1688.0 * f), 0.001);
+            p.update((167.0 * f, 167_112.0 * f), (9.0 * f, 1688.0 * f), 0.001, ALPHA);
         }
         let v = p.verdict(ALPHA);
         assert!(!v.harm, "{v:?}");
@@ -318,8 +318,8 @@ mod tests {
         // the response came in the first look or a later one.
         for first in [(0.0, 0.0), (0.0, 5.0)] {
             let mut p = RateProcess::default();
-            p.update(first, (0.0, 0.0), 0.01);
-            p.update((0.0, 9.0), (1.0, 1.0), 0.01);
+            p.update(first, (0.0, 0.0), 0.01, ALPHA);
+            p.update((0.0, 9.0), (1.0, 1.0), 0.01, ALPHA);
             let v = p.verdict(ALPHA);
             assert!(!v.harm && !v.fine, "{v:?}");
         }
@@ -342,7 +342,7 @@ mod tests {
             n1 += 38_000;
             s2 += draw(&mut rng, 2_000, p1 + 1.2 * tol);
             n2 += 2_000;
-            process.update((s1 as f64, n1 as f64), (s2 as f64, n2 as f64), tol);
+            process.update((s1 as f64, n1 as f64), (s2 as f64, n2 as f64), tol, ALPHA);
             let v = process.verdict(ALPHA);
             assert!(!v.fine, "passed a challenger beyond tolerance at look {look}: {v:?}");
             if v.harm {
@@ -352,6 +352,64 @@ mod tests {
         }
         let n = decided.expect("rolled back within 800 000 challenger responses");
         eprintln!("1.2 x tolerance rolled back after {n} challenger responses");
+    }
+
+    /// Pooling across stages keeps the promise over the whole rollout: a
+    /// challenger exactly at the tolerance, judged through 1 %, 5 % and a
+    /// 50 % stage (the no-harm evidence carried from stage to stage, the
+    /// harm test restarted in each), is proven harmless — a miss — in at
+    /// most α of rollouts, and rolled back in at most α per stage. An equal
+    /// challenger reaches the 50 % stage's proof sooner with the pooled
+    /// evidence than without.
+    #[test]
+    fn pooling_the_no_harm_evidence_across_stages_keeps_alpha_over_the_rollout() {
+        let (base, tol, runs) = (0.01, 0.005, 400u32);
+        let stages = [(0.01, 200u64, 20u32), (0.05, 200, 20), (0.5, 400, 60)];
+        let run = |delta: f64, pool: bool, seed: u64| -> (u32, u32, Vec<u64>) {
+            let (mut passed, mut failed, mut last_stage_n) = (0u32, 0u32, vec![]);
+            for r in 0..runs {
+                let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (u64::from(r) << 20));
+                let mut process = RateProcess::default();
+                'stages: for (i, &(share, per_look, looks)) in stages.iter().enumerate() {
+                    if i > 0 {
+                        process = if pool { process.into_next_stage() } else { RateProcess::default() };
+                    }
+                    let per_champion = champion_per_look(per_look, share);
+                    let (mut s1, mut n1, mut s2, mut n2) = (0u64, 0u64, 0u64, 0u64);
+                    for _ in 0..looks {
+                        s1 += draw(&mut rng, per_champion, base);
+                        n1 += per_champion;
+                        s2 += draw(&mut rng, per_look, base + delta);
+                        n2 += per_look;
+                        process.update((s1 as f64, n1 as f64), (s2 as f64, n2 as f64), tol, ALPHA);
+                        let v = process.verdict(ALPHA);
+                        if v.harm {
+                            failed += 1;
+                            break 'stages;
+                        }
+                        // Only the last (promoting) stage stops on a proof.
+                        if v.fine && i == stages.len() - 1 {
+                            passed += 1;
+                            last_stage_n.push(n2);
+                            break 'stages;
+                        }
+                    }
+                }
+            }
+            last_stage_n.sort_unstable();
+            (passed, failed, last_stage_n)
+        };
+        let se = (ALPHA * (1.0 - ALPHA) / f64::from(runs)).sqrt();
+        let (passed, failed, _) = run(tol, true, 31);
+        let (miss, rollbacks) = (f64::from(passed) / f64::from(runs), f64::from(failed) / f64::from(runs));
+        eprintln!("at tolerance, pooled: proven {miss:.3}, rolled back {rollbacks:.3}");
+        assert!(miss <= ALPHA + 2.0 * se, "proven at tolerance in {miss} of rollouts");
+        assert!(rollbacks <= 3.0 * ALPHA + 2.0 * se, "rolled back at tolerance in {rollbacks} of rollouts");
+        let (p_pool, _, n_pool) = run(0.0, true, 32);
+        let (p_alone, _, n_alone) = run(0.0, false, 32);
+        let (m_pool, m_alone) = (n_pool[n_pool.len() / 2], n_alone[n_alone.len() / 2]);
+        eprintln!("equal: proven in the 50 % stage after a median {m_pool} responses pooled, {m_alone} alone ({p_pool}, {p_alone} of {runs})");
+        assert!(m_pool < m_alone, "pooled {m_pool} vs alone {m_alone}");
     }
 
     /// The case 7 at 200 requests a second in a 1 % stage, one look
@@ -379,7 +437,7 @@ mod tests {
                 n1 += 198;
                 s2 += draw(&mut rng, cell.per_look, 0.05);
                 n2 += cell.per_look;
-                process.update((s1 as f64, n1 as f64), (s2 as f64, n2 as f64), cell.tol);
+                process.update((s1 as f64, n1 as f64), (s2 as f64, n2 as f64), cell.tol, ALPHA);
                 let v = process.verdict(ALPHA);
                 assert!(!v.fine, "passed a 5 % challenger at look {look}");
                 if v.harm {
@@ -404,7 +462,7 @@ mod tests {
         let mut p = RateProcess::default();
         for k in 1..=5 {
             let n = f64::from(k) * 10.0;
-            p.update((0.0, n), (0.0, n), 0.02);
+            p.update((0.0, n), (0.0, n), 0.02, ALPHA);
         }
         let v = p.verdict(ALPHA);
         assert!(!v.fine && p.difference(ALPHA).high > 0.02, "{v:?}");

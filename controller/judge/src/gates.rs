@@ -620,7 +620,7 @@ fn anytime_rate(
     let ((s1, n1), (s2, n2)) = counts;
     let alpha = judge.schedule.alpha;
     let mut process = judge.process(kind);
-    process.update((s1, n1), (s2, n2), tol);
+    process.update((s1, n1), (s2, n2), tol, alpha);
     let v = process.verdict(alpha);
     let outcome = if v.harm {
         Outcome::Fail
@@ -639,8 +639,13 @@ fn anytime_rate(
         .flatten();
     let di = process.difference(alpha);
     let level = anytime::threshold(alpha);
+    let pooled = match process.pooled_stages {
+        0 => String::new(),
+        1 => " (pooled with the stage before)".to_string(),
+        k => format!(" (pooled with the {k} stages before)"),
+    };
     let detail = format!(
-        "{head}: harm e-value {} and no-harm e-value {} (either decides at {level:.0}); difference {}, {:.0}% sequence [{}, {}] pp vs tolerance +{tolerance}: {}",
+        "{head}: harm e-value {} and no-harm e-value {}{pooled} (either decides at {level:.0}); difference {}, {:.0}% sequence [{}, {}] pp vs tolerance +{tolerance}: {}",
         evalue(v.log_e_harm.exp()),
         evalue(v.log_e_fine.exp()),
         pp(s2 / n2 - s1 / n1),

@@ -601,7 +601,20 @@ impl RolloutState {
         self.stage_entered_at = now;
         self.window_started_at = None;
         self.not_applied_alerted = false;
-        self.looks.clear();
+        // Forward, the anytime gates' no-harm evidence is pooled into the
+        // next stage (see `RateProcess::into_next_stage`); the look-based
+        // methods' spent looks are the stage's own.
+        self.looks = match action {
+            Action::Advance => self
+                .looks
+                .iter()
+                .filter_map(|l| {
+                    let process = l.process.as_ref()?.into_next_stage();
+                    Some(GateResult { process: Some(process), ..l.clone() })
+                })
+                .collect(),
+            _ => vec![],
+        };
         self.incident = None;
         self.guard_mark = None;
         self.window_base = None;
@@ -947,6 +960,35 @@ alerts: { source_failures: 2 }
     }
 
     #[test]
+    fn an_advance_pools_the_no_harm_evidence_into_the_next_stage() {
+        let spec = spec();
+        let mut s = RolloutState::start(&spec, 0);
+        let mut t = 0;
+        let carried = loop {
+            t += 1000;
+            let (next, d) = s.step(&spec, Ok(&window(s.epoch, 2 * t / 5, 0, 0)), t);
+            if d.action == Action::Advance {
+                let before = d.gates[0].process.clone().unwrap();
+                break (before, next);
+            }
+            s = next;
+            assert!(t < 100_000, "never advanced");
+        };
+        let (before, s) = carried;
+        let p = s.looks[0].process.as_ref().unwrap();
+        assert_eq!((p.n, p.n1, p.pooled_stages), (0.0, 0.0, 1), "{p:?}");
+        assert_eq!(p.fine, before.fine, "the no-harm evidence goes on");
+        assert_eq!(p.harm, [0.0; 3], "the harm test starts again");
+        assert_eq!(p.prior_champion, (before.s1, before.n1));
+        // The next stage's first look is scored (anchored at the earlier
+        // stage's rate) and says the evidence is pooled.
+        let (_, d) = s.step(&spec, Ok(&window(s.epoch, 400, 0, 0)), t + 1000);
+        let g = &d.gates[0];
+        assert!(g.detail.contains("(pooled with the stage before)"), "{}", g.detail);
+        assert!(g.process.as_ref().unwrap().fine[0] > before.fine[0], "{g:?}");
+    }
+
+    #[test]
     fn minimum_duration_is_counted_from_when_every_envoy_applied() {
         let spec = spec();
         let s = RolloutState::start(&spec, 0);
@@ -1015,8 +1057,8 @@ alerts: { source_failures: 2 }
     fn too_few_requests_holds_and_says_how_many_more() {
         let spec = spec();
         let s = RolloutState::start(&spec, 0);
-        let (_, d) = s.step(&spec, Ok(&window(1, 40, 0, 40)), 60_000);
-        assert_eq!(d.action, Action::Hold, "100% errors on 40 requests is not judged yet");
+        let (_, d) = s.step(&spec, Ok(&window(1, 40, 0, 0)), 60_000);
+        assert_eq!(d.action, Action::Hold, "no error in 40 requests is not enough to advance");
         assert!(d.reasons[0].contains("need 60 more from the champion and 60 more"), "{:?}", d.reasons);
     }
 
