@@ -8,7 +8,7 @@
 //!   (the previous engine never left it).
 //! - A challenger with 5 % 5xx against the champion's 0.3 % is rolled back
 //!   by the error gate while still in the 1 % stage. The simulated figures
-//!   for this case (median 78 s, 95th percentile 220 s: `calibration.rs`)
+//!   for this case (median 73 s, 95th percentile 174 s: `calibration.rs`)
 //!   say how long it may take; the bound here is the 95th percentile's
 //!   margin, not the median.
 
