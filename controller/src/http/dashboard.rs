@@ -36,8 +36,9 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::{watch, Notify};
 
+use crate::context::ProcessContext;
 use crate::control::{self, now_millis, ControlError, Controller};
-use crate::http::metrics::{RolloutGauges, METRICS};
+use crate::http::metrics::{Metrics, RolloutGauges};
 use crate::store::Store;
 use canary_judge::gates::{GateKind, Outcome};
 use canary_judge::rollout::{Action, Command, Decision, Millis};
@@ -541,12 +542,16 @@ pub struct Hub {
     wake: Notify,
     tx: watch::Sender<Arc<Snapshot>>,
     ingest: Mutex<Ingest>,
+    /// The process' metrics (decisions, pages, controls) and pending alerts
+    /// (the dashboard's commands alert too).
+    ctx: ProcessContext,
 }
 
 impl Hub {
-    pub fn new(store: Store, spec: RolloutSpec, controls_enabled: bool) -> Arc<Hub> {
+    pub fn new(store: Store, spec: RolloutSpec, controls_enabled: bool, ctx: ProcessContext) -> Arc<Hub> {
         let (tx, _) = watch::channel(Arc::new(Snapshot::default()));
-        let hub = Arc::new(Hub { store, spec, controls_enabled, wake: Notify::new(), tx, ingest: Mutex::default() });
+        let hub =
+            Arc::new(Hub { store, spec, controls_enabled, wake: Notify::new(), tx, ingest: Mutex::default(), ctx });
         hub.refresh();
         hub
     }
@@ -696,7 +701,7 @@ impl Hub {
             }
             ing.last_seq = d.seq;
             if counting {
-                METRICS.decision(&action_name(d.action), d.manual);
+                self.ctx.metrics.decision(&action_name(d.action), d.manual);
             }
             ing.add(&d);
         }
@@ -815,31 +820,34 @@ async fn state_json(State(app): State<Arc<App>>) -> Response {
 }
 
 /// Counts a live page for as long as its stream exists.
-struct ClientGuard;
+struct ClientGuard(Arc<Metrics>);
 
 impl ClientGuard {
-    fn new() -> ClientGuard {
-        METRICS.sse_client(true);
-        ClientGuard
+    fn new(metrics: Arc<Metrics>) -> ClientGuard {
+        metrics.sse_client(true);
+        ClientGuard(metrics)
     }
 }
 
 impl Drop for ClientGuard {
     fn drop(&mut self) {
-        METRICS.sse_client(false);
+        self.0.sse_client(false);
     }
 }
 
 async fn events(State(app): State<Arc<App>>) -> impl IntoResponse {
     let rx = app.hub.subscribe();
-    let stream = futures::stream::unfold((rx, true, ClientGuard::new()), |(mut rx, first, guard)| async move {
-        if !first && rx.changed().await.is_err() {
-            return None;
-        }
-        let snap = rx.borrow_and_update().clone();
-        let event = Event::default().event("state").id(snap.version.to_string()).data(snap.json.as_str());
-        Some((Ok::<Event, Infallible>(event), (rx, false, guard)))
-    });
+    let stream = futures::stream::unfold(
+        (rx, true, ClientGuard::new(app.hub.ctx.metrics.clone())),
+        |(mut rx, first, guard)| async move {
+            if !first && rx.changed().await.is_err() {
+                return None;
+            }
+            let snap = rx.borrow_and_update().clone();
+            let event = Event::default().event("state").id(snap.version.to_string()).data(snap.json.as_str());
+            Some((Ok::<Event, Infallible>(event), (rx, false, guard)))
+        },
+    );
     (
         [(header::CACHE_CONTROL, "no-store")],
         Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))),
@@ -873,11 +881,11 @@ async fn control_command(
         return text(StatusCode::NOT_FOUND, format!("no such endpoint: POST /api/{command}"));
     };
     let Some(token) = &app.token else {
-        METRICS.control_request(&command, "disabled");
+        app.hub.ctx.metrics.control_request(&command, "disabled");
         return text(StatusCode::FORBIDDEN, CONTROLS_DISABLED.into());
     };
     if !bearer(&headers).is_some_and(|t| token.matches(t)) {
-        METRICS.control_request(&command, "unauthorized");
+        app.hub.ctx.metrics.control_request(&command, "unauthorized");
         let mut r = text(
             StatusCode::UNAUTHORIZED,
             "missing or wrong operator token: send `Authorization: Bearer <token>`".into(),
@@ -899,22 +907,22 @@ async fn control_command(
     // The CLI's code path: open the state directory, lock, command, commit, alert.
     let dir = app.hub.store.dir().to_path_buf();
     let result = async {
-        let mut c = Controller::open(&dir, None, false)?;
+        let mut c = Controller::open(&dir, None, false, &app.hub.ctx)?;
         c.command(cmd, &reason).await
     }
     .await;
     app.hub.wake();
     match result {
         Ok(d) => {
-            METRICS.control_request(&command, "ok");
+            app.hub.ctx.metrics.control_request(&command, "ok");
             (StatusCode::OK, [(header::CACHE_CONTROL, "no-store")], Json(DecisionView::of(&d))).into_response()
         }
         Err(e @ ControlError::Refused(_)) => {
-            METRICS.control_request(&command, "refused");
+            app.hub.ctx.metrics.control_request(&command, "refused");
             text(StatusCode::CONFLICT, e.to_string())
         }
         Err(e) => {
-            METRICS.control_request(&command, "error");
+            app.hub.ctx.metrics.control_request(&command, "error");
             text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
         }
     }
@@ -973,7 +981,7 @@ async fn report_file(State(app): State<Arc<App>>, UrlPath(name): UrlPath<String>
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
-    let text = METRICS.render(app.hub.gauges().as_ref());
+    let text = app.hub.ctx.metrics.render(app.hub.gauges().as_ref());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8"), (header::CACHE_CONTROL, "no-store")], text)
         .into_response()
 }
@@ -1044,7 +1052,7 @@ mod tests {
         .unwrap();
         let s0 = canary_judge::rollout::RolloutState::start(&spec, 1_000);
         store.save_state(&s0).unwrap();
-        let hub = Hub::new(store.clone(), spec.clone(), false);
+        let hub = Hub::new(store.clone(), spec.clone(), false, ProcessContext::default());
         let first = hub.current();
         let view: serde_json::Value = serde_json::from_str(&first.json).unwrap();
         assert_eq!((view["phase"].as_str(), view["weight_bp"].as_u64()), (Some("running"), Some(1000)));
@@ -1052,7 +1060,7 @@ mod tests {
         assert!(view["controls"]["message"].as_str().unwrap().contains("--token-file"));
 
         let count = || {
-            let text = METRICS.render(None);
+            let text = hub.ctx.metrics.render(None);
             text.lines()
                 .find(|l| l.starts_with("canary_decisions_total{action=\"pause\",manual=\"true\"}"))
                 .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
