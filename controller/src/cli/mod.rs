@@ -13,6 +13,7 @@ use anyhow::Context;
 use canary_core::FilterConfig;
 use canary_judge::rollout::Command as RolloutCommand;
 use canary_judge::spec::{GateMethod, RolloutSpec};
+use canary_judge::wire_name;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 /// Progressive delivery of ML model versions on Envoy.
@@ -344,9 +345,9 @@ fn print_status(s: &Status) {
     }
     match &s.last_decision {
         Some(d) => {
-            print_decision(d.seq, &format!("{:?}", d.action), d.manual, &d.reasons);
+            print_decision(d.seq, &wire_name(&d.action), d.manual, &d.reasons);
             for g in &d.gates {
-                print_gate(&format!("{:?}", g.gate), &format!("{:?}", g.outcome), &g.detail);
+                print_gate(&wire_name(&g.gate), &wire_name(&g.outcome), &g.detail);
             }
             let rate = |(errors, n): (u64, u64)| {
                 if n == 0 {
@@ -385,8 +386,14 @@ async fn manual(command: RolloutCommand, m: Manual) -> anyhow::Result<()> {
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&d)?),
         Output::Human => println!(
-            "#{} {:?}: {} ({}) → {} ({}), epoch {}",
-            d.seq, d.action, d.from.stage_name, d.from.weight, d.to.stage_name, d.to.weight, d.to.epoch
+            "#{} {}: {} ({}) → {} ({}), epoch {}",
+            d.seq,
+            wire_name(&d.action),
+            d.from.stage_name,
+            d.from.weight,
+            d.to.stage_name,
+            d.to.weight,
+            d.to.epoch
         ),
     }
     // The command is in effect; its alerts are still being delivered.

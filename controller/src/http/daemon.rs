@@ -37,8 +37,8 @@ pub fn progress_line(d: &Decision, started: u64) -> String {
     let what = match d.action {
         Action::Hold => format!("hold at {} ({})", d.from.stage_name, d.from.weight),
         _ => {
-            format!("{:?} {} ({}) → {} ({})", d.action, d.from.stage_name, d.from.weight, d.to.stage_name, d.to.weight)
-                .to_lowercase()
+            let action = canary_judge::wire_name(&d.action);
+            format!("{action} {} ({}) → {} ({})", d.from.stage_name, d.from.weight, d.to.stage_name, d.to.weight)
         }
     };
     format!("[{t:7.1}s] #{} {what}{counts}: {}", d.seq, d.reasons.join("; "))

@@ -695,7 +695,7 @@ impl Hub {
         };
         let counting = ing.loaded;
         for line in buf[..end].split(|b| *b == b'\n') {
-            let Ok(d) = serde_json::from_slice::<Decision>(line) else { continue };
+            let Ok(d) = crate::store::log_line::from_line(line) else { continue };
             if d.seq <= ing.last_seq {
                 continue;
             }
@@ -756,7 +756,7 @@ impl Hub {
 }
 
 fn action_name(a: Action) -> String {
-    serde_json::to_value(a).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+    canary_judge::wire_name(&a)
 }
 
 /// A plain file name: no path, no hidden file.
