@@ -196,7 +196,7 @@ mod tests {
         let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
         assert_eq!(doc["openapi"], "3.1.0");
         let served: Vec<(String, String)> =
-            [include_str!("daemon.rs"), include_str!("dashboard.rs")].iter().flat_map(|s| routes(s)).collect();
+            [include_str!("daemon.rs"), include_str!("dashboard/routes.rs")].iter().flat_map(|s| routes(s)).collect();
         assert!(served.len() >= 14, "{served:?}");
         for (path, method) in &served {
             assert!(doc["paths"][path][method].is_object(), "{method} {path} is served but not in openapi.json");
