@@ -248,7 +248,7 @@ pub fn evaluations(ports_file: &Path, count: usize, timeout: Duration, interval:
         timeout.as_millis()
     ))?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let mut controller = Controller::open(&state_dir, Some(spec), false)?;
+    let mut controller = Controller::open(&state_dir, Some(spec), false, &Default::default())?;
     let mut source = controller.source();
     let started = Instant::now();
     let mut rows = vec![];

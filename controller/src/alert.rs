@@ -188,33 +188,51 @@ impl Default for RetryPolicy {
 /// One attempt's time limit.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Alerts spawned in this process and not yet delivered or given up on: one
+/// count per process, shared by every alerter made from the same
+/// [`crate::context::ProcessContext`] (the daemon's loop and its dashboard's
+/// commands each have their own alerter), so the daemon and the CLI can wait
+/// for all of them before they exit.
+#[derive(Debug, Clone)]
+pub struct PendingAlerts(std::sync::Arc<tokio::sync::watch::Sender<usize>>);
+
+impl Default for PendingAlerts {
+    fn default() -> Self {
+        PendingAlerts(std::sync::Arc::new(tokio::sync::watch::Sender::new(0)))
+    }
+}
+
+impl PendingAlerts {
+    /// Counts one alert as pending until the returned guard is dropped.
+    pub fn coming(&self) -> AlertsComing {
+        self.0.send_modify(|n| *n += 1);
+        AlertsComing(self.clone())
+    }
+
+    /// How many are pending now.
+    pub fn count(&self) -> usize {
+        *self.0.borrow()
+    }
+
+    /// Waits until every pending alert is delivered or given up on, at most
+    /// `bound`; returns how many are still pending.
+    pub async fn drain_for(&self, bound: Duration) -> usize {
+        let mut rx = self.0.subscribe();
+        let _ = tokio::time::timeout(bound, rx.wait_for(|n| *n == 0)).await;
+        self.count()
+    }
+}
+
 /// Counts as a pending alert until dropped. Taken before a decision is
 /// committed and dropped once its alerts are spawned: a daemon that sees the
 /// rollout end in between (a dashboard command commits, then writes the
 /// reports, then spawns the alert) still waits for them in [`Alerter::drain`].
-pub struct AlertsComing(());
-
-impl AlertsComing {
-    #[allow(clippy::new_without_default)]
-    pub fn new() -> AlertsComing {
-        PENDING.send_modify(|n| *n += 1);
-        AlertsComing(())
-    }
-}
+pub struct AlertsComing(PendingAlerts);
 
 impl Drop for AlertsComing {
     fn drop(&mut self) {
-        PENDING.send_modify(|n| *n = n.saturating_sub(1));
+        (self.0).0.send_modify(|n| *n = n.saturating_sub(1));
     }
-}
-
-/// Waits until every alert spawned in this process is delivered or given
-/// up on, at most `bound`; returns how many are still pending.
-pub async fn drain_for(bound: Duration) -> usize {
-    let mut rx = PENDING.subscribe();
-    let _ = tokio::time::timeout(bound, rx.wait_for(|n| *n == 0)).await;
-    let left = *PENDING.borrow();
-    left
 }
 
 /// Sends alerts to the spec's webhooks.
@@ -223,23 +241,19 @@ pub struct Alerter {
     hooks: Vec<WebhookSpec>,
     client: reqwest::Client,
     policy: RetryPolicy,
+    pending: PendingAlerts,
 }
 
-/// Alerts spawned in this process and not yet delivered or given up on (one
-/// count for the process: the daemon's loop and its dashboard's commands
-/// each have their own alerter).
-static PENDING: std::sync::LazyLock<tokio::sync::watch::Sender<usize>> =
-    std::sync::LazyLock::new(|| tokio::sync::watch::Sender::new(0));
-
 impl Alerter {
-    pub fn new(hooks: Vec<WebhookSpec>) -> Alerter {
+    /// Alerts go to `hooks`, counted in `pending` until delivered.
+    pub fn new(hooks: Vec<WebhookSpec>, pending: PendingAlerts) -> Alerter {
         let client = reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build().unwrap_or_default();
-        Alerter { hooks, client, policy: RetryPolicy::default() }
+        Alerter { hooks, client, policy: RetryPolicy::default(), pending }
     }
 
     /// The webhooks and retry policy of a spec's `alerts`.
-    pub fn from_spec(a: &AlertsSpec) -> Alerter {
-        Alerter::new(a.webhooks.clone()).with_policy(RetryPolicy::from_spec(a))
+    pub fn from_spec(a: &AlertsSpec, pending: PendingAlerts) -> Alerter {
+        Alerter::new(a.webhooks.clone(), pending).with_policy(RetryPolicy::from_spec(a))
     }
 
     pub fn with_policy(mut self, policy: RetryPolicy) -> Alerter {
@@ -264,23 +278,28 @@ impl Alerter {
     /// the alert is already in effect, and nothing waits for the webhook.
     pub fn spawn(&self, alert: Alert) {
         let this = self.clone();
-        PENDING.send_modify(|n| *n += 1);
+        let pending = self.pending.coming();
         tokio::spawn(async move {
             for (hook, result) in this.hooks.iter().zip(this.send(&alert).await) {
                 if let Err(e) = result {
                     tracing::error!(url = %hook.url, "alert not delivered: {e}");
                 }
             }
-            PENDING.send_modify(|n| *n = n.saturating_sub(1));
+            drop(pending);
         });
     }
 
-    /// Waits until every alert spawned in this process is delivered or
-    /// given up on, at most this policy's retry window; returns how many
-    /// are still pending. The daemon and the CLI call it before exiting so
-    /// a retry is not cut short.
+    /// Waits until every alert pending in this alerter's count (the
+    /// process') is delivered or given up on, at most this policy's retry
+    /// window; returns how many are still pending. The daemon and the CLI
+    /// call it before exiting so a retry is not cut short.
     pub async fn drain(&self) -> usize {
-        drain_for(self.policy.window(REQUEST_TIMEOUT) + Duration::from_secs(1)).await
+        self.pending.drain_for(self.policy.window(REQUEST_TIMEOUT) + Duration::from_secs(1)).await
+    }
+
+    /// The count this alerter's alerts are pending in.
+    pub fn pending(&self) -> &PendingAlerts {
+        &self.pending
     }
 
     /// `Ok(attempts used)` or the last error.
@@ -388,10 +407,13 @@ mod tests {
     #[tokio::test]
     async fn drain_waits_for_spawned_alerts_being_retried() {
         let (url, calls) = hook_failing_first(3).await;
-        let alerter = Alerter::new(vec![
-            WebhookSpec { url, format: WebhookFormat::Json },
-            WebhookSpec { url: "http://127.0.0.1:1/closed".into(), format: WebhookFormat::Json },
-        ])
+        let alerter = Alerter::new(
+            vec![
+                WebhookSpec { url, format: WebhookFormat::Json },
+                WebhookSpec { url: "http://127.0.0.1:1/closed".into(), format: WebhookFormat::Json },
+            ],
+            PendingAlerts::default(),
+        )
         .with_policy(RetryPolicy {
             attempts: 5,
             first_backoff: Duration::from_millis(20),
@@ -407,12 +429,14 @@ mod tests {
     #[tokio::test]
     async fn drain_waits_for_alerts_a_commit_is_about_to_send() {
         let (url, calls) = hook_failing_first(1).await;
-        let alerter = Alerter::new(vec![WebhookSpec { url, format: WebhookFormat::Json }]).with_policy(RetryPolicy {
-            attempts: 3,
-            first_backoff: Duration::from_millis(20),
-            max_backoff: Duration::from_millis(20),
-        });
-        let coming = AlertsComing::new();
+        let pending = PendingAlerts::default();
+        let alerter = Alerter::new(vec![WebhookSpec { url, format: WebhookFormat::Json }], pending.clone())
+            .with_policy(RetryPolicy {
+                attempts: 3,
+                first_backoff: Duration::from_millis(20),
+                max_backoff: Duration::from_millis(20),
+            });
+        let coming = pending.coming();
         let a = alerter.clone();
         tokio::spawn(async move {
             // The reports take a while before the alert is spawned.
@@ -427,10 +451,13 @@ mod tests {
     #[tokio::test]
     async fn a_failing_webhook_is_retried_until_it_answers() {
         let (url, calls) = hook_failing_first(2).await;
-        let alerter = Alerter::new(vec![
-            WebhookSpec { url, format: WebhookFormat::Json },
-            WebhookSpec { url: "http://127.0.0.1:1/closed".into(), format: WebhookFormat::Slack },
-        ])
+        let alerter = Alerter::new(
+            vec![
+                WebhookSpec { url, format: WebhookFormat::Json },
+                WebhookSpec { url: "http://127.0.0.1:1/closed".into(), format: WebhookFormat::Slack },
+            ],
+            PendingAlerts::default(),
+        )
         .with_retries(4, Duration::from_millis(10));
         let results = alerter.send(&Alert::from_decision("r", AlertKind::Rollback, &decision())).await;
         assert_eq!(results[0], Ok(3));

@@ -26,6 +26,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use crate::alert::{Alert, Alerter};
+use crate::context::ProcessContext;
 use crate::sink::{EcdsFileSink, Need, SinkError, Sinks};
 use crate::source::prometheus::{PrometheusSource, PrometheusSourceConfig};
 use crate::source::{AdminSource, AdminSourceConfig, Source};
@@ -63,6 +64,8 @@ pub struct Controller {
     pub spec: RolloutSpec,
     sinks: Sinks,
     alerter: Alerter,
+    /// The process' metrics and pending alerts.
+    ctx: ProcessContext,
     /// A `sink_failing` alert went out and no push has succeeded since.
     sink_alerted: bool,
     /// The epoch a `sink_drifted` alert went out for (once per epoch: a
@@ -109,8 +112,14 @@ pub struct Status {
 impl Controller {
     /// Opens a state directory. With `spec`, starts the rollout if the
     /// directory holds none; if it holds one, the spec must be the same
-    /// unless `accept_spec_change` (recorded in the decision log).
-    pub fn open(dir: &Path, spec: Option<RolloutSpec>, accept_spec_change: bool) -> Result<Controller> {
+    /// unless `accept_spec_change` (recorded in the decision log). Its
+    /// metrics and alerts count in `ctx`, the process'.
+    pub fn open(
+        dir: &Path,
+        spec: Option<RolloutSpec>,
+        accept_spec_change: bool,
+        ctx: &ProcessContext,
+    ) -> Result<Controller> {
         let store = Store::open(dir)?;
         let _lock = store.lock()?;
         store.remove_stale_temp_files();
@@ -134,13 +143,14 @@ impl Controller {
                 given
             }
         };
-        let sinks = Sinks::from_spec(&spec);
-        let alerter = Alerter::from_spec(&spec.alerts);
+        let sinks = Sinks::from_spec(&spec, ctx.metrics.clone());
+        let alerter = Alerter::from_spec(&spec.alerts, ctx.alerts.clone());
         let c = Controller {
             store,
             spec,
             sinks,
             alerter,
+            ctx: ctx.clone(),
             sink_alerted: false,
             drift_alerted: None,
             unsaved_rollback: None,
@@ -159,7 +169,7 @@ impl Controller {
     /// Uses this Kubernetes client for the ConfigMap and WasmPlugin sinks
     /// (else one is made from the environment on first use).
     pub fn with_kube(mut self, client: kube::Client) -> Controller {
-        self.sinks = Sinks::from_spec(&self.spec).with_kube(client);
+        self.sinks = Sinks::from_spec(&self.spec, self.ctx.metrics.clone()).with_kube(client);
         self
     }
 
@@ -172,6 +182,11 @@ impl Controller {
         &self.alerter
     }
 
+    /// The process' metrics and pending alerts this controller counts in.
+    pub fn context(&self) -> &ProcessContext {
+        &self.ctx
+    }
+
     pub fn state(&self) -> Result<RolloutState> {
         self.store.load_state()?.ok_or_else(|| ControlError::NoRollout(self.store.dir().display().to_string()))
     }
@@ -179,7 +194,7 @@ impl Controller {
     async fn push(&mut self, state: &RolloutState, need: Need) -> Result<()> {
         let started = std::time::Instant::now();
         let pushed = self.sinks.push(&state.filter_config(&self.spec), need).await;
-        crate::http::metrics::METRICS.sink_push(started.elapsed(), pushed.is_ok());
+        self.ctx.metrics.sink_push(started.elapsed(), pushed.is_ok());
         match &pushed {
             Ok(_) if self.sinks.missing(state.epoch).is_empty() => self.sink_alerted = false,
             Ok(_) => {}
@@ -294,7 +309,7 @@ impl Controller {
     /// (the dashboard answers at once, whatever the webhooks do); a caller
     /// about to exit (the CLI) waits for them with [`Alerter::drain`].
     pub async fn command(&mut self, command: Command, reason: &str) -> Result<Decision> {
-        let _coming = crate::alert::AlertsComing::new();
+        let _coming = self.alerter.pending().coming();
         let decision = {
             let _lock = self.store.lock()?;
             let old = self.state()?;
@@ -346,7 +361,7 @@ impl Controller {
         let window = source.read(&self.spec.rollout, before.epoch, &expected).await;
         self.last_read = Some(read_started.elapsed());
         if let Ok(w) = &window {
-            crate::http::metrics::METRICS.source_read(w, read_started.elapsed());
+            self.ctx.metrics.source_read(w, read_started.elapsed());
         }
 
         let decision = {
@@ -586,7 +601,7 @@ mod tests {
     async fn a_stage_change_a_sink_refuses_leaves_the_old_state_and_a_rollback_takes_any_working_sink() {
         let tmp = tempfile::tempdir().unwrap();
         let (spec, good) = two_sinks(tmp.path());
-        let mut c = Controller::open(&tmp.path().join("state"), Some(spec), false).unwrap();
+        let mut c = Controller::open(&tmp.path().join("state"), Some(spec), false, &ProcessContext::default()).unwrap();
         // The start's push: the good sink takes it, the broken one is named.
         let e = c.ensure_pushed().await.unwrap_err();
         assert!(e.to_string().contains("blocker/ecds"), "{e}");

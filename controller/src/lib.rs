@@ -10,10 +10,12 @@
 //!            │ alert    webhooks
 //!  http/  daemon API, dashboard, Prometheus metrics of the controller itself
 //!  k8s/   the CanaryRollout resource and its reconciler (one rollout per resource)
+//!  context  the process' metrics and pending alerts, made at start and passed down
 //! ```
 
 pub mod alert;
 pub mod cli;
+pub mod context;
 pub mod control;
 pub mod http;
 pub mod k8s;

@@ -362,7 +362,8 @@ async fn a_controller_with_envoy_prometheus_judges_stages_from_prometheus() {
     );
     let spec = canary_judge::spec::RolloutSpec::from_yaml(&yaml).unwrap();
     let state_dir = tempfile::tempdir().unwrap();
-    let mut controller = canary_controller::control::Controller::open(state_dir.path(), Some(spec), false).unwrap();
+    let mut controller =
+        canary_controller::control::Controller::open(state_dir.path(), Some(spec), false, &Default::default()).unwrap();
     // Opening a rollout does not push; the first evaluation would.
     controller.ensure_pushed().await.unwrap();
     let mut source = controller.source();

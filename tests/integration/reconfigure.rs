@@ -115,10 +115,21 @@ async fn bad_configuration_is_refused_and_the_last_good_split_keeps_serving() {
     let mut heavy = good_json.clone();
     heavy["challenger_weight_bp"] = 10_001.into();
     heavy["epoch"] = 2.into();
+    // A configuration for a filter that hashes differently: refused, so no
+    // user moves (what the controller writes names this filter's hash).
+    assert_eq!(good_json["hash"], "xxh3-64", "{good_json}");
+    let mut other_hash = good_json.clone();
+    other_hash["hash"] = "fnv1a-64".into();
+    other_hash["epoch"] = 2.into();
     let cases = [
         ("malformed", r#"{"rollout": "refuse", "#.to_string(), "is not valid JSON"),
         ("unknown-field", unknown.to_string(), "unknown field `colour`"),
         ("weight-10001", heavy.to_string(), "`challenger_weight_bp`: 10001"),
+        (
+            "other-hash",
+            other_hash.to_string(),
+            "`hash`: `fnv1a-64` is not a hash this filter computes; the only accepted value is `xxh3-64`",
+        ),
     ];
     for (name, plugin, reason) in cases {
         let body = serde_json::to_vec(&rig.envoy.sink.render_raw(name, &plugin)).unwrap();

@@ -1,6 +1,7 @@
 //! Reports from a real end-to-end rollout: written when each stage ends,
 //! valid against controller/report.schema.json, and rendered by headless
-//! Chromium without console errors into a non-blank page.
+//! Chromium without console errors into a non-blank page; the same rollout's
+//! decision log valid against controller/decisions.schema.json.
 
 use std::time::Duration;
 
@@ -50,6 +51,33 @@ async fn a_real_rollout_writes_reports_that_match_the_schema_and_render_in_chrom
     let mut broken: serde_json::Value = serde_json::from_slice(&std::fs::read(&json[0]).unwrap()).unwrap();
     broken["inputs"]["spec_sha256"] = "not a hash".into();
     assert!(!validator.is_valid(&broken));
+
+    // Every line of the decision log the same rollout wrote matches its
+    // schema and names its layout.
+    let schema: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root().join("controller/decisions.schema.json")).unwrap()).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let log = std::fs::read_to_string(state_dir.join("decisions.jsonl")).unwrap();
+    assert!(log.lines().count() >= 2, "{log}");
+    for (i, line) in log.lines().enumerate() {
+        let doc: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(doc["schema"], "canary.decision/v1", "line {}", i + 1);
+        let errors: Vec<String> =
+            validator.iter_errors(&doc).map(|e| format!("{} at {}", e, e.instance_path())).collect();
+        assert!(errors.is_empty(), "decisions.jsonl line {} does not match the schema: {errors:?}", i + 1);
+    }
+    // Not vacuous either: a line from a newer layout, or with a field the
+    // schema does not know, fails it.
+    let mut broken: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
+    broken["schema"] = "canary.decision/v2".into();
+    assert!(!validator.is_valid(&broken));
+    let mut broken: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
+    broken["colour"] = "red".into();
+    assert!(!validator.is_valid(&broken));
+    // A line written before the log was versioned (no `schema`) still matches.
+    let mut old: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
+    old.as_object_mut().unwrap().remove("schema");
+    assert!(validator.is_valid(&old));
 
     // Written for people: times in ISO 8601, values rounded with units, a
     // title that says what the page is, a forest plot per gate.

@@ -31,6 +31,17 @@ pub mod stats;
 pub mod status;
 pub mod window;
 
+/// The name a value has in JSON, its serde name (`rollback`, `no_data`,
+/// `error_rate`): the stable id to show and to write, rather than a Rust
+/// `Debug` rendering (`Rollback`, `NoData`), which is no contract. Empty for
+/// a value that is not a string in JSON.
+pub fn wire_name<T: serde::Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => String::new(),
+    }
+}
+
 /// The file Envoy watches for the filter's configuration (file-based ECDS),
 /// and the default ConfigMap key: one name wherever the configuration is
 /// written.

@@ -186,7 +186,8 @@ pub fn render(r: &Replay) -> String {
             .iter()
             .take_while(|e| (&e.stage, e.recorded, e.replayed) == (&d.stage, d.recorded, d.replayed))
             .count();
-        let _ = writeln!(s, "\n#{} stage {}: recorded {:?}, replayed {:?}", d.seq, d.stage, d.recorded, d.replayed);
+        let (recorded, replayed) = (crate::wire_name(&d.recorded), crate::wire_name(&d.replayed));
+        let _ = writeln!(s, "\n#{} stage {}: recorded {recorded}, replayed {replayed}", d.seq, d.stage);
         for reason in &d.recorded_reasons {
             let _ = writeln!(s, "  recorded: {reason}");
         }
@@ -292,7 +293,7 @@ envoy: { admin: ["http://a"], ecds_dir: /x, wasm: /y.wasm }
         let same = replay(&spec, &state, &log, &other, Some(GateMethod::Threshold));
         assert_eq!(same.differences, vec![]);
         let text = render(&r);
-        assert!(text.contains("#1 stage 1pct: recorded Rollback, replayed Hold"), "{text}");
+        assert!(text.contains("#1 stage 1pct: recorded rollback, replayed hold"), "{text}");
     }
 
     #[test]
@@ -328,7 +329,7 @@ envoy: { admin: ["http://a"], ecds_dir: /x, wasm: /y.wasm }
         let r = replay(&spec, &state, &log, &other, None);
         assert_eq!(r.differences.len(), 3);
         let text = render(&r);
-        assert_eq!(text.matches("recorded Rollback, replayed Hold").count(), 1, "{text}");
+        assert_eq!(text.matches("recorded rollback, replayed hold").count(), 1, "{text}");
         assert!(text.contains("… and 2 more decisions alike, to #3"), "{text}");
     }
 

@@ -1365,16 +1365,51 @@ fn dns_label(field: &str, value: &str, max: usize) -> Result<(), SpecError> {
     }
 }
 
+/// A percentage of traffic that is not a weight: why [`percent_to_weight`]
+/// refused it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PercentError {
+    /// Below 0, above 100, or not a number.
+    #[error("{0} must be within 0..=100 (a percentage of traffic, e.g. 5 for 5 %)")]
+    OutOfRange(f64),
+    /// Finer than a basis point (0.01 %).
+    #[error("{0} is not a percentage with at most two decimals")]
+    TooPrecise(f64),
+    /// The basis points are not a weight (cannot happen after the range check;
+    /// kept so the conversion needs no panic).
+    #[error(transparent)]
+    Weight(#[from] canary_core::split::WeightOutOfRange),
+}
+
 /// Percent with at most two decimals → basis points.
-pub fn percent_to_weight(percent: f64) -> Result<Weight, String> {
+pub fn percent_to_weight(percent: f64) -> Result<Weight, PercentError> {
     if !(0.0..=100.0).contains(&percent) {
-        return Err(format!("{percent} must be within 0..=100 (a percentage of traffic, e.g. 5 for 5 %)"));
+        return Err(PercentError::OutOfRange(percent));
     }
     let bp = percent * 100.0;
     if !bp.is_finite() || bp < 0.0 || (bp - bp.round()).abs() > 1e-6 {
-        return Err(format!("{percent} is not a percentage with at most two decimals"));
+        return Err(PercentError::TooPrecise(percent));
     }
-    Weight::from_bp(bp.round() as u64).map_err(|e| e.to_string())
+    Ok(Weight::from_bp(bp.round() as u64)?)
+}
+
+#[cfg(test)]
+mod percent_tests {
+    use super::*;
+
+    #[test]
+    fn percent_to_weight_says_why_it_refuses() {
+        assert_eq!(percent_to_weight(5.25).map(Weight::bp), Ok(525));
+        assert_eq!(percent_to_weight(100.0).map(Weight::bp), Ok(10_000));
+        assert_eq!(percent_to_weight(100.5), Err(PercentError::OutOfRange(100.5)));
+        assert_eq!(percent_to_weight(-1.0), Err(PercentError::OutOfRange(-1.0)));
+        assert!(matches!(percent_to_weight(f64::NAN), Err(PercentError::OutOfRange(_))));
+        assert_eq!(percent_to_weight(0.125), Err(PercentError::TooPrecise(0.125)));
+        assert_eq!(
+            percent_to_weight(0.125).unwrap_err().to_string(),
+            "0.125 is not a percentage with at most two decimals"
+        );
+    }
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+use crate::context::ProcessContext;
 use crate::control::{Controller, Status};
 use crate::http::daemon;
 use crate::k8s::crd::{self, ResourceRef};
@@ -12,6 +13,7 @@ use anyhow::Context;
 use canary_core::FilterConfig;
 use canary_judge::rollout::Command as RolloutCommand;
 use canary_judge::spec::{GateMethod, RolloutSpec};
+use canary_judge::wire_name;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 /// Progressive delivery of ML model versions on Envoy.
@@ -343,9 +345,9 @@ fn print_status(s: &Status) {
     }
     match &s.last_decision {
         Some(d) => {
-            print_decision(d.seq, &format!("{:?}", d.action), d.manual, &d.reasons);
+            print_decision(d.seq, &wire_name(&d.action), d.manual, &d.reasons);
             for g in &d.gates {
-                print_gate(&format!("{:?}", g.gate), &format!("{:?}", g.outcome), &g.detail);
+                print_gate(&wire_name(&g.gate), &wire_name(&g.outcome), &g.detail);
             }
             let rate = |(errors, n): (u64, u64)| {
                 if n == 0 {
@@ -379,13 +381,19 @@ async fn manual(command: RolloutCommand, m: Manual) -> anyhow::Result<()> {
         return kube_manual(command, &r, &reason, wait, output).await;
     }
     let state_dir = state_dir.context("--state-dir or --kube is needed")?;
-    let mut c = Controller::open(&state_dir, None, false)?;
+    let mut c = Controller::open(&state_dir, None, false, &ProcessContext::default())?;
     let d = c.command(command, &reason).await?;
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&d)?),
         Output::Human => println!(
-            "#{} {:?}: {} ({}) → {} ({}), epoch {}",
-            d.seq, d.action, d.from.stage_name, d.from.weight, d.to.stage_name, d.to.weight, d.to.epoch
+            "#{} {}: {} ({}) → {} ({}), epoch {}",
+            d.seq,
+            wire_name(&d.action),
+            d.from.stage_name,
+            d.from.weight,
+            d.to.stage_name,
+            d.to.weight,
+            d.to.epoch
         ),
     }
     // The command is in effect; its alerts are still being delivered.
@@ -476,7 +484,8 @@ pub async fn main() -> anyhow::Result<()> {
         Command::Run { spec, state_dir, accept_spec_change, token_file } => {
             let token = daemon_token(token_file.as_deref())?;
             let spec = spec.map(|p| RolloutSpec::load(&p)).transpose()?;
-            let controller = Controller::open(&state_dir, spec, accept_spec_change)?;
+            let ctx = ProcessContext::default();
+            let controller = Controller::open(&state_dir, spec, accept_spec_change, &ctx)?;
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
             let store = controller.store.clone();
             let stopped = tokio::select! {
@@ -488,7 +497,7 @@ pub async fn main() -> anyhow::Result<()> {
                 store.remove_daemon_files();
                 // A rollback alert being retried gets a little longer (a
                 // Kubernetes pod has 30 s between SIGTERM and SIGKILL).
-                let left = crate::alert::drain_for(std::time::Duration::from_secs(10)).await;
+                let left = ctx.alerts.drain_for(std::time::Duration::from_secs(10)).await;
                 if left > 0 {
                     eprintln!("stopped with {left} alert(s) undelivered");
                 }
@@ -504,7 +513,7 @@ pub async fn main() -> anyhow::Result<()> {
         }
         Command::Status { state_dir, kube: None, output } => {
             let state_dir = state_dir.context("--state-dir or --kube is needed")?;
-            let c = Controller::open(&state_dir, None, false)?;
+            let c = Controller::open(&state_dir, None, false, &ProcessContext::default())?;
             let s = c.status()?;
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&s)?),
@@ -512,7 +521,7 @@ pub async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Report { state_dir, out, stage } => {
-            let c = Controller::open(&state_dir, None, false)?;
+            let c = Controller::open(&state_dir, None, false, &ProcessContext::default())?;
             let now = crate::control::now_millis();
             let files = crate::store::reports::write_all(&c.store, &c.spec, out.as_deref(), now)?;
             let state = c.state()?;
@@ -636,14 +645,16 @@ pub async fn main() -> anyhow::Result<()> {
         Command::Crd => print!("{}", crd::crd_yaml()),
         Command::Operator { state_root, listen } => {
             let client = kube_client().await?;
+            let ctx = ProcessContext::default();
+            let metrics = ctx.metrics.clone();
             let app = axum::Router::new()
                 .route("/healthz", axum::routing::get(|| async { "ok\n" }))
-                .route("/metrics", axum::routing::get(|| async { crate::http::metrics::METRICS.render(None) }));
+                .route("/metrics", axum::routing::get(move || async move { metrics.render(None) }));
             let listener =
                 tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
             eprintln!("canary operator: state in {}, /metrics on {}", state_root.display(), listener.local_addr()?);
             tokio::spawn(async move { axum::serve(listener, app).await });
-            crate::k8s::reconcile::run(client, state_root).await?;
+            crate::k8s::reconcile::run(client, state_root, ctx).await?;
         }
         Command::Push { file, ecds_dir, wasm } => {
             let c = read_config(&file)?;

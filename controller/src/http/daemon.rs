@@ -13,7 +13,6 @@ use axum::{Json, Router};
 
 use crate::control::{self, now_millis, Controller};
 use crate::http::dashboard::{Hub, Token};
-use crate::http::metrics::METRICS;
 use crate::store::Store;
 use canary_judge::labels::LabelRecord;
 use canary_judge::rollout::{Action, Decision};
@@ -38,8 +37,8 @@ pub fn progress_line(d: &Decision, started: u64) -> String {
     let what = match d.action {
         Action::Hold => format!("hold at {} ({})", d.from.stage_name, d.from.weight),
         _ => {
-            format!("{:?} {} ({}) → {} ({})", d.action, d.from.stage_name, d.from.weight, d.to.stage_name, d.to.weight)
-                .to_lowercase()
+            let action = canary_judge::wire_name(&d.action);
+            format!("{action} {} ({}) → {} ({})", d.from.stage_name, d.from.weight, d.to.stage_name, d.to.weight)
         }
     };
     format!("[{t:7.1}s] #{} {what}{counts}: {}", d.seq, d.reasons.join("; "))
@@ -54,7 +53,8 @@ pub async fn run(controller: Controller, token: Option<Token>) -> anyhow::Result
     let mut source = controller.source();
     tracing::info!("reading stats from {}", source.describe());
     let controls = if token.is_some() { "enabled" } else { "disabled (no --token-file or CANARY_TOKEN)" };
-    let hub = Hub::new(store.clone(), controller.spec.clone(), token.is_some());
+    let ctx = controller.context().clone();
+    let hub = Hub::new(store.clone(), controller.spec.clone(), token.is_some(), ctx.clone());
     tokio::spawn(hub.clone().run());
     let app = Router::new()
         .route("/labels", post(labels).layer(DefaultBodyLimit::max(LABELS_LIMIT)))
@@ -88,7 +88,7 @@ pub async fn run(controller: Controller, token: Option<Token>) -> anyhow::Result
         let took = evaluation_started.elapsed();
         if took > interval {
             // Said, not silently absorbed: the next evaluation starts late.
-            METRICS.evaluation_overrun();
+            ctx.metrics.evaluation_overrun();
             tracing::warn!(
                 took_ms = took.as_millis() as u64,
                 interval_ms = interval.as_millis() as u64,
@@ -97,13 +97,13 @@ pub async fn run(controller: Controller, token: Option<Token>) -> anyhow::Result
         }
         match ticked {
             Ok(Some(d)) => {
-                METRICS.evaluation(true);
+                ctx.metrics.evaluation(true);
                 hub.wake();
                 println!("{}", progress_line(&d, started));
             }
             Ok(None) => {}
             Err(e) => {
-                METRICS.evaluation(false);
+                ctx.metrics.evaluation(false);
                 eprintln!("evaluation failed, state unchanged: {e}");
             }
         }
@@ -196,7 +196,7 @@ mod tests {
         let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
         assert_eq!(doc["openapi"], "3.1.0");
         let served: Vec<(String, String)> =
-            [include_str!("daemon.rs"), include_str!("dashboard.rs")].iter().flat_map(|s| routes(s)).collect();
+            [include_str!("daemon.rs"), include_str!("dashboard/routes.rs")].iter().flat_map(|s| routes(s)).collect();
         assert!(served.len() >= 14, "{served:?}");
         for (path, method) in &served {
             assert!(doc["paths"][path][method].is_object(), "{method} {path} is served but not in openapi.json");

@@ -8,20 +8,19 @@
 //! ```
 //!
 //! Counters live for the process (they start at 0 when the daemon starts,
-//! which Prometheus' `rate()` handles); gauges describing the rollout are
+//! which Prometheus' `rate()` handles): one [`Metrics`] made at start, held
+//! by the [`crate::context::ProcessContext`] every part of the process is
+//! given; gauges describing the rollout are
 //! read from the state directory at scrape time. Every name is listed in
 //! [`Metrics::render`] and in the README.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{LazyLock, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use canary_judge::window::Window;
-
-/// The process' metrics (one daemon per process).
-pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::default);
 
 /// Upper bounds (seconds) of the ECDS push latency buckets: a temp file,
 /// fsync and rename, normally well under 10 ms.

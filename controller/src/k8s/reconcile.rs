@@ -40,6 +40,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 
+use crate::context::ProcessContext;
 use crate::control::{ControlError, Controller};
 use crate::k8s::crd::{self, CanaryRollout, CanaryRolloutStatus, CommandStatus};
 use crate::sink::configmap::FIELD_MANAGER;
@@ -76,11 +77,15 @@ pub struct Context {
     controllers: Mutex<HashMap<String, Controller>>,
     /// Publishes the Events about resources that cannot be decoded.
     recorder: Recorder,
+    /// The operator process' metrics (served at its `/metrics`) and pending
+    /// alerts, shared by every rollout's controller.
+    process: ProcessContext,
 }
 
 impl Context {
-    pub fn new(client: kube::Client, root: PathBuf) -> Arc<Context> {
+    pub fn new(client: kube::Client, root: PathBuf, process: ProcessContext) -> Arc<Context> {
         Arc::new(Context {
+            process,
             client: client.clone(),
             root,
             failures: Mutex::new(HashMap::new()),
@@ -110,8 +115,8 @@ pub fn backoff(failures: u32) -> Duration {
 }
 
 /// Watches every namespace's CanaryRollouts until a signal arrives.
-pub async fn run(client: kube::Client, root: PathBuf) -> anyhow::Result<()> {
-    run_until(client, root, std::future::pending::<()>()).await;
+pub async fn run(client: kube::Client, root: PathBuf, process: ProcessContext) -> anyhow::Result<()> {
+    run_until(client, root, process, std::future::pending::<()>()).await;
     Ok(())
 }
 
@@ -122,7 +127,7 @@ pub fn api_resource() -> ApiResource {
 
 /// Watches every namespace's CanaryRollouts until `shutdown` completes (or a
 /// signal arrives).
-pub async fn run_until<F>(client: kube::Client, root: PathBuf, shutdown: F)
+pub async fn run_until<F>(client: kube::Client, root: PathBuf, process: ProcessContext, shutdown: F)
 where
     F: std::future::Future<Output = ()> + Send + Sync + 'static,
 {
@@ -131,7 +136,7 @@ where
     Runtime::new_with(api, watcher::Config::default(), ar)
         .shutdown_on_signal()
         .graceful_shutdown_on(shutdown)
-        .run(reconcile_object, error_policy, Context::new(client, root))
+        .run(reconcile_object, error_policy, Context::new(client, root, process))
         .for_each(|r| async move {
             match r {
                 Ok((obj, _)) => tracing::debug!("reconciled {obj}"),
@@ -245,6 +250,7 @@ pub async fn reconcile(obj: Arc<CanaryRollout>, ctx: Arc<Context>) -> Result<Act
         spec: obj.spec.clone(),
         accept: obj.annotations().get(crd::ACCEPT_SPEC_CHANGE).is_some_and(|v| v == "true"),
         client: ctx.client.clone(),
+        process: ctx.process.clone(),
         command: crd::pending_command(obj.annotations(), previous.last_command.as_ref().map(|c| c.id.as_str())),
         last_command: previous.last_command.clone(),
         generation,
@@ -292,6 +298,7 @@ struct Pass {
     spec: canary_judge::spec::RolloutSpec,
     accept: bool,
     client: kube::Client,
+    process: ProcessContext,
     command: Option<crd::PendingCommand>,
     last_command: Option<CommandStatus>,
     generation: Option<i64>,
@@ -308,7 +315,7 @@ impl Pass {
     async fn run(mut self) -> (Result<Done, ControlError>, Option<Controller>) {
         let mut c = match self.cached.take() {
             Some(c) if c.spec == self.spec && !self.accept => c,
-            _ => match Controller::open(&self.dir, Some(self.spec.clone()), self.accept) {
+            _ => match Controller::open(&self.dir, Some(self.spec.clone()), self.accept, &self.process) {
                 Ok(c) => c.with_kube(self.client.clone()),
                 Err(e) => return (Err(e), None),
             },
@@ -419,7 +426,7 @@ mod tests {
         let mut patch = Exchange::patch(STATUS, MERGE, json!(null), 200, serde_json::to_value(&*obj).unwrap());
         patch.body = None;
         let api = serve(handle, vec![patch]);
-        let action = reconcile(obj, Context::new(client, root.clone())).await.unwrap();
+        let action = reconcile(obj, Context::new(client, root.clone(), ProcessContext::default())).await.unwrap();
         assert_eq!(action, Action::requeue(Duration::from_secs(30)), "requeued at the spec's interval");
         let seen = api.await.unwrap();
         assert_eq!(seen[0].path, STATUS);
@@ -444,7 +451,7 @@ mod tests {
             .map(|_| Exchange { body: None, ..Exchange::patch(STATUS, MERGE, json!(null), 200, answer.clone()) })
             .collect();
         let api = serve(handle, patches);
-        let ctx = Context::new(client, root.clone());
+        let ctx = Context::new(client, root.clone(), ProcessContext::default());
         reconcile(Arc::new(obj.clone()), ctx.clone()).await.unwrap();
         let action = reconcile(Arc::new(obj), ctx).await.unwrap();
         let store = crate::store::Store::open(root.join("shop/recs")).unwrap();
@@ -472,7 +479,7 @@ mod tests {
             patches.push(Exchange { body: None, ..Exchange::patch(STATUS, MERGE, json!(null), 200, answer) });
         }
         let api = serve(handle, patches);
-        let ctx = Context::new(c, root.clone());
+        let ctx = Context::new(c, root.clone(), ProcessContext::default());
 
         // First pass: applied.
         reconcile(Arc::new(obj.clone()), ctx.clone()).await.unwrap();
@@ -527,7 +534,7 @@ mod tests {
                 serde_json::to_value(&obj).unwrap(),
             )],
         );
-        let ctx = Context::new(client, tmp.path().join("root"));
+        let ctx = Context::new(client, tmp.path().join("root"), ProcessContext::default());
         let r = reconcile(Arc::new(obj), ctx).await;
         let seen = api.await;
         assert_eq!(r.unwrap(), Action::await_change());
@@ -586,7 +593,7 @@ mod tests {
         });
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let root = tmp.path().join("root");
-        let runtime = tokio::spawn(run_until(client, root.clone(), async move {
+        let runtime = tokio::spawn(run_until(client, root.clone(), ProcessContext::default(), async move {
             stopped.await.ok();
         }));
 
@@ -640,7 +647,10 @@ mod tests {
         // The mock expects no request at all.
         let (client, handle) = client();
         let api = serve(handle, vec![]);
-        let action = reconcile_object(Arc::new(told), Context::new(client, tmp.path().join("root"))).await.unwrap();
+        let action =
+            reconcile_object(Arc::new(told), Context::new(client, tmp.path().join("root"), ProcessContext::default()))
+                .await
+                .unwrap();
         assert_eq!(action, Action::await_change());
         assert!(api.await.unwrap().is_empty());
     }

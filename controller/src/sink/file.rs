@@ -101,6 +101,10 @@ mod tests {
         assert_eq!(cfg["vm_config"]["code"]["local"]["filename"], "/x/canary_filter.wasm");
         let inner = cfg["configuration"]["value"].as_str().unwrap();
         assert_eq!(FilterConfig::from_json(inner.as_bytes()).unwrap(), config(500));
+        // The configuration names its hash, so a filter hashing differently
+        // refuses it (the test's input did not name it).
+        let written: serde_json::Value = serde_json::from_str(inner).unwrap();
+        assert_eq!(written["hash"], canary_core::split::SplitHash::Xxh3_64.name());
         // Only the file itself is left behind, no temp files.
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }

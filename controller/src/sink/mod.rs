@@ -29,7 +29,7 @@ pub use configmap::ConfigMapSink;
 pub use file::EcdsFileSink;
 pub use wasmplugin::WasmPluginSink;
 
-use crate::http::metrics::METRICS;
+use crate::http::metrics::Metrics;
 use canary_judge::spec::{RetrySpec, RolloutSpec, SinkSpec};
 
 /// The filter's name in Envoy's `http_filters` and in the ECDS resource.
@@ -265,19 +265,22 @@ pub struct Sinks {
     kube: KubeClient,
     /// Per sink, the epoch it last took from this process.
     carrying: Vec<Option<u64>>,
+    /// Where attempts and drifts are counted (the process').
+    metrics: Arc<Metrics>,
 }
 
 impl Sinks {
-    pub fn from_spec(spec: &RolloutSpec) -> Sinks {
+    pub fn from_spec(spec: &RolloutSpec, metrics: Arc<Metrics>) -> Sinks {
         Sinks::new(
             spec.sinks().iter().map(|s| Sink::from_spec(s, &spec.envoy.wasm)).collect(),
             spec.envoy.sink_retry.clone(),
+            metrics,
         )
     }
 
-    pub fn new(sinks: Vec<Sink>, retry: RetrySpec) -> Sinks {
+    pub fn new(sinks: Vec<Sink>, retry: RetrySpec, metrics: Arc<Metrics>) -> Sinks {
         let carrying = vec![None; sinks.len()];
-        Sinks { sinks, retry, kube: KubeClient::default(), carrying }
+        Sinks { sinks, retry, kube: KubeClient::default(), carrying, metrics }
     }
 
     /// Uses this client for the Kubernetes sinks (the reconciler's, or a test's mock).
@@ -309,7 +312,7 @@ impl Sinks {
             match held {
                 Ok(Held::Wanted | Held::Ahead) => {}
                 Ok(Held::Other) => {
-                    METRICS.sink_drift(&self.sinks[i].name());
+                    self.metrics.sink_drift(&self.sinks[i].name());
                     self.carrying[i] = None;
                     drifted.push(self.sinks[i].name());
                 }
@@ -331,7 +334,8 @@ impl Sinks {
             let sink = &self.sinks[i];
             let kube = &self.kube;
             let delays = &delays;
-            async move { (i, push_with_retry(sink, config, kube, delays).await) }
+            let metrics = &*self.metrics;
+            async move { (i, push_with_retry(sink, config, kube, delays, metrics).await) }
         });
         let results = futures::future::join_all(attempts).await;
         let mut written = Vec::new();
@@ -364,12 +368,13 @@ async fn push_with_retry(
     config: &FilterConfig,
     kube: &KubeClient,
     delays: &[Duration],
+    metrics: &Metrics,
 ) -> Result<(), SinkError> {
     let name = sink.name();
     let mut attempt = 0;
     loop {
         let result = sink.push_once(config, kube).await;
-        METRICS.sink_attempt(&name, result.is_ok());
+        metrics.sink_attempt(&name, result.is_ok());
         let e = match result {
             Ok(()) => return Ok(()),
             Err(e) => e,
@@ -436,6 +441,7 @@ pub(crate) mod tests {
         let mut sinks = Sinks::new(
             vec![Sink::File(EcdsFileSink::new(&bad, "/x.wasm")), Sink::File(EcdsFileSink::new(&good, "/x.wasm"))],
             quick(),
+            Arc::default(),
         );
         let written = sinks.push(&config(3, 0), Need::Any).await.unwrap();
         assert_eq!(written, [format!("file {}", good.display())]);
@@ -474,7 +480,7 @@ pub(crate) mod tests {
     async fn a_sink_changed_behind_the_controllers_back_is_found_and_written_back() {
         let tmp = tempfile::tempdir().unwrap();
         let sink = EcdsFileSink::new(tmp.path(), "/x.wasm");
-        let mut sinks = Sinks::new(vec![Sink::File(sink.clone())], quick());
+        let mut sinks = Sinks::new(vec![Sink::File(sink.clone())], quick(), Arc::default());
         sinks.push(&config(4, 500), Need::All).await.unwrap();
         assert!(sinks.verify(&config(4, 500)).await.is_empty());
         // A later epoch of ours (a CLI rollback not saved yet) is left alone.
@@ -492,7 +498,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn an_invalid_configuration_is_written_nowhere() {
         let tmp = tempfile::tempdir().unwrap();
-        let mut sinks = Sinks::new(vec![Sink::File(EcdsFileSink::new(tmp.path(), "/x.wasm"))], quick());
+        let mut sinks = Sinks::new(vec![Sink::File(EcdsFileSink::new(tmp.path(), "/x.wasm"))], quick(), Arc::default());
         let mut bad = config(1, 100);
         bad.challenger = bad.champion.clone();
         assert!(matches!(sinks.push(&bad, Need::Any).await, Err(SinkError::Invalid(_))));

@@ -7,6 +7,7 @@
 //!                    (shard-NN.json, each replaced atomically; a few are
 //!                    rewritten per interval, see ResetTracker)
 //!   decisions.jsonl  every decision, one JSON line each, seq 1, 2, 3 … without gaps
+//!                    (layout `canary.decision/v1`, see [`log_line`])
 //!   lock             flock: one writer at a time (daemon, CLI commands)
 //!   daemon.pid       the running daemon, if any
 //!   reports/         canary analysis reports (see [`reports`])
@@ -18,6 +19,7 @@
 //! log has neither gaps nor duplicates.
 
 pub mod durable;
+pub mod log_line;
 pub mod reports;
 
 use std::fs::{self, File, OpenOptions};
@@ -213,8 +215,7 @@ impl Store {
 
     pub fn append_decision(&self, d: &Decision) -> Result<()> {
         let p = self.log_path();
-        let line =
-            serde_json::to_string(d).map_err(|e| StoreError::Corrupt { path: p.clone(), message: e.to_string() })?;
+        let line = log_line::to_line(d).map_err(|e| StoreError::Corrupt { path: p.clone(), message: e.to_string() })?;
         let appended = durable::append_line(&p, &line).map_err(io("append to", &p));
         if appended.is_err() {
             self.log_behind.store(true, Ordering::SeqCst);
@@ -232,25 +233,37 @@ impl Store {
     }
 
     /// Every logged decision, in order. A torn last line (a crash mid-append)
-    /// is skipped; a bad line elsewhere is corruption.
+    /// is skipped; a bad line elsewhere is corruption, and a line in a layout
+    /// this controller does not read (a newer one's) is refused wherever it is.
     pub fn decisions(&self) -> Result<Vec<Decision>> {
+        Ok(self.decisions_and_lines()?.0)
+    }
+
+    /// [`Store::decisions`], and the log's lines they were read from, as they
+    /// are on disk (each with its newline).
+    fn decisions_and_lines(&self) -> Result<(Vec<Decision>, String)> {
         let p = self.log_path();
         let file = match File::open(&p) {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((vec![], String::new())),
             Err(e) => return Err(io("read", &p)(e)),
         };
         let lines: Vec<String> =
             BufReader::new(file).lines().collect::<std::io::Result<_>>().map_err(io("read", &p))?;
         let mut out = Vec::with_capacity(lines.len());
+        let mut good = String::new();
         for (i, line) in lines.iter().enumerate() {
-            match serde_json::from_str::<Decision>(line) {
-                Ok(d) => out.push(d),
-                Err(_) if i + 1 == lines.len() => break,
+            match log_line::from_line(line.as_bytes()) {
+                Ok(d) => {
+                    out.push(d);
+                    good.push_str(line);
+                    good.push('\n');
+                }
+                Err(log_line::LineError::Json(_)) if i + 1 == lines.len() => break,
                 Err(e) => return Err(StoreError::Corrupt { path: p, message: format!("line {}: {e}", i + 1) }),
             }
         }
-        Ok(out)
+        Ok((out, good))
     }
 
     /// The last `n` decisions (reads the whole log; it grows by one line per
@@ -270,14 +283,14 @@ impl Store {
 
     fn repair_log_inner(&self, state: &RolloutState) -> Result<()> {
         let p = self.log_path();
-        let decisions = self.decisions()?;
-        let good_len: usize = decisions.iter().map(|d| serde_json::to_string(d).map_or(0, |l| l.len() + 1)).sum();
+        // The good lines as they are on disk: one written before the log was
+        // versioned is kept as it was written.
+        let (decisions, good) = self.decisions_and_lines()?;
+        let good_len = good.len();
         if let Ok(meta) = fs::metadata(&p) {
             if meta.len() as usize != good_len && !decisions.is_empty() {
                 // Rewrite without the torn tail.
-                let text: String =
-                    decisions.iter().filter_map(|d| serde_json::to_string(d).ok()).map(|l| l + "\n").collect();
-                durable::write_atomic(&p, text.as_bytes()).map_err(io("repair", &p))?;
+                durable::write_atomic(&p, good.as_bytes()).map_err(io("repair", &p))?;
             } else if decisions.is_empty() && meta.len() > 0 {
                 durable::write_atomic(&p, b"").map_err(io("repair", &p))?;
             }
@@ -469,6 +482,57 @@ envoy: { admin: ["http://a"], ecds_dir: /x, wasm: /y }
         store.repair_log(&s1).unwrap();
         let text = fs::read_to_string(store.log_path()).unwrap();
         assert_eq!(text.lines().count(), 1);
+    }
+
+    #[test]
+    fn every_log_line_names_its_layout_and_the_schema_file_agrees() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let spec = spec();
+        let (_, d1) = paused(&store, &spec);
+        let text = fs::read_to_string(store.log_path()).unwrap();
+        let line: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        assert_eq!(line["schema"], log_line::DECISION_SCHEMA);
+        assert!(text.starts_with("{\"schema\":\"canary.decision/v1\",\"seq\":1,"), "{text}");
+        assert_eq!(store.decisions().unwrap(), [d1]);
+        let schema: serde_json::Value = serde_json::from_str(include_str!("../../decisions.schema.json")).unwrap();
+        assert_eq!(schema["properties"]["schema"]["const"], log_line::DECISION_SCHEMA);
+    }
+
+    #[test]
+    fn a_line_written_before_the_log_was_versioned_reads_as_version_1_and_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let spec = spec();
+        let (s1, d1) = RolloutState::start(&spec, 0).command(&spec, Command::Pause, "", 1).unwrap();
+        // An older controller's line: the decision alone.
+        let old = serde_json::to_string(&d1).unwrap();
+        assert!(!old.contains("schema"));
+        durable::append_line(&store.log_path(), &old).unwrap();
+        let (s2, d2) = s1.command(&spec, Command::Resume, "", 2).unwrap();
+        store.save_state(&s2).unwrap();
+        store.append_decision(&d2).unwrap();
+        assert_eq!(store.decisions().unwrap(), [d1, d2]);
+        let before = fs::read_to_string(store.log_path()).unwrap();
+        store.repair_log(&s2).unwrap();
+        assert_eq!(fs::read_to_string(store.log_path()).unwrap(), before, "old lines are not rewritten");
+    }
+
+    #[test]
+    fn a_line_in_a_newer_layout_is_refused_even_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let spec = spec();
+        let (s1, d1) = paused(&store, &spec);
+        let (_, d2) = s1.command(&spec, Command::Resume, "", 2).unwrap();
+        let newer = log_line::to_line(&d2).unwrap().replace(log_line::DECISION_SCHEMA, "canary.decision/v2");
+        durable::append_line(&store.log_path(), &newer).unwrap();
+        let e = store.decisions().unwrap_err();
+        assert!(e.to_string().contains("line 2: written as `canary.decision/v2`"), "{e}");
+        // Never dropped as a torn line by a repair.
+        assert!(store.repair_log(&s1).is_err());
+        assert!(fs::read_to_string(store.log_path()).unwrap().contains("canary.decision/v2"));
+        assert_eq!(d1.seq, 1);
     }
 
     #[test]

@@ -8,17 +8,21 @@ use serde::{Deserialize, Serialize};
 
 use crate::headers::{self, HeaderNameError};
 use crate::predict::{PredictionConfig, PredictionPlan, SegmentConfig, SegmentPlan};
-use crate::split::{Arm, Salt, Weight};
+use crate::split::{Arm, Salt, SplitHash, Weight};
 
-/// The plugin configuration as written (see the README's reference).
+/// The plugin configuration as written (see the configuration reference).
+///
+/// On the wire it also names its hash (`"hash": "xxh3-64"`, see
+/// [`SplitHash`]): written on every serialization, the default when absent,
+/// any other name refused. It is not a field here because this filter computes
+/// one hash only; `WireConfig` carries it and the serde attributes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(from = "WireConfig", into = "WireConfig")]
 pub struct FilterConfig {
     /// Rollout name; part of every metric name.
     pub rollout: String,
     /// Configuration epoch, raised by the controller on every change; part of
     /// every metric name so that windows never mix configurations.
-    #[serde(default)]
     pub epoch: u64,
     /// Stage name, sent in the stage header.
     pub stage: String,
@@ -31,27 +35,132 @@ pub struct FilterConfig {
     /// The challenger's share in basis points, 0..=10000.
     pub challenger_weight_bp: Weight,
     /// Where the user key is read from, first match wins.
-    #[serde(default = "default_key")]
     pub key: Vec<KeySource>,
     /// What happens to requests with no key.
-    #[serde(default)]
     pub unkeyed: UnkeyedPolicy,
     /// Names of the headers the filter owns.
-    #[serde(default)]
     pub headers: OwnedHeaders,
     /// Where responses carry their prediction, and its bins.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prediction: Option<PredictionConfig>,
     /// A request header that splits the per-version counters.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub segment: Option<SegmentConfig>,
     /// Copies of champion-served requests sent to the challenger.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow: Option<ShadowConfig>,
     /// A QA override: a request carrying `<secret>:<version>` in this header
     /// goes to that version. Without the secret the header is only removed.
-    #[serde(default, rename = "override", skip_serializing_if = "Option::is_none")]
     pub qa_override: Option<OverrideConfig>,
+}
+
+/// [`FilterConfig`] as serialized: the same fields and `hash`. Holds the serde
+/// attributes (unknown fields refused, defaults); a field added to
+/// `FilterConfig` is added here too (the conversions below list every field).
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireConfig {
+    /// The split's bucket function. Absent means `xxh3-64` (configurations
+    /// written before the field existed); always written.
+    #[serde(default)]
+    hash: SplitHash,
+    rollout: String,
+    #[serde(default)]
+    epoch: u64,
+    stage: String,
+    salt: String,
+    champion: String,
+    challenger: String,
+    challenger_weight_bp: Weight,
+    #[serde(default = "default_key")]
+    key: Vec<KeySource>,
+    #[serde(default)]
+    unkeyed: UnkeyedPolicy,
+    #[serde(default)]
+    headers: OwnedHeaders,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    prediction: Option<PredictionConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    segment: Option<SegmentConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    shadow: Option<ShadowConfig>,
+    #[serde(default, rename = "override", skip_serializing_if = "Option::is_none")]
+    qa_override: Option<OverrideConfig>,
+}
+
+impl From<WireConfig> for FilterConfig {
+    fn from(w: WireConfig) -> FilterConfig {
+        // `hash` was checked while parsing: this filter computes every hash
+        // [`SplitHash`] can name.
+        let WireConfig {
+            hash: SplitHash::Xxh3_64,
+            rollout,
+            epoch,
+            stage,
+            salt,
+            champion,
+            challenger,
+            challenger_weight_bp,
+            key,
+            unkeyed,
+            headers,
+            prediction,
+            segment,
+            shadow,
+            qa_override,
+        } = w;
+        FilterConfig {
+            rollout,
+            epoch,
+            stage,
+            salt,
+            champion,
+            challenger,
+            challenger_weight_bp,
+            key,
+            unkeyed,
+            headers,
+            prediction,
+            segment,
+            shadow,
+            qa_override,
+        }
+    }
+}
+
+impl From<FilterConfig> for WireConfig {
+    fn from(c: FilterConfig) -> WireConfig {
+        let FilterConfig {
+            rollout,
+            epoch,
+            stage,
+            salt,
+            champion,
+            challenger,
+            challenger_weight_bp,
+            key,
+            unkeyed,
+            headers,
+            prediction,
+            segment,
+            shadow,
+            qa_override,
+        } = c;
+        WireConfig {
+            hash: SplitHash::default(),
+            rollout,
+            epoch,
+            stage,
+            salt,
+            champion,
+            challenger,
+            challenger_weight_bp,
+            key,
+            unkeyed,
+            headers,
+            prediction,
+            segment,
+            shadow,
+            qa_override,
+        }
+    }
 }
 
 /// `override` in the plugin configuration.
@@ -416,6 +525,34 @@ mod tests {
     fn round_trips_through_json() {
         let cfg = FilterConfig::from_json(GOOD.as_bytes()).unwrap();
         assert_eq!(FilterConfig::from_json(cfg.to_json().as_bytes()).unwrap(), cfg);
+    }
+
+    #[test]
+    fn hash_xxh3_64_is_accepted() {
+        let plan = Plan::from_json(&with("hash", "xxh3-64".into())).unwrap();
+        assert_eq!(plan.salt, Salt::new("recs-v2-1"));
+    }
+
+    #[test]
+    fn absent_hash_means_xxh3_64_and_is_written_back() {
+        // GOOD has no `hash`: configurations written before the field existed.
+        let cfg = FilterConfig::from_json(GOOD.as_bytes()).unwrap();
+        assert_eq!(cfg, FilterConfig::from_json(&with("hash", "xxh3-64".into())).unwrap());
+        let written: serde_json::Value = serde_json::from_str(&cfg.to_json()).unwrap();
+        assert_eq!(written["hash"], "xxh3-64", "the hash is always written: {written}");
+    }
+
+    #[test]
+    fn unknown_hash_is_refused_naming_the_field_and_the_accepted_value() {
+        for value in [serde_json::json!("fnv1a-64"), serde_json::json!("XXH3-64"), serde_json::json!(""), 3.into()] {
+            let e = refused(&with("hash", value.clone()));
+            assert_eq!(e.field(), "hash", "{value}: {e}");
+            if value.is_string() {
+                assert!(e.to_string().contains("the only accepted value is `xxh3-64`"), "{value}: {e}");
+            }
+        }
+        let e = refused(&with("hash", "murmur3".into()));
+        assert!(e.to_string().contains("`murmur3` is not a hash this filter computes"), "{e}");
     }
 
     #[test]

@@ -74,6 +74,59 @@ impl fmt::Display for Weight {
     }
 }
 
+/// The bucket function, by the name the plugin configuration gives it
+/// (`"hash"`). There is one today; a filter that hashes differently gets a
+/// new name, so that an old filter and a new configuration (or the reverse)
+/// refuse each other instead of silently moving users between versions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum SplitHash {
+    /// `xxh3_64_with_seed(key, xxh3_64(salt))`, the formula above.
+    #[default]
+    Xxh3_64,
+}
+
+impl SplitHash {
+    /// Every hash this filter computes, by its configuration name.
+    pub const ACCEPTED: [SplitHash; 1] = [SplitHash::Xxh3_64];
+
+    /// The name in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            SplitHash::Xxh3_64 => "xxh3-64",
+        }
+    }
+
+    /// The hash named `name`, if this filter computes it.
+    pub fn from_name(name: &str) -> Option<SplitHash> {
+        SplitHash::ACCEPTED.into_iter().find(|h| h.name() == name)
+    }
+}
+
+impl fmt::Display for SplitHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Serialize for SplitHash {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for SplitHash {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<SplitHash, D::Error> {
+        let name = String::deserialize(d)?;
+        SplitHash::from_name(&name).ok_or_else(|| {
+            let accepted: Vec<String> = SplitHash::ACCEPTED.iter().map(|h| format!("`{h}`")).collect();
+            serde::de::Error::custom(format!(
+                "`{name}` is not a hash this filter computes; the only accepted value is {}",
+                accepted.join(", ")
+            ))
+        })
+    }
+}
+
 /// Which of the two versions serves a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -421,7 +421,7 @@ fn write_reports(out: &Path, state_dir: &Path) -> Result<PathBuf> {
     use canary_controller::store::reports;
     use canary_judge::report;
     let dir = out.join("reports");
-    let c = canary_controller::control::Controller::open(state_dir, None, false)?;
+    let c = canary_controller::control::Controller::open(state_dir, None, false, &Default::default())?;
     let now = canary_controller::control::now_millis();
     reports::write_all(&c.store, &c.spec, Some(&dir), now)?;
     let state = c.state()?;
