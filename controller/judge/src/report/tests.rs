@@ -102,20 +102,27 @@ filter: { key: [{ header: x-user-id }], segment: { header: x-tier, values: [free
 "#,
     )
     .unwrap();
-    // 0.3 % 5xx everywhere, but 6 % for the challenger's `ent`.
-    let mut w = Window { epoch: 1, ..Default::default() };
-    for (v, ent_errors) in [("v1", 6), ("v2", 120)] {
-        let mut vw = VersionWindow::default();
-        for (seg, errors) in [("free", 6), ("pro", 6), ("ent", ent_errors)] {
-            let s = vw.segment_mut(seg);
-            s.responses = [0, 2000 - errors, 0, 0, errors];
-            s.requests = 2000;
-            vw.add_responses(2000, errors);
+    // 0.3 % 5xx everywhere, but 6 % for the challenger's `ent`; two
+    // looks (the first learns the champion's rate).
+    let window = |scale: u64| {
+        let mut w = Window { epoch: 1, ..Default::default() };
+        for (v, ent_errors) in [("v1", 6), ("v2", 120)] {
+            let mut vw = VersionWindow::default();
+            for (seg, errors) in [("free", 6), ("pro", 6), ("ent", ent_errors)] {
+                let (n, errors) = (2000 * scale / 2, errors * scale / 2);
+                let s = vw.segment_mut(seg);
+                s.responses = [0, n - errors, 0, 0, errors];
+                s.requests = n;
+                vw.add_responses(n, errors);
+            }
+            w.versions.insert(v.into(), vw);
         }
-        w.versions.insert(v.into(), vw);
-    }
-    w.coverage = Coverage::complete(1);
-    let (s1, d1) = RolloutState::start(&spec, 0).step(&spec, Ok(&w), 1000);
+        w.coverage = Coverage::complete(1);
+        w
+    };
+    let (s0, d0) = RolloutState::start(&spec, 0).step(&spec, Ok(&window(1)), 500);
+    assert_eq!(d0.action, Action::Hold, "{:?}", d0.reasons);
+    let (s1, d1) = s0.step(&spec, Ok(&window(2)), 1000);
     assert_eq!(d1.action, Action::Rollback, "{:?}", d1.reasons);
     assert_eq!(d1.reasons.len(), 1, "{:?}", d1.reasons);
     assert!(
