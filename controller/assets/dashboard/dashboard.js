@@ -43,7 +43,7 @@
   const fmtMs = (v) => (isNum(v) ? sig(v, 3) + ' ms' : '–');
   // Gate values by kind: rates are fractions, latencies microseconds.
   const GATE_FORMAT = {
-    error_rate: fmtPct, timeouts: fmtPct, shadow_error_rate: fmtPct, shadow_agreement: fmtPct,
+    error_rate: fmtPct, timeouts: fmtPct, client_errors: fmtPct, shadow_error_rate: fmtPct, shadow_agreement: fmtPct,
     latency: (v) => fmtMs(isNum(v) ? v / 1000 : v), shadow_latency: (v) => fmtMs(isNum(v) ? v / 1000 : v),
     prediction: (v) => (isNum(v) ? v.toFixed(4) : '–'), labels: (v) => (isNum(v) ? v.toFixed(4) : '–'),
   };

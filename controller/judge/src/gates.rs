@@ -83,6 +83,8 @@ pub enum GateKind {
     Latency,
     Prediction,
     Timeouts,
+    /// The challenger's 4xx rate against the champion's (off by default).
+    ClientErrors,
     Labels,
     /// Shadow stage: agreement of the shadow's predictions with the champion's.
     ShadowAgreement,
@@ -101,6 +103,7 @@ impl GateKind {
             GateKind::Latency => "latency",
             GateKind::Prediction => "prediction",
             GateKind::Timeouts => "timeouts",
+            GateKind::ClientErrors => "client_errors",
             GateKind::Labels => "labels",
             GateKind::ShadowAgreement => "shadow_agreement",
             GateKind::ShadowErrorRate => "shadow_error_rate",
@@ -479,6 +482,17 @@ pub fn evaluate(
             n,
             (champion.timeouts, challenger.timeouts),
             g.timeout_tolerance,
+            min_samples,
+            judge,
+        ));
+    }
+    if let Some(g) = &spec.client_errors {
+        out.push(rate_gate(
+            GateKind::ClientErrors,
+            "4xx rate",
+            n,
+            (champion.client_errors(), challenger.client_errors()),
+            g.client_error_tolerance,
             min_samples,
             judge,
         ));
@@ -1273,6 +1287,56 @@ mod tests {
     fn labels(a: (u64, f64), b: (u64, f64)) -> LabelEvidence {
         let stats = |(n, mean): (u64, f64)| LabelStats { n, sum: mean * n as f64, sum_sq: 0.0, ..Default::default() };
         LabelEvidence { champion: stats(a), challenger: stats(b) }
+    }
+
+    /// The 4xx gate (issue 14's "add a gate" exercise): off unless the spec
+    /// names it; then judged like the 5xx gate, on the 4xx class, by every
+    /// method.
+    #[test]
+    fn the_client_error_gate_is_off_by_default_and_judges_the_4xx_rate() {
+        let with_4xx = |ok: u64, client: u64| {
+            let mut w = window(ok, 0, 0, 10.0);
+            w.add_counter(Counter::Rq4xx, client);
+            w
+        };
+        let (a, b) = (with_4xx(9_900, 100), with_4xx(9_600, 400));
+        let plain = evaluate(&all_gates(), &a, &b, &LabelEvidence::default(), StageContext::live(1), &[]);
+        assert!(plain.iter().all(|r| r.gate != GateKind::ClientErrors), "off by default");
+        let spec = GatesSpec {
+            client_errors: Some(crate::spec::ClientErrorGate { client_error_tolerance: 1.0 }),
+            ..all_gates()
+        };
+        let r = evaluate(&spec, &a, &b, &LabelEvidence::default(), StageContext::live(1), &[]);
+        let g = r.iter().find(|r| r.gate == GateKind::ClientErrors).unwrap();
+        assert_eq!(g.outcome, Outcome::Fail, "4 % vs 1 % + 1 point: {}", g.detail);
+        assert!(
+            g.detail.starts_with("4xx rate: challenger 4.000% (400/10000) vs champion 1.000% (100/10000)"),
+            "{}",
+            g.detail
+        );
+        let r = evaluate(&spec, &a, &with_4xx(9_850, 150), &LabelEvidence::default(), StageContext::live(1), &[]);
+        assert_eq!(outcome(&r, GateKind::ClientErrors).0, Outcome::Pass);
+        // The anytime engine, two looks: rolled back on the 4xx rate alone.
+        let anytime = GatesSpec { method: GateMethod::Anytime, ..spec.clone() };
+        let first = evaluate(
+            &anytime,
+            &with_4xx(4_950, 50),
+            &with_4xx(4_800, 200),
+            &LabelEvidence::default(),
+            StageContext::live(1),
+            &[],
+        );
+        let spent: Vec<GateResult> = first.into_iter().filter(|r| r.spends_look()).collect();
+        let r = evaluate(&anytime, &a, &b, &LabelEvidence::default(), StageContext::live(1), &spent);
+        assert_eq!(outcome(&r, GateKind::ClientErrors).0, Outcome::Fail);
+        let refused = crate::spec::RolloutSpec::from_yaml(
+            "rollout: r\nchampion: v1\nchallenger: v2\nstages: [{ weight_percent: 10 }, { weight_percent: 100 }]\n\
+             gates: { client_errors: { client_error_tolerance: -1 } }\nenvoy: { admin: [\"http://a\"], ecds_dir: /x, wasm: /y }\n",
+        )
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+        assert!(refused.contains("gates.client_errors.client_error_tolerance"), "{refused}");
     }
 
     #[test]

@@ -223,6 +223,10 @@ pub struct GatesSpec {
     pub prediction: Option<PredictionGate>,
     #[serde(default)]
     pub timeouts: Option<TimeoutGate>,
+    /// Off by default: a challenger that answers more 4xx (rejects valid
+    /// input, say) is as bad for users as one that fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_errors: Option<ClientErrorGate>,
     #[serde(default)]
     pub labels: Option<LabelGate>,
     /// Judged only in a shadow stage, on the challenger's shadow answers.
@@ -302,6 +306,7 @@ impl Default for GatesSpec {
             latency: None,
             prediction: None,
             timeouts: None,
+            client_errors: None,
             labels: None,
             shadow: None,
             segment_min_responses: default_segment_min_responses(),
@@ -537,6 +542,14 @@ pub struct TimeoutGate {
     /// (a CanaryRollout resource takes the list form only).
     #[serde(default, skip_serializing_if = "SegmentSelection::is_none")]
     pub segments: SegmentSelection,
+}
+
+/// Challenger 4xx rate ≤ champion's + `client_error_tolerance` percentage
+/// points.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClientErrorGate {
+    pub client_error_tolerance: f64,
 }
 
 /// Challenger label metric ≥ champion's − `min_degradation_tolerance`.
@@ -892,6 +905,7 @@ impl RolloutSpec {
         let tolerances = [
             self.gates.error_rate.as_ref().map(|g| g.error_tolerance),
             self.gates.timeouts.as_ref().map(|g| g.timeout_tolerance),
+            self.gates.client_errors.as_ref().map(|g| g.client_error_tolerance),
             self.gates.shadow.as_ref().map(|g| g.error_tolerance),
         ];
         tolerances
@@ -1037,10 +1051,11 @@ impl RolloutSpec {
             && g.latency.is_none()
             && g.prediction.is_none()
             && g.timeouts.is_none()
+            && g.client_errors.is_none()
             && g.labels.is_none()
         {
             let what = if g.shadow.is_some() {
-                "needs a gate over live traffic too (error_rate, latency, prediction, timeouts or labels): \
+                "needs a gate over live traffic too (error_rate, latency, prediction, timeouts, client_errors or labels): \
                  the shadow gate only judges the shadow stage, and the others would advance on time alone"
             } else {
                 "needs at least one gate; a rollout with no gate advances on time alone"
@@ -1129,6 +1144,10 @@ impl RolloutSpec {
         if let Some(t) = &g.timeouts {
             non_negative("gates.timeouts.timeout_tolerance", t.timeout_tolerance)?;
             self.provable("gates.timeouts.timeout_tolerance", t.timeout_tolerance)?;
+        }
+        if let Some(c) = &g.client_errors {
+            non_negative("gates.client_errors.client_error_tolerance", c.client_error_tolerance)?;
+            self.provable("gates.client_errors.client_error_tolerance", c.client_error_tolerance)?;
         }
         if let Some(l) = &g.labels {
             non_negative("gates.labels.min_degradation_tolerance", l.min_degradation_tolerance)?;

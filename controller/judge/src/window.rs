@@ -269,6 +269,11 @@ impl VersionWindow {
         self.responses[4]
     }
 
+    /// 4xx responses (the client-error gate's events).
+    pub fn client_errors(&self) -> u64 {
+        self.responses[3]
+    }
+
     /// 5xx share of responses; `None` with no response.
     pub fn error_rate(&self) -> Option<f64> {
         rate(self.errors(), self.answered())

@@ -72,9 +72,11 @@ pub(super) fn outcome_name(o: Outcome) -> &'static str {
 pub(super) fn gate_units(g: &GateResult) -> (f64, &'static str) {
     use crate::gates::GateKind;
     match g.gate {
-        GateKind::ErrorRate | GateKind::Timeouts | GateKind::ShadowErrorRate | GateKind::ShadowAgreement => {
-            (100.0, "%")
-        }
+        GateKind::ErrorRate
+        | GateKind::Timeouts
+        | GateKind::ClientErrors
+        | GateKind::ShadowErrorRate
+        | GateKind::ShadowAgreement => (100.0, "%"),
         GateKind::Latency | GateKind::ShadowLatency => (0.001, " ms"),
         GateKind::Prediction | GateKind::Labels => (1.0, ""),
     }
@@ -83,7 +85,14 @@ pub(super) fn gate_units(g: &GateResult) -> (f64, &'static str) {
 /// Whether the gate is judged on challenger − champion (rates, label means).
 pub(super) fn judged_on_difference(g: &GateResult) -> bool {
     use crate::gates::GateKind;
-    matches!(g.gate, GateKind::ErrorRate | GateKind::Timeouts | GateKind::ShadowErrorRate | GateKind::Labels)
+    matches!(
+        g.gate,
+        GateKind::ErrorRate
+            | GateKind::Timeouts
+            | GateKind::ClientErrors
+            | GateKind::ShadowErrorRate
+            | GateKind::Labels
+    )
 }
 
 /// One of a gate's values, rounded, with its unit.
