@@ -390,9 +390,9 @@ pub fn judge(
     let min_ms = s.min_duration.as_millis() as u64;
     if summary.elapsed_ms < min_ms {
         waiting.push(format!(
-            "{:.1} s more in the stage (minimum {:?})",
+            "{:.1} s more in the stage (minimum {})",
             (min_ms - summary.elapsed_ms) as f64 / 1000.0,
-            s.min_duration
+            humantime::format_duration(s.min_duration)
         ));
     }
     if !waiting.is_empty() {
@@ -732,7 +732,7 @@ impl RolloutState {
                     c.endpoints,
                     self.epoch,
                     if late {
-                        format!(" (more than {:?} since the push)", spec.envoy.apply_timeout)
+                        format!(" (more than {} since the push)", humantime::format_duration(spec.envoy.apply_timeout))
                     } else {
                         String::new()
                     }

@@ -1353,7 +1353,10 @@ impl RolloutSpec {
         }
         let ms = shadow.timeout.as_millis();
         if !(1..=60_000).contains(&ms) {
-            return Err(invalid("filter.shadow.timeout", format!("{:?} must be within 1ms..=60s", shadow.timeout)));
+            return Err(invalid(
+                "filter.shadow.timeout",
+                format!("{} must be within 1ms..=60s", humantime::format_duration(shadow.timeout)),
+            ));
         }
         let sample =
             percent_to_weight(shadow.sample_percent).map_err(|e| invalid("filter.shadow.sample_percent", e))?;
