@@ -42,8 +42,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::evidence::tracker::ResetTracker;
 use crate::evidence::SourceError;
-use crate::gates::{GateResult, LabelEvidence, Outcome, StageContext};
-use crate::labels::LabelBook;
+use crate::gates::{GateResult, Outcome, StageContext};
+use crate::labels::{LabelBook, StageLabels};
 use crate::spec::{AdvanceWhen, GateMethod, RolloutSpec, TerminalOutcome};
 use crate::window::{responses_since, Coverage, VersionWindow, Window};
 use canary_core::{FilterConfig, Weight};
@@ -165,10 +165,12 @@ pub struct Decision {
     pub gates: Vec<GateResult>,
     pub window: Option<WindowSummary>,
     pub alerts: Vec<AlertKind>,
-    /// The stage's label evidence the gates saw (what `canary replay`
-    /// re-judges; absent in logs written before it was recorded).
+    /// The stage's label evidence the gates saw, all traffic's and each
+    /// segment's (what `canary replay` re-judges; absent in logs written
+    /// before it was recorded, without `segments` before labels carried
+    /// segments).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub labels: Option<LabelEvidence>,
+    pub labels: Option<StageLabels>,
 }
 
 /// A stage change, kept in the state's history.
@@ -577,13 +579,10 @@ impl RolloutState {
         !self.phase.is_final() && spec.is_shadow_stage(self.stage)
     }
 
-    /// Labels of the current stage, per version.
-    pub fn stage_labels(&self, spec: &RolloutSpec) -> LabelEvidence {
-        let stage = spec.stage_name(self.stage);
-        LabelEvidence {
-            champion: self.labels.stats(&stage, &spec.champion),
-            challenger: self.labels.stats(&stage, &spec.challenger),
-        }
+    /// Labels of the current stage, per version: all traffic's, and each
+    /// segment's the labels named.
+    pub fn stage_labels(&self, spec: &RolloutSpec) -> StageLabels {
+        self.labels.evidence(&spec.stage_name(self.stage), &spec.champion, &spec.challenger)
     }
 
     fn moved(&mut self, spec: &RolloutSpec, action: Action, manual: bool, now: Millis) -> Target {
@@ -1030,7 +1029,7 @@ alerts: { source_failures: 2 }
         assert!(g.look.unwrap() > 3 && !g.carried && g.outcome == Outcome::Pass, "{g:?}");
         assert!(s.looks.is_empty(), "a new stage starts with no spent look");
         let labels = d.labels.unwrap();
-        assert_eq!(labels.champion.n, 0, "the label evidence is recorded with the decision");
+        assert_eq!(labels.totals.champion.n, 0, "the label evidence is recorded with the decision");
     }
 
     #[test]
