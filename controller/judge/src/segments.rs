@@ -47,7 +47,7 @@ use canary_core::predict::SegmentConfig;
 /// The gates that can judge a segment (the filter counts responses,
 /// timeouts and latency per segment, and labels may name their segment;
 /// predictions are not split).
-pub const SEGMENTABLE: [GateKind; 4] = [GateKind::ErrorRate, GateKind::Latency, GateKind::Timeouts, GateKind::Labels];
+const SEGMENTABLE: [GateKind; 4] = [GateKind::ErrorRate, GateKind::Latency, GateKind::Timeouts, GateKind::Labels];
 
 /// The gates of `spec` that judge segments, each with its segments' names.
 pub fn families(spec: &GatesSpec, filter: Option<&SegmentConfig>) -> Vec<(GateKind, Vec<String>)> {
