@@ -124,11 +124,6 @@ pub struct StageLabels {
 }
 
 impl StageLabels {
-    /// Only all traffic's evidence.
-    pub fn totals(totals: LabelEvidence) -> StageLabels {
-        StageLabels { totals, segments: BTreeMap::new() }
-    }
-
     /// One segment's evidence (none: empty).
     pub fn segment(&self, name: &str) -> LabelEvidence {
         self.segments.get(name).copied().unwrap_or_default()

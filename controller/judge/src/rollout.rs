@@ -936,6 +936,68 @@ alerts: { source_failures: 2 }
     }
 
     #[test]
+    fn labels_naming_a_segment_are_judged_in_it_and_a_segment_worse_by_its_labels_rolls_back() {
+        use crate::gates::GateKind;
+        use crate::labels::LabelRecord;
+        let text = SPEC
+            .replace(
+                "  error_rate: { error_tolerance: 1 }",
+                "  error_rate: { error_tolerance: 1 }\n  labels: { min_degradation_tolerance: 0.05, min_labels: 100, segments: [ent] }\n  segment_min_responses: 200",
+            )
+            .replace("envoy:", "filter:\n  segment: { header: x-tier, values: [free, ent] }\nenvoy:");
+        let spec = RolloutSpec::from_yaml(&text).unwrap();
+        let tiers = spec.filter.segment.clone().unwrap();
+        let batch = |version: &str, segment: &str, n: u64, correct: u64| -> Vec<LabelRecord> {
+            (0..n)
+                .map(|i| LabelRecord {
+                    version: version.into(),
+                    stage: "1pct".into(),
+                    rollout: None,
+                    correct: Some(i < correct),
+                    value: None,
+                    segment: Some(segment.into()),
+                })
+                .collect()
+        };
+        // Per evaluation, each version gets 5 000 labels in `free` (97 % correct)
+        // and 500 in `ent`: 97 % for the champion, 70 % for the challenger.
+        let mut s = RolloutState::start(&spec, 0);
+        let mut last = None;
+        for step in 1..=3u64 {
+            for (v, ent_correct) in [("v1", 485), ("v2", 350)] {
+                s.labels.add("r", &batch(v, "free", 5_000, 4_850), |_, _| true, Some(&tiers));
+                s.labels.add("r", &batch(v, "ent", 500, ent_correct), |_, _| true, Some(&tiers));
+            }
+            let (next, d) = s.step(&spec, Ok(&window(s.epoch, 200 * step, 0, 0)), step * 1000);
+            s = next;
+            last = Some(d);
+            if s.phase.is_final() {
+                break;
+            }
+        }
+        let d = last.unwrap();
+        assert_eq!(d.action, Action::Rollback, "{:?}", d.reasons);
+        assert!(
+            d.reasons.iter().any(|r| r.starts_with("labels gate failed: segment `ent`: label metric")),
+            "{:?}",
+            d.reasons
+        );
+        let of = |segment: Option<&str>| {
+            d.gates.iter().find(|g| g.gate == GateKind::Labels && g.segment.as_deref() == segment).unwrap()
+        };
+        assert_eq!(of(Some("ent")).outcome, Outcome::Fail);
+        assert_ne!(of(None).outcome, Outcome::Fail, "all traffic loses 2.5 points, within 5: {}", of(None).detail);
+        // The decision records the segment's label evidence beside all traffic's.
+        let recorded = d.labels.as_ref().unwrap();
+        let ent = recorded.segments["ent"];
+        assert_eq!(
+            (ent.champion.n, ent.challenger.n),
+            (recorded.totals.champion.n / 11, recorded.totals.challenger.n / 11)
+        );
+        assert!(!recorded.segments.contains_key("other"));
+    }
+
+    #[test]
     fn healthy_rollout_advances_through_every_stage_to_promotion() {
         let spec = spec();
         let mut s = RolloutState::start(&spec, 0);

@@ -109,7 +109,7 @@ fn prefix(name: &str) -> String {
 /// Every gate of the stage, as [`gates::evaluate`] judges them, then one
 /// result per gate with segments and segment (see the module docs).
 /// `spent`: the results of earlier evaluations the state machine kept,
-/// totals' and segments' alike. `labels`: the stage's label evidence, all
+/// totals' and segments' alike. `stage_labels`: the stage's label evidence, all
 /// traffic's and each segment's.
 pub fn evaluate(
     spec: &GatesSpec,
