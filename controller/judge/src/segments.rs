@@ -398,9 +398,12 @@ mod tests {
         }
     }
 
-    /// 0/1 labels: `(segment, (champion labels, correct), (challenger labels, correct))`;
+    /// A segment's 0/1 labels: `(segment, (champion labels, correct), (challenger labels, correct))`.
+    type SegmentLabels<'a> = (&'a str, (u64, u64), (u64, u64));
+
+    /// 0/1 labels, [`SegmentLabels`] per segment;
     /// all traffic's are their sums.
-    fn stage_labels(segments: &[(&str, (u64, u64), (u64, u64))]) -> StageLabels {
+    fn stage_labels(segments: &[SegmentLabels]) -> StageLabels {
         let stats = |(n, k): (u64, u64)| LabelStats {
             n,
             sum: k as f64,
@@ -419,7 +422,7 @@ mod tests {
     }
 
     /// Two evaluations of the labels, the first at half the counts.
-    fn label_looks(g: &GatesSpec, segments: &[(&str, (u64, u64), (u64, u64))]) -> Vec<GateResult> {
+    fn label_looks(g: &GatesSpec, segments: &[SegmentLabels]) -> Vec<GateResult> {
         let half: Vec<_> = segments.iter().map(|&(s, x, y)| (s, (x.0 / 2, x.1 / 2), (y.0 / 2, y.1 / 2))).collect();
         let (f, none) = (filter(), VersionWindow::default());
         let context = StageContext::live(100);
