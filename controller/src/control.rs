@@ -445,7 +445,13 @@ impl Controller {
         for e in errors.iter().take(5) {
             tracing::warn!("labels file {}: {e}", path.display());
         }
-        state.labels.add(&self.spec.rollout, &records, |stage, version| label_is_known(&self.spec, stage, version));
+        let segments = self.spec.filter.segment.as_ref();
+        state.labels.add(
+            &self.spec.rollout,
+            &records,
+            |stage, version| label_is_known(&self.spec, stage, version),
+            segments,
+        );
         state.labels_offset = end as u64;
         self.store.save_state(&state)?;
         Ok(())
@@ -491,7 +497,9 @@ fn label_is_known(spec: &RolloutSpec, stage: &str, version: &str) -> bool {
 pub fn add_labels(store: &Store, spec: &RolloutSpec, records: &[LabelRecord]) -> Result<Intake> {
     let _lock = store.lock()?;
     let mut state = store.load_state()?.ok_or_else(|| ControlError::NoRollout(store.dir().display().to_string()))?;
-    let intake = state.labels.add(&spec.rollout, records, |stage, version| label_is_known(spec, stage, version));
+    let segments = spec.filter.segment.as_ref();
+    let intake =
+        state.labels.add(&spec.rollout, records, |stage, version| label_is_known(spec, stage, version), segments);
     if intake.accepted > 0 {
         store.save_state(&state)?;
     }

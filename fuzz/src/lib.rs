@@ -61,17 +61,20 @@ pub fn labels(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let (records, _) = canary_judge::labels::parse_jsonl(&text);
     let mut book = canary_judge::labels::LabelBook::default();
-    book.add("r", &records, |_, _| true);
+    let tiers =
+        canary_core::predict::SegmentConfig { header: "x-tier".into(), values: vec!["free".into(), "ent".into()] };
+    book.add("r", &records, |_, _| true, Some(&tiers));
     if let Ok(batch) = serde_json::from_slice::<Vec<canary_judge::labels::LabelRecord>>(data) {
-        book.add("r", &batch, |_, _| true);
+        book.add("r", &batch, |_, _| true, None);
+        let _ = book.evidence("s", "v1", "v2");
     }
 }
 
 /// The parser of Prometheus query answers (`/api/v1/query`) and their
 /// conversion into per-Envoy samples and a window.
 pub fn prometheus(data: &[u8]) {
-    use canary_judge::evidence::prometheus::{parse_vector, reads_from, PromSample};
     use canary_judge::evidence::merge::merge_reads;
+    use canary_judge::evidence::prometheus::{parse_vector, reads_from, PromSample};
     use canary_judge::evidence::tracker::ResetTracker;
     let Ok(samples) = parse_vector(data) else { return };
     // Every instance the answer names is up, so that its samples are read.

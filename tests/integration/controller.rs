@@ -349,9 +349,12 @@ async fn the_label_gate_holds_until_enough_labels_arrive_by_http_and_jsonl() {
     assert_eq!(state(&state_dir)["stage"], 0, "advanced without labels: {}", daemon.output());
 
     // Champion labels by HTTP, challenger labels in the JSONL file: 500 each, 90 % correct.
+    // The HTTP ones name a segment: accepted, and (the spec has no
+    // filter.segment) counted for all traffic only.
     let addr = std::fs::read_to_string(state_dir.join("daemon.addr")).unwrap();
-    let batch: Vec<serde_json::Value> =
-        (0..500).map(|i| serde_json::json!({"version": "v1", "stage": "1pct", "correct": i % 10 != 0})).collect();
+    let batch: Vec<serde_json::Value> = (0..500)
+        .map(|i| serde_json::json!({"version": "v1", "stage": "1pct", "correct": i % 10 != 0, "segment": "pro"}))
+        .collect();
     let resp = reqwest::Client::new().post(format!("http://{addr}/labels")).json(&batch).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let intake: serde_json::Value = resp.json().await.unwrap();
@@ -375,4 +378,5 @@ async fn the_label_gate_holds_until_enough_labels_arrive_by_http_and_jsonl() {
     let label_gate = advance["gates"].as_array().unwrap().iter().find(|g| g["gate"] == "labels").unwrap().clone();
     assert_eq!((label_gate["outcome"].as_str(), label_gate["champion_n"].as_u64()), (Some("pass"), Some(500)));
     assert_eq!(label_gate["challenger"].as_f64(), Some(0.9));
+    assert!(state(&state_dir)["labels"].get("by_segment").is_none(), "no filter.segment: no per-segment labels");
 }

@@ -84,7 +84,12 @@ async fn the_dashboard_follows_a_rollout_live_and_its_pause_button_stops_it() {
     let state_dir = dir.path().join("state");
     let token = "dashboard-test-7d1f0c9e";
     let token_path = token_file(dir.path(), token);
-    let spec = rollout_spec("dashboard", &rig.envoy, "3s", 20, &format!("{GATES}{MORE_GATES}"), PREDICTIONS);
+    // The error rate is also judged per segment (every request is `other`:
+    // none carries x-tier), so the charts can switch to a segment.
+    let gates = format!("{GATES}{MORE_GATES}")
+        .replace("error_rate: { error_tolerance: 5 }", "error_rate: { error_tolerance: 5, segments: all }");
+    let filter = format!("{PREDICTIONS}  segment: {{ header: x-tier, values: [pro] }}\n");
+    let spec = rollout_spec("dashboard", &rig.envoy, "3s", 20, &gates, &filter);
     let load = Load::start(rig.envoy.url("/predict"), 24, 20_000, Duration::ZERO);
     let daemon = start_daemon(&state_dir, &spec, &["--token-file", token_path.to_str().unwrap()], &[]);
     let addr = daemon_addr(&state_dir, &daemon).await;
@@ -218,6 +223,33 @@ async fn the_dashboard_follows_a_rollout_live_and_its_pause_button_stops_it() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(position(&state_dir), paused_at, "the rollout moved while paused");
     assert_eq!(decisions(&state_dir).last().unwrap()["seq"].as_u64().unwrap(), last_seq);
+
+    // The charts switch to a judged segment's series and back.
+    page.wait_for(
+        "!document.getElementById('segment-pick').hidden
+         && Array.from(document.getElementById('segment').options).some(o => o.value === 'other')",
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    let pick = |value: &str| {
+        format!("(() => {{ const s = document.getElementById('segment'); s.value = '{value}'; s.dispatchEvent(new Event('change')); return s.value; }})()")
+    };
+    assert_eq!(page.eval(&pick("other")).await.unwrap(), "other");
+    page.wait_for(
+        "document.querySelector('#chart-errors h3 span').textContent === 'Error rate (5xx) · segment other'
+         && document.querySelectorAll('#chart-errors path').length >= 2",
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    assert_eq!(page.eval(&pick("")).await.unwrap(), "");
+    page.wait_for(
+        "document.querySelector('#chart-errors h3 span').textContent === 'Error rate (5xx)'",
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
 
     // Roll back asks first; Cancel changes nothing.
     page.click("#btn-rollback").await.unwrap();

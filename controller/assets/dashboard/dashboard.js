@@ -5,7 +5,8 @@
 (function () {
   const $ = (id) => document.getElementById(id);
   const SVG = 'http://www.w3.org/2000/svg';
-  const app = { snap: null, receivedAt: 0, busy: false, timelineKey: null, reportsKey: null };
+  // segment: the segment the charts show ('' = all traffic); segmentsKey: its choices drawn.
+  const app = { snap: null, receivedAt: 0, busy: false, timelineKey: null, reportsKey: null, segment: '', segmentsKey: null };
   // For tests and the curious: when each decision was first drawn (ms since the epoch).
   const shown = {};
   window.canaryDashboard = { shown: shown, snapshots: 0, transport: '' };
@@ -314,8 +315,30 @@
     { id: 'agreement', title: 'Shadow agreement', single: 'agreement', fmt: fmtPct, minSpan: 0.05, limit: (d) => gateLimit(d, 'shadow_agreement') },
   ];
 
+  // The segments the gates judge have their own series: a choice of "All
+  // traffic" or one of them switches the per-version charts to it.
+  function renderSegmentPick(d) {
+    const sr = d.series || {};
+    const segments = sr.segments && typeof sr.segments === 'object' ? sr.segments : {};
+    const names = Object.keys(segments);
+    if (app.segment && !names.includes(app.segment)) app.segment = '';
+    $('segment-pick').hidden = names.length === 0;
+    const select = $('segment');
+    const key = names.join('|');
+    if (key !== app.segmentsKey) {
+      app.segmentsKey = key;
+      select.replaceChildren(h('option', { value: '', text: 'All traffic' }),
+        ...names.map((n) => h('option', { value: n, text: 'segment ' + n })));
+    }
+    if (select.value !== app.segment) select.value = app.segment;
+    setText($('segment-note'), app.segment ? 'requests, errors, latency and labels of this segment (its header value); PSI and agreement are all traffic\'s' : '');
+    return app.segment ? segments[app.segment] : null;
+  }
+
   function renderCharts(d) {
     const sr = d.series || {};
+    const seg = renderSegmentPick(d);
+    const versions = seg || sr;
     const t = Array.isArray(sr.t) ? sr.t : [];
     const n = t.length;
     const container = $('charts');
@@ -328,8 +351,8 @@
       let lines;
       if (c.single) lines = [{ cls: 'single', values: arr(sr[c.single], n), name: d.challenger }];
       else lines = [
-        { cls: 'champion', values: arr((sr.champion || {})[c.key], n), name: d.champion },
-        { cls: 'challenger', values: arr((sr.challenger || {})[c.key], n), name: d.challenger },
+        { cls: 'champion', values: arr((versions.champion || {})[c.key], n), name: d.champion },
+        { cls: 'challenger', values: arr((versions.challenger || {})[c.key], n), name: d.challenger },
       ];
       const has = lines.some((l) => l.values.some(isNum));
       let wrap = document.getElementById('chart-' + c.id);
@@ -340,6 +363,8 @@
         const after = Array.from(container.children).find((e) => order.indexOf(e.id.slice(6)) > order.indexOf(c.id));
         container.insertBefore(wrap, after || null);
       }
+      setText(wrap.querySelector('h3 span'), c.title + (seg && !c.single ? ' · segment ' + app.segment : ''));
+      wrap.dataset.segment = seg && !c.single ? app.segment : '';
       const now = lines.map((l) => (l.name || '') + ' ' + c.fmt(last(l.values))).join(' · ');
       setText(wrap.querySelector('.now'), has ? now : '');
       const plot = wrap.querySelector('.plot');
@@ -491,6 +516,7 @@
 
   function start() {
     for (const cmd of Object.keys(ALLOWED)) $('btn-' + cmd).addEventListener('click', () => command(cmd));
+    $('segment').addEventListener('change', () => { app.segment = $('segment').value; if (app.snap) renderCharts(app.snap); });
     const token = $('token');
     try { token.value = sessionStorage.getItem('canary-token') || ''; } catch (e) { /* storage off */ }
     token.addEventListener('change', () => { try { sessionStorage.setItem('canary-token', token.value); } catch (e) { /* storage off */ } });

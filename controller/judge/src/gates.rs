@@ -1274,7 +1274,7 @@ mod tests {
             }),
             prediction: Some(PredictionGate { max_psi: 0.2, on_no_data: NoDataPolicy::Ignore, min_predictions: 0 }),
             timeouts: Some(TimeoutGate { timeout_tolerance: 0.5, segments: Default::default() }),
-            labels: Some(LabelGate { min_degradation_tolerance: 0.02, min_labels: 10 }),
+            labels: Some(LabelGate { min_degradation_tolerance: 0.02, min_labels: 10, segments: Default::default() }),
             ..GatesSpec::default()
         }
     }
@@ -1667,7 +1667,7 @@ mod tests {
     fn sequential() -> GatesSpec {
         GatesSpec {
             method: GateMethod::Sequential,
-            labels: Some(LabelGate { min_degradation_tolerance: 0.02, min_labels: 1000 }),
+            labels: Some(LabelGate { min_degradation_tolerance: 0.02, min_labels: 1000, segments: Default::default() }),
             ..all_gates()
         }
     }

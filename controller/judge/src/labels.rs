@@ -2,14 +2,21 @@
 //! batches to the daemon's `POST /labels`, or appended to a JSONL file. Each
 //! outcome names the version that served the request and the stage it was
 //! served in (both from the response's tags), so it lands in the right
-//! stage's window however late it comes.
+//! stage's window however late it comes. An outcome may also name the
+//! request's segment (the value of `filter.segment.header`): it then also
+//! counts in that segment's evidence, which the labels gate with `segments`
+//! judges segment by segment ([`crate::segments`]).
 
 use std::collections::BTreeMap;
 
+use canary_core::predict::{SegmentConfig, OTHER};
 use serde::{Deserialize, Serialize};
 
+use crate::gates::LabelEvidence;
+
 /// One outcome: `{"version": "v2", "stage": "5pct", "correct": true}` or with
-/// `"value": 0.83` for a continuous metric (higher is better).
+/// `"value": 0.83` for a continuous metric (higher is better); optionally
+/// `"segment": "enterprise"`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LabelRecord {
@@ -21,6 +28,12 @@ pub struct LabelRecord {
     pub correct: Option<bool>,
     #[serde(default)]
     pub value: Option<f64>,
+    /// The request's segment (the value of `filter.segment.header`, as the
+    /// filter saw it). A value not in `filter.segment.values` counts as
+    /// `other`, as in the filter; ignored when the rollout has no
+    /// `filter.segment`. Absent: the outcome counts for all traffic only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -78,10 +91,43 @@ impl LabelStats {
     }
 }
 
-/// Outcomes by stage, then by version.
+/// Outcomes by stage, then by version; and those that named a segment also
+/// by stage, version and segment.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LabelBook {
     pub by_stage: BTreeMap<String, BTreeMap<String, LabelStats>>,
+    /// Stage → version → segment (absent in state written before labels
+    /// carried segments).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub by_segment: BTreeMap<String, BTreeMap<String, BTreeMap<String, LabelStats>>>,
+}
+
+/// The segment a label's `segment` counts under: itself when it is one of
+/// the filter's values, `other` otherwise (as the filter counts requests).
+pub fn segment_of(config: &SegmentConfig, value: &str) -> String {
+    if config.values.iter().any(|v| v == value) {
+        value.to_string()
+    } else {
+        OTHER.to_string()
+    }
+}
+
+/// A stage's label evidence: all traffic, and each segment its labels named.
+/// Serialized as the [`LabelEvidence`] of all traffic plus `segments`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StageLabels {
+    #[serde(flatten)]
+    pub totals: LabelEvidence,
+    /// Per segment (absent in decisions written before labels carried segments).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub segments: BTreeMap<String, LabelEvidence>,
+}
+
+impl StageLabels {
+    /// One segment's evidence (none: empty).
+    pub fn segment(&self, name: &str) -> LabelEvidence {
+        self.segments.get(name).copied().unwrap_or_default()
+    }
 }
 
 /// What happened to a batch.
@@ -98,10 +144,50 @@ impl LabelBook {
         self.by_stage.get(stage).and_then(|v| v.get(version)).copied().unwrap_or_default()
     }
 
+    /// One segment's outcomes of one version in one stage.
+    pub fn segment_stats(&self, stage: &str, version: &str, segment: &str) -> LabelStats {
+        self.by_segment
+            .get(stage)
+            .and_then(|v| v.get(version))
+            .and_then(|s| s.get(segment))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// The evidence of `stage`, champion against challenger: all traffic,
+    /// and every segment either version has labels in.
+    pub fn evidence(&self, stage: &str, champion: &str, challenger: &str) -> StageLabels {
+        let totals = LabelEvidence { champion: self.stats(stage, champion), challenger: self.stats(stage, challenger) };
+        let names: std::collections::BTreeSet<&String> = [champion, challenger]
+            .iter()
+            .filter_map(|v| self.by_segment.get(stage).and_then(|by| by.get(*v)))
+            .flat_map(|s| s.keys())
+            .collect();
+        let segments = names
+            .into_iter()
+            .map(|name| {
+                let e = LabelEvidence {
+                    champion: self.segment_stats(stage, champion, name),
+                    challenger: self.segment_stats(stage, challenger, name),
+                };
+                (name.clone(), e)
+            })
+            .collect();
+        StageLabels { totals, segments }
+    }
+
     /// Adds records of `rollout`; refuses records of another rollout and ones
     /// without an outcome. Versions and stages unknown to the rollout are
-    /// refused too (`known` says which are valid).
-    pub fn add(&mut self, rollout: &str, records: &[LabelRecord], known: impl Fn(&str, &str) -> bool) -> Intake {
+    /// refused too (`known` says which are valid). A record naming a
+    /// segment also counts in that segment (see [`segment_of`]) when the
+    /// rollout splits by segment (`segments`: the filter's `segment`).
+    pub fn add(
+        &mut self,
+        rollout: &str,
+        records: &[LabelRecord],
+        known: impl Fn(&str, &str) -> bool,
+        segments: Option<&SegmentConfig>,
+    ) -> Intake {
         let mut intake = Intake::default();
         for (i, r) in records.iter().enumerate() {
             let result = match &r.rollout {
@@ -114,6 +200,16 @@ impl LabelBook {
             match result {
                 Ok(x) => {
                     self.by_stage.entry(r.stage.clone()).or_default().entry(r.version.clone()).or_default().add(x);
+                    if let (Some(config), Some(value)) = (segments, &r.segment) {
+                        self.by_segment
+                            .entry(r.stage.clone())
+                            .or_default()
+                            .entry(r.version.clone())
+                            .or_default()
+                            .entry(segment_of(config, value))
+                            .or_default()
+                            .add(x);
+                    }
                     intake.accepted += 1;
                 }
                 Err(e) => {
@@ -149,14 +245,33 @@ mod tests {
     use super::*;
 
     fn rec(version: &str, stage: &str, correct: bool) -> LabelRecord {
-        LabelRecord { version: version.into(), stage: stage.into(), rollout: None, correct: Some(correct), value: None }
+        LabelRecord {
+            version: version.into(),
+            stage: stage.into(),
+            rollout: None,
+            correct: Some(correct),
+            value: None,
+            segment: None,
+        }
+    }
+
+    fn in_segment(version: &str, segment: &str, correct: bool) -> LabelRecord {
+        LabelRecord { segment: Some(segment.into()), ..rec(version, "1pct", correct) }
+    }
+
+    fn tiers() -> SegmentConfig {
+        SegmentConfig { header: "x-tier".into(), values: vec!["free".into(), "ent".into()] }
     }
 
     #[test]
     fn outcomes_are_summed_per_stage_and_version() {
         let mut book = LabelBook::default();
-        let intake =
-            book.add("r", &[rec("v1", "1pct", true), rec("v1", "1pct", false), rec("v2", "1pct", true)], |_, _| true);
+        let intake = book.add(
+            "r",
+            &[rec("v1", "1pct", true), rec("v1", "1pct", false), rec("v2", "1pct", true)],
+            |_, _| true,
+            None,
+        );
         assert_eq!((intake.accepted, intake.rejected), (3, 0));
         assert_eq!(book.stats("1pct", "v1").mean(), Some(0.5));
         assert_eq!(book.stats("1pct", "v2").n, 1);
@@ -172,7 +287,7 @@ mod tests {
         both.value = Some(1.0);
         let mut nan = rec("v1", "1pct", true);
         (nan.correct, nan.value) = (None, Some(f64::NAN));
-        let intake = book.add("r", &[other, both, nan, rec("v9", "1pct", true)], |_, v| v != "v9");
+        let intake = book.add("r", &[other, both, nan, rec("v9", "1pct", true)], |_, v| v != "v9", None);
         assert_eq!((intake.accepted, intake.rejected), (0, 4));
         assert!(intake.errors[0].contains("rollout `else`"), "{:?}", intake.errors);
         assert!(intake.errors[3].contains("v9"), "{:?}", intake.errors);
@@ -185,5 +300,60 @@ mod tests {
         assert_eq!(records.len(), 2);
         assert_eq!(errors.len(), 1);
         assert!(errors[0].starts_with("line 3"), "{errors:?}");
+    }
+
+    #[test]
+    fn labels_naming_a_segment_count_in_it_and_in_all_traffic_unknown_values_as_other() {
+        let mut book = LabelBook::default();
+        let batch = [
+            in_segment("v1", "ent", true),
+            in_segment("v1", "ent", false),
+            in_segment("v2", "ent", false),
+            in_segment("v2", "gold", true),
+            rec("v2", "1pct", true),
+        ];
+        let intake = book.add("r", &batch, |_, _| true, Some(&tiers()));
+        assert_eq!((intake.accepted, intake.rejected), (5, 0));
+        assert_eq!(
+            (book.stats("1pct", "v1").n, book.stats("1pct", "v2").n),
+            (2, 3),
+            "every label counts in the totals"
+        );
+        assert_eq!(book.segment_stats("1pct", "v1", "ent").mean(), Some(0.5));
+        assert_eq!(book.segment_stats("1pct", "v2", "other").n, 1, "`gold` is not a value: `other`");
+        assert_eq!(book.segment_stats("1pct", "v2", "gold").n, 0);
+        let e = book.evidence("1pct", "v1", "v2");
+        assert_eq!(e.segments.keys().collect::<Vec<_>>(), ["ent", "other"]);
+        assert_eq!((e.segment("ent").champion.n, e.segment("ent").challenger.n), (2, 1));
+        assert_eq!((e.segment("other").champion.n, e.segment("free").challenger.n), (0, 0));
+        assert_eq!(e.totals.challenger.n, 3);
+        // Without filter.segment the segment is not kept.
+        let mut plain = LabelBook::default();
+        plain.add("r", &batch, |_, _| true, None);
+        assert!(plain.by_segment.is_empty());
+        assert_eq!(plain.stats("1pct", "v2").n, 3);
+    }
+
+    #[test]
+    fn records_state_and_evidence_without_segments_still_read() {
+        // A record, a book and a decision's evidence as written before labels carried segments.
+        let r: LabelRecord = serde_json::from_str(r#"{"version":"v1","stage":"s","correct":true}"#).unwrap();
+        assert_eq!(r.segment, None);
+        let (records, errors) = parse_jsonl("{\"version\":\"v1\",\"stage\":\"s\",\"value\":1,\"segment\":\"ent\"}\n");
+        assert_eq!((records[0].segment.as_deref(), errors.len()), (Some("ent"), 0));
+        let old = r#"{"by_stage":{"s":{"v1":{"n":2,"sum":1.0,"sum_sq":1.0}}}}"#;
+        let book: LabelBook = serde_json::from_str(old).unwrap();
+        assert_eq!((book.stats("s", "v1").n, book.by_segment.len()), (2, 0));
+        assert_eq!(serde_json::to_string(&book).unwrap(), old, "no segment: written as before");
+        let evidence = r#"{"champion":{"n":2,"sum":1.0,"sum_sq":1.0},"challenger":{"n":0,"sum":0.0,"sum_sq":0.0}}"#;
+        let e: StageLabels = serde_json::from_str(evidence).unwrap();
+        assert_eq!((e.totals.champion.n, e.segments.len()), (2, 0));
+        assert_eq!(serde_json::to_string(&e).unwrap(), evidence);
+        // With segments: the same layout plus `segments`.
+        let mut book = LabelBook::default();
+        book.add("r", &[in_segment("v1", "ent", true)], |_, _| true, Some(&tiers()));
+        let e = book.evidence("1pct", "v1", "v2");
+        let back: StageLabels = serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
+        assert_eq!(back, e);
     }
 }

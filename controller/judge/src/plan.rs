@@ -4,16 +4,22 @@
 //! equal to the champion and for one 2 × tolerance worse — simulated with
 //! the gates' own e-processes ([`crate::calibration`]) at the stage's split
 //! and evaluation interval — and a warning where a stage cannot decide
-//! within its `max_duration`. Pure: spec and assumptions in, rows out.
+//! within its `max_duration`. When gates judge segments, also per stage the
+//! smallest judged segment it can estimate: its challenger traffic, the time
+//! until it has `gates.segment_min_responses` per version, and a warning
+//! where that is beyond `max_duration` (the segment would stay "not enough
+//! data"). Pure: spec and assumptions in, rows out.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::anytime;
 use crate::calibration::{self, RateCell, Truth};
+use crate::gates::GateKind;
 use crate::spec::{AdvanceWhen, RolloutSpec};
 
 /// What the plan assumes about traffic and the champion.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Default)]
 pub struct Assumptions {
     /// Requests per second through the Envoys, both versions together.
     pub rps: f64,
@@ -23,6 +29,33 @@ pub struct Assumptions {
     pub timeout_rate: f64,
     /// Simulated runs per estimate.
     pub runs: u32,
+    /// Each segment's share of the requests (0..=1), by name; empty: equal
+    /// shares over `filter.segment.values` (said in a note).
+    pub segment_shares: BTreeMap<String, f64>,
+}
+
+/// The smallest judged segment of a stage, at the assumed traffic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SegmentStage {
+    pub name: String,
+    /// Its share of the requests (assumed or given).
+    pub share: f64,
+    /// The challenger's responses per second in it.
+    pub challenger_rps: f64,
+    /// The challenger's responses in it within the stage's `max_duration`.
+    pub challenger_responses: u64,
+    /// `gates.segment_min_responses`, and the time until the slower version
+    /// has that many in the segment.
+    pub min_responses: u64,
+    pub to_min_responses: Duration,
+}
+
+/// The plan: a row per stage, and what it assumed.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub stages: Vec<StagePlan>,
+    /// Assumptions worth saying (e.g. segment shares taken as equal).
+    pub notes: Vec<String>,
 }
 
 /// One stage of the plan.
@@ -40,7 +73,59 @@ pub struct StagePlan {
     /// Median time to a rollback of a challenger 2 × tolerance worse.
     pub harmful: Option<Duration>,
     pub max_duration: Duration,
+    /// With per-segment gates: the smallest judged segment (`None` without
+    /// them, in a shadow stage, or when no judged segment's share is known).
+    pub segment: Option<SegmentStage>,
     pub warnings: Vec<String>,
+}
+
+/// The judged segments whose traffic the plan can estimate, smallest share
+/// first, and what it assumed about them. Only the gates judged on
+/// responses count (labels arrive at their own pace).
+fn segment_shares(spec: &RolloutSpec, a: &Assumptions) -> (Vec<(String, f64)>, Vec<String>) {
+    let filter = spec.filter.segment.as_ref();
+    let families = crate::segments::families(&spec.gates, filter);
+    let mut notes = vec![];
+    if families.iter().any(|(k, _)| *k == GateKind::Labels) {
+        notes.push(
+            "labels: per-segment label counts depend on when labels arrive and are not estimated here".to_string(),
+        );
+    }
+    let mut judged: Vec<String> = vec![];
+    for (_, names) in families.iter().filter(|(k, _)| *k != GateKind::Labels) {
+        for n in names {
+            if !judged.contains(n) {
+                judged.push(n.clone());
+            }
+        }
+    }
+    if judged.is_empty() {
+        return (vec![], notes);
+    }
+    let shares: BTreeMap<String, f64> = if a.segment_shares.is_empty() {
+        let values = filter.map(|f| f.values.clone()).unwrap_or_default();
+        let each = 1.0 / values.len().max(1) as f64;
+        notes.push(format!(
+            "segments: no segment shares given (--segment-share NAME=SHARE): assumed equal shares over filter.segment.values ({} each of {}); `{}` not estimated",
+            (each * 1e4).round() / 1e4,
+            values.iter().map(|v| format!("`{v}`")).collect::<Vec<_>>().join(", "),
+            canary_core::predict::OTHER
+        ));
+        values.into_iter().map(|v| (v, each)).collect()
+    } else {
+        a.segment_shares.clone()
+    };
+    let mut known: Vec<(String, f64)> =
+        judged.iter().filter_map(|n| shares.get(n).map(|s| (n.clone(), *s))).filter(|(_, s)| *s > 0.0).collect();
+    let unknown: Vec<&String> = judged.iter().filter(|n| !known.iter().any(|(k, _)| k == *n)).collect();
+    if !unknown.is_empty() && !a.segment_shares.is_empty() {
+        notes.push(format!(
+            "segments: no share given for {}: not estimated",
+            unknown.iter().map(|v| format!("`{v}`")).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    known.sort_by(|x, y| x.1.total_cmp(&y.1).then_with(|| x.0.cmp(&y.0)));
+    (known, notes)
 }
 
 fn seconds(s: f64) -> Duration {
@@ -48,7 +133,8 @@ fn seconds(s: f64) -> Duration {
 }
 
 /// The plan of every stage but the last (100 %).
-pub fn plan(spec: &RolloutSpec, a: Assumptions) -> Vec<StagePlan> {
+pub fn plan(spec: &RolloutSpec, a: &Assumptions) -> Plan {
+    let (segments, notes) = segment_shares(spec, a);
     let interval = spec.interval.as_secs_f64().max(0.001);
     let alpha = spec.gates.alpha;
     let rates: Vec<(&str, f64, f64)> = [
@@ -116,6 +202,33 @@ pub fn plan(spec: &RolloutSpec, a: Assumptions) -> Vec<StagePlan> {
                 humantime::format_duration(max_duration)
             ));
         }
+        let segment = segments.first().filter(|_| !spec.is_shadow_stage(i)).map(|(name, seg_share)| {
+            let min = spec.gates.segment_min_responses.max(1);
+            let rps = (challenger_rps * seg_share, (a.rps - challenger_rps) * seg_share);
+            let slower = rps.0.min(rps.1).max(1e-9);
+            SegmentStage {
+                name: name.clone(),
+                share: *seg_share,
+                challenger_rps: rps.0,
+                challenger_responses: (rps.0 * max_duration.as_secs_f64()).floor() as u64,
+                min_responses: min,
+                to_min_responses: seconds((min as f64 / slower).round()),
+            }
+        });
+        if let Some(seg) = segment.as_ref().filter(|s| s.to_min_responses > max_duration) {
+            let policy = match spec.gates.on_segment_too_small {
+                crate::spec::SegmentTooSmall::Block => "on_segment_too_small: block holds the stage",
+                crate::spec::SegmentTooSmall::Ignore => "on_segment_too_small: ignore, so it is never judged",
+            };
+            warnings.push(format!(
+                "segment `{}` (~{:.1}% of requests): {} responses per version take ~{}, beyond max_duration ({}): it stays \"not enough data\" ({policy})",
+                seg.name,
+                seg.share * 100.0,
+                seg.min_responses,
+                humantime::format_duration(seconds(seg.to_min_responses.as_secs_f64().round())),
+                humantime::format_duration(max_duration)
+            ));
+        }
         out.push(StagePlan {
             name: spec.stage_name(i),
             weight_percent: weight,
@@ -126,14 +239,16 @@ pub fn plan(spec: &RolloutSpec, a: Assumptions) -> Vec<StagePlan> {
             equal: equal.map(seconds),
             harmful: harmful.map(seconds),
             max_duration,
+            segment,
             warnings,
         });
     }
-    out
+    Plan { stages: out, notes }
 }
 
 /// The plan as a table.
-pub fn render(rows: &[StagePlan], a: Assumptions) -> String {
+pub fn render(plan: &Plan, a: &Assumptions) -> String {
+    let rows = &plan.stages;
     let t = |d: Option<Duration>| {
         d.map_or("not within max_duration".to_string(), |d| {
             humantime::format_duration(Duration::from_secs(d.as_secs().max(1))).to_string()
@@ -161,10 +276,29 @@ pub fn render(rows: &[StagePlan], a: Assumptions) -> String {
             humantime::format_duration(r.max_duration)
         ));
     }
+    if rows.iter().any(|r| r.segment.is_some()) {
+        s.push_str("\n| stage | smallest judged segment | share | challenger req/s in it | challenger responses by max_duration | segment_min_responses (time) |\n| --- | --- | --- | --- | --- | --- |\n");
+        for r in rows {
+            let Some(g) = &r.segment else { continue };
+            s.push_str(&format!(
+                "| {} | {} | {:.1}% | {:.2} | {} | {} ({}) |\n",
+                r.name,
+                g.name,
+                g.share * 100.0,
+                g.challenger_rps,
+                g.challenger_responses,
+                g.min_responses,
+                t(Some(g.to_min_responses))
+            ));
+        }
+    }
     for r in rows {
         for w in &r.warnings {
             s.push_str(&format!("warning: {}: {w}\n", r.name));
         }
+    }
+    for n in &plan.notes {
+        s.push_str(&format!("note: {n}\n"));
     }
     s
 }
@@ -193,8 +327,9 @@ envoy: { admin: ["http://a"], ecds_dir: /x, wasm: /y }
     fn the_plan_of_the_issue_traffic() {
         // The issue's case 7: 200 req/s, gates error 1 pp, p95 × 1.5, timeouts 1 pp.
         let spec = RolloutSpec::from_yaml(SPEC).unwrap();
-        let a = Assumptions { rps: 200.0, error_rate: 0.003, timeout_rate: 0.001, runs: 60 };
-        let rows = plan(&spec, a);
+        let a = Assumptions { rps: 200.0, error_rate: 0.003, timeout_rate: 0.001, runs: 60, ..Default::default() };
+        let p = plan(&spec, &a);
+        let rows = &p.stages;
         assert_eq!(rows.len(), 2);
         let one = &rows[0];
         assert_eq!((one.advance_when, one.min_requests), (AdvanceWhen::NoHarm, 150));
@@ -205,8 +340,10 @@ envoy: { admin: ["http://a"], ecds_dir: /x, wasm: /y }
         let half = &rows[1];
         assert_eq!(half.advance_when, AdvanceWhen::Proven);
         assert!(half.equal.is_some_and(|t| t >= Duration::from_secs(20)), "{half:?}");
-        let text = render(&rows, a);
+        assert!(rows.iter().all(|r| r.segment.is_none()) && p.notes.is_empty(), "no segment judged");
+        let text = render(&p, &a);
         assert!(text.contains("| 1pct | 1% | 2.0 | 150 (1m 15s) | no_harm |"), "{text}");
+        assert!(!text.contains("smallest judged segment"), "{text}");
     }
 
     #[test]
@@ -216,7 +353,57 @@ envoy: { admin: ["http://a"], ecds_dir: /x, wasm: /y }
             "{ weight_percent: 50, min_duration: 20s, min_requests: 150, max_duration: 30s }",
         ))
         .unwrap();
-        let rows = plan(&spec, Assumptions { rps: 2.0, error_rate: 0.003, timeout_rate: 0.001, runs: 30 });
+        let a = Assumptions { rps: 2.0, error_rate: 0.003, timeout_rate: 0.001, runs: 30, ..Default::default() };
+        let rows = plan(&spec, &a).stages;
         assert!(!rows[1].warnings.is_empty(), "{:?}", rows[1]);
+    }
+
+    #[test]
+    fn segments_judged_get_the_smallest_ones_traffic_and_a_warning_when_it_cannot_reach_its_minimum() {
+        let segmented = SPEC
+            .replace(
+                "error_rate: { error_tolerance: 1 }",
+                "error_rate: { error_tolerance: 1, segments: all }\n  segment_min_responses: 200",
+            )
+            .replace("envoy:", "filter:\n  segment: { header: x-tier, values: [free, pro, ent, gov] }\nenvoy:")
+            .replace(
+                "{ weight_percent: 1, min_duration: 20s, min_requests: 150 }",
+                "{ weight_percent: 1, min_duration: 20s, min_requests: 150, max_duration: 10m }",
+            );
+        let spec = RolloutSpec::from_yaml(&segmented).unwrap();
+        // No shares given: a quarter each of the four values; `other` not estimated.
+        let a = Assumptions { rps: 200.0, error_rate: 0.003, timeout_rate: 0.001, runs: 30, ..Default::default() };
+        let p = plan(&spec, &a);
+        assert!(
+            p.notes.iter().any(|n| n.contains("assumed equal shares over filter.segment.values (0.25 each")),
+            "{:?}",
+            p.notes
+        );
+        let one = p.stages[0].segment.as_ref().unwrap();
+        // 1 % of 200 req/s is 2 req/s; a quarter of it 0.5/s: 200 responses take 400 s, within 10 min.
+        assert_eq!((one.name.as_str(), one.min_responses), ("ent", 200), "equal shares: the first by name");
+        assert!((one.challenger_rps - 0.5).abs() < 1e-9, "{one:?}");
+        assert_eq!((one.to_min_responses.as_secs(), one.challenger_responses), (400, 300));
+        assert!(p.stages[0].warnings.iter().all(|w| !w.contains("segment")), "{:?}", p.stages[0].warnings);
+        // The 50 % stage: 25 req/s in the segment per version, 8 s.
+        assert_eq!(p.stages[1].segment.as_ref().unwrap().to_min_responses.as_secs(), 8);
+        let text = render(&p, &a);
+        assert!(text.contains("| 1pct | ent | 25.0% | 0.50 | 300 | 200 (6m 40s) |"), "{text}");
+        assert!(text.contains("note: segments: no segment shares given"), "{text}");
+
+        // `gov` is 1 % of the requests: 0.02/s at 1 %, 10 000 s for 200 > 10 min: warned.
+        let shares = [("free", 0.6), ("pro", 0.3), ("ent", 0.09), ("gov", 0.01)];
+        let a = Assumptions { segment_shares: shares.iter().map(|(n, s)| (n.to_string(), *s)).collect(), ..a };
+        let p = plan(&spec, &a);
+        let one = p.stages[0].segment.as_ref().unwrap();
+        assert_eq!(one.name, "gov");
+        assert_eq!(one.to_min_responses.as_secs(), 10_000);
+        let warned = p.stages[0].warnings.iter().find(|w| w.contains("segment `gov`")).expect("a warning");
+        assert!(
+            warned.contains("beyond max_duration (10m)") && warned.contains("on_segment_too_small: ignore"),
+            "{warned}"
+        );
+        assert!(p.notes.iter().all(|n| !n.contains("equal shares")), "{:?}", p.notes);
+        assert!(p.notes.iter().any(|n| n.contains("no share given for `other`")), "{:?}", p.notes);
     }
 }

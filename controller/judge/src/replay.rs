@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::gates::{GateResult, LabelEvidence};
+use crate::gates::GateResult;
 use crate::rollout::{self, Action, Decision, RolloutState};
 use crate::spec::{GateMethod, RolloutSpec};
 
@@ -111,12 +111,9 @@ pub fn replay(
             skipped += 1;
             continue;
         }
-        let labels = d.labels.unwrap_or_else(|| {
+        let labels = d.labels.clone().unwrap_or_else(|| {
             from_state += 1;
-            LabelEvidence {
-                champion: state.labels.stats(&d.from.stage_name, &recorded.champion),
-                challenger: state.labels.stats(&d.from.stage_name, &recorded.challenger),
-            }
+            state.labels.evidence(&d.from.stage_name, &recorded.champion, &recorded.challenger)
         });
         let looks = spent.entry(d.from.epoch).or_default();
         let context = crate::rollout::stage_context(&spec, stage);

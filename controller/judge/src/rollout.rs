@@ -42,8 +42,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::evidence::tracker::ResetTracker;
 use crate::evidence::SourceError;
-use crate::gates::{GateResult, LabelEvidence, Outcome, StageContext};
-use crate::labels::LabelBook;
+use crate::gates::{GateResult, Outcome, StageContext};
+use crate::labels::{LabelBook, StageLabels};
 use crate::spec::{AdvanceWhen, GateMethod, RolloutSpec, TerminalOutcome};
 use crate::window::{responses_since, Coverage, VersionWindow, Window};
 use canary_core::{FilterConfig, Weight};
@@ -165,10 +165,12 @@ pub struct Decision {
     pub gates: Vec<GateResult>,
     pub window: Option<WindowSummary>,
     pub alerts: Vec<AlertKind>,
-    /// The stage's label evidence the gates saw (what `canary replay`
-    /// re-judges; absent in logs written before it was recorded).
+    /// The stage's label evidence the gates saw, all traffic's and each
+    /// segment's (what `canary replay` re-judges; absent in logs written
+    /// before it was recorded, without `segments` before labels carried
+    /// segments).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub labels: Option<LabelEvidence>,
+    pub labels: Option<StageLabels>,
 }
 
 /// A stage change, kept in the state's history.
@@ -577,13 +579,10 @@ impl RolloutState {
         !self.phase.is_final() && spec.is_shadow_stage(self.stage)
     }
 
-    /// Labels of the current stage, per version.
-    pub fn stage_labels(&self, spec: &RolloutSpec) -> LabelEvidence {
-        let stage = spec.stage_name(self.stage);
-        LabelEvidence {
-            champion: self.labels.stats(&stage, &spec.champion),
-            challenger: self.labels.stats(&stage, &spec.challenger),
-        }
+    /// Labels of the current stage, per version: all traffic's, and each
+    /// segment's the labels named.
+    pub fn stage_labels(&self, spec: &RolloutSpec) -> StageLabels {
+        self.labels.evidence(&spec.stage_name(self.stage), &spec.champion, &spec.challenger)
     }
 
     fn moved(&mut self, spec: &RolloutSpec, action: Action, manual: bool, now: Millis) -> Target {
@@ -937,6 +936,68 @@ alerts: { source_failures: 2 }
     }
 
     #[test]
+    fn labels_naming_a_segment_are_judged_in_it_and_a_segment_worse_by_its_labels_rolls_back() {
+        use crate::gates::GateKind;
+        use crate::labels::LabelRecord;
+        let text = SPEC
+            .replace(
+                "  error_rate: { error_tolerance: 1 }",
+                "  error_rate: { error_tolerance: 1 }\n  labels: { min_degradation_tolerance: 0.05, min_labels: 100, segments: [ent] }\n  segment_min_responses: 200",
+            )
+            .replace("envoy:", "filter:\n  segment: { header: x-tier, values: [free, ent] }\nenvoy:");
+        let spec = RolloutSpec::from_yaml(&text).unwrap();
+        let tiers = spec.filter.segment.clone().unwrap();
+        let batch = |version: &str, segment: &str, n: u64, correct: u64| -> Vec<LabelRecord> {
+            (0..n)
+                .map(|i| LabelRecord {
+                    version: version.into(),
+                    stage: "1pct".into(),
+                    rollout: None,
+                    correct: Some(i < correct),
+                    value: None,
+                    segment: Some(segment.into()),
+                })
+                .collect()
+        };
+        // Per evaluation, each version gets 5 000 labels in `free` (97 % correct)
+        // and 500 in `ent`: 97 % for the champion, 70 % for the challenger.
+        let mut s = RolloutState::start(&spec, 0);
+        let mut last = None;
+        for step in 1..=3u64 {
+            for (v, ent_correct) in [("v1", 485), ("v2", 350)] {
+                s.labels.add("r", &batch(v, "free", 5_000, 4_850), |_, _| true, Some(&tiers));
+                s.labels.add("r", &batch(v, "ent", 500, ent_correct), |_, _| true, Some(&tiers));
+            }
+            let (next, d) = s.step(&spec, Ok(&window(s.epoch, 200 * step, 0, 0)), step * 1000);
+            s = next;
+            last = Some(d);
+            if s.phase.is_final() {
+                break;
+            }
+        }
+        let d = last.unwrap();
+        assert_eq!(d.action, Action::Rollback, "{:?}", d.reasons);
+        assert!(
+            d.reasons.iter().any(|r| r.starts_with("labels gate failed: segment `ent`: label metric")),
+            "{:?}",
+            d.reasons
+        );
+        let of = |segment: Option<&str>| {
+            d.gates.iter().find(|g| g.gate == GateKind::Labels && g.segment.as_deref() == segment).unwrap()
+        };
+        assert_eq!(of(Some("ent")).outcome, Outcome::Fail);
+        assert_ne!(of(None).outcome, Outcome::Fail, "all traffic loses 2.5 points, within 5: {}", of(None).detail);
+        // The decision records the segment's label evidence beside all traffic's.
+        let recorded = d.labels.as_ref().unwrap();
+        let ent = recorded.segments["ent"];
+        assert_eq!(
+            (ent.champion.n, ent.challenger.n),
+            (recorded.totals.champion.n / 11, recorded.totals.challenger.n / 11)
+        );
+        assert!(!recorded.segments.contains_key("other"));
+    }
+
+    #[test]
     fn healthy_rollout_advances_through_every_stage_to_promotion() {
         let spec = spec();
         let mut s = RolloutState::start(&spec, 0);
@@ -1030,7 +1091,7 @@ alerts: { source_failures: 2 }
         assert!(g.look.unwrap() > 3 && !g.carried && g.outcome == Outcome::Pass, "{g:?}");
         assert!(s.looks.is_empty(), "a new stage starts with no spent look");
         let labels = d.labels.unwrap();
-        assert_eq!(labels.champion.n, 0, "the label evidence is recorded with the decision");
+        assert_eq!(labels.totals.champion.n, 0, "the label evidence is recorded with the decision");
     }
 
     #[test]

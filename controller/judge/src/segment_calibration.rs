@@ -21,7 +21,8 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Binomial, Distribution};
 
-use crate::gates::{GateResult, LabelEvidence, Outcome, StageContext};
+use crate::gates::{GateResult, Outcome, StageContext};
+use crate::labels::StageLabels;
 use crate::segments;
 use crate::spec::{ErrorRateGate, GatesSpec, SegmentSelection};
 use crate::window::VersionWindow;
@@ -163,7 +164,7 @@ pub fn run(cell: Cell, alpha: f64, runs: u32, seed: u64) -> Tally {
                 add(&mut b, name, n, eb);
             }
             let results =
-                segments::evaluate(&g, None, &a, &b, &LabelEvidence::default(), StageContext::live(100), &spent);
+                segments::evaluate(&g, None, &a, &b, &StageLabels::default(), StageContext::live(100), &spent);
             for x in results.iter().filter(|x| x.spends_look()) {
                 spent.retain(|l| l.gate != x.gate || l.segment != x.segment);
                 spent.push(x.clone());

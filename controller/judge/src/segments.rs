@@ -28,18 +28,26 @@
 //! responses from either version is not judged: reported as "not enough
 //! data", holding the stage only under `on_segment_too_small: block`.
 //!
+//! **Labels.** The labels gate judges a segment on the labels that named it
+//! ([`crate::labels::LabelRecord::segment`]): the same split of alpha, and
+//! the same rule with the segment's label counts in place of responses (the
+//! segment's first look is at `segment_min_responses` labels per version,
+//! as the other gates' is at that many responses).
+//!
 //! **State.** Segment results are [`GateResult`]s with `segment` set; the
 //! state machine keeps their spent looks and e-processes beside the totals'
 //! (one per gate and segment), and hands each segment back only its own.
 
 use crate::gates::{self, GateKind, GateResult, LabelEvidence, Outcome, StageContext};
+use crate::labels::StageLabels;
 use crate::spec::{GatesSpec, NoDataPolicy, SegmentSelection, SegmentTooSmall};
 use crate::window::{SegmentWindow, VersionWindow};
 use canary_core::predict::SegmentConfig;
 
 /// The gates that can judge a segment (the filter counts responses,
-/// timeouts and latency per segment; predictions and labels are not split).
-const SEGMENTABLE: [GateKind; 3] = [GateKind::ErrorRate, GateKind::Latency, GateKind::Timeouts];
+/// timeouts and latency per segment, and labels may name their segment;
+/// predictions are not split).
+const SEGMENTABLE: [GateKind; 4] = [GateKind::ErrorRate, GateKind::Latency, GateKind::Timeouts, GateKind::Labels];
 
 /// The gates of `spec` that judge segments, each with its segments' names.
 pub fn families(spec: &GatesSpec, filter: Option<&SegmentConfig>) -> Vec<(GateKind, Vec<String>)> {
@@ -57,6 +65,7 @@ fn selection(spec: &GatesSpec, kind: GateKind) -> Option<&SegmentSelection> {
         GateKind::ErrorRate => spec.error_rate.as_ref().map(|g| &g.segments),
         GateKind::Latency => spec.latency.as_ref().map(|g| &g.segments),
         GateKind::Timeouts => spec.timeouts.as_ref().map(|g| &g.segments),
+        GateKind::Labels => spec.labels.as_ref().map(|g| &g.segments),
         _ => None,
     }
 }
@@ -100,18 +109,20 @@ fn prefix(name: &str) -> String {
 /// Every gate of the stage, as [`gates::evaluate`] judges them, then one
 /// result per gate with segments and segment (see the module docs).
 /// `spent`: the results of earlier evaluations the state machine kept,
-/// totals' and segments' alike.
+/// totals' and segments' alike. `stage_labels`: the stage's label evidence, all
+/// traffic's and each segment's.
 pub fn evaluate(
     spec: &GatesSpec,
     filter: Option<&SegmentConfig>,
     champion: &VersionWindow,
     challenger: &VersionWindow,
-    labels: &LabelEvidence,
+    stage_labels: &StageLabels,
     stage: StageContext,
     spent: &[GateResult],
 ) -> Vec<GateResult> {
     let totals_spent: Vec<GateResult> = spent.iter().filter(|r| r.segment.is_none()).cloned().collect();
     let families = families(spec, filter);
+    let labels = &stage_labels.totals;
     if families.is_empty() || stage.shadow {
         // In a shadow stage the challenger serves no user: no segment to judge.
         return gates::evaluate(spec, champion, challenger, labels, stage, &totals_spent);
@@ -126,10 +137,18 @@ pub fn evaluate(
         let alpha = spec.alpha / (2.0 * names.len() as f64);
         let one = GatesSpec { alpha, ..only(spec, |k| k == *kind) };
         for name in names {
-            out.push(segment(&one, *kind, name, (champion, challenger), stage, spent));
+            let evidence = Evidence { windows: (champion, challenger), labels: stage_labels.segment(name) };
+            out.push(segment(&one, *kind, name, &evidence, stage, spent));
         }
     }
     out
+}
+
+/// What a segment is judged on: the versions' windows (the segment's
+/// counters are in them) and the segment's label evidence.
+struct Evidence<'a> {
+    windows: (&'a VersionWindow, &'a VersionWindow),
+    labels: LabelEvidence,
 }
 
 /// One gate's verdict on one segment, at the segment's share of alpha.
@@ -137,14 +156,19 @@ fn segment(
     spec: &GatesSpec,
     kind: GateKind,
     name: &str,
-    windows: (&VersionWindow, &VersionWindow),
+    evidence: &Evidence<'_>,
     stage: StageContext,
     spent: &[GateResult],
 ) -> GateResult {
     let empty = SegmentWindow::default();
-    let a = windows.0.segments.get(name).unwrap_or(&empty);
-    let b = windows.1.segments.get(name).unwrap_or(&empty);
-    let n = (a.answered(), b.answered());
+    let a = evidence.windows.0.segments.get(name).unwrap_or(&empty);
+    let b = evidence.windows.1.segments.get(name).unwrap_or(&empty);
+    let labels = kind == GateKind::Labels;
+    let (n, what) = if labels {
+        ((evidence.labels.champion.n, evidence.labels.challenger.n), "labels")
+    } else {
+        ((a.answered(), b.answered()), "responses")
+    };
     let head = prefix(name);
     let min = spec.segment_min_responses.max(1);
     let mut r = if n.0.min(n.1) < min {
@@ -153,7 +177,7 @@ fn segment(
             SegmentTooSmall::Ignore => NoDataPolicy::Ignore,
         };
         let detail = format!(
-            "not enough data: {} champion and {} challenger responses (judged from {min} each; on_segment_too_small: {})",
+            "not enough data: {} champion and {} challenger {what} (judged from {min} each; on_segment_too_small: {})",
             n.0,
             n.1,
             if policy == NoDataPolicy::Hold { "block" } else { "ignore" }
@@ -172,7 +196,17 @@ fn segment(
             })
             .collect();
         let context = StageContext { min_samples: min, ..stage };
-        let results = gates::evaluate(spec, &as_version(a), &as_version(b), &LabelEvidence::default(), context, &own);
+        let results = if labels {
+            // The segment's labels, from its first look at `min` per version.
+            let mut one = spec.clone();
+            if let Some(g) = one.labels.as_mut() {
+                g.min_labels = min;
+            }
+            let none = VersionWindow::default();
+            gates::evaluate(&one, &none, &none, &evidence.labels, context, &own)
+        } else {
+            gates::evaluate(spec, &as_version(a), &as_version(b), &LabelEvidence::default(), context, &own)
+        };
         match results.into_iter().find(|r| r.gate == kind) {
             Some(r) => r,
             None => GateResult::no_data(kind, n.0, n.1, NoDataPolicy::Hold, "not judged".into()),
@@ -206,7 +240,8 @@ pub fn worst(results: &[GateResult]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::{ErrorRateGate, GateMethod};
+    use crate::labels::LabelStats;
+    use crate::spec::{ErrorRateGate, GateMethod, LabelGate};
 
     fn filter() -> SegmentConfig {
         SegmentConfig { header: "x-tier".into(), values: vec!["free".into(), "ent".into()] }
@@ -238,7 +273,7 @@ mod tests {
 
     fn judge(g: &GatesSpec, a: &VersionWindow, b: &VersionWindow, spent: &[GateResult]) -> Vec<GateResult> {
         let f = filter();
-        evaluate(g, Some(&f), a, b, &LabelEvidence::default(), StageContext::live(100), spent)
+        evaluate(g, Some(&f), a, b, &StageLabels::default(), StageContext::live(100), spent)
     }
 
     /// The results of a second look at `a` and `b` after a first at half
@@ -352,5 +387,125 @@ mod tests {
         }
         // A segment's process is never the totals' or another segment's.
         assert_ne!(of(&second, Some("ent")).process, of(&second, Some("free")).process);
+    }
+
+    fn label_spec(segments: SegmentSelection) -> GatesSpec {
+        GatesSpec {
+            method: GateMethod::Anytime,
+            labels: Some(LabelGate { min_degradation_tolerance: 0.05, min_labels: 100, segments }),
+            segment_min_responses: 200,
+            ..GatesSpec::default()
+        }
+    }
+
+    /// A segment's 0/1 labels: `(segment, (champion labels, correct), (challenger labels, correct))`.
+    type SegmentLabels<'a> = (&'a str, (u64, u64), (u64, u64));
+
+    /// 0/1 labels, [`SegmentLabels`] per segment;
+    /// all traffic's are their sums.
+    fn stage_labels(segments: &[SegmentLabels]) -> StageLabels {
+        let stats = |(n, k): (u64, u64)| LabelStats {
+            n,
+            sum: k as f64,
+            sum_sq: k as f64,
+            min: (n > 0).then_some(0.0),
+            max: (n > 0).then_some(1.0),
+        };
+        let mut out = StageLabels::default();
+        let (mut a, mut b) = ((0, 0), (0, 0));
+        for &(name, x, y) in segments {
+            out.segments.insert(name.into(), LabelEvidence { champion: stats(x), challenger: stats(y) });
+            (a, b) = ((a.0 + x.0, a.1 + x.1), (b.0 + y.0, b.1 + y.1));
+        }
+        out.totals = LabelEvidence { champion: stats(a), challenger: stats(b) };
+        out
+    }
+
+    /// Two evaluations of the labels, the first at half the counts.
+    fn label_looks(g: &GatesSpec, segments: &[SegmentLabels]) -> Vec<GateResult> {
+        let half: Vec<_> = segments.iter().map(|&(s, x, y)| (s, (x.0 / 2, x.1 / 2), (y.0 / 2, y.1 / 2))).collect();
+        let (f, none) = (filter(), VersionWindow::default());
+        let context = StageContext::live(100);
+        let first = evaluate(g, Some(&f), &none, &none, &stage_labels(&half), context, &[]);
+        let spent: Vec<GateResult> = first.into_iter().filter(|r| r.spends_look()).collect();
+        evaluate(g, Some(&f), &none, &none, &stage_labels(segments), context, &spent)
+    }
+
+    #[test]
+    fn labels_worse_in_one_segment_only_fail_that_segment_while_all_traffic_is_within_tolerance() {
+        // 97 % correct everywhere for the champion; the challenger 80 % in
+        // `ent`: all traffic loses 1.5 points (tolerance 5), `ent` 17.
+        let labels = [("free", (20_000, 19_400), (20_000, 19_400)), ("ent", (2_000, 1_940), (2_000, 1_600))];
+        let r = label_looks(&label_spec(SegmentSelection::All), &labels);
+        assert_eq!(r.len(), 4, "totals, then free, ent, other: {r:#?}");
+        assert!(r.iter().all(|x| x.gate == GateKind::Labels));
+        let total = of(&r, None);
+        assert_ne!(total.outcome, Outcome::Fail, "{}", total.detail);
+        let ent = of(&r, Some("ent"));
+        assert_eq!(ent.outcome, Outcome::Fail, "{}", ent.detail);
+        assert!(
+            ent.detail.starts_with("segment `ent`: label metric: challenger 0.8000 vs champion 0.9700"),
+            "{}",
+            ent.detail
+        );
+        assert!(ent.detail.contains("share of alpha, 0.833%"), "0.05 / (2 × 3): {}", ent.detail);
+        assert_eq!((ent.champion_n, ent.challenger_n), (2_000, 2_000));
+        assert_ne!(of(&r, Some("free")).outcome, Outcome::Fail);
+        // No label named `other`: not enough data, counted in labels.
+        let other = of(&r, Some("other"));
+        assert_eq!((other.outcome, other.blocks), (Outcome::NoData, false), "{}", other.detail);
+        assert!(
+            other.detail.contains("not enough data: 0 champion and 0 challenger labels (judged from 200 each"),
+            "{}",
+            other.detail
+        );
+        assert_eq!(r.iter().filter(|r| r.outcome == Outcome::Fail).count(), 1);
+        assert_eq!(r[worst(&r).unwrap()].segment.as_deref(), Some("ent"));
+        // The same figures without `segments`: all traffic alone, and it does not fail.
+        let plain = label_looks(&label_spec(SegmentSelection::None), &labels);
+        assert_eq!(plain.len(), 1);
+        assert_ne!(plain[0].outcome, Outcome::Fail, "{}", plain[0].detail);
+    }
+
+    #[test]
+    fn identical_labels_pass_every_segment_and_small_ones_follow_on_segment_too_small() {
+        let same = [
+            ("free", (40_000, 38_800), (40_000, 38_800)),
+            ("ent", (8_000, 7_760), (8_000, 7_760)),
+            ("other", (4_000, 3_880), (4_000, 3_880)),
+        ];
+        for x in label_looks(&label_spec(SegmentSelection::All), &same) {
+            assert_eq!(x.outcome, Outcome::Pass, "{:?}: {}", x.segment, x.detail);
+        }
+        // 150 labels in `ent` (< 200): not judged; it holds the stage only under `block`.
+        let small = [("free", (40_000, 38_800), (40_000, 38_800)), ("ent", (150, 150), (150, 100))];
+        let ignore = label_looks(&label_spec(SegmentSelection::Only(vec!["ent".into()])), &small);
+        let ent = of(&ignore, Some("ent"));
+        assert_eq!((ent.outcome, ent.blocks), (Outcome::NoData, false), "{}", ent.detail);
+        let g = GatesSpec { on_segment_too_small: SegmentTooSmall::Block, ..label_spec(SegmentSelection::All) };
+        let block = label_looks(&g, &small);
+        assert_eq!((of(&block, Some("ent")).outcome, of(&block, Some("ent")).blocks), (Outcome::NoData, true));
+    }
+
+    #[test]
+    fn the_labels_family_splits_alpha_like_the_others() {
+        let labels = stage_labels(&[("free", (3_000, 2_900), (3_000, 2_850)), ("ent", (3_000, 2_900), (3_000, 2_880))]);
+        let (f, none, context) = (filter(), VersionWindow::default(), StageContext::live(100));
+        let none_spec = label_spec(SegmentSelection::None);
+        let plain = gates::evaluate(&none_spec, &none, &none, &labels.totals, context, &[]);
+        assert_eq!(
+            evaluate(&none_spec, Some(&f), &none, &none, &labels, context, &[]),
+            plain,
+            "no segment: today's gate"
+        );
+        let halved = GatesSpec { alpha: 0.025, ..none_spec };
+        let expected = gates::evaluate(&halved, &none, &none, &labels.totals, context, &[]);
+        let with = evaluate(&label_spec(SegmentSelection::All), Some(&f), &none, &none, &labels, context, &[]);
+        assert_eq!(of(&with, None), &expected[0]);
+        let families = families(&label_spec(SegmentSelection::All), Some(&f));
+        assert_eq!(families, [(GateKind::Labels, vec!["free".to_string(), "ent".into(), "other".into()])]);
+        // A segment's label evidence is the segment's own: `free`'s result reads 2850/3000.
+        let free = of(&with, Some("free"));
+        assert_eq!((free.champion_n, free.challenger), (3_000, Some(0.95)));
     }
 }

@@ -560,6 +560,11 @@ pub struct LabelGate {
     pub min_degradation_tolerance: f64,
     /// Labels needed per version for the stage before the gate can pass.
     pub min_labels: u64,
+    /// Segments also judged one by one, on the labels that name their
+    /// segment: `all`, `none` (default) or a list (a CanaryRollout resource
+    /// takes the list form only).
+    #[serde(default, skip_serializing_if = "SegmentSelection::is_none")]
+    pub segments: SegmentSelection,
 }
 
 /// The Envoys this rollout drives.
@@ -1231,6 +1236,7 @@ impl RolloutSpec {
             ("error_rate", g.error_rate.as_ref().map(|x| &x.segments)),
             ("latency", g.latency.as_ref().map(|x| &x.segments)),
             ("timeouts", g.timeouts.as_ref().map(|x| &x.segments)),
+            ("labels", g.labels.as_ref().map(|x| &x.segments)),
         ];
         let filter = self.filter.segment.as_ref();
         for (gate, selection) in selections {
@@ -1653,6 +1659,22 @@ alerts:
             )),
             "gates.timeouts.segments"
         );
+        assert_eq!(
+            field_of(with(
+                &["gates", "labels"],
+                serde_yaml_ng::from_str("{min_degradation_tolerance: 0.02, min_labels: 10, segments: all}").unwrap()
+            )),
+            "gates.labels.segments"
+        );
+        // The labels gate takes `segments` like the others.
+        let mut doc = serde_yaml_ng::to_value(&all).unwrap();
+        doc["gates"]["labels"] =
+            serde_yaml_ng::from_str("{min_degradation_tolerance: 0.02, min_labels: 10, segments: [pro]}").unwrap();
+        let labelled = RolloutSpec::from_yaml(&serde_yaml_ng::to_string(&doc).unwrap()).unwrap();
+        assert_eq!(labelled.gates.labels.unwrap().segments, SegmentSelection::Only(vec!["pro".into()]));
+        doc["gates"]["labels"]["segments"] = serde_yaml_ng::from_str("[gold]").unwrap();
+        let bad = RolloutSpec::from_yaml(&serde_yaml_ng::to_string(&doc).unwrap());
+        assert_eq!(field_of(bad), "gates.labels.segments[0]");
         assert_eq!(field_of(with(&["gates", "segment_min_responses"], 0.into())), "gates.segment_min_responses");
         assert_eq!(field_of(with(&["gates", "on_segment_too_small"], "hold".into())), "gates.on_segment_too_small");
         let block = with(&["gates", "on_segment_too_small"], "block".into()).unwrap();

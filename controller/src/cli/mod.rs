@@ -162,9 +162,12 @@ enum Command {
     /// itself: per stage the challenger's traffic, the time to
     /// `min_requests`, the median time to a decision for a challenger equal
     /// to the champion and for one 2x tolerance worse, and a warning where a
-    /// stage cannot decide within its `max_duration`. `${NAME}` placeholders
-    /// (as in controller/examples/rollout.yaml) are filled from the
-    /// environment, else with neutral values.
+    /// stage cannot decide within its `max_duration`. With per-segment
+    /// gates, also the smallest judged segment's challenger traffic and the
+    /// time until it has `gates.segment_min_responses` (warned when beyond
+    /// `max_duration`). `${NAME}` placeholders (as in
+    /// controller/examples/rollout.yaml) are filled from the environment,
+    /// else with neutral values.
     Plan {
         spec: PathBuf,
         /// Requests per second through the Envoys, both versions together.
@@ -179,6 +182,10 @@ enum Command {
         /// Simulated rollouts per estimate.
         #[arg(long, default_value_t = 200)]
         runs: u32,
+        /// A segment's share of the requests, e.g. `enterprise=0.05`
+        /// (repeatable); none: equal shares over `filter.segment.values`.
+        #[arg(long = "segment-share", value_name = "NAME=SHARE")]
+        segment_share: Vec<String>,
     },
     /// Numeric prediction bin edges at the champion's quantiles: reads
     /// observed predictions (numbers separated by whitespace or commas) from
@@ -615,16 +622,29 @@ pub async fn main() -> anyhow::Result<()> {
                 (0..s.stages.len()).map(|i| format!("{} {}", s.stage_name(i), s.stage_weight(i))).collect();
             println!("ok: rollout {}: {} → {}; stages {}", s.rollout, s.champion, s.challenger, stages.join(", "));
         }
-        Command::Plan { spec, rps, error_rate, timeout_rate, runs } => {
+        Command::Plan { spec, rps, error_rate, timeout_rate, runs, segment_share } => {
             anyhow::ensure!(
                 rps.is_finite() && rps > 0.0,
                 "--rps {rps} must be a positive number of requests per second"
             );
+            let mut segment_shares = std::collections::BTreeMap::new();
+            for pair in &segment_share {
+                let parsed = pair.split_once('=').and_then(|(n, v)| Some((n.trim(), v.trim().parse::<f64>().ok()?)));
+                let Some((name, share)) =
+                    parsed.filter(|(n, v)| !n.is_empty() && v.is_finite() && *v > 0.0 && *v <= 1.0)
+                else {
+                    anyhow::bail!(
+                        "--segment-share {pair}: expected NAME=SHARE with 0 < SHARE <= 1, e.g. enterprise=0.05"
+                    );
+                };
+                segment_shares.insert(name.to_string(), share);
+            }
             let text = std::fs::read_to_string(&spec).with_context(|| format!("cannot read {}", spec.display()))?;
             let spec = RolloutSpec::from_yaml(&fill_placeholders(&text))
                 .with_context(|| format!("{} is refused", spec.display()))?;
-            let a = canary_judge::plan::Assumptions { rps, error_rate, timeout_rate, runs: runs.max(10) };
-            print!("{}", canary_judge::plan::render(&canary_judge::plan::plan(&spec, a), a));
+            let a =
+                canary_judge::plan::Assumptions { rps, error_rate, timeout_rate, runs: runs.max(10), segment_shares };
+            print!("{}", canary_judge::plan::render(&canary_judge::plan::plan(&spec, &a), &a));
         }
         Command::BinEdges { bins, file } => {
             let text = match &file {

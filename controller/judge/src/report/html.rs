@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use super::format::*;
 use super::model::*;
 use super::svg::*;
-use crate::gates::GateResult;
+use crate::gates::{GateKind, GateResult};
 
 /// The per-segment verdicts of the gates with `segments` as an HTML table,
 /// the worst segment's row highlighted.
@@ -19,7 +19,7 @@ pub(super) fn segment_verdicts_html(gates: &[GateResult]) -> String {
         let is_worst = Some(i) == worst;
         let _ = write!(
             b,
-            "<tr{}><td>{}</td><td>{}</td><td class=\"{o}\">{o}</td><td>{}</td><td>{}</td><td>{}</td><td>{} / {}</td><td>{}</td></tr>",
+            "<tr{}><td>{}</td><td>{}</td><td class=\"{o}\">{o}</td><td>{}</td><td>{}</td><td>{}</td><td>{} / {}{}</td><td>{}</td></tr>",
             if is_worst { " class=\"worse\"" } else { "" },
             g.gate.id(),
             esc(seg),
@@ -28,6 +28,7 @@ pub(super) fn segment_verdicts_html(gates: &[GateResult]) -> String {
             esc(&gate_value(g, g.threshold)),
             g.champion_n,
             g.challenger_n,
+            if g.gate == GateKind::Labels { " labels" } else { "" },
             if is_worst { "<b>worst</b>" } else { "" }
         );
     }

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use super::format::*;
 use super::model::*;
-use crate::gates::GateResult;
+use crate::gates::{GateKind, GateResult};
 
 /// The Markdown summary (stdout, alerts): the same facts as the HTML page.
 pub fn markdown(r: &Report) -> String {
@@ -91,7 +91,7 @@ pub(super) fn segment_verdicts_md(gates: &[GateResult]) -> String {
         let Some(seg) = &g.segment else { continue };
         let _ = writeln!(
             s,
-            "| {} | {seg} | {} | {} | {} | {} | {} / {} | {} |",
+            "| {} | {seg} | {} | {} | {} | {} | {} / {}{} | {} |",
             g.gate.id(),
             outcome_name(g.outcome),
             gate_champion(g),
@@ -99,6 +99,7 @@ pub(super) fn segment_verdicts_md(gates: &[GateResult]) -> String {
             gate_value(g, g.threshold),
             g.champion_n,
             g.challenger_n,
+            if g.gate == GateKind::Labels { " labels" } else { "" },
             if Some(i) == worst { "**worst**" } else { "" }
         );
     }

@@ -49,6 +49,8 @@ pub(super) struct Ingest {
     pub(super) points: Vec<Point>,
     /// The cumulative window of the last point: (epoch, at, per version).
     pub(super) base: Option<(u64, Millis, [Cumulative; 2])>,
+    /// The same per segment of that window (of the same epoch as `base`).
+    pub(super) segment_base: BTreeMap<String, [Cumulative; 2]>,
     /// When each recent epoch began (the decision that moved to it).
     pub(super) epoch_started: BTreeMap<u64, Millis>,
     pub(super) timeline: VecDeque<DecisionView>,
@@ -114,7 +116,44 @@ impl Ingest {
             }
             _ => (now.clone(), self.epoch_started.get(&epoch).map(|s| d.at.saturating_sub(*s))),
         };
-        let gate = |k: GateKind| d.gates.iter().find(|g| g.gate == k);
+        let same_epoch = matches!(&self.base, Some((e, _, _)) if *e == epoch);
+        // Every segment of the window keeps its base; the judged ones (a gate
+        // result names them) get a point.
+        let segment_now: BTreeMap<String, [Cumulative; 2]> = w
+            .champion
+            .segments
+            .keys()
+            .chain(w.challenger.segments.keys())
+            .map(|name| {
+                let of = |v: &canary_judge::window::VersionWindow| {
+                    v.segments.get(name).map(Cumulative::of_segment).unwrap_or_default()
+                };
+                (name.clone(), [of(&w.champion), of(&w.challenger)])
+            })
+            .collect();
+        let judged: std::collections::BTreeSet<&str> = d.gates.iter().filter_map(|g| g.segment.as_deref()).collect();
+        let segments: BTreeMap<String, SegmentPoint> = judged
+            .into_iter()
+            .map(|name| {
+                let now = segment_now.get(name).cloned().unwrap_or_default();
+                let delta = match self.segment_base.get(name).filter(|_| same_epoch) {
+                    Some(base) => [now[0].minus(&base[0]), now[1].minus(&base[1])],
+                    None => now,
+                };
+                let labels = d
+                    .gates
+                    .iter()
+                    .find(|g| g.gate == GateKind::Labels && g.segment.as_deref() == Some(name))
+                    .map_or([None, None], |g| [g.champion, g.challenger]);
+                (name.to_string(), SegmentPoint { delta, labels })
+            })
+            .collect();
+        if !same_epoch {
+            self.segment_base.clear();
+        }
+        self.segment_base.extend(segment_now);
+        // All traffic's results (a per-segment result names its segment).
+        let gate = |k: GateKind| d.gates.iter().find(|g| g.gate == k && g.segment.is_none());
         let shadow = &w.challenger.shadow;
         let compared = shadow.agree + shadow.disagree;
         let agreement = gate(GateKind::ShadowAgreement)
@@ -130,6 +169,7 @@ impl Ingest {
             psi: gate(GateKind::Prediction).and_then(|g| g.challenger),
             labels,
             agreement,
+            segments,
         });
         self.base = Some((epoch, d.at, now));
         if self.points.len() > KEEP_POINTS {

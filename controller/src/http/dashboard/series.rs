@@ -1,15 +1,16 @@
 //! The time series the page charts: per version, interval deltas of the
 //! epoch's cumulative window ([`Point`]), merged in pairs past a bound, and the
-//! expected time left at the current pace.
+//! expected time left at the current pace. The same per segment, for the
+//! segments the gates judge (the page switches its charts to one).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Serialize;
 
 use super::hub::*;
 use canary_judge::rollout::Millis;
 use canary_judge::spec::RolloutSpec;
-use canary_judge::window::{MergedHistogram, VersionWindow};
+use canary_judge::window::{MergedHistogram, SegmentWindow, VersionWindow};
 
 /// Cumulative counts of one version in an epoch's window.
 #[derive(Debug, Clone, Default)]
@@ -21,6 +22,10 @@ pub(super) struct Cumulative {
 
 impl Cumulative {
     pub(super) fn of(w: &VersionWindow) -> Cumulative {
+        Cumulative { answered: w.answered(), errors: w.errors(), latency_us: w.latency_us.clone() }
+    }
+
+    pub(super) fn of_segment(w: &SegmentWindow) -> Cumulative {
         Cumulative { answered: w.answered(), errors: w.errors(), latency_us: w.latency_us.clone() }
     }
 
@@ -58,6 +63,16 @@ pub(super) struct Point {
     pub(super) psi: Option<f64>,
     pub(super) labels: [Option<f64>; 2],
     pub(super) agreement: Option<f64>,
+    /// The same per judged segment (empty without per-segment gates).
+    pub(super) segments: BTreeMap<String, SegmentPoint>,
+}
+
+/// What one evaluation added in one segment, per version, and the
+/// segment's label values (its label gate result's).
+#[derive(Debug, Clone, Default)]
+pub(super) struct SegmentPoint {
+    pub(super) delta: [Cumulative; 2],
+    pub(super) labels: [Option<f64>; 2],
 }
 
 impl Point {
@@ -74,6 +89,13 @@ impl Point {
         self.psi = later.psi;
         self.labels = later.labels;
         self.agreement = later.agreement;
+        for (name, b) in &later.segments {
+            let a = self.segments.entry(name.clone()).or_default();
+            for (x, y) in a.delta.iter_mut().zip(b.delta.iter()) {
+                x.merge(y);
+            }
+            a.labels = b.labels;
+        }
     }
 }
 
@@ -165,6 +187,14 @@ pub(super) struct VersionSeries {
     pub(super) label: Vec<Option<f64>>,
 }
 
+/// One segment's series, aligned with [`Series::t`] (no value where the
+/// segment was not judged).
+#[derive(Debug, Default, Serialize)]
+pub(super) struct SegmentSeries {
+    pub(super) champion: VersionSeries,
+    pub(super) challenger: VersionSeries,
+}
+
 /// The time series the page charts. Each point covers the interval since
 /// the one before; PSI, labels and agreement are the stage's values so far
 /// (what the gates judged).
@@ -177,6 +207,30 @@ pub(super) struct Series {
     pub(super) challenger: VersionSeries,
     pub(super) psi: Vec<Option<f64>>,
     pub(super) agreement: Vec<Option<f64>>,
+    /// Per segment a gate judged (by name; absent without any).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub(super) segments: BTreeMap<String, SegmentSeries>,
+}
+
+impl VersionSeries {
+    /// Appends one interval's values: `d` over `span_ms`, and the label value.
+    fn push(&mut self, d: Option<&Cumulative>, span_ms: Option<u64>, label: Option<f64>) {
+        let Some(d) = d else {
+            self.rps.push(None);
+            self.error_rate.push(None);
+            self.p50_ms.push(None);
+            self.p99_ms.push(None);
+            self.n.push(0);
+            self.label.push(label);
+            return;
+        };
+        self.rps.push(span_ms.filter(|ms| *ms > 0).map(|ms| round(d.answered as f64 * 1000.0 / ms as f64, 2)));
+        self.error_rate.push((d.answered > 0).then(|| round(d.errors as f64 / d.answered as f64, 6)));
+        self.p50_ms.push(d.latency_us.quantile(0.5).map(|us| round(us / 1000.0, 3)));
+        self.p99_ms.push(d.latency_us.quantile(0.99).map(|us| round(us / 1000.0, 3)));
+        self.n.push(d.answered);
+        self.label.push(label);
+    }
 }
 
 pub(super) fn round(v: f64, digits: i32) -> f64 {
@@ -199,21 +253,21 @@ pub(super) fn series(points: &[Point]) -> Series {
             }
         }
     }
+    let names: BTreeSet<&String> = groups.iter().flat_map(|g| g.segments.keys()).collect();
     for g in &groups {
         s.t.push(g.at);
         s.weight_bp.push(g.weight_bp);
         s.epoch.push(g.epoch);
-        for (v, d) in [(&mut s.champion, &g.delta[0]), (&mut s.challenger, &g.delta[1])] {
-            v.rps.push(g.span_ms.filter(|ms| *ms > 0).map(|ms| round(d.answered as f64 * 1000.0 / ms as f64, 2)));
-            v.error_rate.push((d.answered > 0).then(|| round(d.errors as f64 / d.answered as f64, 6)));
-            v.p50_ms.push(d.latency_us.quantile(0.5).map(|us| round(us / 1000.0, 3)));
-            v.p99_ms.push(d.latency_us.quantile(0.99).map(|us| round(us / 1000.0, 3)));
-            v.n.push(d.answered);
-        }
-        s.champion.label.push(g.labels[0]);
-        s.challenger.label.push(g.labels[1]);
+        s.champion.push(Some(&g.delta[0]), g.span_ms, g.labels[0]);
+        s.challenger.push(Some(&g.delta[1]), g.span_ms, g.labels[1]);
         s.psi.push(g.psi);
         s.agreement.push(g.agreement);
+        for name in &names {
+            let out = s.segments.entry((*name).clone()).or_default();
+            let p = g.segments.get(*name);
+            out.champion.push(p.map(|p| &p.delta[0]), g.span_ms, p.and_then(|p| p.labels[0]));
+            out.challenger.push(p.map(|p| &p.delta[1]), g.span_ms, p.and_then(|p| p.labels[1]));
+        }
     }
     s
 }

@@ -130,6 +130,7 @@ fn deltas_of_cumulative_windows_give_interval_rates_and_quantiles() {
         psi: None,
         labels: [None, None],
         agreement: None,
+        segments: Default::default(),
     };
     let s = series(&[p(1000, a), p(2000, d)]);
     assert_eq!(s.champion.rps, vec![Some(100.0), Some(200.0)]);
@@ -137,4 +138,97 @@ fn deltas_of_cumulative_windows_give_interval_rates_and_quantiles() {
     let merged = merge_pairs(vec![p(1000, cumulative(10, 1, &[])), p(2000, cumulative(30, 0, &[]))]);
     assert_eq!(merged.len(), 1);
     assert_eq!((merged[0].delta[0].answered, merged[0].span_ms, merged[0].at), (40, Some(2000), 2000));
+}
+
+/// A decision of epoch 1 at `at` whose cumulative window has `(segment,
+/// responses, 5xx)` per version, judged by `gates` (JSON gate results).
+fn segmented_decision(
+    seq: u64,
+    at: u64,
+    counts: [&[(&str, u64, u64)]; 2],
+    gates: serde_json::Value,
+) -> canary_judge::rollout::Decision {
+    use canary_judge::rollout::{Action, Decision, Target, WindowSummary};
+    use canary_judge::window::VersionWindow;
+    let window = |segments: &[(&str, u64, u64)]| {
+        let mut w = VersionWindow::default();
+        for &(name, n, errors) in segments {
+            let s = w.segment_mut(name);
+            s.responses = [0, n - errors, 0, 0, errors];
+            w.add_responses(n, errors);
+        }
+        w
+    };
+    let target =
+        Target { stage: 0, stage_name: "10pct".into(), weight: canary_core::Weight::from_bp(1000).unwrap(), epoch: 1 };
+    Decision {
+        seq,
+        at,
+        action: Action::Hold,
+        manual: false,
+        from: target.clone(),
+        to: target,
+        reasons: vec!["holding".into()],
+        gates: serde_json::from_value(gates).unwrap(),
+        window: Some(WindowSummary {
+            champion: window(counts[0]),
+            challenger: window(counts[1]),
+            coverage: Default::default(),
+            elapsed_ms: at - 1_000,
+        }),
+        alerts: vec![],
+        labels: None,
+    }
+}
+
+#[test]
+fn segments_a_gate_judged_get_their_own_series_the_others_none() {
+    let gates = |ent_labels: [f64; 2]| {
+        serde_json::json!([
+            {"gate": "error_rate", "outcome": "pass", "blocks": false, "champion_n": 0, "challenger_n": 0, "detail": ""},
+            {"gate": "error_rate", "outcome": "pass", "blocks": false, "champion_n": 0, "challenger_n": 0, "detail": "", "segment": "ent"},
+            {"gate": "labels", "outcome": "inconclusive", "blocks": true, "champion_n": 300, "challenger_n": 300,
+             "champion": ent_labels[0], "challenger": ent_labels[1], "detail": "", "segment": "ent"},
+        ])
+    };
+    let mut ing = Ingest::default();
+    ing.epoch_started.insert(1, 1_000);
+    // 10 s in: `ent` 100 responses each, the challenger 10 of them 5xx; `free` 900 (not judged).
+    ing.add(&segmented_decision(
+        1,
+        11_000,
+        [&[("free", 900, 0), ("ent", 100, 0)], &[("free", 900, 0), ("ent", 100, 10)]],
+        gates([0.9, 0.8]),
+    ));
+    // 10 s later: 200 more in `ent`, 40 of the challenger's 5xx.
+    ing.add(&segmented_decision(
+        2,
+        21_000,
+        [&[("free", 1_800, 0), ("ent", 300, 0)], &[("free", 1_800, 0), ("ent", 300, 50)]],
+        gates([0.9, 0.7]),
+    ));
+    let s = series(&ing.points);
+    assert_eq!(s.segments.keys().collect::<Vec<_>>(), ["ent"], "only judged segments");
+    let ent = &s.segments["ent"];
+    assert_eq!(ent.challenger.n, vec![100, 200], "interval deltas, as for all traffic");
+    assert_eq!(ent.challenger.error_rate, vec![Some(0.1), Some(0.2)]);
+    assert_eq!(ent.champion.error_rate, vec![Some(0.0), Some(0.0)]);
+    assert_eq!(ent.challenger.rps, vec![Some(10.0), Some(20.0)]);
+    assert_eq!(ent.challenger.label, vec![Some(0.8), Some(0.7)], "the segment's label gate values");
+    // All traffic's series is unchanged by the segments, and its labels are not the segment's.
+    assert_eq!(s.challenger.n, vec![1_000, 1_100]);
+    assert_eq!(s.challenger.label, vec![None, None]);
+    let json = serde_json::to_value(&s).unwrap();
+    assert_eq!(json["segments"]["ent"]["challenger"]["error_rate"][1], 0.2);
+    // Without per-segment results: no `segments` key at all.
+    let mut plain = Ingest::default();
+    plain.add(&segmented_decision(1, 11_000, [&[("ent", 100, 0)], &[("ent", 100, 0)]], serde_json::json!([])));
+    assert!(serde_json::to_value(series(&plain.points)).unwrap().get("segments").is_none());
+    // A segment judged in only some points has no value in the others.
+    let mut late = Ingest::default();
+    late.epoch_started.insert(1, 1_000);
+    late.add(&segmented_decision(1, 11_000, [&[("ent", 100, 0)], &[("ent", 100, 0)]], serde_json::json!([])));
+    late.add(&segmented_decision(2, 21_000, [&[("ent", 300, 0)], &[("ent", 300, 20)]], gates([0.9, 0.9])));
+    let s = series(&late.points);
+    assert_eq!(s.segments["ent"].challenger.error_rate, vec![None, Some(0.1)], "the delta from the base kept before");
 }
