@@ -42,7 +42,8 @@
 //! The rollout's very first batch has no earlier estimate: see
 //! [`first_batch`] (0.1 α is kept for it, so the tests decide at
 //! 1/(0.9 α)). At an advance the no-harm evidence is pooled into the next
-//! stage and the harm test restarts ([`RateProcess::into_next_stage`]).
+//! stage, and the harm test is a mixture over stage starts whose weights
+//! share α across the rollout's stages ([`RateProcess::into_next_stage`]).
 //! Measured against the fixed-horizon design with the same α and β
 //! ([`crate::calibration`], 1 000 runs per cell, docs/gates.md): median
 //! sample to a verdict 0.6–0.7 of it for an equal challenger and 0.7–1.0
@@ -51,7 +52,7 @@
 //!
 //! So a challenger within tolerance is rolled back with probability ≤ α,
 //! and one at or beyond tolerance passes with probability ≤ α, over any
-//! number of looks and any traffic split (each version's traffic must not
+//! number of looks, any number of stages and any traffic split (each version's traffic must not
 //! depend on its outcomes: the hash split guarantees that). A challenger in
 //! between (δ < d < 2δ) may take long: the stage's terminal rule ends that.
 //! The guarantee assumes the champion's rate is below 1 − δ (the
@@ -144,11 +145,27 @@ const ADAPTIVE: f64 = 0.15;
 /// would make one event end the component for good).
 const EDGE: f64 = 1e-6;
 
-/// The version of [`RateProcess`]'s meaning: 2 = per-batch two-sample
-/// e-values (below). A process saved by an older controller (version 0: the
+/// The version of [`RateProcess`]'s meaning: 3 = per-batch two-sample
+/// e-values (below), the harm test a mixture over stage starts (2: the harm
+/// test restarted at 1 in every stage). A process saved by an older controller (version 0: the
 /// challenger's likelihoods against a champion confidence sequence) starts
 /// again at its next update rather than be misread.
-const PROCESS_VERSION: u8 = 2;
+const PROCESS_VERSION: u8 = 3;
+
+/// The share of the rollout's harm budget (α for "ever rolled back while
+/// within tolerance") that stage `stage` of `judged` judged stages starts
+/// with: half for the first stage (where a gross fault must be caught on the
+/// least traffic), the other half split evenly over the rest (a larger
+/// stage has more traffic, so a higher bar costs it less time). The shares
+/// sum to 1, so the harm test's false-rollback guarantee holds over the
+/// whole rollout, not per stage (see [`RateProcess::into_next_stage`]).
+pub fn harm_share(stage: usize, judged: usize) -> f64 {
+    match judged {
+        0 | 1 => 1.0,
+        _ if stage == 0 => 0.5,
+        k => 0.5 / (k - 1) as f64,
+    }
+}
 
 /// The two-rate comparison of one gate in one stage: the counts folded in so
 /// far and, for each alternative, ln of the product of its per-batch
@@ -192,6 +209,15 @@ pub struct RateProcess {
     /// (what a projection of this stage's growth starts from).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fine_carried: Option<[f64; 4]>,
+    /// This stage's share of the harm budget ([`harm_share`]); `None` is 1
+    /// (a process judged on its own, as in the calibration tables).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub harm_share: Option<f64>,
+    /// `harm` and `harm_adaptive` at the stage's start (ln of the earlier
+    /// stages' carried terms plus this stage's share): what a projection of
+    /// this stage's growth starts from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub harm_carried: Option<[f64; 4]>,
 }
 
 fn is_zero_pair(p: &(f64, f64)) -> bool {
@@ -279,6 +305,23 @@ impl RateProcess {
     /// one given the past). The first batch only gives that estimate. A
     /// window that went backwards (a new window), or a process of an older
     /// version, starts again.
+    /// A process for a stage judged with `harm_share` of the harm budget
+    /// and nothing carried in (a rollout's first stage): the harm test
+    /// starts at the share instead of 1 (see [`harm_share`]).
+    pub fn for_stage(harm_share: f64) -> RateProcess {
+        let share = harm_share.clamp(f64::MIN_POSITIVE, 1.0);
+        let l = share.ln();
+        RateProcess {
+            version: PROCESS_VERSION,
+            harm: [l; 3],
+            harm_adaptive: Some(l),
+            fine_adaptive: Some(0.0),
+            harm_share: (share < 1.0).then_some(share),
+            harm_carried: (share < 1.0).then_some([l; 4]),
+            ..RateProcess::default()
+        }
+    }
+
     pub fn update(&mut self, champion: (f64, f64), challenger: (f64, f64), tol: f64, alpha: f64) {
         let ((s1, n1), (s2, n2)) = (champion, challenger);
         let b = Batch { s1: s1 - self.s1, n1: n1 - self.n1, s2: s2 - self.s, n2: n2 - self.n };
@@ -291,14 +334,8 @@ impl RateProcess {
             } else {
                 ((0.0, 0.0), (0.0, 0.0))
             };
-            *self = RateProcess {
-                version: PROCESS_VERSION,
-                harm_adaptive: Some(0.0),
-                fine_adaptive: Some(0.0),
-                prior_champion,
-                prior_challenger,
-                ..RateProcess::default()
-            };
+            let fresh = RateProcess::for_stage(self.harm_share.unwrap_or(1.0));
+            *self = RateProcess { prior_champion, prior_challenger, ..fresh };
             if n1 > 0.0 || n2 > 0.0 {
                 return self.update(champion, challenger, tol, alpha);
             }
@@ -357,22 +394,41 @@ impl RateProcess {
     /// the past is an e-process whatever each batch's traffic split). So
     /// the promoting stage builds on what the small stages showed, and the
     /// chance of ever proving a challenger beyond tolerance stays ≤ α over
-    /// the whole rollout. The harm test starts again at 1: a fault that
-    /// shows only at a larger share (load) is not buried under the small
-    /// stages' good evidence, at the price of α per stage for a false
-    /// rollback. The counts start again with the stage's window; the
-    /// earlier ones anchor the alternatives.
-    pub fn into_next_stage(&self) -> RateProcess {
+    /// the whole rollout.
+    ///
+    /// The harm test is a **mixture over stage starts**: Σⱼ wⱼ Eⱼ, where Eⱼ
+    /// is the product of the harm e-values from the start of stage j on and
+    /// wⱼ that stage's [`harm_share`] (Σ wⱼ ≤ 1). Each Eⱼ is an e-process,
+    /// so the weighted sum is one too, and the chance of ever rolling back a
+    /// challenger within tolerance is ≤ α over the whole rollout, not per
+    /// stage. A fault that shows only at a larger share (load) is judged by
+    /// the term that starts with its stage, at the bar 1/(wⱼ α) at worst,
+    /// not buried under the small stages' good evidence; a challenger that
+    /// was bad all along keeps what the earlier stages showed. All terms
+    /// multiply by the same batch e-values, so per alternative one number
+    /// holds their sum: the new stage adds its share. The counts start
+    /// again with the stage's window; the earlier ones anchor the
+    /// alternatives.
+    pub fn into_next_stage(&self, harm_share: f64) -> RateProcess {
         if self.version != PROCESS_VERSION {
-            return RateProcess::default();
+            return RateProcess::for_stage(harm_share);
         }
+        let share = harm_share.clamp(f64::MIN_POSITIVE, 1.0).ln();
+        let add = |l: f64| {
+            let m = l.max(share);
+            m + ((l - m).exp() + (share - m).exp()).ln()
+        };
+        let harm = self.harm.map(add);
+        let harm_adaptive = add(self.harm_adaptive.unwrap_or(f64::NEG_INFINITY));
         RateProcess {
             n: 0.0,
             s: 0.0,
             n1: 0.0,
             s1: 0.0,
-            harm: [0.0; 3],
-            harm_adaptive: Some(0.0),
+            harm,
+            harm_adaptive: Some(harm_adaptive),
+            harm_share: Some(harm_share),
+            harm_carried: Some([harm[0], harm[1], harm[2], harm_adaptive]),
             fine: self.fine,
             fine_adaptive: self.fine_adaptive,
             version: PROCESS_VERSION,
@@ -416,15 +472,16 @@ impl RateProcess {
     /// trial in this stage kept): what "needs ~N more" projects.
     pub fn projected(&self, t: f64) -> RateProcess {
         let start = self.fine_carried.unwrap_or_default();
+        let harm_start = self.harm_carried.unwrap_or_default();
         let grow = |now: f64, from: f64| from + (now - from) * t;
         RateProcess {
             n: self.n * t,
             s: self.s * t,
             n1: self.n1 * t,
             s1: self.s1 * t,
-            harm: self.harm.map(|l| l * t),
+            harm: std::array::from_fn(|k| grow(self.harm[k], harm_start[k])),
             fine: std::array::from_fn(|k| grow(self.fine[k], start[k])),
-            harm_adaptive: self.harm_adaptive.map(|l| l * t),
+            harm_adaptive: self.harm_adaptive.map(|l| grow(l, harm_start[3])),
             fine_adaptive: self.fine_adaptive.map(|l| grow(l, start[3])),
             ..self.clone()
         }
@@ -484,10 +541,10 @@ pub fn anchor(s1: f64, n1: f64) -> f64 {
 /// in ten equal batches, rolls back a challenger erring `harm · tol` more
 /// often than a champion with no errors that has `ratio` times its traffic
 /// (the sample the default `min_requests` is derived from).
-pub fn responses_to_detect(tol: f64, alpha: f64, ratio: f64, harm: f64) -> u64 {
+pub fn responses_to_detect(tol: f64, alpha: f64, ratio: f64, harm: f64, harm_share: f64) -> u64 {
     let detects = |n: u64| {
         let nf = n as f64;
-        let mut p = RateProcess::default();
+        let mut p = RateProcess::for_stage(harm_share);
         for i in 1..=10 {
             let f = nf * f64::from(i) / 10.0;
             p.update((0.0, f * ratio), (harm * tol * f, f), tol, alpha);

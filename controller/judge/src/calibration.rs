@@ -355,24 +355,27 @@ mod tests {
     }
 
     /// Pooling across stages keeps the promise over the whole rollout: a
-    /// challenger exactly at the tolerance, judged through 1 %, 5 % and a
-    /// 50 % stage (the no-harm evidence carried from stage to stage, the
-    /// harm test restarted in each), is proven harmless — a miss — in at
-    /// most α of rollouts, and rolled back in at most α per stage. An equal
-    /// challenger reaches the 50 % stage's proof sooner with the pooled
-    /// evidence than without.
+    /// challenger exactly at the tolerance, judged through 1 %, 5 %, 20 %
+    /// and a 50 % stage (the no-harm evidence carried from stage to stage,
+    /// the harm test a mixture over stage starts with the stages' shares of
+    /// α), is proven harmless — a miss — in at most α of rollouts, and
+    /// rolled back in at most α of rollouts (all stages together). An
+    /// equal challenger reaches the 50 % stage's proof sooner with the
+    /// pooled evidence than without.
     #[test]
     fn pooling_the_no_harm_evidence_across_stages_keeps_alpha_over_the_rollout() {
-        let (base, tol, runs) = (0.01, 0.005, 400u32);
-        let stages = [(0.01, 200u64, 20u32), (0.05, 200, 20), (0.5, 400, 60)];
+        let (base, tol, runs) = (0.01, 0.005, 600u32);
+        let stages = [(0.01, 200u64, 40u32), (0.05, 200, 40), (0.2, 300, 40), (0.5, 400, 80)];
+        let judged = stages.len();
         let run = |delta: f64, pool: bool, seed: u64| -> (u32, u32, Vec<u64>) {
             let (mut passed, mut failed, mut last_stage_n) = (0u32, 0u32, vec![]);
             for r in 0..runs {
                 let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (u64::from(r) << 20));
-                let mut process = RateProcess::default();
+                let mut process = RateProcess::for_stage(anytime::harm_share(0, judged));
                 'stages: for (i, &(share, per_look, looks)) in stages.iter().enumerate() {
                     if i > 0 {
-                        process = if pool { process.into_next_stage() } else { RateProcess::default() };
+                        let w = anytime::harm_share(i, judged);
+                        process = if pool { process.into_next_stage(w) } else { RateProcess::for_stage(w) };
                     }
                     let per_champion = champion_per_look(per_look, share);
                     let (mut s1, mut n1, mut s2, mut n2) = (0u64, 0u64, 0u64, 0u64);
@@ -404,7 +407,7 @@ mod tests {
         let (miss, rollbacks) = (f64::from(passed) / f64::from(runs), f64::from(failed) / f64::from(runs));
         eprintln!("at tolerance, pooled: proven {miss:.3}, rolled back {rollbacks:.3}");
         assert!(miss <= ALPHA + 2.0 * se, "proven at tolerance in {miss} of rollouts");
-        assert!(rollbacks <= 3.0 * ALPHA + 2.0 * se, "rolled back at tolerance in {rollbacks} of rollouts");
+        assert!(rollbacks <= ALPHA + 2.0 * se, "rolled back at tolerance in {rollbacks} of rollouts");
         let (p_pool, _, n_pool) = run(0.0, true, 32);
         let (p_alone, _, n_alone) = run(0.0, false, 32);
         let (m_pool, m_alone) = (n_pool[n_pool.len() / 2], n_alone[n_alone.len() / 2]);
@@ -415,13 +418,15 @@ mod tests {
     /// The case 7 at 200 requests a second in a 1 % stage, one look
     /// a second (2 challenger responses, 198 champion): a challenger with
     /// 5 % 5xx against 0.3 % (tolerance 1 point) is rolled back within the
-    /// first few hundred challenger responses. Measured (400 runs): median
-    /// 73 s (146 responses), 95th percentile 174 s, 42 % within 60 s. No
-    /// valid test does much better: an SPRT that knew both rates exactly
-    /// (0.05 against the margin 0.013) needs ln 20 / KL ≈ 96 responses (48 s)
-    /// on average, and the best fixed test at 60 s (120 responses, reject at
-    /// ≥ 5 errors) has power 0.72 — "always within 60 s" is not reachable at
-    /// α = 5 %.
+    /// first few hundred challenger responses. The stage has half the
+    /// rollout's harm budget (the first of four judged stages). Measured
+    /// (400 runs): median 84 s (168 responses), 95th percentile 205 s, 34 %
+    /// within 60 s (with the whole α in this one stage, as before the budget
+    /// was shared over the stages: 73 s, 174 s, 42 %). No valid test does
+    /// much better: an SPRT that knew both rates exactly (0.05 against the
+    /// margin 0.013) needs ln 20 / KL ≈ 96 responses (48 s) on average, and
+    /// the best fixed test at 60 s (120 responses, reject at ≥ 5 errors)
+    /// has power 0.72 — "always within 60 s" is not reachable at α = 5 %.
     #[test]
     fn a_bad_challenger_at_200_requests_a_second_is_rolled_back_within_a_minute() {
         let cell = RateCell { base: 0.003, tol: 0.01, share: 0.01, truth: Truth::Equal, per_look: 2, max_looks: 600 };
@@ -431,7 +436,9 @@ mod tests {
         for run in 0..runs {
             let mut rng = ChaCha8Rng::seed_from_u64(77 ^ (u64::from(run) << 20));
             let (mut s1, mut n1, mut s2, mut n2) = (0u64, 0u64, 0u64, 0u64);
-            let mut process = RateProcess::default();
+            // The first of four judged stages (1 / 5 / 20 / 50 %): half the
+            // rollout's harm budget.
+            let mut process = RateProcess::for_stage(anytime::harm_share(0, 4));
             for look in 1..=cell.max_looks {
                 s1 += draw(&mut rng, 198, cell.base);
                 n1 += 198;

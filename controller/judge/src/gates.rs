@@ -263,7 +263,7 @@ impl GateResult {
 }
 
 /// The stage being judged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StageContext {
     /// Least samples per version for a gate to judge (the stage's
     /// `min_requests`, at least 1): latency samples, parsed predictions,
@@ -278,15 +278,20 @@ pub struct StageContext {
     /// A shadow stage: the copies' timeout in µs (failed copies count as
     /// at least this slow); 0 when unknown.
     pub shadow_timeout_us: u64,
+    /// The stage's share of the rollout's harm budget
+    /// ([`anytime::harm_share`]): a gate rolls back at level α × this share
+    /// in this stage (the rate gates also keep the earlier stages' harm
+    /// evidence), so false rollbacks stay ≤ α over all the stages.
+    pub harm_share: f64,
 }
 
 impl StageContext {
     pub fn live(min_samples: u64) -> StageContext {
-        StageContext { min_samples, shadow: false, proven: true, shadow_timeout_us: 0 }
+        StageContext { min_samples, shadow: false, proven: true, shadow_timeout_us: 0, harm_share: 1.0 }
     }
 
     pub fn shadow(min_samples: u64) -> StageContext {
-        StageContext { min_samples, shadow: true, proven: true, shadow_timeout_us: 0 }
+        StageContext { min_samples, shadow: true, proven: true, shadow_timeout_us: 0, harm_share: 1.0 }
     }
 }
 
@@ -324,6 +329,8 @@ struct Judge<'a> {
     method: GateMethod,
     schedule: LookSchedule,
     spent: &'a [GateResult],
+    /// The stage's share of the harm budget ([`StageContext::harm_share`]).
+    harm_share: f64,
 }
 
 impl Judge<'_> {
@@ -339,7 +346,12 @@ impl Judge<'_> {
 
     /// The e-process `gate` carried from the previous evaluation of the stage.
     fn process(&self, gate: GateKind) -> RateProcess {
-        self.spent.iter().rev().find(|r| r.gate == gate).and_then(|r| r.process.clone()).unwrap_or_default()
+        self.spent
+            .iter()
+            .rev()
+            .find(|r| r.gate == gate)
+            .and_then(|r| r.process.clone())
+            .unwrap_or_else(|| RateProcess::for_stage(self.harm_share))
     }
 
     /// The spent verdict of `gate` at look `k` or later, if any: carried
@@ -435,7 +447,7 @@ pub fn evaluate(
     stage: StageContext,
     spent: &[GateResult],
 ) -> Vec<GateResult> {
-    let judge = Judge { method: spec.method, schedule: spec.schedule(), spent };
+    let judge = Judge { method: spec.method, schedule: spec.schedule(), spent, harm_share: stage.harm_share };
     let min_samples = stage.min_samples.max(1);
     let mut out = vec![];
     if stage.shadow {
@@ -808,6 +820,9 @@ fn anytime_latency(
 ) -> GateResult {
     let hn = (h.0.count(), h.1.count());
     let alpha = judge.schedule.alpha / 2.0;
+    // Rolling back spends the stage's share of α, passing the whole α (a
+    // pass is final only in the promoting stage).
+    let alpha_fail = alpha * judge.harm_share.clamp(f64::MIN_POSITIVE, 1.0);
     if hn.0 == 0 || hn.1 == 0 {
         return GateResult::no_data(
             kind,
@@ -819,7 +834,13 @@ fn anytime_latency(
     }
     let decide = |t: f64| {
         let (a, b) = (anytime::quantile_bounds(h.0, q, alpha, t), anytime::quantile_bounds(h.1, q, alpha, t));
-        let fail = a.1.is_some_and(|a_high| b.0 > a_high * multiplier);
+        let fail = if alpha_fail < alpha {
+            let (af, bf) =
+                (anytime::quantile_bounds(h.0, q, alpha_fail, t), anytime::quantile_bounds(h.1, q, alpha_fail, t));
+            af.1.is_some_and(|a_high| bf.0 > a_high * multiplier)
+        } else {
+            a.1.is_some_and(|a_high| b.0 > a_high * multiplier)
+        };
         let pass = b.1.is_some_and(|b_high| b_high <= a.0 * multiplier);
         (a, b, fail, pass)
     };

@@ -421,7 +421,14 @@ pub fn stage_context(spec: &RolloutSpec, stage: usize) -> StageContext {
         shadow: spec.is_shadow_stage(stage),
         proven: spec.advance_when(stage) == AdvanceWhen::Proven,
         shadow_timeout_us: u64::from(spec.shadow_config().timeout_ms) * 1000,
+        harm_share: stage_harm_share(spec, stage),
     }
+}
+
+/// Stage `stage`'s share of the harm budget: every stage but the last
+/// (100 %, where the rollout has ended) is judged.
+pub fn stage_harm_share(spec: &RolloutSpec, stage: usize) -> f64 {
+    crate::anytime::harm_share(stage, spec.stages.len().saturating_sub(1))
 }
 
 /// The guardrails on the responses since `mark` (cumulative counts now):
@@ -608,7 +615,7 @@ impl RolloutState {
                 .looks
                 .iter()
                 .filter_map(|l| {
-                    let process = l.process.as_ref()?.into_next_stage();
+                    let process = l.process.as_ref()?.into_next_stage(stage_harm_share(spec, self.stage));
                     Some(GateResult { process: Some(process), ..l.clone() })
                 })
                 .collect(),
@@ -1039,7 +1046,15 @@ alerts: { source_failures: 2 }
         let p = s.looks[0].process.as_ref().unwrap();
         assert_eq!((p.n, p.n1, p.pooled_stages), (0.0, 0.0, 1), "{p:?}");
         assert_eq!(p.fine, before.fine, "the no-harm evidence goes on");
-        assert_eq!(p.harm, [0.0; 3], "the harm test starts again");
+        // The harm test is a mixture over stage starts: the earlier term
+        // (started at the first stage's share) goes on, the new stage adds
+        // its share (two judged stages: ½ each).
+        let share = crate::anytime::harm_share(1, spec.stages.len() - 1);
+        assert_eq!(share, 0.5);
+        for k in 0..3 {
+            let want = before.harm[k].exp() + share;
+            assert!((p.harm[k].exp() - want).abs() < 1e-12, "{k}: {} vs {want}", p.harm[k].exp());
+        }
         assert_eq!(p.prior_champion, (before.s1, before.n1));
         // The next stage's first look is scored (anchored at the earlier
         // stage's rate) and says the evidence is pooled.

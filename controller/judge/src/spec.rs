@@ -907,6 +907,8 @@ impl RolloutSpec {
         };
         let share = stage.weight_percent.unwrap_or(50.0).clamp(0.01, 100.0) / 100.0;
         let ratio = if stage.shadow || share >= 0.5 { 1.0 } else { (1.0 - share) / share };
+        // The stage's share of the harm budget, as the gates judge it.
+        let harm_share = crate::rollout::stage_harm_share(self, index);
         let tolerances = [
             self.gates.error_rate.as_ref().map(|g| g.error_tolerance),
             self.gates.timeouts.as_ref().map(|g| g.timeout_tolerance),
@@ -917,7 +919,7 @@ impl RolloutSpec {
             .into_iter()
             .flatten()
             .filter(|t| *t > 0.0)
-            .map(|t| crate::anytime::responses_to_detect(t / 100.0, self.gates.alpha, ratio, harm))
+            .map(|t| crate::anytime::responses_to_detect(t / 100.0, self.gates.alpha, ratio, harm, harm_share))
             .fold(100, u64::max)
     }
 
