@@ -52,8 +52,9 @@
 //!
 //! So a challenger within tolerance is rolled back with probability ≤ α,
 //! and one at or beyond tolerance passes with probability ≤ α, over any
-//! number of looks, any number of stages and any traffic split (each version's traffic must not
-//! depend on its outcomes: the hash split guarantees that). A challenger in
+//! number of looks, any number of stages and any traffic split (each
+//! version's traffic must not depend on its outcomes: the hash split
+//! guarantees that). A challenger in
 //! between (δ < d < 2δ) may take long: the stage's terminal rule ends that.
 //! The guarantee assumes the champion's rate is below 1 − δ (the
 //! guardrails hold the stage long before).
@@ -147,10 +148,15 @@ const EDGE: f64 = 1e-6;
 
 /// The version of [`RateProcess`]'s meaning: 3 = per-batch two-sample
 /// e-values (below), the harm test a mixture over stage starts (2: the harm
-/// test restarted at 1 in every stage). A process saved by an older controller (version 0: the
-/// challenger's likelihoods against a champion confidence sequence) starts
-/// again at its next update rather than be misread.
+/// test restarted at 1 in every stage). A process saved by an older
+/// controller starts again at its next update rather than be misread.
 const PROCESS_VERSION: u8 = 3;
+
+/// A share of the harm budget as a weight: within (0, 1] (0 would make the
+/// harm test's ln weight −∞, a test that can never roll back).
+pub fn clamp_share(share: f64) -> f64 {
+    share.clamp(f64::MIN_POSITIVE, 1.0)
+}
 
 /// The share of the rollout's harm budget (α for "ever rolled back while
 /// within tolerance") that stage `stage` of `judged` judged stages starts
@@ -298,18 +304,11 @@ fn null_point(m: f64, k: f64, pa: f64, pb: f64, tol: f64) -> f64 {
 }
 
 impl RateProcess {
-    /// Folds in the champion's and the challenger's cumulative `(events,
-    /// trials)` since the last update, with tolerance `tol` (a rate): one
-    /// batch, scored under alternatives anchored at the champion's rate as
-    /// estimated from the batches *before* it (so each batch's e-value is
-    /// one given the past). The first batch only gives that estimate. A
-    /// window that went backwards (a new window), or a process of an older
-    /// version, starts again.
     /// A process for a stage judged with `harm_share` of the harm budget
     /// and nothing carried in (a rollout's first stage): the harm test
     /// starts at the share instead of 1 (see [`harm_share`]).
     pub fn for_stage(harm_share: f64) -> RateProcess {
-        let share = harm_share.clamp(f64::MIN_POSITIVE, 1.0);
+        let share = clamp_share(harm_share);
         let l = share.ln();
         RateProcess {
             version: PROCESS_VERSION,
@@ -322,6 +321,13 @@ impl RateProcess {
         }
     }
 
+    /// Folds in the champion's and the challenger's cumulative `(events,
+    /// trials)` since the last update, with tolerance `tol` (a rate): one
+    /// batch, scored under alternatives anchored at the champion's rate as
+    /// estimated from the batches *before* it (so each batch's e-value is
+    /// one given the past). The first batch only gives that estimate. A
+    /// window that went backwards (a new window), or a process of an older
+    /// version, starts again.
     pub fn update(&mut self, champion: (f64, f64), challenger: (f64, f64), tol: f64, alpha: f64) {
         let ((s1, n1), (s2, n2)) = (champion, challenger);
         let b = Batch { s1: s1 - self.s1, n1: n1 - self.n1, s2: s2 - self.s, n2: n2 - self.n };
@@ -413,7 +419,7 @@ impl RateProcess {
         if self.version != PROCESS_VERSION {
             return RateProcess::for_stage(harm_share);
         }
-        let share = harm_share.clamp(f64::MIN_POSITIVE, 1.0).ln();
+        let share = clamp_share(harm_share).ln();
         let add = |l: f64| {
             let m = l.max(share);
             m + ((l - m).exp() + (share - m).exp()).ln()
@@ -427,7 +433,7 @@ impl RateProcess {
             s1: 0.0,
             harm,
             harm_adaptive: Some(harm_adaptive),
-            harm_share: Some(harm_share),
+            harm_share: Some(clamp_share(harm_share)),
             harm_carried: Some([harm[0], harm[1], harm[2], harm_adaptive]),
             fine: self.fine,
             fine_adaptive: self.fine_adaptive,

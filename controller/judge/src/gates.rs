@@ -822,7 +822,7 @@ fn anytime_latency(
     let alpha = judge.schedule.alpha / 2.0;
     // Rolling back spends the stage's share of α, passing the whole α (a
     // pass is final only in the promoting stage).
-    let alpha_fail = alpha * judge.harm_share.clamp(f64::MIN_POSITIVE, 1.0);
+    let alpha_fail = alpha * anytime::clamp_share(judge.harm_share);
     if hn.0 == 0 || hn.1 == 0 {
         return GateResult::no_data(
             kind,
@@ -834,13 +834,12 @@ fn anytime_latency(
     }
     let decide = |t: f64| {
         let (a, b) = (anytime::quantile_bounds(h.0, q, alpha, t), anytime::quantile_bounds(h.1, q, alpha, t));
-        let fail = if alpha_fail < alpha {
-            let (af, bf) =
-                (anytime::quantile_bounds(h.0, q, alpha_fail, t), anytime::quantile_bounds(h.1, q, alpha_fail, t));
-            af.1.is_some_and(|a_high| bf.0 > a_high * multiplier)
+        let (af, bf) = if alpha_fail < alpha {
+            (anytime::quantile_bounds(h.0, q, alpha_fail, t), anytime::quantile_bounds(h.1, q, alpha_fail, t))
         } else {
-            a.1.is_some_and(|a_high| b.0 > a_high * multiplier)
+            (a, b)
         };
+        let fail = af.1.is_some_and(|a_high| bf.0 > a_high * multiplier);
         let pass = b.1.is_some_and(|b_high| b_high <= a.0 * multiplier);
         (a, b, fail, pass)
     };

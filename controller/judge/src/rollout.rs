@@ -421,14 +421,8 @@ pub fn stage_context(spec: &RolloutSpec, stage: usize) -> StageContext {
         shadow: spec.is_shadow_stage(stage),
         proven: spec.advance_when(stage) == AdvanceWhen::Proven,
         shadow_timeout_us: u64::from(spec.shadow_config().timeout_ms) * 1000,
-        harm_share: stage_harm_share(spec, stage),
+        harm_share: spec.harm_share(stage),
     }
-}
-
-/// Stage `stage`'s share of the harm budget: every stage but the last
-/// (100 %, where the rollout has ended) is judged.
-pub fn stage_harm_share(spec: &RolloutSpec, stage: usize) -> f64 {
-    crate::anytime::harm_share(stage, spec.stages.len().saturating_sub(1))
 }
 
 /// The guardrails on the responses since `mark` (cumulative counts now):
@@ -615,7 +609,7 @@ impl RolloutState {
                 .looks
                 .iter()
                 .filter_map(|l| {
-                    let process = l.process.as_ref()?.into_next_stage(stage_harm_share(spec, self.stage));
+                    let process = l.process.as_ref()?.into_next_stage(spec.harm_share(self.stage));
                     Some(GateResult { process: Some(process), ..l.clone() })
                 })
                 .collect(),

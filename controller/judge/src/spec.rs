@@ -907,8 +907,7 @@ impl RolloutSpec {
         };
         let share = stage.weight_percent.unwrap_or(50.0).clamp(0.01, 100.0) / 100.0;
         let ratio = if stage.shadow || share >= 0.5 { 1.0 } else { (1.0 - share) / share };
-        // The stage's share of the harm budget, as the gates judge it.
-        let harm_share = crate::rollout::stage_harm_share(self, index);
+        let harm_share = self.harm_share(index);
         let tolerances = [
             self.gates.error_rate.as_ref().map(|g| g.error_tolerance),
             self.gates.timeouts.as_ref().map(|g| g.timeout_tolerance),
@@ -921,6 +920,13 @@ impl RolloutSpec {
             .filter(|t| *t > 0.0)
             .map(|t| crate::anytime::responses_to_detect(t / 100.0, self.gates.alpha, ratio, harm, harm_share))
             .fold(100, u64::max)
+    }
+
+    /// Stage `index`'s share of the harm budget, as the gates judge it
+    /// ([`crate::anytime::harm_share`]): every stage but the last (100 %,
+    /// where the rollout has ended) is judged.
+    pub fn harm_share(&self, index: usize) -> f64 {
+        crate::anytime::harm_share(index, self.stages.len().saturating_sub(1))
     }
 
     /// What stage `index` must show to advance.
