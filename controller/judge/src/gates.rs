@@ -992,11 +992,11 @@ fn label_gate(g: &crate::spec::LabelGate, labels: &LabelEvidence, judge: Judge<'
 /// samples is approximately `c` times a non-central χ²(ν, λ = PSI/c): its
 /// mean is the true PSI plus the **noise floor** `ν·c` (what two samples of
 /// one distribution give), its variance `2ν·c² + 4·PSI·c`. The gate
-/// subtracts the noise floor and puts a normal band of `z_k` standard
-/// deviations (taken at the boundary, PSI = `max_psi`) around it: the
-/// interval `PSI − ν·c ± z_k·sd`. Fail when its low end is above `max_psi`,
-/// pass when its high end is below, inconclusive otherwise; at the boundary
-/// each side errs with probability about `alpha_k`.
+/// inverts that distribution's tails ([`psi::psi_bounds`]; a normal band
+/// undercovered in the skewed small-sample tail): fail when the low end is
+/// above `max_psi` (spending the stage's share of `alpha_k`), pass when the
+/// high end, from the unsmoothed PSI, is below; inconclusive otherwise. The
+/// error rates are measured in [`crate::psi_calibration`].
 fn prediction_gate(
     g: &crate::spec::PredictionGate,
     champion: &VersionWindow,
@@ -1061,13 +1061,20 @@ fn prediction_gate(
         return r;
     }
     let confidence = judge.schedule.confidence_at(k);
-    let z = stats::z_two_sided(confidence);
     let nu = (p.bins.len().max(2) - 1) as f64;
     let c = 1.0 / n.0 as f64 + 1.0 / n.1 as f64;
     let noise = nu * c;
-    let sd = (2.0 * nu * c * c + 4.0 * g.max_psi * c).sqrt();
     let centre = p.value - noise;
-    let interval = Interval { low: (centre - z * sd).max(0.0), high: centre + z * sd };
+    // The fail side spends the stage's share of the harm budget.
+    let spend = judge.schedule.alpha_at(k);
+    let interval = psi::psi_bounds(
+        (p.value, p.raw()),
+        p.bins.len(),
+        n.0,
+        n.1,
+        spend * anytime::clamp_share(judge.harm_share),
+        spend,
+    );
     let outcome = if interval.low > g.max_psi {
         Outcome::Fail
     } else if interval.high < g.max_psi {

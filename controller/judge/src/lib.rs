@@ -20,6 +20,7 @@ pub mod gates;
 pub mod labels;
 pub mod plan;
 pub mod psi;
+pub mod psi_calibration;
 pub mod replay;
 pub mod report;
 pub mod rollout;

@@ -46,6 +46,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use statrs::function::gamma::{gamma_lr, ln_gamma};
+
+use crate::stats::Interval;
 use crate::window::MergedHistogram;
 
 /// Pseudo-count added to every bin before normalising (see the module docs).
@@ -80,6 +83,24 @@ pub struct Psi {
 }
 
 impl Psi {
+    /// PSI without smoothing (the plug-in estimate), infinite when a bin
+    /// is empty in one version only: the value the high bound of
+    /// [`psi_bounds`] starts from.
+    pub fn raw(&self) -> f64 {
+        let (n, m) = (self.champion_n as f64, self.challenger_n as f64);
+        self.bins
+            .iter()
+            .map(|b| {
+                let (p, c) = (b.champion as f64 / n, b.challenger as f64 / m);
+                match (b.champion, b.challenger) {
+                    (0, 0) => 0.0,
+                    (0, _) | (_, 0) => f64::INFINITY,
+                    _ => (c - p) * (c / p).ln(),
+                }
+            })
+            .sum()
+    }
+
     /// Share of the champion's responses whose prediction was unreadable.
     pub fn champion_unparsed_share(&self) -> Option<f64> {
         share(self.champion_unparsed, self.champion_n)
@@ -160,6 +181,81 @@ pub enum EdgesError {
 /// Most edges the filter accepts.
 pub const MAX_EDGES: usize = canary_core::predict::MAX_BINS;
 
+/// CDF at `x` of the noncentral χ² with `nu` degrees of freedom and
+/// noncentrality `lambda`: the Poisson(λ/2) mixture of central χ²(ν + 2j)
+/// (Johnson, Kotz & Balakrishnan, ch. 29), summed over the Poisson weights
+/// that matter (±12 standard deviations around λ/2).
+pub fn ncx2_cdf(x: f64, nu: f64, lambda: f64) -> f64 {
+    if x <= 0.0 {
+        return 0.0;
+    }
+    let mu = 0.5 * lambda.max(0.0);
+    let central = |j: f64| gamma_lr(0.5 * nu + j, 0.5 * x);
+    if mu == 0.0 {
+        return central(0.0);
+    }
+    let spread = 12.0 * mu.sqrt() + 12.0;
+    let (first, last) = ((mu - spread).max(0.0).floor(), (mu + spread).ceil());
+    let mut sum = 0.0;
+    let mut j = first;
+    while j <= last {
+        let log_weight = -mu + j * mu.ln() - ln_gamma(j + 1.0);
+        sum += log_weight.exp() * central(j);
+        j += 1.0;
+    }
+    sum.clamp(0.0, 1.0)
+}
+
+/// Bounds on the population PSI over `bins` bins with `n1` champion and
+/// `n2` challenger predictions: the low bound is exceeded with probability
+/// ≤ `alpha_low`, the high bound undercut with probability ≤ `alpha_high`.
+/// `value` is the observed PSI twice: smoothed ([`psi`]), which the low
+/// bound starts from (smoothing only lowers it: conservative for a
+/// failure), and unsmoothed ([`Psi::raw`]), which the high bound starts from
+/// (smoothing would lower it too, and make a pass too easy at small
+/// counts; an empty bin on one side only is infinite: no pass yet). The estimator divided by `c = 1/n1 + 1/n2`
+/// is asymptotically noncentral χ² with `bins − 1` degrees of freedom and
+/// noncentrality PSI / c (PSI is the symmetrised Kullback–Leibler
+/// divergence, whose plug-in estimator behaves like the two-sample
+/// likelihood-ratio statistic; Pardo, "Statistical inference based on
+/// divergence measures", 2006, ch. 3), and the bounds invert its tails.
+/// Unlike a normal approximation of the same statistic, the χ² keeps the
+/// right skew that small samples have, so a challenger at the limit is not
+/// failed more often than `alpha_low` at early looks (measured in
+/// [`crate::psi_calibration`]).
+pub fn psi_bounds(value: (f64, f64), bins: usize, n1: u64, n2: u64, alpha_low: f64, alpha_high: f64) -> Interval {
+    if n1 == 0 || n2 == 0 || value.0.is_nan() || value.1.is_nan() {
+        return Interval { low: 0.0, high: f64::INFINITY };
+    }
+    let nu = (bins.max(2) - 1) as f64;
+    let c = 1.0 / n1 as f64 + 1.0 / n2 as f64;
+    // The CDF at t falls as λ grows: the λ at which it crosses `level`.
+    let crossing = |t: f64, level: f64| -> f64 {
+        if !t.is_finite() {
+            return f64::INFINITY;
+        }
+        if ncx2_cdf(t, nu, 0.0) <= level {
+            return 0.0;
+        }
+        let mut hi = t + nu + 10.0;
+        while ncx2_cdf(t, nu, hi) > level {
+            hi *= 2.0;
+        }
+        let mut lo = 0.0;
+        for _ in 0..60 {
+            let mid = 0.5 * (lo + hi);
+            if ncx2_cdf(t, nu, mid) > level {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        0.5 * (lo + hi)
+    };
+    let t = |v: f64| v.max(0.0) / c;
+    Interval { low: crossing(t(value.0), 1.0 - alpha_low) * c, high: crossing(t(value.1), alpha_high) * c }
+}
+
 fn check_bins(bins: usize) -> Result<(), EdgesError> {
     if (2..=MAX_EDGES + 1).contains(&bins) {
         Ok(())
@@ -223,6 +319,32 @@ pub fn histogram_edges(histogram: &MergedHistogram, bins: usize) -> Result<Vec<f
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn noncentral_chi_square_matches_scipy() {
+        // scipy 1.17.1: ncx2.cdf(20.0, 9, 3.0) = 0.9144153922263544
+        assert!((super::ncx2_cdf(20.0, 9.0, 3.0) - 0.9144153922263544).abs() < 1e-9);
+        // ncx2.sf(400.0, 19, 300.0) = 0.014038518549070539
+        assert!((1.0 - super::ncx2_cdf(400.0, 19.0, 300.0) - 0.014038518549070539).abs() < 1e-9);
+        // ncx2.ppf(0.99, 9, 3.0) = 28.097202087459728: the CDF there is 0.99
+        assert!((super::ncx2_cdf(28.097202087459728, 9.0, 3.0) - 0.99).abs() < 1e-9);
+        // ncx2.ppf(0.01, 9, 300.0) = 232.26863705712518
+        assert!((super::ncx2_cdf(232.26863705712518, 9.0, 300.0) - 0.01).abs() < 1e-9);
+    }
+
+    #[test]
+    fn psi_bounds_invert_the_tails() {
+        // 10 bins, 100 predictions each (c = 0.02), observed PSI 0.6 (t = 30).
+        let i = super::psi_bounds((0.6, 0.6), 10, 100, 100, 0.01, 0.01);
+        // At λ = low / c the observed t is the 99th percentile; at high / c the 1st.
+        assert!((super::ncx2_cdf(30.0, 9.0, i.low / 0.02) - 0.99).abs() < 1e-6, "{i:?}");
+        assert!((super::ncx2_cdf(30.0, 9.0, i.high / 0.02) - 0.01).abs() < 1e-6, "{i:?}");
+        assert!(0.0 < i.low && i.low < 0.6 && 0.6 < i.high, "{i:?}");
+        // Too little to say anything: no lower bound above 0.
+        assert_eq!(super::psi_bounds((0.3, 0.3), 10, 100, 100, 0.01, 0.01).low, 0.0);
+        // An empty bin on one side only: no upper bound (no pass).
+        assert_eq!(super::psi_bounds((0.3, f64::INFINITY), 10, 100, 100, 0.01, 0.01).high, f64::INFINITY);
+    }
+
     use super::*;
 
     fn counts(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
