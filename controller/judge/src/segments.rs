@@ -40,7 +40,7 @@
 
 use crate::gates::{self, GateKind, GateResult, LabelEvidence, Outcome, StageContext};
 use crate::labels::StageLabels;
-use crate::spec::{GatesSpec, NoDataPolicy, SegmentSelection, SegmentTooSmall};
+use crate::spec::{GatesSpec, NoDataPolicy, SegmentTooSmall};
 use crate::window::{SegmentWindow, VersionWindow};
 use canary_core::predict::SegmentConfig;
 
@@ -220,7 +220,7 @@ pub fn worst(results: &[GateResult]) -> Option<usize> {
 mod tests {
     use super::*;
     use crate::labels::LabelStats;
-    use crate::spec::{ErrorRateGate, GateMethod, LabelGate};
+    use crate::spec::{ErrorRateGate, GateMethod, LabelGate, SegmentSelection};
 
     fn filter() -> SegmentConfig {
         SegmentConfig { header: "x-tier".into(), values: vec!["free".into(), "ent".into()] }
