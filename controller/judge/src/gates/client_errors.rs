@@ -40,4 +40,3 @@ fn judge(e: &Evidence<'_>, judge: Judge<'_>) -> Vec<GateResult> {
         judge,
     )]
 }
-

@@ -38,4 +38,3 @@ fn judge(e: &Evidence<'_>, judge: Judge<'_>) -> Vec<GateResult> {
         judge,
     )]
 }
-

@@ -4,8 +4,8 @@
 use super::judge::{needed, scaled, verdict, verdict_words, Judge, LabelEvidence};
 use super::rate::anytime_rate;
 use super::{Descriptor, Digits, Evidence, Gate, GateKind, GateResult, Outcome, Stages};
-use crate::spec::NoDataPolicy;
 use crate::labels::LabelStats;
+use crate::spec::NoDataPolicy;
 use crate::stats::{self, Interval};
 
 pub(super) const GATE: Gate = Gate {
@@ -118,4 +118,3 @@ pub(super) fn label_gate(g: &crate::spec::LabelGate, labels: &LabelEvidence, jud
         ..GateResult::base(GateKind::Labels, outcome, n, detail)
     }
 }
-

@@ -74,9 +74,9 @@ mod prediction;
 mod rate;
 mod result;
 mod shadow;
-mod timeouts;
 #[cfg(test)]
 mod tests;
+mod timeouts;
 
 pub(crate) use judge::Judge;
 pub use judge::{LabelEvidence, StageContext, POWER};

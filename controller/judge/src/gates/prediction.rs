@@ -164,4 +164,3 @@ pub(super) fn prediction_gate(
     r.notes.insert("noise_floor".into(), noise);
     r
 }
-

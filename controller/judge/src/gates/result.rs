@@ -129,7 +129,13 @@ impl GateResult {
     }
 
     /// Threshold method, "lower is better": pass iff challenger ≤ threshold.
-    pub(super) fn at_most(gate: GateKind, n: (u64, u64), values: (f64, f64), threshold: f64, detail: String) -> GateResult {
+    pub(super) fn at_most(
+        gate: GateKind,
+        n: (u64, u64),
+        values: (f64, f64),
+        threshold: f64,
+        detail: String,
+    ) -> GateResult {
         let margin = threshold - values.1;
         let outcome = if margin >= 0.0 { Outcome::Pass } else { Outcome::Fail };
         GateResult {

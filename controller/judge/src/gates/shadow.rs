@@ -207,4 +207,3 @@ pub(super) fn agreement_gate(
         ..GateResult::base(GateKind::ShadowAgreement, outcome, (0, compared), detail)
     }
 }
-

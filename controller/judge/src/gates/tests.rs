@@ -7,8 +7,8 @@ use super::*;
 use crate::labels::LabelStats;
 use crate::psi;
 use crate::spec::NoDataPolicy;
-use crate::window::MergedHistogram as Histogram;
 use crate::spec::{ErrorRateGate, GateMethod, LabelGate, LatencyGate, PredictionGate, ShadowGate, TimeoutGate};
+use crate::window::MergedHistogram as Histogram;
 
 #[test]
 fn e_values_read_as_decimals_near_the_threshold_and_powers_of_ten_beyond() {
@@ -31,11 +31,7 @@ fn all_gates() -> GatesSpec {
     GatesSpec {
         method: GateMethod::Threshold,
         error_rate: Some(ErrorRateGate { error_tolerance: 1.0, segments: Default::default() }),
-        latency: Some(LatencyGate {
-            latency_tolerance_multiplier: 1.5,
-            quantile: 0.99,
-            segments: Default::default(),
-        }),
+        latency: Some(LatencyGate { latency_tolerance_multiplier: 1.5, quantile: 0.99, segments: Default::default() }),
         prediction: Some(PredictionGate { max_psi: 0.2, on_no_data: NoDataPolicy::Ignore, min_predictions: 0 }),
         timeouts: Some(TimeoutGate { timeout_tolerance: 0.5, segments: Default::default() }),
         labels: Some(LabelGate { min_degradation_tolerance: 0.02, min_labels: 10, segments: Default::default() }),
@@ -66,10 +62,8 @@ fn the_client_error_gate_is_off_by_default_and_judges_the_4xx_rate() {
     let (a, b) = (with_4xx(9_900, 100), with_4xx(9_600, 400));
     let plain = evaluate(&all_gates(), &a, &b, &LabelEvidence::default(), StageContext::live(1), &[]);
     assert!(plain.iter().all(|r| r.gate != GateKind::ClientErrors), "off by default");
-    let spec = GatesSpec {
-        client_errors: Some(crate::spec::ClientErrorGate { client_error_tolerance: 1.0 }),
-        ..all_gates()
-    };
+    let spec =
+        GatesSpec { client_errors: Some(crate::spec::ClientErrorGate { client_error_tolerance: 1.0 }), ..all_gates() };
     let r = evaluate(&spec, &a, &b, &LabelEvidence::default(), StageContext::live(1), &[]);
     let g = r.iter().find(|r| r.gate == GateKind::ClientErrors).unwrap();
     assert_eq!(g.outcome, Outcome::Fail, "4 % vs 1 % + 1 point: {}", g.detail);
@@ -158,8 +152,7 @@ fn margins_and_thresholds_are_reported() {
 fn missing_data_never_passes() {
     let g = all_gates();
     let empty = VersionWindow::default();
-    let r =
-        evaluate(&g, &window(100, 0, 0, 10.0), &empty, &labels((50, 0.9), (3, 1.0)), StageContext::live(1), &[]);
+    let r = evaluate(&g, &window(100, 0, 0, 10.0), &empty, &labels((50, 0.9), (3, 1.0)), StageContext::live(1), &[]);
     for gate in [GateKind::ErrorRate, GateKind::Latency, GateKind::Timeouts, GateKind::Labels] {
         assert_eq!(outcome(&r, gate), (Outcome::NoData, true), "{gate:?}");
     }
@@ -294,14 +287,7 @@ fn the_psi_gate_needs_enough_parsed_predictions_on_both_sides() {
     // Only unparsed predictions: no distribution at all.
     let c = with_predictions(base, &[("unparsed", 500)]);
     let r = only(
-        &evaluate(
-            &psi_gate(0.2, NoDataPolicy::Hold, 0),
-            &a,
-            &c,
-            &LabelEvidence::default(),
-            StageContext::live(1),
-            &[],
-        ),
+        &evaluate(&psi_gate(0.2, NoDataPolicy::Hold, 0), &a, &c, &LabelEvidence::default(), StageContext::live(1), &[]),
         GateKind::Prediction,
     );
     assert_eq!((r.outcome, r.blocks), (Outcome::NoData, true));
@@ -339,8 +325,7 @@ fn shadow_window(sent: u64, agree: u64, disagree: u64, rq_5xx: u64, failed: u64,
 fn a_shadow_stage_is_judged_on_shadow_answers_only() {
     let champion = with_predictions(window(1000, 10, 0, 100.0), &QUARTERS);
     let challenger = shadow_window(1000, 950, 50, 5, 0, 120.0);
-    let r =
-        evaluate(&shadow_spec(), &champion, &challenger, &LabelEvidence::default(), StageContext::shadow(100), &[]);
+    let r = evaluate(&shadow_spec(), &champion, &challenger, &LabelEvidence::default(), StageContext::shadow(100), &[]);
     let gates: Vec<GateKind> = r.iter().map(|g| g.gate).collect();
     assert_eq!(
         gates,
@@ -349,10 +334,7 @@ fn a_shadow_stage_is_judged_on_shadow_answers_only() {
     );
     assert_eq!(outcome(&r, GateKind::Prediction), (Outcome::NoData, false), "never blocks a shadow stage");
     let a = only(&r, GateKind::ShadowAgreement);
-    assert_eq!(
-        (a.outcome, a.challenger, a.threshold, a.challenger_n),
-        (Outcome::Pass, Some(0.95), Some(0.9), 1000)
-    );
+    assert_eq!((a.outcome, a.challenger, a.threshold, a.challenger_n), (Outcome::Pass, Some(0.95), Some(0.9), 1000));
     assert!((a.margin.unwrap() - 0.05).abs() < 1e-12);
     assert_eq!(a.notes["disagree"], 50.0);
     let e = only(&r, GateKind::ShadowErrorRate);
@@ -362,12 +344,10 @@ fn a_shadow_stage_is_judged_on_shadow_answers_only() {
     let l = only(&r, GateKind::ShadowLatency);
     assert_eq!(l.outcome, Outcome::Pass, "{}", l.detail);
     // Same gates in a live stage: the shadow gate is not judged there.
-    let live =
-        evaluate(&shadow_spec(), &champion, &champion, &LabelEvidence::default(), StageContext::live(1), &[]);
-    assert!(live.iter().all(|g| !matches!(
-        g.gate,
-        GateKind::ShadowAgreement | GateKind::ShadowErrorRate | GateKind::ShadowLatency
-    )));
+    let live = evaluate(&shadow_spec(), &champion, &champion, &LabelEvidence::default(), StageContext::live(1), &[]);
+    assert!(live
+        .iter()
+        .all(|g| !matches!(g.gate, GateKind::ShadowAgreement | GateKind::ShadowErrorRate | GateKind::ShadowLatency)));
 }
 
 #[test]
@@ -420,9 +400,7 @@ fn shadow_checks_wait_for_enough_comparisons_and_samples() {
         &[],
     );
     assert!(
-        r.iter()
-            .filter(|g| g.gate != GateKind::Prediction)
-            .all(|g| (g.outcome, g.blocks) == (Outcome::NoData, true)),
+        r.iter().filter(|g| g.gate != GateKind::Prediction).all(|g| (g.outcome, g.blocks) == (Outcome::NoData, true)),
         "{r:?}"
     );
 }

@@ -370,8 +370,7 @@ fn a_shadow_stage_counts_shadow_calls_advances_on_agreement_and_stops_the_copies
     assert!(d.reasons[0].contains("5000 champion responses and 2000 shadow calls"), "{:?}", d.reasons);
     let kinds: Vec<_> = d.gates.iter().map(|g| g.gate).collect();
     assert!(
-        kinds.contains(&crate::gates::GateKind::ShadowAgreement)
-            && !kinds.contains(&crate::gates::GateKind::ErrorRate)
+        kinds.contains(&crate::gates::GateKind::ShadowAgreement) && !kinds.contains(&crate::gates::GateKind::ErrorRate)
     );
     // The next stage serves users and sends no copies.
     assert!(!s.in_shadow_stage(&spec));
@@ -446,11 +445,7 @@ fn the_missing_share_rule_judges_on_the_answered_envoys_only_within_the_share() 
     ];
     for ((endpoints, failed, applied, share), want) in cases {
         let c = coverage(endpoints, failed, applied);
-        assert_eq!(
-            enough(&c, share),
-            want,
-            "{endpoints} endpoints, {failed} failed, {applied} applied, share {share}"
-        );
+        assert_eq!(enough(&c, share), want, "{endpoints} endpoints, {failed} failed, {applied} applied, share {share}");
     }
     assert_eq!(check_coverage(&coverage(2, 0, 2,), 0.0), Enough { partial: None });
     let mut gone = coverage(2, 0, 2);

@@ -193,10 +193,7 @@ fn gate_segments_read_all_none_or_a_list_and_name_what_is_wrong() {
     assert_eq!(sel, &SegmentSelection::All);
     assert_eq!(sel.names(all.filter.segment.as_ref()), ["free", "pro", "other"]);
     let listed = segmented("[pro, other]").unwrap();
-    assert_eq!(
-        listed.gates.error_rate.unwrap().segments,
-        SegmentSelection::Only(vec!["pro".into(), "other".into()])
-    );
+    assert_eq!(listed.gates.error_rate.unwrap().segments, SegmentSelection::Only(vec!["pro".into(), "other".into()]));
     assert_eq!(segmented("none").unwrap().gates.error_rate.unwrap().segments, SegmentSelection::None);
     // Round trip: what serializes parses back the same.
     let back = RolloutSpec::from_yaml(&serde_yaml_ng::to_string(&all).unwrap()).unwrap();
@@ -427,11 +424,7 @@ fn shadow_prediction_and_segment_errors_name_the_field() {
         ),
         (
             vec!["stages"],
-            Value::Sequence(vec![
-                stage("{shadow: true}"),
-                stage("{min_requests: 5}"),
-                stage("{weight_percent: 100}"),
-            ]),
+            Value::Sequence(vec![stage("{shadow: true}"), stage("{min_requests: 5}"), stage("{weight_percent: 100}")]),
             "stages[1].weight_percent",
         ),
         (
@@ -454,11 +447,7 @@ fn shadow_prediction_and_segment_errors_name_the_field() {
         (vec!["filter", "shadow", "sample_percent"], 100.5.into(), "filter.shadow.sample_percent"),
         (vec!["filter", "shadow", "cluster"], "".into(), "filter.shadow.cluster"),
         (vec!["filter", "shadow", "max_in_flight"], 0.into(), "filter.shadow.max_in_flight"),
-        (
-            vec!["filter", "prediction", "bins"],
-            stage("{numeric: [0.5, 0.25]}"),
-            "filter.prediction.bins.numeric[1]",
-        ),
+        (vec!["filter", "prediction", "bins"], stage("{numeric: [0.5, 0.25]}"), "filter.prediction.bins.numeric[1]"),
         (vec!["filter", "prediction", "from"], stage("{header: 'bad header'}"), "filter.prediction.from.header"),
         (vec!["filter", "prediction", "max_body_bytes"], 0.into(), "filter.prediction.max_body_bytes"),
         (vec!["filter", "segment", "values"], Value::Sequence(vec!["other".into()]), "filter.segment.values[0]"),
