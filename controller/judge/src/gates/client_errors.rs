@@ -13,6 +13,7 @@ pub(super) const GATE: Gate = Gate {
     configured: |s| s.client_errors.is_some(),
     remove: |s| s.client_errors = None,
     segments: super::no_segments,
+    rate_tolerance: |s| s.client_errors.as_ref().map(|g| g.client_error_tolerance),
     judge,
 };
 

@@ -11,6 +11,7 @@ pub(super) const GATE: Gate = Gate {
     configured: |s| s.error_rate.is_some(),
     remove: |s| s.error_rate = None,
     segments: |s| s.error_rate.as_ref().map(|g| &g.segments),
+    rate_tolerance: |s| s.error_rate.as_ref().map(|g| g.error_tolerance),
     judge,
 };
 

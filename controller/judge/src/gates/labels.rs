@@ -15,6 +15,7 @@ pub(super) const GATE: Gate = Gate {
     configured: |s| s.labels.is_some(),
     remove: |s| s.labels = None,
     segments: |s| s.labels.as_ref().map(|g| &g.segments),
+    rate_tolerance: |_| None,
     judge,
 };
 

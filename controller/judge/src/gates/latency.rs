@@ -17,6 +17,7 @@ pub(super) const GATE: Gate = Gate {
     configured: |s| s.latency.is_some(),
     remove: |s| s.latency = None,
     segments: |s| s.latency.as_ref().map(|g| &g.segments),
+    rate_tolerance: |_| None,
     judge,
 };
 

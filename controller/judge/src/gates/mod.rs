@@ -203,6 +203,10 @@ pub(crate) struct Gate {
     pub(crate) remove: fn(&mut GatesSpec),
     /// Its segments (`None`: the gate cannot judge a segment, or is not configured).
     pub(crate) segments: fn(&GatesSpec) -> Option<&SegmentSelection>,
+    /// A rate gate's tolerance in percentage points, if configured: the
+    /// derived `min_requests` is the sample that detects it
+    /// ([`crate::spec::RolloutSpec::min_requests`]).
+    pub(crate) rate_tolerance: fn(&GatesSpec) -> Option<f64>,
     /// Its results, if configured (none otherwise).
     pub(crate) judge: fn(&Evidence<'_>, Judge<'_>) -> Vec<GateResult>,
 }

@@ -18,6 +18,7 @@ pub(super) const GATE: Gate = Gate {
     configured: |s| s.prediction.is_some(),
     remove: |s| s.prediction = None,
     segments: super::no_segments,
+    rate_tolerance: |_| None,
     judge,
 };
 

@@ -18,6 +18,7 @@ pub(super) const GATE: Gate = Gate {
     configured: |s| s.shadow.is_some(),
     remove: |s| s.shadow = None,
     segments: super::no_segments,
+    rate_tolerance: |s| s.shadow.as_ref().map(|g| g.error_tolerance),
     judge,
 };
 

@@ -11,6 +11,7 @@ pub(super) const GATE: Gate = Gate {
     configured: |s| s.timeouts.is_some(),
     remove: |s| s.timeouts = None,
     segments: |s| s.timeouts.as_ref().map(|g| &g.segments),
+    rate_tolerance: |s| s.timeouts.as_ref().map(|g| g.timeout_tolerance),
     judge,
 };
 

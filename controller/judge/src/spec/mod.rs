@@ -268,15 +268,9 @@ impl RolloutSpec {
         let share = stage.weight_percent.unwrap_or(50.0).clamp(0.01, 100.0) / 100.0;
         let ratio = if stage.shadow || share >= 0.5 { 1.0 } else { (1.0 - share) / share };
         let harm_share = self.harm_share(index);
-        let tolerances = [
-            self.gates.error_rate.as_ref().map(|g| g.error_tolerance),
-            self.gates.timeouts.as_ref().map(|g| g.timeout_tolerance),
-            self.gates.client_errors.as_ref().map(|g| g.client_error_tolerance),
-            self.gates.shadow.as_ref().map(|g| g.error_tolerance),
-        ];
-        tolerances
-            .into_iter()
-            .flatten()
+        crate::gates::GATES
+            .iter()
+            .filter_map(|g| (g.rate_tolerance)(&self.gates))
             .filter(|t| *t > 0.0)
             .map(|t| crate::anytime::responses_to_detect(t / 100.0, self.gates.alpha, ratio, harm, harm_share))
             .fold(100, u64::max)
