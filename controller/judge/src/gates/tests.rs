@@ -583,3 +583,26 @@ fn sequential_shadow_agreement_uses_a_wilson_interval() {
     assert_eq!(unsure.outcome, Outcome::Inconclusive, "{}", unsure.detail);
     assert!(unsure.challenger_interval.unwrap().contains(0.9));
 }
+
+#[test]
+fn every_gate_kind_has_its_descriptor_in_the_registry_once() {
+    use GateKind::*;
+    let kinds = [
+        ErrorRate,
+        Latency,
+        Prediction,
+        Timeouts,
+        ClientErrors,
+        Labels,
+        ShadowAgreement,
+        ShadowErrorRate,
+        ShadowLatency,
+    ];
+    for k in kinds {
+        assert_eq!(k.descriptor().kind, k);
+        assert_eq!(crate::wire_name(&k), k.id(), "the id is the serde name");
+        assert_eq!(descriptors().filter(|d| d.kind == k).count(), 1);
+    }
+    assert_eq!(descriptors().count(), kinds.len());
+    assert_eq!(live_fields(), "error_rate, latency, prediction, timeouts, client_errors or labels");
+}
