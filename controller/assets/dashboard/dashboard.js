@@ -42,13 +42,19 @@
   }
   const fmtPct = (v) => (isNum(v) ? sig(v * 100, 3) + '%' : '–');
   const fmtMs = (v) => (isNum(v) ? sig(v, 3) + ' ms' : '–');
-  // Gate values by kind: rates are fractions, latencies microseconds.
-  const GATE_FORMAT = {
-    error_rate: fmtPct, timeouts: fmtPct, client_errors: fmtPct, shadow_error_rate: fmtPct, shadow_agreement: fmtPct,
-    latency: (v) => fmtMs(isNum(v) ? v / 1000 : v), shadow_latency: (v) => fmtMs(isNum(v) ? v / 1000 : v),
-    prediction: (v) => (isNum(v) ? v.toFixed(4) : '–'), labels: (v) => (isNum(v) ? v.toFixed(4) : '–'),
-  };
-  const gateName = (g) => String(g || '?').replace(/_/g, ' ');
+  // A gate's values as its descriptor says (`format`, which the controller
+  // sends with every result: scale from the gate's units, digits, unit), so
+  // a new gate needs nothing here.
+  function gateFormat(d) {
+    if (!d || !isNum(d.scale)) return (v) => sig(v, 4);
+    const digits = d.digits || {};
+    return (v) => {
+      if (!isNum(v)) return '–';
+      const x = v * d.scale;
+      return (isNum(digits.decimals) ? x.toFixed(digits.decimals) : sig(x, digits.significant)) + (d.unit || '');
+    };
+  }
+  const gateName = (r) => (r.format && r.format.title) || String(r.gate || '?').replace(/_/g, ' ');
   function setText(el, t) { if (el && el.textContent !== t) el.textContent = t; }
   function h(tag, attrs, children) {
     const e = document.createElement(tag);
@@ -164,7 +170,7 @@
       return;
     }
     tbody.replaceChildren(...results.map((r) => {
-      const f = GATE_FORMAT[r.gate] || ((v) => sig(v, 4));
+      const f = gateFormat(r.format);
       const outcome = String(r.outcome || 'unknown');
       const small = (text) => (text ? h('span', { class: 'ci', text: text }) : null);
       const ci = (v) => { const t = span(v, f); return t ? 'CI ' + t : null; };
@@ -176,11 +182,11 @@
         isNum(r.needed) ? '≈ ' + r.needed + ' more each' : null,
       ].filter(Boolean).join(' · ');
       // PSI compares the challenger with the champion: one value, against its limit.
-      const psi = r.gate === 'prediction';
+      const psi = !!(r.format && r.format.reference);
       // A per-segment result names its segment (the totals' row has none).
       const attrs = r.segment ? { 'data-gate': String(r.gate), 'data-segment': String(r.segment) } : { 'data-gate': String(r.gate) };
       return h('tr', attrs, [
-        h('td', { text: gateName(r.gate) + (r.segment ? ' · segment ' + r.segment : '') }),
+        h('td', { text: gateName(r) + (r.segment ? ' · segment ' + r.segment : '') }),
         psi ? h('td', { class: 'num muted', text: 'reference' }) : h('td', { class: 'num' }, [f(r.champion), small(ci(r.champion_interval))]),
         h('td', { class: 'num' }, [(psi ? 'PSI ' : '') + f(r.challenger), small(ci(r.challenger_interval)), small(diff)]),
         h('td', { class: 'num', text: (psi ? '< ' : '') + f(r.threshold) }),

@@ -67,6 +67,11 @@
 //! the lower bound at its bucket's lower edge, the upper at its bucket's
 //! upper edge, and no upper bound at all (not enough samples, or the rank
 //! lies in the open +Inf bucket) instead of the sample maximum.
+//!
+//! One file on purpose: the confidence sequences, the e-processes and the
+//! harm budget over stages share one mixture construction and its constants,
+//! and their proofs (above) read as one argument; split, each piece would
+//! lean on the others' private helpers.
 
 use serde::{Deserialize, Serialize};
 use statrs::function::beta::ln_beta;

@@ -40,54 +40,33 @@
 
 use crate::gates::{self, GateKind, GateResult, LabelEvidence, Outcome, StageContext};
 use crate::labels::StageLabels;
-use crate::spec::{GatesSpec, NoDataPolicy, SegmentSelection, SegmentTooSmall};
+use crate::spec::{GatesSpec, NoDataPolicy, SegmentTooSmall};
 use crate::window::{SegmentWindow, VersionWindow};
 use canary_core::predict::SegmentConfig;
 
-/// The gates that can judge a segment (the filter counts responses,
-/// timeouts and latency per segment, and labels may name their segment;
-/// predictions are not split).
-const SEGMENTABLE: [GateKind; 4] = [GateKind::ErrorRate, GateKind::Latency, GateKind::Timeouts, GateKind::Labels];
-
-/// The gates of `spec` that judge segments, each with its segments' names.
+/// The gates of `spec` that judge segments, each with its segments' names
+/// (in registry order). A gate can judge a segment when the filter counts
+/// its evidence per segment (responses, timeouts, latency; labels may name
+/// their segment; predictions are not split): its registry entry then has
+/// `segments`.
 pub fn families(spec: &GatesSpec, filter: Option<&SegmentConfig>) -> Vec<(GateKind, Vec<String>)> {
-    SEGMENTABLE
+    gates::GATES
         .iter()
-        .filter_map(|&kind| {
-            let names = selection(spec, kind)?.names(filter);
-            (!names.is_empty()).then_some((kind, names))
+        .filter_map(|g| {
+            let names = (g.segments)(spec)?.names(filter);
+            (!names.is_empty()).then_some((g.kind(), names))
         })
         .collect()
 }
 
-fn selection(spec: &GatesSpec, kind: GateKind) -> Option<&SegmentSelection> {
-    match kind {
-        GateKind::ErrorRate => spec.error_rate.as_ref().map(|g| &g.segments),
-        GateKind::Latency => spec.latency.as_ref().map(|g| &g.segments),
-        GateKind::Timeouts => spec.timeouts.as_ref().map(|g| &g.segments),
-        GateKind::Labels => spec.labels.as_ref().map(|g| &g.segments),
-        _ => None,
-    }
-}
-
-/// `spec` with only the gates `keep` says to keep.
+/// `spec` with only the gates `keep` says to keep (every gate of the
+/// registry, by its own kind).
 fn only(spec: &GatesSpec, keep: impl Fn(GateKind) -> bool) -> GatesSpec {
-    GatesSpec {
-        error_rate: spec.error_rate.clone().filter(|_| keep(GateKind::ErrorRate)),
-        latency: spec.latency.clone().filter(|_| keep(GateKind::Latency)),
-        prediction: spec.prediction.clone().filter(|_| keep(GateKind::Prediction)),
-        timeouts: spec.timeouts.clone().filter(|_| keep(GateKind::Timeouts)),
-        labels: spec.labels.clone().filter(|_| keep(GateKind::Labels)),
-        ..spec.clone()
+    let mut out = spec.clone();
+    for g in gates::GATES.iter().filter(|g| !keep(g.kind())) {
+        (g.remove)(&mut out);
     }
-}
-
-/// The order [`gates::evaluate`] lists the gates in.
-fn rank(kind: GateKind) -> usize {
-    [GateKind::ErrorRate, GateKind::Latency, GateKind::Prediction, GateKind::Timeouts, GateKind::Labels]
-        .iter()
-        .position(|&k| k == kind)
-        .unwrap_or(usize::MAX)
+    out
 }
 
 /// A segment's counters as a version window (what the gate functions read).
@@ -132,7 +111,7 @@ pub fn evaluate(
     let halved = GatesSpec { alpha: spec.alpha / 2.0, ..only(spec, split) };
     let mut out = gates::evaluate(&plain, champion, challenger, labels, stage, &totals_spent);
     out.extend(gates::evaluate(&halved, champion, challenger, labels, stage, &totals_spent));
-    out.sort_by_key(|r| rank(r.gate));
+    out.sort_by_key(|r| r.gate.rank());
     for (kind, names) in &families {
         let alpha = spec.alpha / (2.0 * names.len() as f64);
         let one = GatesSpec { alpha, ..only(spec, |k| k == *kind) };
@@ -241,7 +220,7 @@ pub fn worst(results: &[GateResult]) -> Option<usize> {
 mod tests {
     use super::*;
     use crate::labels::LabelStats;
-    use crate::spec::{ErrorRateGate, GateMethod, LabelGate};
+    use crate::spec::{ErrorRateGate, GateMethod, LabelGate, SegmentSelection};
 
     fn filter() -> SegmentConfig {
         SegmentConfig { header: "x-tier".into(), values: vec!["free".into(), "ent".into()] }
@@ -507,5 +486,23 @@ mod tests {
         // A segment's label evidence is the segment's own: `free`'s result reads 2850/3000.
         let free = of(&with, Some("free"));
         assert_eq!((free.champion_n, free.challenger), (3_000, Some(0.95)));
+    }
+
+    #[test]
+    fn each_gate_appears_once_per_segment_and_the_totals_in_registry_order() {
+        use crate::spec::{ClientErrorGate, TimeoutGate};
+        let g = GatesSpec {
+            timeouts: Some(TimeoutGate { timeout_tolerance: 1.0, segments: SegmentSelection::None }),
+            client_errors: Some(ClientErrorGate { client_error_tolerance: 1.0 }),
+            ..spec(SegmentSelection::All)
+        };
+        let a = window(&[("free", 3_000, 9), ("ent", 3_000, 9)]);
+        let r = judge(&g, &a, &a.clone(), &[]);
+        let mut seen = std::collections::BTreeSet::new();
+        for x in &r {
+            assert!(seen.insert((x.gate.id(), x.segment.clone())), "{} {:?} twice", x.gate.id(), x.segment);
+        }
+        let totals: Vec<&str> = r.iter().filter(|x| x.segment.is_none()).map(|x| x.gate.id()).collect();
+        assert_eq!(totals, ["error_rate", "timeouts", "client_errors"]);
     }
 }

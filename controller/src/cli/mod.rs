@@ -4,8 +4,14 @@
 
 use std::path::PathBuf;
 
+mod manual;
+mod print;
+
+use manual::{manual, Manual};
+use print::{print_kube_status, print_status};
+
 use crate::context::ProcessContext;
-use crate::control::{Controller, Status};
+use crate::control::Controller;
 use crate::http::daemon;
 use crate::k8s::crd::{self, ResourceRef};
 use crate::sink::EcdsFileSink;
@@ -13,7 +19,6 @@ use anyhow::Context;
 use canary_core::FilterConfig;
 use canary_judge::rollout::Command as RolloutCommand;
 use canary_judge::spec::{GateMethod, RolloutSpec};
-use canary_judge::wire_name;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 /// Progressive delivery of ML model versions on Envoy.
@@ -224,24 +229,6 @@ enum Command {
     },
 }
 
-#[derive(clap::Args)]
-struct Manual {
-    #[arg(long, env = "CANARY_STATE_DIR", required_unless_present = "kube")]
-    state_dir: Option<PathBuf>,
-    /// A CanaryRollout (NAMESPACE/NAME): ask its reconciler through the API
-    /// (sets the canary.dev/command annotations) instead of a state directory.
-    #[arg(long, conflicts_with = "state_dir")]
-    kube: Option<ResourceRef>,
-    /// With --kube: how long to wait for the reconciler to report the command handled.
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
-    wait: std::time::Duration,
-    /// Why (goes into the decision log and the alert).
-    #[arg(long, default_value = "")]
-    reason: String,
-    #[arg(long, value_enum, default_value = "human")]
-    output: Output,
-}
-
 /// The name under which the binary is a kubectl plugin (`make install`
 /// links it; kubectl finds `kubectl-canary` on PATH and runs it for
 /// `kubectl canary …`).
@@ -326,152 +313,8 @@ fn read_config(file: &PathBuf) -> anyhow::Result<FilterConfig> {
     Ok(config)
 }
 
-fn ms(ms: u64) -> String {
-    humantime::format_duration(std::time::Duration::from_millis(ms / 100 * 100)).to_string()
-}
-
-fn print_status(s: &Status) {
-    println!(
-        "rollout {}: {}, stage {}/{} {} — challenger {} at {}, epoch {}",
-        s.rollout,
-        s.phase,
-        s.stage + 1,
-        s.stages,
-        s.stage_name,
-        s.challenger,
-        canary_core::Weight::from_bp(u64::from(s.weight_bp)).unwrap_or_default(),
-        s.epoch
-    );
-    if let Some(e) = s.in_stage_ms {
-        let left = s.time_left_ms.map_or(String::new(), |l| format!(", {} left of the minimum", ms(l)));
-        println!("  in stage for {}{left}", ms(e));
-    }
-    if let Some((a, b)) = s.requests_left {
-        let what = if s.shadow_stage { "shadow calls" } else { "challenger" };
-        println!("  responses still needed before judging: {a} champion, {b} {what}");
-    }
-    match &s.last_decision {
-        Some(d) => {
-            print_decision(d.seq, &wire_name(&d.action), d.manual, &d.reasons);
-            for g in &d.gates {
-                print_gate(&wire_name(&g.gate), &wire_name(&g.outcome), &g.detail);
-            }
-            let rate = |(errors, n): (u64, u64)| {
-                if n == 0 {
-                    "-".to_string()
-                } else {
-                    format!("{:.2}% ({errors}/{n})", errors as f64 * 100.0 / n as f64)
-                }
-            };
-            for seg in &s.segments {
-                println!(
-                    "    segment {}: 5xx {} {}, {} {}",
-                    seg.segment,
-                    s.champion,
-                    rate(seg.champion),
-                    s.challenger,
-                    rate(seg.challenger)
-                );
-            }
-        }
-        None => println!("  no decision yet"),
-    }
-    match s.daemon_pid {
-        Some(pid) => println!("  daemon running (pid {pid}); state in {}", s.state_dir),
-        None => println!("  daemon not running; state in {}", s.state_dir),
-    }
-}
-
-async fn manual(command: RolloutCommand, m: Manual) -> anyhow::Result<()> {
-    let Manual { state_dir, kube, wait, reason, output } = m;
-    if let Some(r) = kube {
-        return kube_manual(command, &r, &reason, wait, output).await;
-    }
-    let state_dir = state_dir.context("--state-dir or --kube is needed")?;
-    let mut c = Controller::open(&state_dir, None, false, &ProcessContext::default())?;
-    let d = c.command(command, &reason).await?;
-    match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&d)?),
-        Output::Human => println!(
-            "#{} {}: {} ({}) → {} ({}), epoch {}",
-            d.seq,
-            wire_name(&d.action),
-            d.from.stage_name,
-            d.from.weight,
-            d.to.stage_name,
-            d.to.weight,
-            d.to.epoch
-        ),
-    }
-    // The command is in effect; its alerts are still being delivered.
-    let undelivered = c.alerter().drain().await;
-    if undelivered > 0 {
-        eprintln!("{undelivered} alert(s) not delivered in the retry window; see the errors above");
-    }
-    Ok(())
-}
-
 async fn kube_client() -> anyhow::Result<kube::Client> {
     kube::Client::try_default().await.context("no Kubernetes client: set KUBECONFIG or run in a cluster")
-}
-
-/// `--kube`: the command as annotations; then waits for the reconciler.
-async fn kube_manual(
-    command: RolloutCommand,
-    r: &ResourceRef,
-    reason: &str,
-    wait: std::time::Duration,
-    output: Output,
-) -> anyhow::Result<()> {
-    let client = kube_client().await?;
-    let id = crd::new_command_id();
-    crd::request_command(client.clone(), &r.namespace, &r.name, command, reason, &id)
-        .await
-        .with_context(|| format!("cannot annotate CanaryRollout {r}"))?;
-    eprintln!("asked {r} to {} (command id {id}); waiting up to {wait:?} for the reconciler", command.name());
-    let poll = std::time::Duration::from_secs(1);
-    let status = crd::wait_handled(client, &r.namespace, &r.name, &id, wait, poll).await?;
-    let Some(status) = status else {
-        anyhow::bail!("the reconciler did not report command {id} within {wait:?}: is the canary operator running?");
-    };
-    print_kube_status(&status, output)?;
-    match status.last_command {
-        Some(c) if c.result.starts_with("refused") => anyhow::bail!("{}", c.result),
-        _ => Ok(()),
-    }
-}
-
-fn print_kube_status(s: &crd::CanaryRolloutStatus, output: Output) -> anyhow::Result<()> {
-    if output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(s)?);
-        return Ok(());
-    }
-    let or = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
-    println!(
-        "{}, stage {}/{} {} — challenger at {}, epoch {}",
-        or(&s.phase),
-        s.stage.map_or(0, |i| i + 1),
-        s.stages.unwrap_or(0),
-        or(&s.stage_name),
-        or(&s.weight),
-        s.epoch.unwrap_or(0)
-    );
-    if let Some(d) = &s.last_decision {
-        print_decision(d.seq, &d.action, d.manual, &d.reasons);
-    }
-    for g in &s.gates {
-        print_gate(&g.gate, &g.outcome, &g.detail);
-    }
-    if let Some(c) = &s.last_command {
-        println!("  last command {} ({}): {}", c.id, c.command, c.result);
-    }
-    if !s.missing_sinks.is_empty() {
-        println!("  sinks missing the current configuration: {}", s.missing_sinks.join(", "));
-    }
-    if let Some(m) = &s.message {
-        println!("  {m}");
-    }
-    Ok(())
 }
 
 /// The dashboard's operator token: `--token-file`, else `CANARY_TOKEN`.
@@ -684,16 +527,6 @@ pub async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// The status's "last decision" line (local state or a CanaryRollout's status).
-fn print_decision(seq: u64, action: &str, manual: bool, reasons: &[String]) {
-    println!("  last decision #{seq} ({action}{}): {}", if manual { ", manual" } else { "" }, reasons.join("; "));
-}
-
-/// One gate of the last decision.
-fn print_gate(gate: &str, outcome: &str, detail: &str) {
-    println!("    {gate}: {outcome} — {detail}");
 }
 
 #[cfg(test)]

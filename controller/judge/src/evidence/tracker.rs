@@ -4,6 +4,10 @@
 //! shards of its own next to the rollout's state (see [`TrackerShard`]),
 //! so a restart of the controller keeps it too, without rewriting it whole
 //! every interval.
+//!
+//! One piece on purpose: the reset arithmetic, the per-endpoint state and
+//! its sharded persistence are one invariant (counts stay whole across
+//! Envoy and controller restarts) and are tested together.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 

@@ -68,31 +68,15 @@ pub(super) fn outcome_name(o: Outcome) -> &'static str {
 }
 
 /// How a gate's numbers read for people: the factor from the gate's own
-/// units (shares, microseconds) and the unit shown.
+/// units (shares, microseconds) and the unit shown (its descriptor's).
 pub(super) fn gate_units(g: &GateResult) -> (f64, &'static str) {
-    use crate::gates::GateKind;
-    match g.gate {
-        GateKind::ErrorRate
-        | GateKind::Timeouts
-        | GateKind::ClientErrors
-        | GateKind::ShadowErrorRate
-        | GateKind::ShadowAgreement => (100.0, "%"),
-        GateKind::Latency | GateKind::ShadowLatency => (0.001, " ms"),
-        GateKind::Prediction | GateKind::Labels => (1.0, ""),
-    }
+    let d = g.gate.descriptor();
+    (d.scale, d.unit)
 }
 
 /// Whether the gate is judged on challenger − champion (rates, label means).
 pub(super) fn judged_on_difference(g: &GateResult) -> bool {
-    use crate::gates::GateKind;
-    matches!(
-        g.gate,
-        GateKind::ErrorRate
-            | GateKind::Timeouts
-            | GateKind::ClientErrors
-            | GateKind::ShadowErrorRate
-            | GateKind::Labels
-    )
+    g.gate.descriptor().difference
 }
 
 /// One of a gate's values, rounded, with its unit.
@@ -112,9 +96,10 @@ pub(super) fn gate_label(g: &GateResult) -> String {
 /// The champion's column: PSI compares the challenger with the champion,
 /// which is the reference and has no value of its own.
 pub(super) fn gate_champion(g: &GateResult) -> String {
-    match g.gate {
-        crate::gates::GateKind::Prediction => "reference".into(),
-        _ => gate_value(g, g.champion),
+    if g.gate.descriptor().reference {
+        "reference".into()
+    } else {
+        gate_value(g, g.champion)
     }
 }
 

@@ -88,6 +88,8 @@ impl Ingest {
                     .filter_map(|g| {
                         let mut v = serde_json::to_value(g).ok()?;
                         v["forest"] = serde_json::to_value(canary_judge::report::forest(g)).ok()?;
+                        // How the gate's values read (the dashboard renders from it).
+                        v["format"] = serde_json::to_value(g.gate.descriptor()).ok()?;
                         Some(v)
                     })
                     .collect(),

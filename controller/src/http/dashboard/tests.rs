@@ -232,3 +232,25 @@ fn segments_a_gate_judged_get_their_own_series_the_others_none() {
     let s = series(&late.points);
     assert_eq!(s.segments["ent"].challenger.error_rate, vec![None, Some(0.1)], "the delta from the base kept before");
 }
+
+#[test]
+fn every_gate_result_carries_the_descriptor_the_page_renders_from() {
+    let gates = serde_json::json!([
+        {"gate": "client_errors", "outcome": "pass", "blocks": false, "champion_n": 10, "challenger_n": 10,
+         "champion": 0.01, "challenger": 0.02, "detail": ""},
+        {"gate": "prediction", "outcome": "pass", "blocks": false, "champion_n": 10, "challenger_n": 10, "detail": ""},
+    ]);
+    let mut ing = Ingest::default();
+    ing.add(&segmented_decision(1, 11_000, [&[], &[]], gates));
+    let results = &ing.gates.as_ref().unwrap().results;
+    let format = &results[0]["format"];
+    assert_eq!(
+        (format["title"].as_str(), format["scale"].as_f64(), format["unit"].as_str()),
+        (Some("client errors"), Some(100.0), Some("%"))
+    );
+    assert_eq!(format["digits"], serde_json::json!({"significant": 3}));
+    assert_eq!(
+        (results[1]["format"]["reference"].as_bool(), &results[1]["format"]["digits"]),
+        (Some(true), &serde_json::json!({"decimals": 4}))
+    );
+}

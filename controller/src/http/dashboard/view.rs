@@ -47,7 +47,9 @@ pub(super) struct GatesView {
     pub(super) stage_name: String,
     /// Each gate's result as logged (value, threshold, margin, outcome,
     /// detail, and whatever later versions add), with its `forest`: the
-    /// estimate, interval and limit in the units shown (as in the reports).
+    /// estimate, interval and limit in the units shown (as in the reports),
+    /// and its `format`: the gate's descriptor (title, scale, unit, digits),
+    /// which the page renders its values from.
     pub(super) results: Vec<serde_json::Value>,
 }
 
