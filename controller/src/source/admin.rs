@@ -104,30 +104,31 @@ impl AdminSource {
     /// that fail go to `coverage.failures` with the reason and contribute
     /// nothing. Never panics.
     pub async fn read(&mut self, rollout: &str, epoch: u64, expected_version: &str) -> Window {
-        let versions: Option<Vec<&str>> =
-            self.cluster.as_ref().map(|(v, _)| v.iter().map(String::as_str).collect());
+        let versions: Option<Vec<&str>> = self.cluster.as_ref().map(|(v, _)| v.iter().map(String::as_str).collect());
         let query = stats_query_with(rollout, epoch, versions.as_deref());
         let (client, timeout) = (&self.client, self.config.timeout);
         // One deadline from the read's start: an endpoint waiting for a
         // free slot behind a hanging one gets what is left, not a fresh timeout.
         let deadline = tokio::time::Instant::now() + timeout;
         #[allow(clippy::type_complexity)]
-        let mut reads: Vec<(usize, EndpointRead, Option<EndpointRead>)> = futures::stream::iter(self.config.endpoints.iter().enumerate())
-            .map(|(i, endpoint)| {
-                let (query, versions) = (&query, versions.as_deref());
-                async move {
-                    let body = read_endpoint(client, endpoint, query, deadline, timeout).await;
-                    let outcome = body.as_ref().map_err(Clone::clone).and_then(|b| Ok(parse_stats(b, rollout, epoch)?));
-                    let cluster = versions.map(|v| EndpointRead {
-                        endpoint: endpoint.clone(),
-                        outcome: body.and_then(|b| Ok(parse_cluster_stats(&b, rollout, v)?)),
-                    });
-                    (i, EndpointRead { endpoint: endpoint.clone(), outcome }, cluster)
-                }
-            })
-            .buffer_unordered(self.config.max_concurrency.max(1))
-            .collect()
-            .await;
+        let mut reads: Vec<(usize, EndpointRead, Option<EndpointRead>)> =
+            futures::stream::iter(self.config.endpoints.iter().enumerate())
+                .map(|(i, endpoint)| {
+                    let (query, versions) = (&query, versions.as_deref());
+                    async move {
+                        let body = read_endpoint(client, endpoint, query, deadline, timeout).await;
+                        let outcome =
+                            body.as_ref().map_err(Clone::clone).and_then(|b| Ok(parse_stats(b, rollout, epoch)?));
+                        let cluster = versions.map(|v| EndpointRead {
+                            endpoint: endpoint.clone(),
+                            outcome: body.and_then(|b| Ok(parse_cluster_stats(&b, rollout, v)?)),
+                        });
+                        (i, EndpointRead { endpoint: endpoint.clone(), outcome }, cluster)
+                    }
+                })
+                .buffer_unordered(self.config.max_concurrency.max(1))
+                .collect()
+                .await;
         // The configured order, so the tracker sees the same sequence every time.
         reads.sort_by_key(|(i, ..)| *i);
         let (reads, cluster_reads): (Vec<EndpointRead>, Vec<Option<EndpointRead>>) =
