@@ -90,7 +90,7 @@ async fn a_rollout_over_two_stage_changes_counts_exactly_what_the_backends_serve
     let stages = [(20, "1s", 300), (50, "1s", 300), (80, "1h", 300)];
     let spec = canary_tests::spec_with("clr", &admin, &rig.envoy, &stages, GATES, "")
         .replace("  apply_timeout: 5s\n", "  apply_timeout: 5s\n  counts: cluster\n");
-    let mut daemon = Daemon::start(&state_dir, Some(&spec)).unwrap();
+    let daemon = Daemon::start(&state_dir, Some(&spec)).unwrap();
     // The controller's first read (the baseline) before any traffic.
     canary_tests::wait_decision(&state_dir, Duration::from_secs(30), &daemon, |_| true).await.unwrap();
     let load = Load::start(rig.envoy.url("/predict"), 24, 20_000, Duration::ZERO);

@@ -55,7 +55,7 @@ pub struct AdminSource {
     tracker: ResetTracker,
     /// With `envoy.counts: cluster`: the versions (their clusters are named
     /// after them) and the stage baselines of their cumulative counts.
-    cluster: Option<(Vec<String>, ClusterCounts)>,
+    cluster: Option<Box<(Vec<String>, ClusterCounts)>>,
 }
 
 impl AdminSource {
@@ -89,7 +89,7 @@ impl AdminSource {
     /// named after it), in the same answer as the filter's stats. See
     /// [`canary_judge::evidence::cluster`].
     pub fn with_cluster_counts(mut self, versions: Vec<String>) -> AdminSource {
-        self.cluster = Some((versions, ClusterCounts::default()));
+        self.cluster = Some(Box::new((versions, ClusterCounts::default())));
         self
     }
 
@@ -104,7 +104,7 @@ impl AdminSource {
     /// that fail go to `coverage.failures` with the reason and contribute
     /// nothing. Never panics.
     pub async fn read(&mut self, rollout: &str, epoch: u64, expected_version: &str) -> Window {
-        let versions: Option<Vec<&str>> = self.cluster.as_ref().map(|(v, _)| v.iter().map(String::as_str).collect());
+        let versions: Option<Vec<&str>> = self.cluster.as_deref().map(|(v, _)| v.iter().map(String::as_str).collect());
         let query = stats_query_with(rollout, epoch, versions.as_deref());
         let (client, timeout) = (&self.client, self.config.timeout);
         // One deadline from the read's start: an endpoint waiting for a
@@ -134,7 +134,7 @@ impl AdminSource {
         let (reads, cluster_reads): (Vec<EndpointRead>, Vec<Option<EndpointRead>>) =
             reads.into_iter().map(|(_, r, c)| (r, c)).unzip();
         let mut window = merge_reads(rollout, epoch, expected_version, &reads, &mut self.tracker);
-        if let Some((_, counts)) = &mut self.cluster {
+        if let Some((_, counts)) = self.cluster.as_deref_mut() {
             let cluster_reads: Vec<EndpointRead> = cluster_reads.into_iter().flatten().collect();
             counts.apply(&cluster_reads, &mut window);
         }
