@@ -90,3 +90,22 @@ fn stages_tile_restarts_carry_and_failed_endpoints_keep_their_counts() {
         (19, 1)
     );
 }
+
+#[test]
+fn the_spec_option_defaults_to_filter_reaches_the_filter_and_refuses_prometheus() {
+    use crate::spec::{RolloutSpec, SpecError};
+    let base = "rollout: r\nchampion: v1\nchallenger: v2\nstages:\n  - { weight_percent: 10 }\n  - { weight_percent: 100 }\ngates:\n  error_rate: { error_tolerance: 1 }\nenvoy:\n  admin: [\"http://127.0.0.1:9901\"]\n  wasm: /x.wasm\n  ecds_dir: /tmp/e\n";
+    let spec = RolloutSpec::from_yaml(base).unwrap();
+    assert_eq!(spec.envoy.counts, canary_core::Counts::Filter);
+    assert_eq!(spec.filter_config("s", canary_core::Weight::ZERO, 1, false).counts, canary_core::Counts::Filter);
+    let spec = RolloutSpec::from_yaml(&format!("{base}  counts: cluster\n")).unwrap();
+    assert_eq!(spec.filter_config("s", canary_core::Weight::ZERO, 1, false).counts, canary_core::Counts::Cluster);
+    let field = |r: Result<RolloutSpec, SpecError>| match r {
+        Err(SpecError::Invalid { field, .. }) => field,
+        Err(SpecError::Parse { path, .. }) => path,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    assert_eq!(field(RolloutSpec::from_yaml(&format!("{base}  counts: envoy\n"))), "envoy.counts");
+    let prom = format!("{base}  counts: cluster\n  prometheus: {{ url: 'http://p:9090', selector: 'job=\"c\"' }}\n");
+    assert_eq!(field(RolloutSpec::from_yaml(&prom)), "envoy.counts");
+}
