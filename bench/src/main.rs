@@ -269,6 +269,14 @@ const ROWS: &[RowDef] = &[
         json_baseline: false,
     },
     RowDef {
+        key: "split_cluster",
+        label: "4c. canary filter (V8), split, counts: cluster",
+        envoy: "split_cluster",
+        path: SMALL_PATH,
+        capture: false,
+        json_baseline: false,
+    },
+    RowDef {
         key: "pred_header",
         label: "5. canary + prediction from header",
         envoy: "pred_header",
@@ -314,6 +322,9 @@ const COMPARISONS: &[(&str, &str)] = &[
     ("pred_header", "noop"),
     ("pred_json", "noop_json"),
     ("pred_header", "split"),
+    ("split_cluster", "none"),
+    ("split_cluster", "noop"),
+    ("split_cluster", "split"),
     ("split_alt", "none"),
     ("split_alt", "noop"),
     ("split_alt", "split"),
@@ -362,6 +373,11 @@ fn envoy_defs(args: &RunArgs) -> Vec<EnvoyDef> {
             key: "split",
             describe: "bench-wasm.yaml + canary_filter.wasm".into(),
             spec: wasm(&args.filter_wasm, split_config("")),
+        },
+        EnvoyDef {
+            key: "split_cluster",
+            describe: "bench-wasm.yaml + canary_filter.wasm, counts: cluster".into(),
+            spec: wasm(&args.filter_wasm, split_config(r#","counts":"cluster""#)),
         },
         EnvoyDef {
             key: "pred_header",

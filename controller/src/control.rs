@@ -31,6 +31,7 @@ use crate::sink::{EcdsFileSink, Need, SinkError, Sinks};
 use crate::source::prometheus::{PrometheusSource, PrometheusSourceConfig};
 use crate::source::{AdminSource, AdminSourceConfig, Source};
 use crate::store::{Store, StoreError};
+use canary_core::config::Counts;
 use canary_judge::labels::{parse_jsonl, Intake, LabelRecord};
 use canary_judge::rollout::{evidence, Action, Command, Decision, Millis, Phase, RolloutState, WindowSummary};
 use canary_judge::spec::RolloutSpec;
@@ -469,11 +470,19 @@ impl Controller {
                 timeout: p.timeout,
                 selector: p.selector.clone(),
             })),
-            None => Source::Admin(AdminSource::new(AdminSourceConfig {
-                endpoints: self.spec.envoy.admin.clone(),
-                timeout: self.spec.envoy.timeout,
-                max_concurrency: 64,
-            })),
+            None => {
+                let source = AdminSource::new(AdminSourceConfig {
+                    endpoints: self.spec.envoy.admin.clone(),
+                    timeout: self.spec.envoy.timeout,
+                    max_concurrency: 64,
+                });
+                Source::Admin(match self.spec.envoy.counts {
+                    Counts::Filter => source,
+                    Counts::Cluster => {
+                        source.with_cluster_counts(vec![self.spec.champion.clone(), self.spec.challenger.clone()])
+                    }
+                })
+            }
         }
     }
 

@@ -3,6 +3,7 @@
 //! `cargo test -p canary-tests --test integration -- MODULE::`.
 
 mod capture;
+mod cluster_counts;
 mod configmap_mount;
 mod controller;
 mod dashboard;

@@ -61,7 +61,7 @@ impl Backend {
         Ok(())
     }
 
-    /// What it served: `{"requests", "errors", "last_request_unix_ms"}`.
+    /// What it served: `{"requests", "errors", "timeouts", "last_request_unix_ms"}`.
     pub async fn stats(&self) -> Result<BackendStats> {
         let url = format!("http://127.0.0.1:{}/_stats", self.port);
         Ok(reqwest::get(url).await?.error_for_status()?.json().await?)
@@ -72,6 +72,10 @@ impl Backend {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 pub struct BackendStats {
     pub requests: u64,
+    /// 500s.
     pub errors: u64,
+    /// 504s (`timeout_rate`).
+    #[serde(default)]
+    pub timeouts: u64,
     pub last_request_unix_ms: u64,
 }

@@ -88,6 +88,10 @@ pub mod schema {
         object(json!({ "header": string(), "secret": secret }), &["header", "secret"])
     }
 
+    pub fn counts(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({ "type": "string", "enum": ["filter", "cluster"] })
+    }
+
     pub fn unkeyed(_: &mut SchemaGenerator) -> Schema {
         json_schema!({ "type": "string", "enum": ["champion", "split_by_request_id"] })
     }

@@ -21,8 +21,9 @@ use std::time::Duration;
 
 use canary_core::metrics::rollout_prefix_in_envoy;
 use canary_judge::evidence::admin::{
-    clip, parse_stats, EndpointSample, ParseError, ReadError, MAX_BODY_BYTES, UPTIME_STAT, VERSION_TEXT_STAT,
+    clip, parse_stats, ParseError, ReadError, MAX_BODY_BYTES, UPTIME_STAT, VERSION_TEXT_STAT,
 };
+use canary_judge::evidence::cluster::{self, parse_cluster_stats, ClusterCounts};
 use canary_judge::evidence::merge::{merge_reads, EndpointRead};
 use canary_judge::evidence::tracker::ResetTracker;
 use canary_judge::window::Window;
@@ -52,6 +53,9 @@ pub struct AdminSource {
     config: AdminSourceConfig,
     client: reqwest::Client,
     tracker: ResetTracker,
+    /// With `envoy.counts: cluster`: the versions (their clusters are named
+    /// after them) and the stage baselines of their cumulative counts.
+    cluster: Option<Box<(Vec<String>, ClusterCounts)>>,
 }
 
 impl AdminSource {
@@ -77,7 +81,16 @@ impl AdminSource {
             .build()
             // Cannot fail without TLS backends; the default client is equivalent.
             .unwrap_or_default();
-        AdminSource { config, client, tracker: ResetTracker::default() }
+        AdminSource { config, client, tracker: ResetTracker::default(), cluster: None }
+    }
+
+    /// Reads the versions' response counts and latency from Envoy's
+    /// per-cluster stats (`envoy.counts: cluster`; one cluster per version,
+    /// named after it), in the same answer as the filter's stats. See
+    /// [`canary_judge::evidence::cluster`].
+    pub fn with_cluster_counts(mut self, versions: Vec<String>) -> AdminSource {
+        self.cluster = Some(Box::new((versions, ClusterCounts::default())));
+        self
     }
 
     pub fn config(&self) -> &AdminSourceConfig {
@@ -91,26 +104,40 @@ impl AdminSource {
     /// that fail go to `coverage.failures` with the reason and contribute
     /// nothing. Never panics.
     pub async fn read(&mut self, rollout: &str, epoch: u64, expected_version: &str) -> Window {
-        let query = stats_query(rollout, epoch);
+        let versions: Option<Vec<&str>> = self.cluster.as_deref().map(|(v, _)| v.iter().map(String::as_str).collect());
+        let query = stats_query_with(rollout, epoch, versions.as_deref());
         let (client, timeout) = (&self.client, self.config.timeout);
         // One deadline from the read's start: an endpoint waiting for a
         // free slot behind a hanging one gets what is left, not a fresh timeout.
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut reads: Vec<(usize, EndpointRead)> = futures::stream::iter(self.config.endpoints.iter().enumerate())
-            .map(|(i, endpoint)| {
-                let query = &query;
-                async move {
-                    let outcome = read_endpoint(client, endpoint, query, deadline, timeout, rollout, epoch).await;
-                    (i, EndpointRead { endpoint: endpoint.clone(), outcome })
-                }
-            })
-            .buffer_unordered(self.config.max_concurrency.max(1))
-            .collect()
-            .await;
+        #[allow(clippy::type_complexity)]
+        let mut reads: Vec<(usize, EndpointRead, Option<EndpointRead>)> =
+            futures::stream::iter(self.config.endpoints.iter().enumerate())
+                .map(|(i, endpoint)| {
+                    let (query, versions) = (&query, versions.as_deref());
+                    async move {
+                        let body = read_endpoint(client, endpoint, query, deadline, timeout).await;
+                        let outcome =
+                            body.as_ref().map_err(Clone::clone).and_then(|b| Ok(parse_stats(b, rollout, epoch)?));
+                        let cluster = versions.map(|v| EndpointRead {
+                            endpoint: endpoint.clone(),
+                            outcome: body.and_then(|b| Ok(parse_cluster_stats(&b, rollout, v)?)),
+                        });
+                        (i, EndpointRead { endpoint: endpoint.clone(), outcome }, cluster)
+                    }
+                })
+                .buffer_unordered(self.config.max_concurrency.max(1))
+                .collect()
+                .await;
         // The configured order, so the tracker sees the same sequence every time.
-        reads.sort_by_key(|(i, _)| *i);
-        let reads: Vec<EndpointRead> = reads.into_iter().map(|(_, r)| r).collect();
-        let window = merge_reads(rollout, epoch, expected_version, &reads, &mut self.tracker);
+        reads.sort_by_key(|(i, ..)| *i);
+        let (reads, cluster_reads): (Vec<EndpointRead>, Vec<Option<EndpointRead>>) =
+            reads.into_iter().map(|(_, r, c)| (r, c)).unzip();
+        let mut window = merge_reads(rollout, epoch, expected_version, &reads, &mut self.tracker);
+        if let Some((_, counts)) = self.cluster.as_deref_mut() {
+            let cluster_reads: Vec<EndpointRead> = cluster_reads.into_iter().flatten().collect();
+            counts.apply(&cluster_reads, &mut window);
+        }
         for f in &window.coverage.failures {
             tracing::warn!(endpoint = %f.endpoint, error = %f.error, "stats read failed");
         }
@@ -139,13 +166,22 @@ impl AdminSource {
 
 /// `/stats` path and query for one rollout epoch.
 pub fn stats_query(rollout: &str, epoch: u64) -> String {
+    stats_query_with(rollout, epoch, None)
+}
+
+/// [`stats_query`], and with `cluster_versions` the cluster stats of those
+/// versions (`envoy.counts: cluster`).
+pub fn stats_query_with(rollout: &str, epoch: u64, cluster_versions: Option<&[&str]>) -> String {
     // Envoy matches `filter` with RE2 anywhere in the name: anchor every branch.
-    let regex = format!(
+    let mut regex = format!(
         "^{}epoch\\.{epoch}\\.version\\.|^{}$|^{}$",
         regex_escape(&rollout_prefix_in_envoy(rollout)),
         regex_escape(UPTIME_STAT),
         regex_escape(VERSION_TEXT_STAT)
     );
+    if let Some(versions) = cluster_versions {
+        let _ = write!(regex, "|{}", cluster::stats_filter(versions));
+    }
     format!("/stats?format=json&usedonly&histogram_buckets=detailed&filter={}", url_encode(&regex))
 }
 
@@ -155,13 +191,9 @@ async fn read_endpoint(
     query: &str,
     deadline: tokio::time::Instant,
     timeout: Duration,
-    rollout: &str,
-    epoch: u64,
-) -> Result<EndpointSample, ReadError> {
+) -> Result<Vec<u8>, ReadError> {
     let url = admin_url(endpoint, query)?;
-    let body =
-        tokio::time::timeout_at(deadline, fetch(client, url)).await.map_err(|_| ReadError::Timeout(timeout))??;
-    Ok(parse_stats(&body, rollout, epoch)?)
+    tokio::time::timeout_at(deadline, fetch(client, url)).await.map_err(|_| ReadError::Timeout(timeout))?
 }
 
 fn admin_url(endpoint: &str, query: &str) -> Result<reqwest::Url, ReadError> {

@@ -49,6 +49,8 @@ pub struct FilterConfig {
     /// A QA override: a request carrying `<secret>:<version>` in this header
     /// goes to that version. Without the secret the header is only removed.
     pub qa_override: Option<OverrideConfig>,
+    /// Where per-version response counts and latency come from.
+    pub counts: Counts,
 }
 
 /// [`FilterConfig`] as serialized: the same fields and `hash`. Holds the serde
@@ -83,6 +85,10 @@ struct WireConfig {
     shadow: Option<ShadowConfig>,
     #[serde(default, rename = "override", skip_serializing_if = "Option::is_none")]
     qa_override: Option<OverrideConfig>,
+    /// Written only when not the default, so a configuration that does not
+    /// use it still reads in a filter built before the field existed.
+    #[serde(default, skip_serializing_if = "Counts::is_filter")]
+    counts: Counts,
 }
 
 impl From<WireConfig> for FilterConfig {
@@ -105,6 +111,7 @@ impl From<WireConfig> for FilterConfig {
             segment,
             shadow,
             qa_override,
+            counts,
         } = w;
         FilterConfig {
             rollout,
@@ -121,6 +128,7 @@ impl From<WireConfig> for FilterConfig {
             segment,
             shadow,
             qa_override,
+            counts,
         }
     }
 }
@@ -142,6 +150,7 @@ impl From<FilterConfig> for WireConfig {
             segment,
             shadow,
             qa_override,
+            counts,
         } = c;
         WireConfig {
             hash: SplitHash::default(),
@@ -159,7 +168,33 @@ impl From<FilterConfig> for WireConfig {
             segment,
             shadow,
             qa_override,
+            counts,
         }
+    }
+}
+
+/// Where the per-version response counts (status classes, 504s) and the
+/// latency histogram come from (`counts` in the plugin configuration).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Counts {
+    /// The filter reads every response's `:status`, times every request and
+    /// counts `rq_<class>`, `rq_timeout` and `latency_us` per version and
+    /// epoch (the default).
+    #[default]
+    Filter,
+    /// Envoy's own per-cluster stats (`cluster.<version>.upstream_rq_<class>`,
+    /// `upstream_rq_504`, `upstream_rq_time`) count them, one cluster per
+    /// version: the filter reads no `:status`, no clock and records no
+    /// latency for them. It still counts `rq_total` and `rq_unkeyed` (held in
+    /// its memory, no host call per request), and whatever prediction
+    /// capture, segments and shadow need.
+    Cluster,
+}
+
+impl Counts {
+    pub fn is_filter(&self) -> bool {
+        *self == Counts::Filter
     }
 }
 
@@ -414,6 +449,18 @@ impl FilterConfig {
             None => None,
         };
         if let Some(shadow) = &self.shadow {
+            if self.counts == Counts::Cluster && (shadow.cluster == self.champion || shadow.cluster == self.challenger)
+            {
+                return Err(ConfigError::invalid(
+                    "shadow.cluster",
+                    format!(
+                        "`{}` is a version's cluster, and with `counts: cluster` that cluster's stats are the \
+                         version's response counts: the copies would be counted as its responses; send them \
+                         to a cluster of their own",
+                        shadow.cluster
+                    ),
+                ));
+            }
             if shadow.cluster.is_empty() || shadow.cluster.len() > 128 {
                 return Err(ConfigError::invalid("shadow.cluster", "must be an Envoy cluster name, 1-128 bytes"));
             }
@@ -442,6 +489,7 @@ impl FilterConfig {
             segment,
             shadow: self.shadow.clone(),
             qa_override,
+            counts: self.counts,
         })
     }
 }
@@ -464,6 +512,7 @@ pub struct Plan {
     pub segment: Option<SegmentPlan>,
     pub shadow: Option<ShadowConfig>,
     pub qa_override: Option<OverrideConfig>,
+    pub counts: Counts,
 }
 
 impl Plan {
@@ -474,6 +523,24 @@ impl Plan {
 
     pub fn version(&self, arm: Arm) -> &str {
         &self.versions[arm.index()]
+    }
+
+    /// The filter counts per-version status classes and latency itself
+    /// (`counts: filter`); with `cluster`, Envoy's cluster stats do.
+    pub fn counts_versions(&self) -> bool {
+        self.counts == Counts::Filter
+    }
+
+    /// Responses' `:status` is read: for the per-version counts, or for the
+    /// per-segment ones (segments are the filter's own in either mode).
+    pub fn reads_status(&self) -> bool {
+        self.counts_versions() || self.segment.is_some()
+    }
+
+    /// Requests are timed (two clock reads): for the per-version latency, or
+    /// the per-segment one.
+    pub fn times_requests(&self) -> bool {
+        self.counts_versions() || self.segment.is_some()
     }
 }
 
@@ -623,5 +690,48 @@ mod tests {
         assert_eq!(e.field(), "unkeyed", "{e}");
         let e = refused(&with("key", serde_json::json!([{"header": "a", "cookie": "b"}])));
         assert!(e.field().starts_with("key"), "{e}");
+    }
+
+    #[test]
+    fn counts_default_to_filter_and_cluster_is_accepted() {
+        assert_eq!(Plan::from_json(GOOD.as_bytes()).unwrap().counts, Counts::Filter);
+        let plan = Plan::from_json(&with("counts", "cluster".into())).unwrap();
+        assert_eq!(plan.counts, Counts::Cluster);
+        assert!(!plan.counts_versions() && !plan.reads_status() && !plan.times_requests());
+        assert_eq!(Plan::from_json(&with("counts", "filter".into())).unwrap().counts, Counts::Filter);
+    }
+
+    #[test]
+    fn counts_are_written_only_when_not_the_default() {
+        // A filter built before the field existed reads the default's configuration.
+        let cfg = FilterConfig::from_json(GOOD.as_bytes()).unwrap();
+        assert!(!cfg.to_json().contains("counts"), "{}", cfg.to_json());
+        let cluster = FilterConfig { counts: Counts::Cluster, ..cfg };
+        let written: serde_json::Value = serde_json::from_str(&cluster.to_json()).unwrap();
+        assert_eq!(written["counts"], "cluster");
+        assert_eq!(FilterConfig::from_json(cluster.to_json().as_bytes()).unwrap(), cluster);
+    }
+
+    #[test]
+    fn unknown_counts_are_refused_and_named() {
+        for value in [serde_json::json!("envoy"), serde_json::json!("Cluster"), serde_json::json!(1)] {
+            let e = refused(&with("counts", value.clone()));
+            assert_eq!(e.field(), "counts", "{value}: {e}");
+        }
+    }
+
+    #[test]
+    fn cluster_counts_refuse_shadow_copies_into_a_versions_cluster() {
+        let mut v: serde_json::Value = serde_json::from_str(GOOD).unwrap();
+        v["counts"] = "cluster".into();
+        v["shadow"] = serde_json::json!({"cluster": "v2"});
+        let e = refused(&serde_json::to_vec(&v).unwrap());
+        assert_eq!(e.field(), "shadow.cluster", "{e}");
+        assert!(e.to_string().contains("counted as its responses"), "{e}");
+        v["shadow"] = serde_json::json!({"cluster": "v2-shadow"});
+        assert!(Plan::from_json(&serde_json::to_vec(&v).unwrap()).is_ok());
+        v["counts"] = "filter".into();
+        v["shadow"] = serde_json::json!({"cluster": "v2"});
+        assert!(Plan::from_json(&serde_json::to_vec(&v).unwrap()).is_ok());
     }
 }

@@ -20,5 +20,5 @@ pub mod request;
 pub mod shadow;
 pub mod split;
 
-pub use config::{ConfigError, FilterConfig, Plan};
+pub use config::{ConfigError, Counts, FilterConfig, Plan};
 pub use split::{Arm, Weight};

@@ -100,10 +100,17 @@ pub fn user_key<H: Host + ?Sized>(plan: &Plan, host: &H) -> Option<Vec<u8>> {
 }
 
 fn count<H: Host + ?Sized>(host: &mut H, routed: &Routed, counter: Counter) {
+    count_where(host, routed, counter, true);
+}
+
+/// Counts for the segment, and for the version too when `version`.
+fn count_where<H: Host + ?Sized>(host: &mut H, routed: &Routed, counter: Counter, version: bool) {
     if routed.overridden {
         return;
     }
-    host.increment(Metric::Version(routed.arm, Stat::Counter(counter)));
+    if version {
+        host.increment(Metric::Version(routed.arm, Stat::Counter(counter)));
+    }
     if let Some(seg) = routed.segment {
         host.increment(Metric::Segment(routed.arm, seg, Stat::Counter(counter)));
     }
@@ -134,7 +141,8 @@ fn qa_override<H: Host + ?Sized>(plan: &Plan, host: &mut H) -> Option<Arm> {
 
 /// Picks the version for a request, tags it and counts it.
 pub fn route_request<H: Host + ?Sized>(plan: &Plan, host: &mut H) -> Routed {
-    let started_ns = host.now_nanos();
+    // With `counts: cluster` (and no segment) nothing is timed: no clock read.
+    let started_ns = if plan.times_requests() { host.now_nanos() } else { 0 };
     let forced = qa_override(plan, host);
     let key = user_key(plan, host);
     let unkeyed = key.is_none();
@@ -187,22 +195,30 @@ pub fn tag_response<H: Host + ?Sized>(plan: &Plan, host: &mut H, routed: Routed,
     if routed.unkeyed {
         host.set_response_header(&h.unkeyed, Some(b"1"));
     }
-    let status = host.response_status();
-    if let Some(class) = status.and_then(Counter::for_status) {
-        count(host, &routed, class);
-    }
-    if status == Some(504) {
-        count(host, &routed, Counter::RqTimeout);
+    // Per version only with `counts: filter`; per segment in either mode.
+    let versions = plan.counts_versions();
+    if plan.reads_status() {
+        let status = host.response_status();
+        if let Some(class) = status.and_then(Counter::for_status) {
+            count_where(host, &routed, class, versions);
+        }
+        if status == Some(504) {
+            count_where(host, &routed, Counter::RqTimeout, versions);
+        }
     }
     let mut exchange = Exchange { routed, capture: Capture::Off, bin: None };
     if routed.overridden {
         return exchange;
     }
-    let latency_us = host.now_nanos().saturating_sub(routed.started_ns) / 1000;
-    let latency = Stat::Histogram(Histogram::LatencyUs);
-    host.record(Metric::Version(routed.arm, latency), latency_us);
-    if let Some(seg) = routed.segment {
-        host.record(Metric::Segment(routed.arm, seg, latency), latency_us);
+    if plan.times_requests() {
+        let latency_us = host.now_nanos().saturating_sub(routed.started_ns) / 1000;
+        let latency = Stat::Histogram(Histogram::LatencyUs);
+        if versions {
+            host.record(Metric::Version(routed.arm, latency), latency_us);
+        }
+        if let Some(seg) = routed.segment {
+            host.record(Metric::Segment(routed.arm, seg, latency), latency_us);
+        }
     }
 
     let Some(p) = &plan.prediction else { return exchange };
@@ -281,6 +297,8 @@ mod tests_support {
         pub recorded: Vec<(Metric, u64)>,
         pub clock_ns: std::cell::Cell<u64>,
         pub marks: Vec<(String, Vec<u8>)>,
+        /// How many times `:status` was read.
+        pub status_reads: std::cell::Cell<u32>,
     }
 
     pub type Fake = FakeHost;
@@ -315,6 +333,10 @@ mod tests_support {
         pub fn metric(&self, m: Metric) -> u64 {
             self.counts.get(&m).copied().unwrap_or(0)
         }
+        /// How many times the clock was read.
+        pub fn clock_reads(&self) -> u64 {
+            self.clock_ns.get() / 1_500_000
+        }
     }
 
     impl Host for FakeHost {
@@ -331,6 +353,7 @@ mod tests_support {
             Self::set(&mut self.response, name, value)
         }
         fn response_status(&self) -> Option<u16> {
+            self.status_reads.set(self.status_reads.get() + 1);
             self.status
         }
         fn response_body(&self, size: usize) -> Option<Vec<u8>> {
@@ -609,5 +632,53 @@ mod capture_tests {
         )
         .unwrap();
         assert!(!route_request(&all, &mut host).shadow);
+    }
+
+    const CLUSTER: &str = r#","counts":"cluster""#;
+
+    #[test]
+    fn cluster_counts_read_no_status_and_no_clock_and_record_no_latency() {
+        let plan = plan_with(CLUSTER);
+        let mut host = Fake::default().with_request_header("x-user-id", "u").with_request_header("x-canary-stage", "x");
+        let ex = respond(&plan, &mut host, &[]);
+        // Split and tagged as ever.
+        assert_eq!(ex.routed.arm, Arm::Champion);
+        assert_eq!(host.req("x-model-version").as_deref(), Some("v1"));
+        assert_eq!(host.req("x-canary-stage").as_deref(), Some("s"));
+        assert_eq!(host.resp("x-model-version").as_deref(), Some("v1"));
+        // The per-request work that Envoy's cluster stats make redundant is gone.
+        assert_eq!((host.status_reads.get(), host.clock_reads()), (0, 0));
+        assert!(host.recorded.is_empty(), "{:?}", host.recorded);
+        // What only the filter sees is still counted.
+        assert_eq!(host.count_of(Arm::Champion, Counter::RqTotal), 1);
+        assert_eq!(host.counts.len(), 1, "{:?}", host.counts);
+
+        // The default (`filter`): one status read, two clock reads, one latency.
+        let plan = plan_with("");
+        let mut host = Fake::default().with_request_header("x-user-id", "u");
+        respond(&plan, &mut host, &[]);
+        assert_eq!((host.status_reads.get(), host.clock_reads(), host.recorded.len()), (1, 2, 1));
+        assert_eq!(host.count_of(Arm::Champion, Counter::Rq2xx), 1);
+    }
+
+    #[test]
+    fn cluster_counts_keep_segments_and_predictions_filter_side() {
+        let plan =
+            plan_with(&format!(r#"{CLUSTER},"segment":{{"header":"x-tier","values":["free","pro"]}}{NUMERIC_HEADER}"#));
+        let mut host = Fake::default().with_request_header("x-user-id", "u").with_request_header("x-tier", "pro");
+        host.response.push(("x-prediction".into(), b"0.6".to_vec()));
+        host.status = Some(504);
+        let routed = route_request(&plan, &mut host);
+        let ex = tag_response(&plan, &mut host, routed, true);
+        assert_eq!(ex.bin, Some(2));
+        assert_eq!(host.metric(Metric::Pred(Arm::Champion, 2)), 1);
+        // The segment needs the status and the latency; the version's come from the cluster.
+        assert_eq!((host.status_reads.get(), host.clock_reads()), (1, 2));
+        assert_eq!(host.metric(Metric::Segment(Arm::Champion, 1, Stat::Counter(Counter::Rq5xx))), 1);
+        assert_eq!(host.metric(Metric::Segment(Arm::Champion, 1, Stat::Counter(Counter::RqTimeout))), 1);
+        assert_eq!(host.count_of(Arm::Champion, Counter::Rq5xx), 0);
+        assert_eq!(host.count_of(Arm::Champion, Counter::RqTimeout), 0);
+        let latency = Stat::Histogram(Histogram::LatencyUs);
+        assert_eq!(host.recorded, vec![(Metric::Segment(Arm::Champion, 1, latency), 1500)]);
     }
 }

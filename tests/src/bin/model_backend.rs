@@ -25,12 +25,14 @@
 //! s · ln((1 + 4s) / (1 − 4s)) (0.5 at s ≈ 0.2085).
 //!
 //! Knobs can change while it runs: `POST /_control` with any of
-//! `{"error_rate": 0.2, "latency_ms": 50, "latency_sigma": 0.5,
+//! `{"error_rate": 0.2, "timeout_rate": 0.01, "latency_ms": 50, "latency_sigma": 0.5,
 //! "prediction_shift": 0.2, "disagree_rate": 0.1, "segment_error_rate": {"ent": 0.06}}`
 //! (`segment_error_rate`: by value of the `x-tier` header, replacing
-//! `error_rate` for those requests).
-//! `GET /_stats` returns `{"requests", "errors", "last_request_unix_ms"}`
-//! (model requests only). Prints `listening on 127.0.0.1:PORT` once it
+//! `error_rate` for those requests; `timeout_rate`: a share answered 504, as
+//! a gateway that timed out would, drawn after the 500s).
+//! `GET /_stats` returns `{"requests", "errors", "timeouts",
+//! "last_request_unix_ms"}` (model requests only; `errors` are the 500s,
+//! `timeouts` the 504s). Prints `listening on 127.0.0.1:PORT` once it
 //! accepts connections.
 
 use std::collections::BTreeMap;
@@ -88,6 +90,8 @@ const PREDICTION: &str = "x-prediction";
 #[serde(deny_unknown_fields)]
 struct Knobs {
     error_rate: f64,
+    #[serde(default)]
+    timeout_rate: f64,
     latency_ms: f64,
     latency_sigma: f64,
     prediction_shift: f64,
@@ -98,6 +102,7 @@ struct Knobs {
 #[serde(deny_unknown_fields)]
 struct KnobUpdate {
     error_rate: Option<f64>,
+    timeout_rate: Option<f64>,
     latency_ms: Option<f64>,
     latency_sigma: Option<f64>,
     prediction_shift: Option<f64>,
@@ -148,31 +153,37 @@ struct Backend {
     rng: Mutex<rand::rngs::StdRng>,
     requests: AtomicU64,
     errors: AtomicU64,
+    timeouts: AtomicU64,
     last_request_unix_ms: AtomicU64,
 }
 
 impl Backend {
     /// This request's fate: its delay and whether it fails (at its
-    /// segment's rate when one is set for `tier`).
-    fn draw(&self, tier: Option<&str>) -> (Duration, bool) {
+    /// segment's rate when one is set for `tier`), and whether it answers
+    /// 504 instead.
+    fn draw(&self, tier: Option<&str>) -> (Duration, bool, bool) {
         let k = *self.knobs.lock().unwrap_or_else(|e| e.into_inner());
         let by_segment =
             tier.and_then(|t| self.segment_error_rate.lock().unwrap_or_else(|e| e.into_inner()).get(t).copied());
         let error_rate = by_segment.unwrap_or(k.error_rate);
         let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
         let fail = error_rate > 0.0 && rng.random::<f64>() < error_rate;
+        let timeout = !fail && k.timeout_rate > 0.0 && rng.random::<f64>() < k.timeout_rate;
         let delay_ms = if k.latency_ms > 0.0 {
             LogNormal::new(k.latency_ms.ln(), k.latency_sigma.max(0.0)).map_or(k.latency_ms, |d| d.sample(&mut *rng))
         } else {
             0.0
         };
-        (Duration::from_secs_f64(delay_ms.min(60_000.0) / 1000.0), fail)
+        (Duration::from_secs_f64(delay_ms.min(60_000.0) / 1000.0), fail, timeout)
     }
 }
 
 fn check(k: &Knobs) -> Result<(), String> {
     if !(0.0..=1.0).contains(&k.error_rate) {
         return Err(format!("error_rate {} is outside 0..=1", k.error_rate));
+    }
+    if !(0.0..=1.0).contains(&k.timeout_rate) {
+        return Err(format!("timeout_rate {} is outside 0..=1", k.timeout_rate));
     }
     if !(k.latency_ms >= 0.0 && k.latency_sigma >= 0.0 && k.latency_ms.is_finite() && k.latency_sigma.is_finite()) {
         return Err("latency_ms and latency_sigma must be finite and >= 0".into());
@@ -191,6 +202,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let knobs = Knobs {
         error_rate: args.error_rate,
+        timeout_rate: 0.0,
         latency_ms: args.latency_ms,
         latency_sigma: args.latency_sigma,
         prediction_shift: args.prediction_shift,
@@ -204,6 +216,7 @@ async fn main() -> anyhow::Result<()> {
         rng: Mutex::new(rand::rngs::StdRng::seed_from_u64(args.seed)),
         requests: AtomicU64::new(0),
         errors: AtomicU64::new(0),
+        timeouts: AtomicU64::new(0),
         last_request_unix_ms: AtomicU64::new(0),
     });
     let app = Router::new()
@@ -224,6 +237,7 @@ async fn control(State(b): State<Arc<Backend>>, Json(update): Json<KnobUpdate>) 
     let mut knobs = b.knobs.lock().unwrap_or_else(|e| e.into_inner());
     let mut next = *knobs;
     next.error_rate = update.error_rate.unwrap_or(next.error_rate);
+    next.timeout_rate = update.timeout_rate.unwrap_or(next.timeout_rate);
     next.latency_ms = update.latency_ms.unwrap_or(next.latency_ms);
     next.latency_sigma = update.latency_sigma.unwrap_or(next.latency_sigma);
     next.prediction_shift = update.prediction_shift.unwrap_or(next.prediction_shift);
@@ -249,6 +263,7 @@ async fn stats(State(b): State<Arc<Backend>>) -> Response {
     Json(json!({
         "requests": b.requests.load(Ordering::Relaxed),
         "errors": b.errors.load(Ordering::Relaxed),
+        "timeouts": b.timeouts.load(Ordering::Relaxed),
         "last_request_unix_ms": b.last_request_unix_ms.load(Ordering::Relaxed),
     }))
     .into_response()
@@ -256,7 +271,7 @@ async fn stats(State(b): State<Arc<Backend>>) -> Response {
 
 async fn predict(State(b): State<Arc<Backend>>, headers: HeaderMap, _body: axum::body::Bytes) -> Response {
     let tier = headers.get("x-tier").and_then(|v| v.to_str().ok());
-    let (delay, fail) = b.draw(tier);
+    let (delay, fail, timeout) = b.draw(tier);
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
@@ -273,6 +288,10 @@ async fn predict(State(b): State<Arc<Backend>>, headers: HeaderMap, _body: axum:
         b.errors.fetch_add(1, Ordering::Relaxed);
         return (StatusCode::INTERNAL_SERVER_ERROR, out, json!({"error": "injected failure"}).to_string())
             .into_response();
+    }
+    if timeout {
+        b.timeouts.fetch_add(1, Ordering::Relaxed);
+        return (StatusCode::GATEWAY_TIMEOUT, out, json!({"error": "injected timeout"}).to_string()).into_response();
     }
     let k = *b.knobs.lock().unwrap_or_else(|e| e.into_inner());
     let (x, label) = prediction(&seen("x-user-id").unwrap_or_default(), k.prediction_shift, k.disagree_rate);

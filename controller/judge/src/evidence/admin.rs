@@ -243,6 +243,27 @@ pub(crate) fn is_name(s: &str) -> bool {
 /// does not know are ignored (other stats, future fields); the ones it needs
 /// must have the right type.
 pub fn parse_stats(body: &[u8], rollout: &str, epoch: u64) -> Result<EndpointSample, ParseError> {
+    parse_answer(body, rollout, epoch, |name| {
+        ours(name, rollout, epoch).map(|(version, leaf)| Pick { version, leaf, scale: 1.0 })
+    })
+}
+
+/// A stat of the answer read as a leaf of a version; a histogram's bucket
+/// bounds are multiplied by `scale` (Envoy's `upstream_rq_time` is in ms,
+/// the window's latency in µs).
+pub(crate) struct Pick<'a> {
+    pub(crate) version: &'a str,
+    pub(crate) leaf: Leaf<'a>,
+    pub(crate) scale: f64,
+}
+
+/// [`parse_stats`] with the stats to keep chosen by `pick` (every kept stat
+/// is stored under the series key of its `(version, leaf)` in `rollout`
+/// epoch `epoch`).
+pub(crate) fn parse_answer<F>(body: &[u8], rollout: &str, epoch: u64, pick: F) -> Result<EndpointSample, ParseError>
+where
+    F: for<'a> Fn(&'a str) -> Option<Pick<'a>>,
+{
     if body.len() > MAX_BODY_BYTES {
         return Err(ParseError::TooLarge { bytes: body.len() });
     }
@@ -256,7 +277,7 @@ pub fn parse_stats(body: &[u8], rollout: &str, epoch: u64) -> Result<EndpointSam
         // Not an object, or fields of other types: not a stat we read.
         let Ok(entry) = serde_json::from_str::<Entry<'_>>(entry.get()) else { continue };
         if let Some(histograms) = entry.histograms {
-            parse_histograms(histograms, &mut sample)?;
+            parse_histograms(histograms, &mut sample, &pick)?;
             continue;
         }
         let Some(name) = entry.name.as_deref() else { continue };
@@ -276,7 +297,7 @@ pub fn parse_stats(body: &[u8], rollout: &str, epoch: u64) -> Result<EndpointSam
                 }
             }
             _ => {
-                let Some((version, leaf)) = ours(name, rollout, epoch) else { continue };
+                let Some(Pick { version, leaf, .. }) = pick(name) else { continue };
                 if is_histogram(leaf) {
                     return Err(bad(name, "a histogram reported as a single value", value));
                 }
@@ -353,7 +374,10 @@ fn check_bounds(sample: &EndpointSample) -> Result<(), ParseError> {
     Ok(())
 }
 
-fn parse_histograms(histograms: &RawValue, sample: &mut EndpointSample) -> Result<(), ParseError> {
+fn parse_histograms<F>(histograms: &RawValue, sample: &mut EndpointSample, pick: &F) -> Result<(), ParseError>
+where
+    F: for<'a> Fn(&'a str) -> Option<Pick<'a>>,
+{
     let Ok(histograms) = serde_json::from_str::<Histograms<'_>>(histograms.get()) else { return Ok(()) };
     let Some(details) = histograms.details else {
         // Other formats (summary quantiles, ...) cannot be merged across Envoys.
@@ -365,7 +389,7 @@ fn parse_histograms(histograms: &RawValue, sample: &mut EndpointSample) -> Resul
         let detail =
             serde_json::from_str::<Detail<'_>>(detail.get()).map_err(|_| bad("histograms", "unnamed", None))?;
         let name = &*detail.name;
-        let Some((version, leaf)) = ours(name, &sample.rollout, sample.epoch) else { continue };
+        let Some(Pick { version, leaf, scale }) = pick(name) else { continue };
         if !is_histogram(leaf) {
             return Err(bad(name, "a counter reported as a histogram", None));
         }
@@ -382,8 +406,8 @@ fn parse_histograms(histograms: &RawValue, sample: &mut EndpointSample) -> Resul
                 width: None,
                 count: None,
             });
-            let lower = bound(name, "lower_bound", b.lower_bound)?;
-            let width = bound(name, "width", b.width)?;
+            let lower = bound(name, "lower_bound", b.lower_bound)? * scale;
+            let width = bound(name, "width", b.width)? * scale;
             let n = count(name, b.count)?;
             let mut key = String::with_capacity(base.len() + 24);
             key.push_str(&base);

@@ -16,6 +16,7 @@
 //! state machine cannot tell them apart.
 
 pub mod admin;
+pub mod cluster;
 pub mod merge;
 pub mod prometheus;
 pub mod tracker;

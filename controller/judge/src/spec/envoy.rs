@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use canary_core::config::Counts;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -50,6 +51,14 @@ pub struct EnvoySpec {
     /// hold. 0 (the default): every Envoy must answer and have applied.
     #[serde(default, skip_serializing_if = "is_zero_share")]
     pub max_missing_share: f64,
+    /// Where the per-version response counts (status classes, 504s) and
+    /// latency come from: `filter` (the filter counts them; the default) or
+    /// `cluster` (Envoy's own `cluster.<version>.upstream_rq_*` stats, one
+    /// cluster per version named after it; the filter then skips that work).
+    /// See `evidence::cluster`.
+    #[serde(default, skip_serializing_if = "Counts::is_filter")]
+    #[schemars(schema_with = "crate::status::schema::counts")]
+    pub counts: Counts,
 }
 
 fn is_zero_share(x: &f64) -> bool {
@@ -152,6 +161,12 @@ impl RolloutSpec {
             if p.timeout.is_zero() {
                 return Err(invalid("envoy.prometheus.timeout", "must be above 0, e.g. 2s"));
             }
+        }
+        if self.envoy.counts == Counts::Cluster && self.envoy.prometheus.is_some() {
+            return Err(invalid(
+                "envoy.counts",
+                "`cluster` is read from the Envoys' admin API only for now: remove envoy.prometheus or use `filter`",
+            ));
         }
         let share = self.envoy.max_missing_share;
         if !(share.is_finite() && (0.0..1.0).contains(&share)) {

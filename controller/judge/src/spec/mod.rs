@@ -342,6 +342,7 @@ impl RolloutSpec {
             segment: self.filter.segment.clone(),
             shadow: shadow.then(|| self.shadow_config()),
             qa_override: self.filter.qa_override.clone(),
+            counts: self.envoy.counts,
         }
     }
 
