@@ -446,13 +446,7 @@ impl Controller {
         for e in errors.iter().take(5) {
             tracing::warn!("labels file {}: {e}", path.display());
         }
-        let segments = self.spec.filter.segment.as_ref();
-        state.labels.add(
-            &self.spec.rollout,
-            &records,
-            |stage, version| label_is_known(&self.spec, stage, version),
-            segments,
-        );
+        state.add_labels(&self.spec, &records);
         state.labels_offset = end as u64;
         self.store.save_state(&state)?;
         Ok(())
@@ -496,19 +490,11 @@ impl Controller {
     }
 }
 
-/// Whether a label's stage and version belong to this rollout.
-fn label_is_known(spec: &RolloutSpec, stage: &str, version: &str) -> bool {
-    (version == spec.champion || version == spec.challenger)
-        && (0..spec.stages.len()).any(|i| spec.stage_name(i) == stage)
-}
-
 /// Adds labels to the state (under the lock).
 pub fn add_labels(store: &Store, spec: &RolloutSpec, records: &[LabelRecord]) -> Result<Intake> {
     let _lock = store.lock()?;
     let mut state = store.load_state()?.ok_or_else(|| ControlError::NoRollout(store.dir().display().to_string()))?;
-    let segments = spec.filter.segment.as_ref();
-    let intake =
-        state.labels.add(&spec.rollout, records, |stage, version| label_is_known(spec, stage, version), segments);
+    let intake = state.add_labels(spec, records);
     if intake.accepted > 0 {
         store.save_state(&state)?;
     }

@@ -34,6 +34,13 @@ pub struct LabelRecord {
     /// `filter.segment`. Absent: the outcome counts for all traffic only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub segment: Option<String>,
+    /// When the request was served, in milliseconds since the Unix epoch.
+    /// Lets a late outcome be placed in time: one of a request served
+    /// before its stage's window restarted (after an incident, see
+    /// [`crate::rollout`]) is left out, as that request's response is.
+    /// Absent: the outcome counts from when it arrives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_at: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -89,6 +96,18 @@ impl LabelStats {
     pub fn mean(&self) -> Option<f64> {
         (self.n > 0).then(|| self.sum / self.n as f64)
     }
+
+    /// The outcomes added after `base` was taken (a window restarted).
+    /// The range stays the whole one's: a subset of outcomes within [0, 1]
+    /// is within it too.
+    pub fn since(&self, base: &LabelStats) -> LabelStats {
+        LabelStats {
+            n: self.n.saturating_sub(base.n),
+            sum: self.sum - base.sum,
+            sum_sq: (self.sum_sq - base.sum_sq).max(0.0),
+            ..*self
+        }
+    }
 }
 
 /// Outcomes by stage, then by version; and those that named a segment also
@@ -100,6 +119,10 @@ pub struct LabelBook {
     /// carried segments).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub by_segment: BTreeMap<String, BTreeMap<String, BTreeMap<String, LabelStats>>>,
+    /// Stage → outcomes left out because their request was served before
+    /// the stage's window restarted (see [`LabelRecord::served_at`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub excluded: BTreeMap<String, u64>,
 }
 
 /// The segment a label's `segment` counts under: itself when it is one of
@@ -128,6 +151,18 @@ impl StageLabels {
     pub fn segment(&self, name: &str) -> LabelEvidence {
         self.segments.get(name).copied().unwrap_or_default()
     }
+
+    /// The evidence added after `base` was taken.
+    pub fn since(&self, base: &StageLabels) -> StageLabels {
+        let less = |e: &LabelEvidence, b: &LabelEvidence| LabelEvidence {
+            champion: e.champion.since(&b.champion),
+            challenger: e.challenger.since(&b.challenger),
+        };
+        StageLabels {
+            totals: less(&self.totals, &base.totals),
+            segments: self.segments.iter().map(|(name, e)| (name.clone(), less(e, &base.segment(name)))).collect(),
+        }
+    }
 }
 
 /// What happened to a batch.
@@ -135,8 +170,15 @@ impl StageLabels {
 pub struct Intake {
     pub accepted: u64,
     pub rejected: u64,
+    /// Accepted but left out: served before their stage's window restarted.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub excluded: u64,
     /// The first few reasons, for the sender.
     pub errors: Vec<String>,
+}
+
+fn is_zero(x: &u64) -> bool {
+    *x == 0
 }
 
 impl LabelBook {
@@ -188,6 +230,20 @@ impl LabelBook {
         known: impl Fn(&str, &str) -> bool,
         segments: Option<&SegmentConfig>,
     ) -> Intake {
+        self.add_since(rollout, records, known, segments, None)
+    }
+
+    /// [`LabelBook::add`], leaving out (accepted, counted in `excluded`)
+    /// the records of stage `restart.0` served before `restart.1` (ms since
+    /// the epoch): the moment that stage's window restarted.
+    pub fn add_since(
+        &mut self,
+        rollout: &str,
+        records: &[LabelRecord],
+        known: impl Fn(&str, &str) -> bool,
+        segments: Option<&SegmentConfig>,
+        restart: Option<(&str, u64)>,
+    ) -> Intake {
         let mut intake = Intake::default();
         for (i, r) in records.iter().enumerate() {
             let result = match &r.rollout {
@@ -197,7 +253,14 @@ impl LabelBook {
                 }
                 _ => r.outcome().map_err(|e| e.to_string()),
             };
+            let before_restart =
+                restart.is_some_and(|(stage, at)| r.stage == stage && r.served_at.is_some_and(|t| t < at));
             match result {
+                Ok(_) if before_restart => {
+                    *self.excluded.entry(r.stage.clone()).or_default() += 1;
+                    intake.accepted += 1;
+                    intake.excluded += 1;
+                }
                 Ok(x) => {
                     self.by_stage.entry(r.stage.clone()).or_default().entry(r.version.clone()).or_default().add(x);
                     if let (Some(config), Some(value)) = (segments, &r.segment) {
@@ -252,6 +315,7 @@ mod tests {
             correct: Some(correct),
             value: None,
             segment: None,
+            served_at: None,
         }
     }
 

@@ -49,7 +49,7 @@ use serde::{Deserialize, Serialize};
 use crate::evidence::tracker::ResetTracker;
 use crate::evidence::SourceError;
 use crate::gates::{GateResult, Outcome};
-use crate::labels::{LabelBook, StageLabels};
+use crate::labels::{Intake, LabelBook, LabelRecord, StageLabels};
 use crate::spec::{RolloutSpec, TerminalOutcome};
 use crate::window::{VersionWindow, Window};
 use canary_core::{FilterConfig, Weight};
@@ -146,6 +146,10 @@ pub struct WindowBase {
     pub at: Millis,
     pub champion: VersionWindow,
     pub challenger: VersionWindow,
+    /// The stage's labels then (absent in state written before labels
+    /// restarted with the window: none subtracted).
+    #[serde(default)]
+    pub labels: StageLabels,
 }
 
 /// A manual command.
@@ -248,8 +252,27 @@ impl RolloutState {
 
     /// Labels of the current stage, per version: all traffic's, and each
     /// segment's the labels named.
+    /// The current stage's label evidence, since its window (re)started.
     pub fn stage_labels(&self, spec: &RolloutSpec) -> StageLabels {
-        self.labels.evidence(&spec.stage_name(self.stage), &spec.champion, &spec.challenger)
+        let all = self.labels.evidence(&spec.stage_name(self.stage), &spec.champion, &spec.challenger);
+        match &self.window_base {
+            Some(base) => all.since(&base.labels),
+            None => all,
+        }
+    }
+
+    /// Adds label records of this rollout: refuses other rollouts', unknown
+    /// stages and versions, records without an outcome; leaves out those
+    /// served before the current stage's window restarted after an
+    /// incident (their responses are left out too).
+    pub fn add_labels(&mut self, spec: &RolloutSpec, records: &[LabelRecord]) -> Intake {
+        let known = |stage: &str, version: &str| {
+            (version == spec.champion || version == spec.challenger)
+                && (0..spec.stages.len()).any(|i| spec.stage_name(i) == stage)
+        };
+        let current = spec.stage_name(self.stage);
+        let restart = self.window_base.as_ref().map(|b| (current.as_str(), b.at));
+        self.labels.add_since(&spec.rollout, records, known, spec.filter.segment.as_ref(), restart)
     }
 
     fn moved(&mut self, spec: &RolloutSpec, action: Action, manual: bool, now: Millis) -> Target {
@@ -447,8 +470,20 @@ impl RolloutState {
                             excluded.0,
                             excluded.1
                         ));
-                        next.window_base =
-                            Some(WindowBase { at: now, champion: champion.clone(), challenger: challenger.clone() });
+                        let labels =
+                            next.labels.evidence(&spec.stage_name(next.stage), &spec.champion, &spec.challenger);
+                        let dropped =
+                            labels.since(&next.window_base.as_ref().map(|b| b.labels.clone()).unwrap_or_default());
+                        notes.push(format!(
+                            "{} champion and {} challenger labels are left out with them (and later ones served before now)",
+                            dropped.totals.champion.n, dropped.totals.challenger.n
+                        ));
+                        next.window_base = Some(WindowBase {
+                            at: now,
+                            champion: champion.clone(),
+                            challenger: challenger.clone(),
+                            labels,
+                        });
                         next.window_started_at = Some(now);
                         next.looks.clear();
                     }
@@ -464,6 +499,9 @@ impl RolloutState {
         if let Some(base) = &next.window_base {
             champion = champion.since(&base.champion);
             challenger = challenger.since(&base.challenger);
+            if let Some(n) = next.labels.excluded.get(&spec.stage_name(next.stage)) {
+                notes.push(format!("{n} labels of requests served before the window restarted were left out"));
+            }
         }
         let elapsed_ms = now.saturating_sub(next.window_started_at.unwrap_or(now));
 

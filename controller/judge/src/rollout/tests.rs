@@ -56,6 +56,7 @@ fn labels_naming_a_segment_are_judged_in_it_and_a_segment_worse_by_its_labels_ro
                 correct: Some(i < correct),
                 value: None,
                 segment: Some(segment.into()),
+                served_at: None,
             })
             .collect()
     };
@@ -479,4 +480,52 @@ fn a_decision_on_partial_data_names_the_missing_envoys() {
     w.coverage = coverage(2, 1, 1);
     let (_, d) = s.step(&spec, Ok(&w), 2000);
     assert_eq!(d.action, Action::Rollback);
+}
+
+#[test]
+fn labels_of_requests_served_during_an_incident_are_left_out_with_its_responses() {
+    let spec = spec();
+    let labels = |version: &str, served_at: Option<u64>, n: usize| -> Vec<LabelRecord> {
+        let one = LabelRecord {
+            version: version.into(),
+            stage: "1pct".into(),
+            rollout: None,
+            correct: Some(false),
+            value: None,
+            segment: None,
+            served_at,
+        };
+        vec![one; n]
+    };
+    let s = RolloutState::start(&spec, 0);
+    let (mut s, _) = s.step(&spec, Ok(&window(1, 200, 0, 0)), 1_000);
+    // Before the incident: 3 labels a version, counted until the restart.
+    s.add_labels(&spec, &labels("v1", Some(900), 3));
+    s.add_labels(&spec, &labels("v2", None, 3));
+    // Every champion response since the last evaluation is a 5xx: an incident.
+    let (mut s, d) = s.step(&spec, Ok(&window(1, 400, 200, 200)), 2_000);
+    assert_eq!(d.action, Action::Hold);
+    assert_eq!(d.alerts, vec![AlertKind::Incident], "{:?}", d.reasons);
+    s.add_labels(&spec, &labels("v1", Some(1_500), 4));
+    s.add_labels(&spec, &labels("v2", None, 4));
+    // Healthy again: the window restarts, without the labels so far.
+    let (mut s, d) = s.step(&spec, Ok(&window(1, 600, 200, 200)), 3_000);
+    assert!(d.reasons.iter().any(|r| r.contains("7 champion and 7 challenger labels are left out")), "{:?}", d.reasons);
+    assert_eq!(s.stage_labels(&spec).totals.champion.n, 0);
+    // A late label of a request served before the restart is left out;
+    // one served after it, or of unknown time (arrived after), counts.
+    let late = s.add_labels(&spec, &labels("v1", Some(2_999), 2));
+    assert_eq!((late.accepted, late.excluded), (2, 2));
+    let after = s.add_labels(&spec, &labels("v1", Some(3_001), 5));
+    assert_eq!((after.accepted, after.excluded), (5, 0));
+    s.add_labels(&spec, &labels("v2", None, 6));
+    let evidence = s.stage_labels(&spec).totals;
+    assert_eq!((evidence.champion.n, evidence.challenger.n), (5, 6));
+    assert_eq!(evidence.champion.sum, 0.0);
+    let (_, d) = s.step(&spec, Ok(&window(1, 800, 200, 200)), 4_000);
+    assert!(
+        d.reasons.iter().any(|r| r.contains("2 labels of requests served before the window restarted were left out")),
+        "{:?}",
+        d.reasons
+    );
 }
