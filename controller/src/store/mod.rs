@@ -46,6 +46,8 @@ pub enum StoreError {
     },
     #[error("{path} is corrupt: {message}")]
     Corrupt { path: PathBuf, message: String },
+    #[error("not writing {path}: the new state would not read back ({message}); the previous state is kept")]
+    Unreadable { path: PathBuf, message: String },
     #[error(transparent)]
     Spec(#[from] SpecError),
 }
@@ -135,6 +137,12 @@ impl Store {
         let p = self.path("state.json");
         let bytes = serde_json::to_vec_pretty(state)
             .map_err(|e| StoreError::Corrupt { path: p.clone(), message: e.to_string() })?;
+        // JSON has no infinity or NaN: serde_json writes them as null, which
+        // no f64 field reads back. A state the next evaluation could not
+        // load is refused here instead of replacing the good one.
+        if let Err(e) = serde_json::from_slice::<RolloutState>(&bytes) {
+            return Err(StoreError::Unreadable { path: p, message: e.to_string() });
+        }
         durable::write_atomic(&p, &bytes).map_err(io("write", &p))
     }
 
@@ -391,6 +399,21 @@ envoy: { admin: ["http://a"], ecds_dir: /x, wasm: /y }
         store.save_spec(&spec()).unwrap();
         assert_eq!(store.load_state().unwrap(), Some(s));
         assert_eq!(store.load_spec().unwrap(), Some(spec()));
+    }
+
+    /// A non-finite number in the state (JSON writes it as null) would
+    /// leave a state.json no evaluation can load: refused, the old one kept.
+    #[test]
+    fn a_state_that_would_not_read_back_is_not_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let good = RolloutState::start(&spec(), 5);
+        store.save_state(&good).unwrap();
+        let mut bad = good.clone();
+        bad.labels.by_stage.entry("10pct".into()).or_default().entry("v1".into()).or_default().sum = f64::INFINITY;
+        let err = store.save_state(&bad).unwrap_err().to_string();
+        assert!(err.contains("would not read back") && err.contains("previous state is kept"), "{err}");
+        assert_eq!(store.load_state().unwrap(), Some(good));
     }
 
     #[test]

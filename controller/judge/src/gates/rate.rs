@@ -171,8 +171,9 @@ pub(super) fn anytime_rate(
     );
     let (a, b) = (s1 / n1, s2 / n2);
     let mut notes = BTreeMap::new();
-    notes.insert("e_harm".to_string(), v.log_e_harm.exp());
-    notes.insert("e_no_harm".to_string(), v.log_e_fine.exp());
+    // Clamped: an e-value beyond f64 would be written as null.
+    notes.insert("e_harm".to_string(), v.log_e_harm.exp().min(f64::MAX));
+    notes.insert("e_no_harm".to_string(), v.log_e_fine.exp().min(f64::MAX));
     GateResult {
         champion: Some(a),
         challenger: Some(b),

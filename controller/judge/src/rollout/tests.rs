@@ -529,3 +529,28 @@ fn labels_of_requests_served_during_an_incident_are_left_out_with_its_responses(
         d.reasons
     );
 }
+
+/// What the reaction bench met: a challenger erring 10.6 % against a
+/// champion with none at 1 : 24 traffic, at the first evaluation. Rolled
+/// back at once, and every state on the way reads back (an infinite
+/// e-value was written as null, and the daemon could not read its state).
+#[test]
+fn a_gross_fault_at_high_traffic_rolls_back_at_once_and_the_state_reads_back() {
+    let spec = spec();
+    for challenger_errors in [0, 10, 100, 1_000, 5_000, 9_424] {
+        let s = RolloutState::start(&spec, 0);
+        let w = Window::of(
+            1,
+            2,
+            [("v1", VersionWindow::served(228_560, 0)), ("v2", VersionWindow::served(9_424, challenger_errors))],
+        );
+        let (s, d) = s.step(&spec, Ok(&w), 60_000);
+        if challenger_errors >= 1_000 {
+            assert_eq!(d.action, Action::Rollback, "{challenger_errors}: {:?}", d.reasons);
+        }
+        let text = serde_json::to_string(&s).unwrap();
+        let back: RolloutState =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{challenger_errors}: {e}: {}", &text[900..1200]));
+        assert_eq!((back.phase, back.seq), (s.phase, s.seq));
+    }
+}
