@@ -481,7 +481,7 @@ pub fn simulate(s: &Settings) -> Vec<Row> {
 /// The rows as a Markdown table.
 pub fn table(rows: &[Row]) -> String {
     let mut s = String::from(
-        "| challenger | effect vs tolerance | should | responses / interval / version | method | false rollback | miss | undecided | median challenger responses to a decision | median intervals |\n| --- | --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |\n",
+        "| challenger | effect vs tolerance | should | responses / interval (both versions) | method | false rollback | miss | undecided | median challenger responses to a decision | median intervals |\n| --- | --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |\n",
     );
     let share = |x: Option<f64>| x.map_or("—".to_string(), |v| format!("{:.1} %", v * 100.0));
     for r in rows {
