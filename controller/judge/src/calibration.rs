@@ -22,9 +22,10 @@
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use rand_distr::{Binomial, Distribution, LogNormal};
+use rand_distr::{Distribution, LogNormal};
 
 use crate::anytime::{self, RateProcess};
+use crate::simulate::binomial;
 use crate::window::MergedHistogram as Histogram;
 
 /// The truth of a cell, relative to the tolerance δ.
@@ -145,10 +146,6 @@ fn champion_per_look(per_look: u64, share: f64) -> u64 {
     ((per_look as f64) * (1.0 - share) / share).round() as u64
 }
 
-fn draw(rng: &mut ChaCha8Rng, n: u64, p: f64) -> u64 {
-    Binomial::new(n, p.clamp(0.0, 1.0)).map_or(0, |b| b.sample(rng))
-}
-
 /// Runs a rate cell `runs` times at level `alpha`, the way the gates judge
 /// an error rate: champion and challenger counts grow every look, the
 /// challenger's e-process folds in each batch.
@@ -161,9 +158,9 @@ pub fn run_rate(cell: RateCell, alpha: f64, runs: u32, seed: u64) -> Outcome {
         let (mut s1, mut n1, mut s2, mut n2) = (0u64, 0u64, 0u64, 0u64);
         let mut process = RateProcess::default();
         for _ in 0..cell.max_looks {
-            s1 += draw(&mut rng, per_champion, cell.base);
+            s1 += binomial(&mut rng, per_champion, cell.base);
             n1 += per_champion;
-            s2 += draw(&mut rng, cell.per_look, p2);
+            s2 += binomial(&mut rng, cell.per_look, p2);
             n2 += cell.per_look;
             process.update((s1 as f64, n1 as f64), (s2 as f64, n2 as f64), cell.tol, alpha);
             let v = process.verdict(alpha);
@@ -338,9 +335,9 @@ mod tests {
         let (mut s1, mut n1, mut s2, mut n2) = (0u64, 0u64, 0u64, 0u64);
         let mut decided = None;
         for look in 1..=400 {
-            s1 += draw(&mut rng, 38_000, p1);
+            s1 += binomial(&mut rng, 38_000, p1);
             n1 += 38_000;
-            s2 += draw(&mut rng, 2_000, p1 + 1.2 * tol);
+            s2 += binomial(&mut rng, 2_000, p1 + 1.2 * tol);
             n2 += 2_000;
             process.update((s1 as f64, n1 as f64), (s2 as f64, n2 as f64), tol, ALPHA);
             let v = process.verdict(ALPHA);
@@ -380,9 +377,9 @@ mod tests {
                     let per_champion = champion_per_look(per_look, share);
                     let (mut s1, mut n1, mut s2, mut n2) = (0u64, 0u64, 0u64, 0u64);
                     for _ in 0..looks {
-                        s1 += draw(&mut rng, per_champion, base);
+                        s1 += binomial(&mut rng, per_champion, base);
                         n1 += per_champion;
-                        s2 += draw(&mut rng, per_look, base + delta);
+                        s2 += binomial(&mut rng, per_look, base + delta);
                         n2 += per_look;
                         process.update((s1 as f64, n1 as f64), (s2 as f64, n2 as f64), tol, ALPHA);
                         let v = process.verdict(ALPHA);
@@ -440,9 +437,9 @@ mod tests {
             // rollout's harm budget.
             let mut process = RateProcess::for_stage(anytime::harm_share(0, 4));
             for look in 1..=cell.max_looks {
-                s1 += draw(&mut rng, 198, cell.base);
+                s1 += binomial(&mut rng, 198, cell.base);
                 n1 += 198;
-                s2 += draw(&mut rng, cell.per_look, 0.05);
+                s2 += binomial(&mut rng, cell.per_look, 0.05);
                 n2 += cell.per_look;
                 process.update((s1 as f64, n1 as f64), (s2 as f64, n2 as f64), cell.tol, ALPHA);
                 let v = process.verdict(ALPHA);
@@ -567,7 +564,7 @@ mod oracle {
                         let mut rng = ChaCha8Rng::seed_from_u64(run as u64 * 7 + 1);
                         let (mut s, mut n) = (0u64, 0u64);
                         for _ in 0..400 {
-                            s += draw(&mut rng, per_look, base + d * tol);
+                            s += binomial(&mut rng, per_look, base + d * tol);
                             n += per_look;
                             let l = anytime::log_likelihood(s as f64, n as f64, base + alt * tol)
                                 - anytime::log_likelihood(s as f64, n as f64, base + tol);

@@ -14,9 +14,9 @@
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use rand_distr::{Binomial, Distribution};
 
 use crate::gates::{self, GateResult, LabelEvidence, Outcome, StageContext};
+use crate::simulate::multinomial;
 use crate::spec::{GateMethod, GatesSpec, NoDataPolicy, PredictionGate};
 use crate::window::VersionWindow;
 
@@ -41,20 +41,6 @@ pub fn tilted(k: usize, target: f64) -> Vec<f64> {
         }
     }
     shares(0.5 * (lo + hi))
-}
-
-fn multinomial(rng: &mut ChaCha8Rng, n: u64, probs: &[f64], into: &mut [u64]) {
-    let (mut left, mut mass) = (n, 1.0);
-    for (i, p) in probs.iter().enumerate() {
-        if left == 0 {
-            break;
-        }
-        let q = if i + 1 == probs.len() { 1.0 } else { (p / mass).clamp(0.0, 1.0) };
-        let x = Binomial::new(left, q).map_or(0, |b| b.sample(rng));
-        into[i] += x;
-        left -= x;
-        mass -= p;
-    }
 }
 
 /// One cell: `k` bins, the truth as a multiple of `max_psi`, the challenger's

@@ -19,11 +19,11 @@
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use rand_distr::{Binomial, Distribution};
 
 use crate::gates::{GateResult, Outcome, StageContext};
 use crate::labels::StageLabels;
 use crate::segments;
+use crate::simulate::binomial;
 use crate::spec::{ErrorRateGate, GatesSpec, SegmentSelection};
 use crate::window::VersionWindow;
 
@@ -119,10 +119,6 @@ fn shares(k: usize) -> Vec<f64> {
     (0..k).map(|i| if i == 0 { SMALL_SHARE } else { (1.0 - SMALL_SHARE) / (k - 1) as f64 }).collect()
 }
 
-fn draw(rng: &mut ChaCha8Rng, n: u64, p: f64) -> u64 {
-    Binomial::new(n, p.clamp(0.0, 1.0)).map_or(0, |b| b.sample(rng))
-}
-
 fn add(w: &mut VersionWindow, segment: &str, n: u64, errors: u64) {
     let s = w.segment_mut(segment);
     s.responses[1] += n - errors;
@@ -159,7 +155,7 @@ pub fn run(cell: Cell, alpha: f64, runs: u32, seed: u64) -> Tally {
             for (i, name) in names.iter().enumerate() {
                 let n = (cell.per_look as f64 * shares[i]).round() as u64;
                 let p2 = cell.challenger.rate(i, cell.base, cell.tol);
-                let (ea, eb) = (draw(&mut rng, n, cell.base), draw(&mut rng, n, p2));
+                let (ea, eb) = (binomial(&mut rng, n, cell.base), binomial(&mut rng, n, p2));
                 add(&mut a, name, n, ea);
                 add(&mut b, name, n, eb);
             }

@@ -230,20 +230,7 @@ impl Latency {
                 counts[i.min(last)] += 1;
             }
         } else {
-            let (mut left, mut mass) = (n, 1.0f64);
-            for (i, p) in self.probs.iter().enumerate() {
-                if left == 0 {
-                    break;
-                }
-                let c = if mass <= *p || i + 1 == self.probs.len() {
-                    left
-                } else {
-                    Binomial::new(left, (p / mass).clamp(0.0, 1.0)).map_or(0, |b| b.sample(rng))
-                };
-                counts[i] = c;
-                left -= c;
-                mass -= p;
-            }
+            multinomial(rng, n, &self.probs, &mut counts);
         }
         for ((lower, width), c) in self.buckets.iter().zip(counts) {
             w.latency_us.add(*lower, *width, c);
@@ -251,12 +238,33 @@ impl Latency {
     }
 }
 
+/// One binomial draw, `p` clamped into [0, 1] (the simulations' one
+/// sampler of counts).
+pub(crate) fn binomial(rng: &mut ChaCha8Rng, n: u64, p: f64) -> u64 {
+    Binomial::new(n, p.clamp(0.0, 1.0)).map_or(0, |b| b.sample(rng))
+}
+
+/// Adds a multinomial draw of `n` over `probs` (summing to 1) into
+/// `counts`, by conditional binomials on the mass left.
+pub(crate) fn multinomial(rng: &mut ChaCha8Rng, n: u64, probs: &[f64], counts: &mut [u64]) {
+    let (mut left, mut mass) = (n, 1.0f64);
+    for (i, p) in probs.iter().enumerate() {
+        if left == 0 {
+            break;
+        }
+        let c = if mass <= *p || i + 1 == probs.len() { left } else { binomial(rng, left, p / mass) };
+        counts[i] += c;
+        left -= c;
+        mass -= p;
+    }
+}
+
 /// One interval of one version's traffic.
 fn draw(rng: &mut ChaCha8Rng, t: &Truth, latency: &Latency, n: u64, into: &mut VersionWindow, labels: &mut LabelStats) {
-    let errors = Binomial::new(n, t.error_rate.clamp(0.0, 1.0)).map_or(0, |b| b.sample(rng));
+    let errors = binomial(rng, n, t.error_rate);
     into.add_responses(n, errors);
     latency.draw(rng, n, into);
-    let correct = Binomial::new(n, t.accuracy.clamp(0.0, 1.0)).map_or(0, |b| b.sample(rng));
+    let correct = binomial(rng, n, t.accuracy);
     labels.n += n;
     labels.sum += correct as f64;
     labels.sum_sq += correct as f64;
