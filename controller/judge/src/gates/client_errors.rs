@@ -3,8 +3,8 @@
 //! challenger that rejects valid input is as bad for users as one that
 //! fails; the comparison is [`super::rate`]'s).
 
-use super::rate::rate_gate;
-use super::{Descriptor, Digits, Evidence, Gate, GateKind, GateResult, Judge, Stages};
+use super::rate::{rate_descriptor, rate_gate};
+use super::{Descriptor, Evidence, Gate, GateKind, GateResult, Judge, Stages};
 
 pub(super) const GATE: Gate = Gate {
     field: "client_errors",
@@ -17,16 +17,7 @@ pub(super) const GATE: Gate = Gate {
     judge,
 };
 
-const DESCRIPTOR: Descriptor = Descriptor {
-    kind: GateKind::ClientErrors,
-    id: "client_errors",
-    title: "client errors",
-    scale: 100.0,
-    unit: "%",
-    digits: Digits::Significant(3),
-    difference: true,
-    reference: false,
-};
+const DESCRIPTOR: Descriptor = rate_descriptor(GateKind::ClientErrors, "client_errors", "client errors");
 
 fn judge(e: &Evidence<'_>, judge: Judge<'_>) -> Vec<GateResult> {
     let Some(g) = &e.spec.client_errors else { return vec![] };

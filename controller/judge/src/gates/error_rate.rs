@@ -1,8 +1,8 @@
 //! The error_rate gate: the challenger's 5xx rate against the champion's +
 //! `error_tolerance` percentage points (the comparison is [`super::rate`]'s).
 
-use super::rate::rate_gate;
-use super::{Descriptor, Digits, Evidence, Gate, GateKind, GateResult, Judge, Stages};
+use super::rate::{rate_descriptor, rate_gate};
+use super::{Descriptor, Evidence, Gate, GateKind, GateResult, Judge, Stages};
 
 pub(super) const GATE: Gate = Gate {
     field: "error_rate",
@@ -15,16 +15,7 @@ pub(super) const GATE: Gate = Gate {
     judge,
 };
 
-const DESCRIPTOR: Descriptor = Descriptor {
-    kind: GateKind::ErrorRate,
-    id: "error_rate",
-    title: "error rate",
-    scale: 100.0,
-    unit: "%",
-    digits: Digits::Significant(3),
-    difference: true,
-    reference: false,
-};
+const DESCRIPTOR: Descriptor = rate_descriptor(GateKind::ErrorRate, "error_rate", "error rate");
 
 fn judge(e: &Evidence<'_>, judge: Judge<'_>) -> Vec<GateResult> {
     let Some(g) = &e.spec.error_rate else { return vec![] };

@@ -5,10 +5,25 @@
 use std::collections::BTreeMap;
 
 use super::judge::{evalue, needed, pct, pp, scaled, verdict, verdict_words, Judge};
-use super::{GateKind, GateResult, Outcome};
+use super::{Descriptor, Digits, GateKind, GateResult, Outcome};
 use crate::anytime;
 use crate::spec::NoDataPolicy;
 use crate::stats;
+
+/// The descriptor every rate gate shares: a share of responses shown in %,
+/// judged on challenger − champion.
+pub(super) const fn rate_descriptor(kind: GateKind, id: &'static str, title: &'static str) -> Descriptor {
+    Descriptor {
+        kind,
+        id,
+        title,
+        scale: 100.0,
+        unit: "%",
+        digits: Digits::Significant(3),
+        difference: true,
+        reference: false,
+    }
+}
 
 /// Challenger − champion rate ≤ `tolerance_pp` points. Threshold: the point
 /// estimates, judged from one response each. Sequential: the Newcombe

@@ -4,7 +4,7 @@
 
 use super::judge::{needed, pct, scaled, verdict, verdict_words, Judge};
 use super::latency::latency_gate;
-use super::rate::rate_verdict;
+use super::rate::{rate_descriptor, rate_verdict};
 use super::{Descriptor, Digits, Evidence, Gate, GateKind, GateResult, Outcome, Stages};
 use crate::anytime;
 use crate::spec::NoDataPolicy;
@@ -33,16 +33,7 @@ const AGREEMENT: Descriptor = Descriptor {
     reference: false,
 };
 
-const ERROR_RATE: Descriptor = Descriptor {
-    kind: GateKind::ShadowErrorRate,
-    id: "shadow_error_rate",
-    title: "shadow error rate",
-    scale: 100.0,
-    unit: "%",
-    digits: Digits::Significant(3),
-    difference: true,
-    reference: false,
-};
+const ERROR_RATE: Descriptor = rate_descriptor(GateKind::ShadowErrorRate, "shadow_error_rate", "shadow error rate");
 
 const LATENCY: Descriptor = Descriptor {
     kind: GateKind::ShadowLatency,
