@@ -18,6 +18,7 @@ pub mod calibration;
 pub mod evidence;
 pub mod gates;
 pub mod labels;
+pub mod mean_difference;
 pub mod plan;
 pub mod psi;
 pub mod psi_calibration;

@@ -2,9 +2,10 @@
 //! champion's − `min_degradation_tolerance`, once both have `min_labels`.
 
 use super::judge::{needed, scaled, verdict, verdict_words, Judge, LabelEvidence};
-use super::rate::anytime_rate;
+use super::rate::{anytime_rate, PROJECTIONS};
 use super::{Descriptor, Digits, Evidence, Gate, GateKind, GateResult, Outcome, Stages};
 use crate::labels::LabelStats;
+use crate::mean_difference::MeanDifference;
 use crate::spec::NoDataPolicy;
 use crate::stats::{self, Interval};
 
@@ -36,9 +37,12 @@ pub(super) fn judge(e: &Evidence<'_>, judge: Judge<'_>) -> Vec<GateResult> {
 }
 
 /// Challenger mean ≥ champion's − `min_degradation_tolerance`, once both
-/// have `min_labels`. Sequential: Welch's interval of the difference
-/// (challenger − champion): fail when its high end is below −tolerance,
-/// pass when its low end is at least −tolerance; looks from `min_labels`.
+/// have `min_labels`. Anytime (the default): outcomes in [0, 1] as a rate
+/// ([`anytime_rate`]), others by the normal-mixture confidence sequence
+/// ([`anytime_means`]). Sequential: Welch's interval of the difference
+/// (challenger − champion) at looks from `min_labels`. Either way fail when
+/// the interval's high end is below −tolerance, pass when its low end is at
+/// least −tolerance.
 pub(super) fn label_gate(g: &crate::spec::LabelGate, labels: &LabelEvidence, judge: Judge<'_>) -> GateResult {
     let (a, b) = (labels.champion, labels.challenger);
     let n = (a.n, b.n);
@@ -70,6 +74,9 @@ pub(super) fn label_gate(g: &crate::spec::LabelGate, labels: &LabelEvidence, jud
         r.difference = Some(mb - ma);
         r.difference_interval = r.difference_interval.map(|i| Interval { low: -i.high, high: -i.low });
         return r;
+    }
+    if judge.anytime() {
+        return anytime_means(g, labels, judge, head);
     }
     if !judge.sequential() {
         let mut r = GateResult::at_least(GateKind::Labels, n, (Some(ma), mb), threshold, head);
@@ -115,6 +122,70 @@ pub(super) fn label_gate(g: &crate::spec::LabelGate, labels: &LabelEvidence, jud
         difference_interval: Some(di),
         look: Some(k),
         confidence: Some(confidence),
+        needed: need,
+        ..GateResult::base(GateKind::Labels, outcome, n, detail)
+    }
+}
+
+/// Unbounded outcomes under the anytime method: the normal-mixture
+/// confidence sequence of [`crate::mean_difference`] (asymptotically valid
+/// at every look), harm at the stage's share of α, no harm at α.
+fn anytime_means(g: &crate::spec::LabelGate, labels: &LabelEvidence, judge: Judge<'_>, head: String) -> GateResult {
+    let (a, b) = (labels.champion, labels.challenger);
+    let n = (a.n, b.n);
+    let Some(d) = MeanDifference::of(&a, &b) else {
+        return GateResult::no_data(
+            GateKind::Labels,
+            a.n,
+            b.n,
+            NoDataPolicy::Hold,
+            format!(
+                "{head}: every label so far has the same value, so there is no spread to bound the difference with yet"
+            ),
+        );
+    };
+    let tol = g.min_degradation_tolerance;
+    let alpha = judge.schedule.alpha;
+    let harm_alpha = alpha * judge.harm_share;
+    // The mixture is tuned to differences of the tolerance's size; with no
+    // tolerance, to a tenth of the outcomes' standard deviation.
+    let tau = if tol > 0.0 { tol } else { 0.1 * d.spread() };
+    let decide = |d: &MeanDifference| {
+        if d.below(-tol, tau, harm_alpha) {
+            Outcome::Fail
+        } else if d.above(-tol, tau, alpha) {
+            Outcome::Pass
+        } else {
+            Outcome::Inconclusive
+        }
+    };
+    let outcome = decide(&d);
+    let need = (outcome == Outcome::Inconclusive)
+        .then(|| {
+            PROJECTIONS.iter().find_map(|&t| {
+                (decide(&d.projected(t)) != Outcome::Inconclusive).then(|| (b.n as f64 * (t - 1.0)).ceil() as u64)
+            })
+        })
+        .flatten();
+    let di = d.bounds(tau, alpha, harm_alpha);
+    let (ma, mb) = (a.sum / a.n as f64, b.sum / b.n as f64);
+    let threshold = ma - tol;
+    let detail = format!(
+        "{head}: difference {:+.4}, {:.0}% confidence sequence [{:+.4}, {:+.4}] vs −{tol} (valid at every look): {}",
+        d.estimate(),
+        (1.0 - alpha) * 100.0,
+        di.low,
+        di.high,
+        verdict_words(outcome, need, "labels")
+    );
+    GateResult {
+        champion: Some(ma),
+        challenger: Some(mb),
+        threshold: Some(threshold),
+        margin: Some(mb - threshold),
+        difference: Some(d.estimate()),
+        difference_interval: Some(di),
+        confidence: Some(1.0 - alpha),
         needed: need,
         ..GateResult::base(GateKind::Labels, outcome, n, detail)
     }
