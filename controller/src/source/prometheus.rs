@@ -104,9 +104,10 @@ impl PrometheusSource {
                 None => Ok(None),
             }
         };
-        let ((up, uptime, version, data), cluster) = tokio::time::timeout(timeout, futures::future::try_join(all, cluster))
-            .await
-            .map_err(|_| QueryError::Timeout(timeout))??;
+        let ((up, uptime, version, data), cluster) =
+            tokio::time::timeout(timeout, futures::future::try_join(all, cluster))
+                .await
+                .map_err(|_| QueryError::Timeout(timeout))??;
         let reads = reads_from(rollout, epoch, &up, &uptime, &version, &data)
             .map_err(|error| QueryError::Response { query: "answers", error })?;
         let cluster_reads = match (self.cluster.as_deref(), versions.as_deref(), cluster) {

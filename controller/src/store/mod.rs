@@ -233,7 +233,8 @@ impl Store {
         let mut written = 0;
         for (n, &index) in due.iter().enumerate() {
             let p = self.shard_path(prefix, index);
-            let bytes = bytes_of(index).map_err(|e| (n, StoreError::Corrupt { path: p.clone(), message: e.to_string() }))?;
+            let bytes =
+                bytes_of(index).map_err(|e| (n, StoreError::Corrupt { path: p.clone(), message: e.to_string() }))?;
             durable::write_atomic(&p, &bytes).map_err(|e| (n, io("write", &p)(e)))?;
             written += bytes.len() as u64;
         }
@@ -253,7 +254,10 @@ impl Store {
         match ClusterCounts::restore(tracker.unwrap_or_default(), baselines.unwrap_or_default()) {
             Ok(c) => Ok(Some(c)),
             Err(e) => {
-                tracing::error!("cluster baselines in {} unreadable, starting afresh: {e}", self.tracker_dir().display());
+                tracing::error!(
+                    "cluster baselines in {} unreadable, starting afresh: {e}",
+                    self.tracker_dir().display()
+                );
                 Ok(Some(ClusterCounts::default()))
             }
         }

@@ -155,9 +155,10 @@ pub fn cluster_reads(
         let (counters, histogram): (Vec<Counter>, bool) = match (metrics, name) {
             (ClusterMetrics::Envoy, ENVOY_CLASSES) => {
                 let class = label(s, "envoy_response_code_class")?;
-                let c = class.parse().ok().and_then(class_counter).ok_or_else(|| {
-                    sample_error(s, format!("`envoy_response_code_class` `{class}` is not 1 … 5"))
-                })?;
+                let c =
+                    class.parse().ok().and_then(class_counter).ok_or_else(|| {
+                        sample_error(s, format!("`envoy_response_code_class` `{class}` is not 1 … 5"))
+                    })?;
                 (vec![c], false)
             }
             (ClusterMetrics::Envoy, ENVOY_CODES) => {
@@ -206,8 +207,14 @@ pub fn cluster_reads(
             let name = format!("{instance} {version} latency");
             for (lower, width, n) in bins_of(&name, by.values().copied().collect())? {
                 // Milliseconds in Prometheus, microseconds in the window.
-                let key =
-                    bucket_series(rollout, CUMULATIVE_EPOCH, version, Histogram::LatencyUs, lower * 1000.0, width * 1000.0);
+                let key = bucket_series(
+                    rollout,
+                    CUMULATIVE_EPOCH,
+                    version,
+                    Histogram::LatencyUs,
+                    lower * 1000.0,
+                    width * 1000.0,
+                );
                 sample.series.insert(key, n);
             }
         }
