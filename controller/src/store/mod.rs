@@ -658,6 +658,52 @@ envoy: { admin: ["http://a"], ecds_dir: /x, wasm: /y }
     }
 
     #[test]
+    fn cluster_baselines_saved_over_intervals_load_back_and_keep_the_window() {
+        use canary_core::metrics::Counter;
+        use canary_judge::evidence::admin::{counter_series, EndpointSample};
+        use canary_judge::evidence::merge::EndpointRead;
+        use canary_judge::window::Window;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.load_cluster_counts().unwrap().is_none());
+        let key = counter_series("r", 0, "v1", Counter::Rq2xx);
+        let reads = |n: u64| -> Vec<EndpointRead> {
+            (0..40)
+                .map(|i| EndpointRead {
+                    endpoint: format!("http://10.2.0.{i}:9901"),
+                    outcome: Ok(EndpointSample {
+                        rollout: "r".into(),
+                        epoch: 0,
+                        uptime_s: Some(100 + n),
+                        active_version: None,
+                        series: [(key.clone(), 1000 + n * 10 + i)].into(),
+                    }),
+                })
+                .collect()
+        };
+        let ok = |c: &mut ClusterCounts, n: u64| {
+            let mut w = Window { epoch: 2, ..Window::default() };
+            c.apply(&reads(n), &mut w);
+            w.version("v1").responses[1]
+        };
+        let mut c = ClusterCounts::default();
+        c.tracker_mut().must_save_all();
+        // A stage's first read, then enough intervals for every baseline shard to be saved.
+        for n in 0..=SHARDS as u64 {
+            ok(&mut c, n);
+            store.save_cluster_counts(&mut c).unwrap();
+        }
+        assert!(dir.path().join("tracker/cluster-shard-00.json").exists());
+        let mut back = store.load_cluster_counts().unwrap().unwrap();
+        let n = SHARDS as u64 + 1;
+        assert_eq!(ok(&mut back, n), ok(&mut c, n));
+        assert_eq!(ok(&mut back, n), 40 * 10 * n, "the whole stage since its first read");
+        // Temp files of interrupted writes of them are removed.
+        std::fs::write(dir.path().join("tracker/.cluster-base-03.json.x"), b"").unwrap();
+        assert_eq!(store.remove_stale_temp_files(), 1);
+    }
+
+    #[test]
     fn the_tracker_is_saved_in_shards_a_few_at_a_time_and_loads_whole() {
         use canary_judge::evidence::admin::EndpointSample;
         let dir = tempfile::tempdir().unwrap();
