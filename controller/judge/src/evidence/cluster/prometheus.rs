@@ -128,6 +128,9 @@ fn class_counter(class: u16) -> Option<Counter> {
     })
 }
 
+/// One histogram's cumulative buckets by `le` (its bits): `(le, count)`.
+type Cumulative = BTreeMap<u64, (f64, u64)>;
+
 /// The per-instance cumulative samples of `rollout` at
 /// [`CUMULATIVE_EPOCH`] (what [`ClusterCounts::apply`](super::ClusterCounts::apply)
 /// takes): the fleet and uptimes from the `up` and uptime answers, as for the
@@ -149,7 +152,7 @@ pub fn cluster_reads(
     // Per instance: counter series key → count (summed over other labels).
     let mut counts: BTreeMap<&str, BTreeMap<String, u64>> = BTreeMap::new();
     // Cumulative buckets per (instance, version), summed over other labels (Istio's response codes).
-    let mut buckets: BTreeMap<(&str, &str), BTreeMap<u64, (f64, u64)>> = BTreeMap::new();
+    let mut buckets: BTreeMap<(&str, &str), Cumulative> = BTreeMap::new();
     for s in data {
         let name = label(s, "__name__")?;
         let (counters, histogram): (Vec<Counter>, bool) = match (metrics, name) {
