@@ -353,6 +353,18 @@ impl Controller {
                 Some(t) => source.set_tracker(t),
                 None => source.tracker_mut().must_save_all(),
             }
+            // With `envoy.counts: cluster`, the stage's baselines: the
+            // window stays whole across a controller restart.
+            if source.cluster_counts_mut().is_some() {
+                match self.store.load_cluster_counts()? {
+                    Some(c) => source.set_cluster_counts(c),
+                    None => {
+                        if let Some(c) = source.cluster_counts_mut() {
+                            c.tracker_mut().must_save_all();
+                        }
+                    }
+                }
+            }
             self.tracker_loaded = true;
         }
         // Earlier epochs are never read again: keep the tracker small.
@@ -378,6 +390,11 @@ impl Controller {
             old.source_tracker = None;
             if let Err(e) = self.store.save_tracker(source.tracker_mut()) {
                 tracing::error!("reset tracker not saved (retried next interval): {e}");
+            }
+            if let Some(counts) = source.cluster_counts_mut() {
+                if let Err(e) = self.store.save_cluster_counts(counts) {
+                    tracing::error!("cluster count baselines not saved (retried next interval): {e}");
+                }
             }
             let (new, d) = old.step(&self.spec, window.as_ref(), now_millis());
             if let Err(e) = repaired {
@@ -459,11 +476,20 @@ impl Controller {
     /// The stats source the spec names: Prometheus, or every Envoy's admin API.
     pub fn source(&self) -> Source {
         match &self.spec.envoy.prometheus {
-            Some(p) => Source::Prometheus(PrometheusSource::new(PrometheusSourceConfig {
-                url: p.url.clone(),
-                timeout: p.timeout,
-                selector: p.selector.clone(),
-            })),
+            Some(p) => {
+                let source = PrometheusSource::new(PrometheusSourceConfig {
+                    url: p.url.clone(),
+                    timeout: p.timeout,
+                    selector: p.selector.clone(),
+                });
+                Source::Prometheus(match self.spec.envoy.counts {
+                    Counts::Filter => source,
+                    Counts::Cluster => source.with_cluster_counts(
+                        vec![self.spec.champion.clone(), self.spec.challenger.clone()],
+                        p.cluster_metrics,
+                    ),
+                })
+            }
             None => {
                 let source = AdminSource::new(AdminSourceConfig {
                     endpoints: self.spec.envoy.admin.clone(),

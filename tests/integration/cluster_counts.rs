@@ -104,12 +104,21 @@ async fn a_rollout_over_two_stage_changes_counts_exactly_what_the_backends_serve
     })
     .await
     .unwrap();
-    let log = decisions(&state_dir);
+    check_rollout(&rig, &state_dir, &daemon, &last).await;
+    drop(daemon);
+}
+
+/// The rollout's stage windows (each stage's last decision: the windows are
+/// cumulative) sum, per version, to exactly what the backends served
+/// (2xx, 5xx, 504), and their latency's p99 is the access log's within a
+/// bucket. `last` is the last decision of the stage the rollout is in.
+async fn check_rollout(rig: &Rig, state_dir: &std::path::Path, daemon: &Daemon, last: &serde_json::Value) {
+    let log = decisions(state_dir);
     let changes: Vec<&serde_json::Value> = log.iter().filter(|d| d["action"] == "advance").collect();
     assert_eq!(changes.len(), 2, "{}", daemon.output());
-    assert_eq!(state(&state_dir)["phase"], "running");
+    assert_eq!(state(state_dir)["phase"], "running");
     // A stage's windows are cumulative: its last decision holds the stage.
-    let stage_windows = [changes[0], changes[1], &last];
+    let stage_windows = [changes[0], changes[1], last];
     for (version, backend, key) in [(CHAMPION, &rig.champion, "champion"), (CHALLENGER, &rig.challenger, "challenger")]
     {
         let s = backend.stats().await.unwrap();
@@ -120,6 +129,7 @@ async fn a_rollout_over_two_stage_changes_counts_exactly_what_the_backends_serve
             sum(&|w| w["responses"][4].as_u64().unwrap()),
             sum(&|w| w["timeouts"].as_u64().unwrap()),
         );
+        println!("{version}: (2xx, 5xx, 504) controller {got:?}, backend {:?}", expected(&s));
         assert!(s.errors > 0 && s.timeouts > 0, "{version}: {s:?}");
         assert_eq!(got, expected(&s), "{version}: controller's (2xx, 5xx, 504) over the rollout vs the backend's");
         // p99 over the rollout against Envoy's access log, within a bucket (+1 ms: the log's ms are whole).
@@ -128,6 +138,7 @@ async fn a_rollout_over_two_stage_changes_counts_exactly_what_the_backends_serve
             let w: canary_judge::window::VersionWindow = serde_json::from_value(d["window"][key].clone()).unwrap();
             latency.merge(&w.latency_us);
         }
+        assert_eq!(latency.count(), s.requests, "{version}: one latency sample per response");
         let p99_ms = latency.quantile(0.99).unwrap() / 1000.0;
         let mut logged: Vec<f64> = rig
             .envoy
@@ -143,7 +154,110 @@ async fn a_rollout_over_two_stage_changes_counts_exactly_what_the_backends_serve
         println!("{version}: p99 {p99_ms:.2} ms (controller) vs {log_p99} ms (access log, {} lines)", logged.len());
         assert!((p99_ms - log_p99).abs() <= tolerance, "{version}: p99 {p99_ms} vs {log_p99} ms");
     }
+}
+
+/// The same rollout read from a real Prometheus scraping the Envoy
+/// (Envoy's own `envoy_cluster_upstream_rq_*` names), and with the
+/// controller killed (SIGKILL) and restarted in the middle of the last
+/// stage: the stage's baselines are read back from the state directory, so
+/// the windows still sum to exactly what the backends served (without them
+/// the last stage would lack what came before the restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_prometheus_with_a_controller_restart_a_rollout_counts_exactly_what_the_backends_served() {
+    use crate::prometheus::{Prometheus, JOB};
+    let rig = faulty_rig().await;
+    let prometheus = Prometheus::start(&[format!("127.0.0.1:{}", rig.envoy.admin_port)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let state_dir = dir.path().join("state");
+    let admin = format!("http://127.0.0.1:{}", rig.envoy.admin_port);
+    let stages = [(20, "1s", 300), (50, "1s", 300), (80, "1h", 300)];
+    let spec = canary_tests::spec_with("clp", &admin, &rig.envoy, &stages, GATES, "").replace(
+        "  apply_timeout: 5s\n",
+        &format!(
+            "  apply_timeout: 5s\n  counts: cluster\n  prometheus: {{ url: \"{}\", selector: 'job=\"{JOB}\"', timeout: 3s }}\n",
+            prometheus.url
+        ),
+    );
+    let mut daemon = Daemon::start(&state_dir, Some(&spec)).unwrap();
+    // The controller's first read of the Envoy (its baseline) before any traffic.
+    canary_tests::wait_decision(&state_dir, Duration::from_secs(30), &daemon, |d| {
+        d["window"]["coverage"]["answered"] == 1
+    })
+    .await
+    .unwrap();
+    let load = Load::start(rig.envoy.url("/predict"), 24, 40_000, Duration::ZERO);
+    wait_stage(&state_dir, Some(2), Duration::from_secs(120), &daemon).await.unwrap();
+    // Mid-stage: a stage decision with traffic in it, then a crash.
+    let entered = canary_controller::control::now_millis();
+    let before = canary_tests::wait_decision(&state_dir, Duration::from_secs(30), &daemon, |d| {
+        d["at"].as_u64().unwrap_or(0) > entered + 1500
+            && d["from"]["stage"] == 2
+            && d["window"]["challenger"]["responses"][1].as_u64().unwrap_or(0) > 100
+    })
+    .await
+    .unwrap();
+    daemon.kill9();
+    let saved = std::fs::read_dir(state_dir.join("tracker")).unwrap().flatten();
+    let saved: Vec<String> = saved.map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    assert!(saved.iter().any(|f| f.starts_with("cluster-base-")), "no baselines saved: {saved:?}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let daemon = Daemon::start(&state_dir, None).unwrap();
+    let restarted = canary_controller::control::now_millis();
+    // The first window after the restart already holds the stage's earlier responses.
+    let after = canary_tests::wait_decision(&state_dir, Duration::from_secs(30), &daemon, |d| {
+        d["at"].as_u64().unwrap_or(0) > restarted && d["window"]["coverage"]["answered"] == 1
+    })
+    .await
+    .unwrap();
+    for key in ["champion", "challenger"] {
+        let n = |d: &serde_json::Value| d["window"][key]["responses"][1].as_u64().unwrap();
+        assert!(
+            n(&after) >= n(&before),
+            "{key}: the stage's window shrank across the restart: {} → {}",
+            n(&before),
+            n(&after)
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    load.stop().await;
+    counters_settled().await;
+    // Histograms reach Envoy's stats at its flush (1 s), Prometheus a scrape (0.5 s) later.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    if let Ok(dir) = std::env::var("CANARY_WRITE_CLUSTER_FIXTURE") {
+        record_prometheus_fixture(&prometheus.url, &dir).await;
+    }
+    let settled_at = canary_controller::control::now_millis();
+    let last = canary_tests::wait_decision(&state_dir, Duration::from_secs(30), &daemon, |d| {
+        d["at"].as_u64().unwrap_or(0) > settled_at + 500 && d["from"]["stage"] == 2
+    })
+    .await
+    .unwrap();
+    check_rollout(&rig, &state_dir, &daemon, &last).await;
     drop(daemon);
+}
+
+/// Prometheus' answers to the queries the controller asks in cluster mode
+/// (`up`, uptime, and the cluster query), as they are, for the judge's unit tests.
+async fn record_prometheus_fixture(url: &str, dir: &str) {
+    use canary_judge::evidence::cluster::prometheus::{cluster_query, ClusterMetrics};
+    let sel = format!("job=\"{}\"", crate::prometheus::JOB);
+    let queries = [
+        ("prometheus_up.json", format!("up{{{sel}}}")),
+        ("prometheus_uptime.json", format!("envoy_server_uptime{{{sel}}}")),
+        ("prometheus_cluster.json", cluster_query(ClusterMetrics::Envoy, &[CHAMPION, CHALLENGER], &sel)),
+    ];
+    for (file, q) in queries {
+        let body = canary_tests::client()
+            .post(format!("{url}/api/v1/query"))
+            .form(&[("query", q.as_str())])
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        std::fs::write(format!("{dir}/{file}"), body).unwrap();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

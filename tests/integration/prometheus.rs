@@ -21,7 +21,7 @@ use futures::StreamExt;
 
 const ROLLOUT: &str = "prom";
 const EPOCH: u64 = 4;
-const JOB: &str = "canary-envoys";
+pub(crate) const JOB: &str = "canary-envoys";
 
 fn prometheus_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("CANARY_PROMETHEUS") {
@@ -41,14 +41,14 @@ fn free_port() -> u16 {
 }
 
 /// A Prometheus scraping its targets every 500 ms; killed when dropped.
-struct Prometheus {
+pub(crate) struct Prometheus {
     _proc: Proc,
     dir: tempfile::TempDir,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Prometheus {
-    async fn start(targets: &[String]) -> Prometheus {
+    pub(crate) async fn start(targets: &[String]) -> Prometheus {
         Prometheus::start_with(serde_json::json!([{ "targets": targets }])).await
     }
 

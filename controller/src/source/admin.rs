@@ -97,6 +97,11 @@ impl AdminSource {
         &self.config
     }
 
+    /// The stage baselines of `envoy.counts: cluster`, to persist.
+    pub fn cluster_counts_mut(&mut self) -> Option<&mut ClusterCounts> {
+        self.cluster.as_deref_mut().map(|(_, c)| c)
+    }
+
     /// Reads epoch `epoch` of rollout `rollout` from every endpoint, with
     /// bounded concurrency and one deadline for all, and merges it into one
     /// window. `expected_version` is the `version_info` the endpoints should

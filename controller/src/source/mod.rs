@@ -13,6 +13,7 @@ pub mod admin;
 pub mod prometheus;
 
 pub use admin::{stats_query, AdminSource, AdminSourceConfig};
+pub use canary_judge::evidence::cluster::ClusterCounts;
 pub use canary_judge::evidence::tracker::ResetTracker;
 pub use canary_judge::evidence::SourceError;
 
@@ -55,6 +56,23 @@ impl Source {
         match self {
             Source::Admin(s) => s.set_tracker(t),
             Source::Prometheus(s) => s.set_tracker(t),
+        }
+    }
+
+    /// With `envoy.counts: cluster`: the stage baselines of the cumulative
+    /// per-version counts and their reset tracker, to persist.
+    pub fn cluster_counts_mut(&mut self) -> Option<&mut ClusterCounts> {
+        match self {
+            Source::Admin(s) => s.cluster_counts_mut(),
+            Source::Prometheus(s) => s.cluster_counts_mut(),
+        }
+    }
+
+    /// Replaces the stage baselines (loaded from the state directory); no
+    /// effect without `envoy.counts: cluster`.
+    pub fn set_cluster_counts(&mut self, counts: ClusterCounts) {
+        if let Some(c) = self.cluster_counts_mut() {
+            *c = counts;
         }
     }
 

@@ -4,12 +4,20 @@
 //! the pure half in [`canary_judge::evidence::prometheus`] (which documents the
 //! queries, the names and why raw per-epoch counters are read).
 //!
+//! With `envoy.counts: cluster` a fifth query, at the same time, reads the
+//! versions' cumulative status codes and latency (Envoy's per-cluster stats,
+//! or Istio's per-version metrics, as Prometheus holds them;
+//! [`canary_judge::evidence::cluster::prometheus`]), windowed per stage by
+//! [`ClusterCounts`] as the admin source does.
+//!
 //! Missing data never counts as healthy: Prometheus unreachable, slow, or
 //! answering anything but a well-formed vector fails the whole read.
 
 use std::time::Duration;
 
 use canary_judge::evidence::admin::clip;
+use canary_judge::evidence::cluster::prometheus::{cluster_query, cluster_reads, ClusterMetrics};
+use canary_judge::evidence::cluster::ClusterCounts;
 use canary_judge::evidence::merge::merge_reads;
 use canary_judge::evidence::prometheus::{
     parse_vector, queries, reads_from, PromSample, QueryError, ResponseError, MAX_BODY_BYTES,
@@ -35,6 +43,9 @@ pub struct PrometheusSource {
     config: PrometheusSourceConfig,
     client: reqwest::Client,
     tracker: ResetTracker,
+    /// With `envoy.counts: cluster`: the versions, the names to read them
+    /// under, and the stage baselines of their cumulative counts.
+    cluster: Option<Box<(Vec<String>, ClusterMetrics, ClusterCounts)>>,
 }
 
 impl PrometheusSource {
@@ -47,7 +58,20 @@ impl PrometheusSource {
             .build()
             // Cannot fail without TLS backends; the default client is equivalent.
             .unwrap_or_default();
-        PrometheusSource { config, client, tracker: ResetTracker::default() }
+        PrometheusSource { config, client, tracker: ResetTracker::default(), cluster: None }
+    }
+
+    /// Reads the versions' response counts and latency from their
+    /// cumulative per-version stats in Prometheus (`envoy.counts: cluster`),
+    /// under `metrics`' names. See [`canary_judge::evidence::cluster`].
+    pub fn with_cluster_counts(mut self, versions: Vec<String>, metrics: ClusterMetrics) -> PrometheusSource {
+        self.cluster = Some(Box::new((versions, metrics, ClusterCounts::default())));
+        self
+    }
+
+    /// The stage baselines of `envoy.counts: cluster`, to persist.
+    pub fn cluster_counts_mut(&mut self) -> Option<&mut ClusterCounts> {
+        self.cluster.as_deref_mut().map(|(_, _, c)| c)
     }
 
     pub fn config(&self) -> &PrometheusSourceConfig {
@@ -67,11 +91,36 @@ impl PrometheusSource {
                 self.query("data", &q.data),
             )
         };
-        let (up, uptime, version, data) =
-            tokio::time::timeout(timeout, all).await.map_err(|_| QueryError::Timeout(timeout))??;
+        let versions: Option<Vec<&str>> =
+            self.cluster.as_deref().map(|(v, _, _)| v.iter().map(String::as_str).collect());
+        let cluster_q = self
+            .cluster
+            .as_deref()
+            .zip(versions.as_deref())
+            .map(|((_, metrics, _), v)| cluster_query(*metrics, v, &self.config.selector));
+        let cluster = async {
+            match &cluster_q {
+                Some(q) => self.query("cluster", q).await.map(Some),
+                None => Ok(None),
+            }
+        };
+        let ((up, uptime, version, data), cluster) =
+            tokio::time::timeout(timeout, futures::future::try_join(all, cluster))
+                .await
+                .map_err(|_| QueryError::Timeout(timeout))??;
         let reads = reads_from(rollout, epoch, &up, &uptime, &version, &data)
             .map_err(|error| QueryError::Response { query: "answers", error })?;
-        let window = merge_reads(rollout, epoch, expected_version, &reads, &mut self.tracker);
+        let cluster_reads = match (self.cluster.as_deref(), versions.as_deref(), cluster) {
+            (Some((_, metrics, _)), Some(v), Some(answer)) => Some(
+                cluster_reads(rollout, v, *metrics, &up, &uptime, &answer)
+                    .map_err(|error| QueryError::Response { query: "cluster", error })?,
+            ),
+            _ => None,
+        };
+        let mut window = merge_reads(rollout, epoch, expected_version, &reads, &mut self.tracker);
+        if let (Some((_, _, counts)), Some(reads)) = (self.cluster.as_deref_mut(), cluster_reads) {
+            counts.apply(&reads, &mut window);
+        }
         for f in &window.coverage.failures {
             tracing::warn!(endpoint = %f.endpoint, error = %f.error, "stats read failed");
         }

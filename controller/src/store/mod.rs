@@ -5,7 +5,12 @@
 //!   state.json       RolloutState, replaced atomically (small: a few KiB)
 //!   tracker/         the stats source's reset tracker, in shards
 //!                    (shard-NN.json, each replaced atomically; a few are
-//!                    rewritten per interval, see ResetTracker)
+//!                    rewritten per interval, see ResetTracker); with
+//!                    `envoy.counts: cluster` also the cumulative counts'
+//!                    own tracker (cluster-shard-NN.json, the same way) and
+//!                    the stage baselines (cluster-base-NN.json, rewritten
+//!                    only when they change: a stage's first read, a new
+//!                    Envoy; see ClusterCounts)
 //!   decisions.jsonl  every decision, one JSON line each, seq 1, 2, 3 … without gaps
 //!                    (layout `canary.decision/v1`, see [`log_line`])
 //!   lock             flock: one writer at a time (daemon, CLI commands)
@@ -31,6 +36,7 @@ use std::sync::Arc;
 
 use fs2::FileExt;
 
+use canary_judge::evidence::cluster::{BaselineShard, ClusterCounts};
 use canary_judge::evidence::tracker::{ResetTracker, TrackerShard, SHARDS};
 use canary_judge::rollout::{Decision, RolloutState};
 use canary_judge::spec::{RolloutSpec, SpecError};
@@ -150,8 +156,8 @@ impl Store {
         self.path("tracker")
     }
 
-    fn shard_path(&self, index: usize) -> PathBuf {
-        self.tracker_dir().join(format!("shard-{index:02}.json"))
+    fn shard_path(&self, prefix: &str, index: usize) -> PathBuf {
+        self.tracker_dir().join(format!("{prefix}-{index:02}.json"))
     }
 
     /// The reset tracker saved in `tracker/`, `None` if no shard was ever
@@ -159,25 +165,11 @@ impl Store {
     /// as a tracker that could not be read always was: it only refines
     /// counts across Envoy restarts.
     pub fn load_tracker(&self) -> Result<Option<ResetTracker>> {
-        let mut shards = vec![];
-        let mut found = false;
-        for index in 0..SHARDS {
-            let p = self.shard_path(index);
-            let bytes = match fs::read(&p) {
-                Ok(b) => b,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(io("read", &p)(e)),
-            };
-            found = true;
-            match serde_json::from_slice::<TrackerShard>(&bytes) {
-                Ok(shard) if shard.shard == index => shards.push(shard),
-                Ok(shard) => tracing::error!("{}: holds shard {}, left out", p.display(), shard.shard),
-                Err(e) => tracing::error!("{}: unreadable, left out: {e}", p.display()),
-            }
-        }
-        if !found {
-            return Ok(None);
-        }
+        self.load_tracker_shards("shard")
+    }
+
+    fn load_tracker_shards(&self, prefix: &str) -> Result<Option<ResetTracker>> {
+        let Some(shards) = self.load_shards::<TrackerShard>(prefix, |s| s.shard)? else { return Ok(None) };
         match ResetTracker::from_shards(shards) {
             Ok(t) => Ok(Some(t)),
             Err(e) => {
@@ -187,34 +179,103 @@ impl Store {
         }
     }
 
+    /// The readable shards `tracker/<prefix>-NN.json`, `None` if there is none at all.
+    fn load_shards<T: serde::de::DeserializeOwned>(
+        &self,
+        prefix: &str,
+        index_of: impl Fn(&T) -> usize,
+    ) -> Result<Option<Vec<T>>> {
+        let mut shards = vec![];
+        let mut found = false;
+        for index in 0..SHARDS {
+            let p = self.shard_path(prefix, index);
+            let bytes = match fs::read(&p) {
+                Ok(b) => b,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io("read", &p)(e)),
+            };
+            found = true;
+            match serde_json::from_slice::<T>(&bytes) {
+                Ok(shard) if index_of(&shard) == index => shards.push(shard),
+                Ok(shard) => tracing::error!("{}: holds shard {}, left out", p.display(), index_of(&shard)),
+                Err(e) => tracing::error!("{}: unreadable, left out: {e}", p.display()),
+            }
+        }
+        Ok(found.then_some(shards))
+    }
+
     /// Saves the shards the tracker says are due
     /// ([`ResetTracker::take_shards_to_save`]); returns the bytes written.
     /// Shards not written are marked again, to be retried at the next save.
     pub fn save_tracker(&self, tracker: &mut ResetTracker) -> Result<u64> {
+        self.save_tracker_shards("shard", tracker)
+    }
+
+    fn save_tracker_shards(&self, prefix: &str, tracker: &mut ResetTracker) -> Result<u64> {
         let due = tracker.take_shards_to_save();
+        self.write_shards(prefix, &due, |i| serde_json::to_vec(&tracker.shard(i))).map_err(|(n, e)| {
+            tracker.must_save(&due[n..]);
+            e
+        })
+    }
+
+    /// Writes shards `due` (each atomically); on a failure, which one and why.
+    fn write_shards(
+        &self,
+        prefix: &str,
+        due: &[usize],
+        bytes_of: impl Fn(usize) -> serde_json::Result<Vec<u8>>,
+    ) -> Result<u64, (usize, StoreError)> {
         let dir = self.tracker_dir();
-        if let Err(e) = fs::create_dir_all(&dir) {
-            tracker.must_save(&due);
-            return Err(io("create", &dir)(e));
+        if !due.is_empty() {
+            fs::create_dir_all(&dir).map_err(|e| (0, io("create", &dir)(e)))?;
         }
         let mut written = 0;
         for (n, &index) in due.iter().enumerate() {
-            let p = self.shard_path(index);
-            let saved = serde_json::to_vec(&tracker.shard(index))
-                .map_err(|e| StoreError::Corrupt { path: p.clone(), message: e.to_string() })
-                .and_then(|bytes| {
-                    durable::write_atomic(&p, &bytes).map_err(io("write", &p))?;
-                    Ok(bytes.len() as u64)
-                });
-            match saved {
-                Ok(bytes) => written += bytes,
-                Err(e) => {
-                    tracker.must_save(&due[n..]);
-                    return Err(e);
-                }
-            }
+            let p = self.shard_path(prefix, index);
+            let bytes =
+                bytes_of(index).map_err(|e| (n, StoreError::Corrupt { path: p.clone(), message: e.to_string() }))?;
+            durable::write_atomic(&p, &bytes).map_err(|e| (n, io("write", &p)(e)))?;
+            written += bytes.len() as u64;
         }
         Ok(written)
+    }
+
+    /// The stage baselines of `envoy.counts: cluster` and their reset
+    /// tracker, saved in `tracker/cluster-*.json`; `None` if never saved.
+    /// Unreadable shards are left out with an error logged (those
+    /// endpoints are baselined at their next read).
+    pub fn load_cluster_counts(&self) -> Result<Option<ClusterCounts>> {
+        let tracker = self.load_tracker_shards("cluster-shard")?;
+        let baselines = self.load_shards::<BaselineShard>("cluster-base", |s| s.shard)?;
+        if tracker.is_none() && baselines.is_none() {
+            return Ok(None);
+        }
+        match ClusterCounts::restore(tracker.unwrap_or_default(), baselines.unwrap_or_default()) {
+            Ok(c) => Ok(Some(c)),
+            Err(e) => {
+                tracing::error!(
+                    "cluster baselines in {} unreadable, starting afresh: {e}",
+                    self.tracker_dir().display()
+                );
+                Ok(Some(ClusterCounts::default()))
+            }
+        }
+    }
+
+    /// Saves what is due of the cluster counts: the tracker's shards as
+    /// [`Store::save_tracker`] does, and the baseline shards that changed
+    /// (none in a steady stage). Returns the bytes written; what failed is
+    /// retried at the next save.
+    pub fn save_cluster_counts(&self, counts: &mut ClusterCounts) -> Result<u64> {
+        let due = counts.take_baselines_to_save();
+        let bases = self.write_shards("cluster-base", &due, |i| serde_json::to_vec(&counts.baseline_shard(i)));
+        let bases = bases.map_err(|(n, e)| {
+            counts.must_save_baselines(&due[n..]);
+            e
+        });
+        let tracker = self.save_tracker_shards("cluster-shard", counts.tracker_mut());
+        Ok(bases? + tracker?)
     }
 
     pub fn log_path(&self) -> PathBuf {
@@ -334,7 +395,11 @@ impl Store {
         let Ok(entries) = fs::read_dir(self.tracker_dir()) else { return top };
         top + entries
             .flatten()
-            .filter(|e| e.file_name().to_string_lossy().starts_with(".shard-"))
+            .filter(|e| {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                name.starts_with(".shard-") || name.starts_with(".cluster-")
+            })
             .filter(|e| fs::remove_file(e.path()).is_ok())
             .count()
     }
@@ -590,6 +655,52 @@ envoy: { admin: ["http://a"], ecds_dir: /x, wasm: /y }
         assert!(other.try_lock_exclusive().is_err());
         drop(held);
         assert!(other.try_lock_exclusive().is_ok());
+    }
+
+    #[test]
+    fn cluster_baselines_saved_over_intervals_load_back_and_keep_the_window() {
+        use canary_core::metrics::Counter;
+        use canary_judge::evidence::admin::{counter_series, EndpointSample};
+        use canary_judge::evidence::merge::EndpointRead;
+        use canary_judge::window::Window;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.load_cluster_counts().unwrap().is_none());
+        let key = counter_series("r", 0, "v1", Counter::Rq2xx);
+        let reads = |n: u64| -> Vec<EndpointRead> {
+            (0..40)
+                .map(|i| EndpointRead {
+                    endpoint: format!("http://10.2.0.{i}:9901"),
+                    outcome: Ok(EndpointSample {
+                        rollout: "r".into(),
+                        epoch: 0,
+                        uptime_s: Some(100 + n),
+                        active_version: None,
+                        series: [(key.clone(), 1000 + n * 10 + i)].into(),
+                    }),
+                })
+                .collect()
+        };
+        let ok = |c: &mut ClusterCounts, n: u64| {
+            let mut w = Window { epoch: 2, ..Window::default() };
+            c.apply(&reads(n), &mut w);
+            w.version("v1").responses[1]
+        };
+        let mut c = ClusterCounts::default();
+        c.tracker_mut().must_save_all();
+        // A stage's first read, then enough intervals for every baseline shard to be saved.
+        for n in 0..=SHARDS as u64 {
+            ok(&mut c, n);
+            store.save_cluster_counts(&mut c).unwrap();
+        }
+        assert!(dir.path().join("tracker/cluster-shard-00.json").exists());
+        let mut back = store.load_cluster_counts().unwrap().unwrap();
+        let n = SHARDS as u64 + 1;
+        assert_eq!(ok(&mut back, n), ok(&mut c, n));
+        assert_eq!(ok(&mut back, n), 40 * 10 * n, "the whole stage since its first read");
+        // Temp files of interrupted writes of them are removed.
+        std::fs::write(dir.path().join("tracker/.cluster-base-03.json.x"), b"").unwrap();
+        assert_eq!(store.remove_stale_temp_files(), 1);
     }
 
     #[test]

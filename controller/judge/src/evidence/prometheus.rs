@@ -196,16 +196,16 @@ fn describe(labels: &BTreeMap<String, String>) -> String {
     clip(&format!("{name}{{{}}}", rest.join(",")), 200)
 }
 
-fn sample_error(s: &PromSample, problem: impl Into<String>) -> ResponseError {
+pub(crate) fn sample_error(s: &PromSample, problem: impl Into<String>) -> ResponseError {
     ResponseError::Sample { series: describe(&s.labels), problem: problem.into() }
 }
 
-fn label<'a>(s: &'a PromSample, name: &str) -> Result<&'a str, ResponseError> {
+pub(crate) fn label<'a>(s: &'a PromSample, name: &str) -> Result<&'a str, ResponseError> {
     s.labels.get(name).map(String::as_str).ok_or_else(|| sample_error(s, format!("no `{name}` label")))
 }
 
 /// A count: a whole number within 0..=2^53.
-fn count_of(s: &PromSample) -> Result<u64, ResponseError> {
+pub(crate) fn count_of(s: &PromSample) -> Result<u64, ResponseError> {
     let v = s.value;
     if !(v.is_finite() && v >= 0.0 && v.fract() == 0.0 && v <= MAX_COUNT as f64) {
         return Err(sample_error(s, format!("value {v} is not a count (a whole number within 0..=2^53)")));
@@ -224,7 +224,7 @@ pub struct Queries {
 }
 
 /// PromQL string literal (double-quoted, escaped).
-fn promql_string(s: &str) -> String {
+pub(crate) fn promql_string(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for c in s.chars() {
@@ -335,50 +335,16 @@ pub fn reads_from(
         }
         let n = count_of(s)?;
         if bucket {
-            let le = match label(s, "le")? {
-                "+Inf" => f64::INFINITY,
-                text => text
-                    .parse::<f64>()
-                    .ok()
-                    .filter(|le| le.is_finite() && *le >= 0.0)
-                    .ok_or_else(|| sample_error(s, "`le` is not a non-negative number or +Inf"))?,
-            };
+            let le = le_of(s)?;
             cumulative.entry((instance, full)).or_default().push((le, n));
         } else if sample.series.insert(full, n).is_some() {
             return Err(ResponseError::Duplicate(describe(&s.labels)));
         }
     }
-    for ((instance, name), mut buckets) in cumulative {
+    for ((instance, name), buckets) in cumulative {
         let Some(sample) = samples.get_mut(instance) else { continue };
         let key = parse_metric_name(&name).ok_or_else(|| ResponseError::Shape(clip(&name, 160)))?;
-        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-        if buckets.windows(2).any(|w| w[0].0 == w[1].0) {
-            return Err(ResponseError::Duplicate(clip(&format!("{name} (an `le` twice)"), 200)));
-        }
-        let mut below = 0u64;
-        for (i, &(le, cum)) in buckets.iter().enumerate() {
-            let Some(n) = cum.checked_sub(below) else {
-                return Err(ResponseError::Sample {
-                    series: clip(&name, 160),
-                    problem: format!("bucket counts are not cumulative (le {le}: {cum} < {below})"),
-                });
-            };
-            below = cum;
-            if n == 0 {
-                continue;
-            }
-            // Bucket `le = L` holds Envoy's bins whose lower edge is in (previous L, L]: [L, next L).
-            let next = buckets.get(i + 1).map(|b| b.0).filter(|x| x.is_finite());
-            let prev = if i > 0 { Some(buckets[i - 1].0) } else { None };
-            let (lower, width) = match (prev, le.is_finite(), next) {
-                (None, true, Some(next)) => (0.0, next),
-                (None, true, None) => (0.0, le),
-                (_, true, Some(next)) => (le, next - le),
-                (Some(prev), true, None) => (le, le - prev),
-                // +Inf: beyond the last bound; read as the last bound.
-                (Some(prev), false, _) => (prev, 0.0),
-                (None, false, _) => (0.0, 0.0),
-            };
+        for (lower, width, n) in bins_of(&name, buckets)? {
             let series = leaf_bucket_series(rollout, epoch, key.version, key.leaf, lower, width);
             sample.series.insert(series, n);
         }
@@ -395,6 +361,58 @@ pub fn reads_from(
         .collect();
     reads.sort_by(|a, b| a.endpoint.cmp(&b.endpoint));
     Ok(reads)
+}
+
+/// The `le` of a bucket sample: a non-negative number or `+Inf`.
+pub(crate) fn le_of(s: &PromSample) -> Result<f64, ResponseError> {
+    match label(s, "le")? {
+        "+Inf" => Ok(f64::INFINITY),
+        text => text
+            .parse::<f64>()
+            .ok()
+            .filter(|le| le.is_finite() && *le >= 0.0)
+            .ok_or_else(|| sample_error(s, "`le` is not a non-negative number or +Inf")),
+    }
+}
+
+/// One histogram's cumulative `le` buckets (any order) as Envoy's bins,
+/// `(lower, width, count)`, empty ones left out. Envoy exports cumulative
+/// buckets computed from its own log-linear bins, counting a bin under `le`
+/// when the bin's lower edge is `<= le`: bucket `le = L` holds `[L, next L)`;
+/// the first holds `[0, next L)`; `+Inf` is read as the last bound. `name`
+/// names the histogram in errors.
+pub(crate) fn bins_of(name: &str, mut buckets: Vec<(f64, u64)>) -> Result<Vec<(f64, f64, u64)>, ResponseError> {
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    if buckets.windows(2).any(|w| w[0].0 == w[1].0) {
+        return Err(ResponseError::Duplicate(clip(&format!("{name} (an `le` twice)"), 200)));
+    }
+    let mut out = Vec::new();
+    let mut below = 0u64;
+    for (i, &(le, cum)) in buckets.iter().enumerate() {
+        let Some(n) = cum.checked_sub(below) else {
+            return Err(ResponseError::Sample {
+                series: clip(name, 160),
+                problem: format!("bucket counts are not cumulative (le {le}: {cum} < {below})"),
+            });
+        };
+        below = cum;
+        if n == 0 {
+            continue;
+        }
+        let next = buckets.get(i + 1).map(|b| b.0).filter(|x| x.is_finite());
+        let prev = if i > 0 { Some(buckets[i - 1].0) } else { None };
+        let (lower, width) = match (prev, le.is_finite(), next) {
+            (None, true, Some(next)) => (0.0, next),
+            (None, true, None) => (0.0, le),
+            (_, true, Some(next)) => (le, next - le),
+            (Some(prev), true, None) => (le, le - prev),
+            // +Inf: beyond the last bound; read as the last bound.
+            (Some(prev), false, _) => (prev, 0.0),
+            (None, false, _) => (0.0, 0.0),
+        };
+        out.push((lower, width, n));
+    }
+    Ok(out)
 }
 
 /// As the admin source: no more bins or segments per version than any

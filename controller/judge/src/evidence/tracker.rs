@@ -294,6 +294,18 @@ impl ResetTracker {
         self.endpoints.len()
     }
 
+    /// Every corrected series kept for `endpoint`, all epochs (zeros left
+    /// out), without reading it: what it counted as of its last read.
+    pub fn corrected_all(&self, endpoint: &str) -> BTreeMap<String, u64> {
+        let Some(track) = self.endpoints.get(endpoint) else { return BTreeMap::new() };
+        track
+            .series
+            .iter()
+            .filter(|s| s.corrected() > 0)
+            .map(|s| (self.keys.names[s.key as usize].to_string(), s.corrected()))
+            .collect()
+    }
+
     /// Restarts detected so far at `endpoint`.
     pub fn resets(&self, endpoint: &str) -> u64 {
         self.endpoints.get(endpoint).map_or(0, |t| t.resets)

@@ -10,6 +10,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{invalid, RolloutSpec, SpecError};
+pub use crate::evidence::cluster::prometheus::ClusterMetrics;
 
 /// The Envoys this rollout drives.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -79,6 +80,14 @@ pub struct PrometheusSpec {
     #[serde(with = "humantime_serde", default = "default_admin_timeout")]
     #[schemars(schema_with = "crate::status::schema::duration")]
     pub timeout: Duration,
+    /// With `envoy.counts: cluster`: under which names Prometheus holds the
+    /// per-version status codes and latency: `envoy` (Envoy's own
+    /// `envoy_cluster_upstream_rq_*`, per `envoy_cluster_name`; the
+    /// default) or `istio` (`istio_requests_total` and
+    /// `istio_request_duration_milliseconds`, per `destination_version`,
+    /// `reporter="source"`). See `evidence::cluster::prometheus`.
+    #[serde(default, skip_serializing_if = "ClusterMetrics::is_envoy")]
+    pub cluster_metrics: ClusterMetrics,
 }
 
 /// One place the filter's configuration is written to.
@@ -162,11 +171,14 @@ impl RolloutSpec {
                 return Err(invalid("envoy.prometheus.timeout", "must be above 0, e.g. 2s"));
             }
         }
-        if self.envoy.counts == Counts::Cluster && self.envoy.prometheus.is_some() {
-            return Err(invalid(
-                "envoy.counts",
-                "`cluster` is read from the Envoys' admin API only for now: remove envoy.prometheus or use `filter`",
-            ));
+        if let Some(p) = &self.envoy.prometheus {
+            if self.envoy.counts == Counts::Filter && !p.cluster_metrics.is_envoy() {
+                return Err(invalid(
+                    "envoy.prometheus.cluster_metrics",
+                    "names where Prometheus holds per-version status codes and latency, read only with \
+                     `envoy.counts: cluster`: set envoy.counts to `cluster` or remove cluster_metrics",
+                ));
+            }
         }
         let share = self.envoy.max_missing_share;
         if !(share.is_finite() && (0.0..1.0).contains(&share)) {

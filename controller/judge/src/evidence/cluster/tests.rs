@@ -1,6 +1,7 @@
 use super::*;
 use crate::evidence::admin::{bucket_series, counter_series, ReadError};
 use crate::evidence::sample;
+use crate::evidence::tracker::SHARDS;
 
 /// The real answer of Envoy 1.40 to the admin source's query in cluster mode
 /// (rollout `cl` epoch 1, versions v1 and v2; backends failing 2 % with 500
@@ -92,7 +93,7 @@ fn stages_tile_restarts_carry_and_failed_endpoints_keep_their_counts() {
 }
 
 #[test]
-fn the_spec_option_defaults_to_filter_reaches_the_filter_and_refuses_prometheus() {
+fn the_spec_option_defaults_to_filter_reaches_the_filter_and_reads_prometheus_by_envoys_or_istios_names() {
     use crate::spec::{RolloutSpec, SpecError};
     let base = "rollout: r\nchampion: v1\nchallenger: v2\nstages:\n  - { weight_percent: 10 }\n  - { weight_percent: 100 }\ngates:\n  error_rate: { error_tolerance: 1 }\nenvoy:\n  admin: [\"http://127.0.0.1:9901\"]\n  wasm: /x.wasm\n  ecds_dir: /tmp/e\n";
     let spec = RolloutSpec::from_yaml(base).unwrap();
@@ -106,6 +107,150 @@ fn the_spec_option_defaults_to_filter_reaches_the_filter_and_refuses_prometheus(
         other => panic!("expected a refusal, got {other:?}"),
     };
     assert_eq!(field(RolloutSpec::from_yaml(&format!("{base}  counts: envoy\n"))), "envoy.counts");
-    let prom = format!("{base}  counts: cluster\n  prometheus: {{ url: 'http://p:9090', selector: 'job=\"c\"' }}\n");
-    assert_eq!(field(RolloutSpec::from_yaml(&prom)), "envoy.counts");
+    // Over Prometheus too, under Envoy's names (the default) or Istio's.
+    let prom = |counts: &str, extra: &str| {
+        format!("{base}  counts: {counts}\n  prometheus: {{ url: 'http://p:9090', selector: 'job=\"c\"'{extra} }}\n")
+    };
+    let spec = RolloutSpec::from_yaml(&prom("cluster", "")).unwrap();
+    assert_eq!(spec.envoy.prometheus.unwrap().cluster_metrics, prometheus::ClusterMetrics::Envoy);
+    let spec = RolloutSpec::from_yaml(&prom("cluster", ", cluster_metrics: istio")).unwrap();
+    assert_eq!(spec.envoy.prometheus.as_ref().unwrap().cluster_metrics, prometheus::ClusterMetrics::Istio);
+    assert!(spec.to_yaml().contains("cluster_metrics: istio"), "{}", spec.to_yaml());
+    // Names that are never read, or none that exist, are refused with the field.
+    assert_eq!(
+        field(RolloutSpec::from_yaml(&prom("filter", ", cluster_metrics: istio"))),
+        "envoy.prometheus.cluster_metrics"
+    );
+    assert_eq!(
+        field(RolloutSpec::from_yaml(&prom("cluster", ", cluster_metrics: linkerd"))),
+        "envoy.prometheus.cluster_metrics"
+    );
+}
+
+/// Reads of endpoints `a` and `b` at epoch `epoch`: cumulative (2xx, 5xx) each, `None` a failed read.
+fn both(a: Option<(u64, u64, u64)>, b: Option<(u64, u64, u64)>) -> Vec<EndpointRead> {
+    reads(&[("a", a.map(|(u, ok, e)| cum(u, ok, e))), ("b", b.map(|(u, ok, e)| cum(u, ok, e)))])
+}
+
+/// `counts` saved (every shard, as a store does over successive saves) and read back.
+fn saved_and_restored(counts: &mut ClusterCounts) -> ClusterCounts {
+    let bases: Vec<BaselineShard> = (0..SHARDS)
+        .map(|i| serde_json::from_str(&serde_json::to_string(&counts.baseline_shard(i)).unwrap()).unwrap())
+        .collect();
+    let shards: Vec<crate::evidence::tracker::TrackerShard> = (0..SHARDS)
+        .map(|i| serde_json::from_str(&serde_json::to_string(&counts.tracker().shard(i)).unwrap()).unwrap())
+        .collect();
+    ClusterCounts::restore(ResetTracker::from_shards(shards).unwrap(), bases).unwrap()
+}
+
+#[test]
+fn a_controller_restart_mid_stage_keeps_the_stages_window_whole() {
+    // The same reads, with and without a restart between the 3rd and 4th read of epoch 2.
+    let script: Vec<(u64, Vec<EndpointRead>)> = vec![
+        (1, both(Some((10, 100, 0)), Some((10, 50, 0)))),
+        (1, both(Some((11, 130, 2)), Some((11, 60, 0)))),
+        (2, both(Some((12, 140, 2)), Some((12, 60, 1)))),
+        (2, both(Some((13, 170, 3)), Some((13, 75, 1)))),
+        (2, both(Some((14, 190, 3)), None)),
+        // After the restart point: a's Envoy restarts too, b comes back.
+        (2, both(Some((1, 4, 1)), Some((15, 90, 2)))),
+        (2, both(Some((2, 9, 1)), Some((16, 95, 2)))),
+        (3, both(Some((3, 12, 1)), Some((17, 99, 2)))),
+        (3, both(Some((4, 20, 2)), Some((18, 99, 2)))),
+    ];
+    let mut kept = ClusterCounts::default();
+    let want: Vec<(u64, u64)> = script.iter().map(|(e, r)| window(&mut kept, *e, r)).collect();
+    let mut c = ClusterCounts::default();
+    let mut forgot = None;
+    let mut got = vec![];
+    for (i, (e, r)) in script.iter().enumerate() {
+        if i == 5 {
+            // Without its baselines, the restarted controller starts the stage over.
+            forgot = Some(ClusterCounts::restore(saved_and_restored(&mut c).tracker().clone(), []).unwrap());
+            c = saved_and_restored(&mut c);
+        }
+        got.push(window(&mut c, *e, r));
+    }
+    assert_eq!(got, want);
+    // Stage 2 after the restart: a (carried 190 + 9 now) and b (95) since
+    // stage 1's last read (130, 60): 69 + 35 2xx, (3 + 1 − 2) + 2 5xx.
+    assert_eq!(want[6], (104, 4), "{want:?}");
+    let mut forgot = forgot.unwrap();
+    window(&mut forgot, 2, &script[5].1);
+    assert_eq!(window(&mut forgot, 2, &script[6].1), (5 + 5, 0), "the counts since the restart only");
+}
+
+#[test]
+fn a_restart_between_the_deciding_read_and_the_next_stage_loses_evidence_never_misplaces_it() {
+    let mut c = ClusterCounts::default();
+    window(&mut c, 1, &both(Some((10, 100, 0)), Some((10, 50, 0))));
+    // The tracker is saved here (as its rotation may leave it) …
+    let stale = saved_and_restored(&mut c);
+    // … then the deciding read of stage 1 (in memory only), and a restart.
+    window(&mut c, 1, &both(Some((11, 130, 2)), Some((11, 60, 0))));
+    let mut c = ClusterCounts::restore(stale.tracker().clone(), (0..SHARDS).map(|i| c.baseline_shard(i))).unwrap();
+    // Stage 2 starts at its first read after the restart, not at the stale values (130 − 100 is stage 1's).
+    assert_eq!(window(&mut c, 2, &both(Some((12, 140, 2)), Some((12, 60, 1)))), (0, 0));
+    assert_eq!(window(&mut c, 2, &both(Some((13, 150, 3)), Some((13, 61, 1)))), (11, 1));
+}
+
+#[test]
+fn saved_baselines_are_compact_and_written_only_when_they_change() {
+    // Envoys with two versions of 3 counters and 20 latency buckets each.
+    let series: Vec<String> = ["v1", "v2"]
+        .iter()
+        .flat_map(|v| {
+            let counters = [Counter::Rq2xx, Counter::Rq5xx, Counter::RqTimeout]
+                .map(|c| counter_series("r", CUMULATIVE_EPOCH, v, c));
+            let buckets = (0..20).map(move |i| {
+                crate::evidence::admin::bucket_series("r", 0, v, Histogram::LatencyUs, i as f64 * 1000.0, 1000.0)
+            });
+            counters.into_iter().chain(buckets)
+        })
+        .collect();
+    let read = |n: usize, round: u64| -> Vec<EndpointRead> {
+        (0..n)
+            .map(|i| {
+                let values: Vec<(&str, u64)> = series
+                    .iter()
+                    .enumerate()
+                    .map(|(j, k)| (k.as_str(), 1_000_000 + round * 1000 + (i + j) as u64))
+                    .collect();
+                EndpointRead {
+                    endpoint: format!("http://10.{}.{}.1:9901", i / 256, i % 256),
+                    outcome: Ok(sample("r", 0, Some(100 + round), &values)),
+                }
+            })
+            .collect()
+    };
+    // (baseline bytes, tracker bytes) written per save over `rounds` reads of `n` Envoys, stage 2 from read 18.
+    let saves = |n: usize, rounds: u64| {
+        let mut c = ClusterCounts::default();
+        c.tracker_mut().must_save_all();
+        let mut bytes_per_save = vec![];
+        for round in 0..rounds {
+            let epoch = if round < 18 { 1 } else { 2 };
+            let mut w = Window { epoch, ..Window::default() };
+            c.apply(&read(n, round), &mut w);
+            let due = c.take_baselines_to_save();
+            let bases: usize = due.iter().map(|i| serde_json::to_vec(&c.baseline_shard(*i)).unwrap().len()).sum();
+            let due = c.tracker_mut().take_shards_to_save();
+            let tracker: usize = due.iter().map(|i| serde_json::to_vec(&c.tracker().shard(*i)).unwrap().len()).sum();
+            bytes_per_save.push((bases, tracker));
+        }
+        bytes_per_save
+    };
+    let bytes_per_save = saves(300, 36);
+    // Every baseline shard is written once after a stage change, one a save; then none.
+    let written = |from: usize, to: usize| bytes_per_save[from..to].iter().filter(|(b, _)| *b > 0).count();
+    assert_eq!((written(0, 16), written(16, 18)), (16, 0), "{bytes_per_save:?}");
+    assert_eq!((written(18, 34), written(34, 36)), (16, 0), "{bytes_per_save:?}");
+    // At 10 000 Envoys, after the first save (the whole tracker, as a
+    // controller with none saved yet does), at most 1 MB a save: one
+    // baseline shard (a stage change is being written) and one tracker shard.
+    let bytes_per_save = saves(10_000, 2);
+    let worst = bytes_per_save[1].0 + bytes_per_save[1].1;
+    assert!(bytes_per_save[1].0 > 0, "{bytes_per_save:?}");
+    assert!(worst <= 1_000_000, "{worst} bytes: {bytes_per_save:?}");
+    println!("bytes written (baselines, tracker) per save at 10 000 Envoys, worst after the first: {worst}: {bytes_per_save:?}");
 }
