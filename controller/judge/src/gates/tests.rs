@@ -606,3 +606,41 @@ fn every_gate_kind_has_its_descriptor_in_the_registry_once() {
     assert_eq!(descriptors().count(), kinds.len());
     assert_eq!(live_fields(), "error_rate, latency, prediction, timeouts, client_errors or labels");
 }
+
+#[test]
+fn anytime_labels_outside_the_unit_interval_use_the_normal_mixture_sequence() {
+    let g = GatesSpec { method: GateMethod::Anytime, ..sequential() };
+    let w = spread(1000, 0, 10.0);
+    // Revenue-like outcomes: mean `mean`, standard deviation 1, no range kept (unbounded).
+    let stats = |n: u64, mean: f64| LabelStats {
+        n,
+        sum: mean * n as f64,
+        sum_sq: n as f64 * (1.0 + mean * mean),
+        ..Default::default()
+    };
+    let judge = |a: LabelStats, b: LabelStats| {
+        only(
+            &evaluate(&g, &w, &w, &LabelEvidence { champion: a, challenger: b }, StageContext::live(1), &[]),
+            GateKind::Labels,
+        )
+    };
+    let tol = g.labels.as_ref().unwrap().min_degradation_tolerance;
+    let worse = judge(stats(20_000, 10.0), stats(20_000, 10.0 - 0.2));
+    assert_eq!(worse.outcome, Outcome::Fail, "{}", worse.detail);
+    assert!(worse.detail.contains("confidence sequence"), "{}", worse.detail);
+    assert!(worse.difference_interval.unwrap().high < -tol);
+    let same = judge(stats(20_000, 10.0), stats(20_000, 10.0));
+    assert_eq!(same.outcome, Outcome::Pass, "{}", same.detail);
+    assert!(same.difference_interval.unwrap().low >= -tol);
+    // Too few to tell 0.01 below from the tolerance: inconclusive, with a
+    // projection that the gate itself confirms.
+    let unsure = judge(stats(2000, 10.0), stats(2000, 10.0 - 0.5 * tol));
+    assert_eq!(unsure.outcome, Outcome::Inconclusive, "{}", unsure.detail);
+    let more = unsure.needed.expect("a projection");
+    let n = 2000 + more;
+    assert_eq!(judge(stats(n, 10.0), stats(n, 10.0 - 0.5 * tol)).outcome, Outcome::Pass);
+    // Every label the same value: no spread, no verdict.
+    let flat = LabelStats { n: 100, sum: 500.0, sum_sq: 2500.0, ..Default::default() };
+    assert_eq!(judge(flat, flat).outcome, Outcome::NoData);
+}
+
