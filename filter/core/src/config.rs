@@ -51,6 +51,10 @@ pub struct FilterConfig {
     pub qa_override: Option<OverrideConfig>,
     /// Where per-version response counts and latency come from.
     pub counts: Counts,
+    /// Who puts the version and stage tags on responses.
+    pub response_tags: ResponseTags,
+    /// Who removes client-sent copies of the owned headers.
+    pub strip: Strip,
 }
 
 /// [`FilterConfig`] as serialized: the same fields and `hash`. Holds the serde
@@ -89,6 +93,12 @@ struct WireConfig {
     /// use it still reads in a filter built before the field existed.
     #[serde(default, skip_serializing_if = "Counts::is_filter")]
     counts: Counts,
+    /// Written only when not the default (as `counts`).
+    #[serde(default, skip_serializing_if = "ResponseTags::is_filter")]
+    response_tags: ResponseTags,
+    /// Written only when not the default (as `counts`).
+    #[serde(default, skip_serializing_if = "Strip::is_filter")]
+    strip: Strip,
 }
 
 impl From<WireConfig> for FilterConfig {
@@ -112,6 +122,8 @@ impl From<WireConfig> for FilterConfig {
             shadow,
             qa_override,
             counts,
+            response_tags,
+            strip,
         } = w;
         FilterConfig {
             rollout,
@@ -129,6 +141,8 @@ impl From<WireConfig> for FilterConfig {
             shadow,
             qa_override,
             counts,
+            response_tags,
+            strip,
         }
     }
 }
@@ -151,6 +165,8 @@ impl From<FilterConfig> for WireConfig {
             shadow,
             qa_override,
             counts,
+            response_tags,
+            strip,
         } = c;
         WireConfig {
             hash: SplitHash::default(),
@@ -169,6 +185,8 @@ impl From<FilterConfig> for WireConfig {
             shadow,
             qa_override,
             counts,
+            response_tags,
+            strip,
         }
     }
 }
@@ -195,6 +213,56 @@ pub enum Counts {
 impl Counts {
     pub fn is_filter(&self) -> bool {
         *self == Counts::Filter
+    }
+}
+
+/// Who tags responses with the version and stage (and the unkeyed mark)
+/// that served them (`response_tags` in the plugin configuration).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResponseTags {
+    /// The filter sets them on every response: two or three host calls per
+    /// request (the default; works in any Envoy).
+    #[default]
+    Filter,
+    /// Envoy sets them: the route configuration's `response_headers_to_add`
+    /// copies the request's owned headers (`%REQ(x-model-version)%`, ...),
+    /// which the filter set, onto the response. The filter sets none. The
+    /// Envoy configuration must carry that snippet (`envoy/sidecar.yaml`).
+    Envoy,
+    /// Responses are not tagged (the filter sets none, and Envoy is not
+    /// configured to).
+    Off,
+}
+
+impl ResponseTags {
+    pub fn is_filter(&self) -> bool {
+        *self == ResponseTags::Filter
+    }
+}
+
+/// Who removes client-sent copies of the owned headers before routing
+/// (`strip` in the plugin configuration). Either way a client never picks
+/// its version, stage or unkeyed mark.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strip {
+    /// The filter: it replaces the version and stage headers and removes the
+    /// unkeyed header on every keyed request (one host call; the default,
+    /// works in any Envoy).
+    #[default]
+    Filter,
+    /// Envoy's HTTP connection manager removes all three before any HTTP
+    /// filter runs (`early_header_mutation_extensions`, as in
+    /// `envoy/sidecar.yaml`): the filter then sets the unkeyed header only
+    /// on unkeyed requests and removes nothing. Only for an Envoy configured
+    /// so: without it a client-sent unkeyed header would reach the model.
+    Envoy,
+}
+
+impl Strip {
+    pub fn is_filter(&self) -> bool {
+        *self == Strip::Filter
     }
 }
 
@@ -490,6 +558,9 @@ impl FilterConfig {
             shadow: self.shadow.clone(),
             qa_override,
             counts: self.counts,
+            response_tags: self.response_tags,
+            strip: self.strip,
+            shadow_salt: Salt::new(SHADOW_SEED),
         })
     }
 }
@@ -513,7 +584,15 @@ pub struct Plan {
     pub shadow: Option<ShadowConfig>,
     pub qa_override: Option<OverrideConfig>,
     pub counts: Counts,
+    pub response_tags: ResponseTags,
+    pub strip: Strip,
+    /// The shadow sample's salt, hashed once here rather than per request.
+    pub shadow_salt: Salt,
 }
+
+/// Seed perturbation for the shadow sample, so that which users are shadowed
+/// is independent of which users are on the challenger.
+const SHADOW_SEED: &str = "canary-shadow-sample";
 
 impl Plan {
     /// Parse and validate in one step: what the filter does in `on_configure`.
@@ -541,6 +620,11 @@ impl Plan {
     /// the per-segment one.
     pub fn times_requests(&self) -> bool {
         self.counts_versions() || self.segment.is_some()
+    }
+
+    /// The filter sets the response's tags (`response_tags: filter`).
+    pub fn tags_responses(&self) -> bool {
+        self.response_tags == ResponseTags::Filter
     }
 }
 
@@ -733,5 +817,34 @@ mod tests {
         v["counts"] = "filter".into();
         v["shadow"] = serde_json::json!({"cluster": "v2"});
         assert!(Plan::from_json(&serde_json::to_vec(&v).unwrap()).is_ok());
+    }
+
+    #[test]
+    fn response_tags_and_strip_default_to_filter_and_are_written_only_when_not() {
+        let cfg = FilterConfig::from_json(GOOD.as_bytes()).unwrap();
+        assert_eq!((cfg.response_tags, cfg.strip), (ResponseTags::Filter, Strip::Filter));
+        let json = cfg.to_json();
+        assert!(!json.contains("response_tags") && !json.contains("strip"), "{json}");
+        for (tags, strip) in [(ResponseTags::Envoy, Strip::Envoy), (ResponseTags::Off, Strip::Filter)] {
+            let c = FilterConfig { response_tags: tags, strip, ..cfg.clone() };
+            let written: serde_json::Value = serde_json::from_str(&c.to_json()).unwrap();
+            assert_eq!(written["response_tags"], serde_json::to_value(tags).unwrap());
+            assert_eq!(written.get("strip").is_some(), strip == Strip::Envoy, "{written}");
+            assert_eq!(FilterConfig::from_json(c.to_json().as_bytes()).unwrap(), c);
+        }
+        let plan = Plan::from_json(&with("response_tags", "envoy".into())).unwrap();
+        assert!(!plan.tags_responses());
+        assert_eq!(Plan::from_json(&with("strip", "envoy".into())).unwrap().strip, Strip::Envoy);
+    }
+
+    #[test]
+    fn unknown_response_tags_or_strip_are_refused_and_named() {
+        for field in ["response_tags", "strip"] {
+            for value in [serde_json::json!("Envoy"), serde_json::json!("native"), serde_json::json!(true)] {
+                let e = refused(&with(field, value.clone()));
+                assert_eq!(e.field(), field, "{value}: {e}");
+            }
+        }
+        assert_eq!(refused(&with("strip", "off".into())).field(), "strip");
     }
 }

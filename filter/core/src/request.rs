@@ -14,11 +14,11 @@
 //!                       limit, binned from JSON at the end
 //! ```
 
-use crate::config::{KeySource, Plan, UnkeyedPolicy};
+use crate::config::{KeySource, Plan, Strip, UnkeyedPolicy};
 use crate::headers::cookie_value;
 use crate::metrics::{Counter, Histogram, Metric, Stat};
 use crate::predict::PredictionSource;
-use crate::split::{arm_for, Arm, Salt};
+use crate::split::{arm_for, Arm};
 
 /// What the request path needs from the proxy.
 pub trait Host {
@@ -47,10 +47,6 @@ pub trait Host {
 
 /// Header that Envoy fills with a unique id per request.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
-
-/// Seed perturbation for the shadow sample, so that which users are shadowed
-/// is independent of which users are on the challenger.
-const SHADOW_SEED: &str = "canary-shadow-sample";
 
 /// The routing decision for one request, kept for its response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,7 +159,7 @@ pub fn route_request<H: Host + ?Sized>(plan: &Plan, host: &mut H) -> Routed {
         _ if forced.is_some() => false,
         (Some(s), Arm::Champion) => {
             let input = hash_input.or_else(|| host.request_header(REQUEST_ID_HEADER)).unwrap_or_default();
-            arm_for(Salt::new(SHADOW_SEED).bucket_with(&plan.salt, &input), s.sample_bp) == Arm::Challenger
+            arm_for(plan.shadow_salt.bucket_with(&plan.salt, &input), s.sample_bp) == Arm::Challenger
         }
         _ => false,
     };
@@ -174,7 +170,13 @@ pub fn route_request<H: Host + ?Sized>(plan: &Plan, host: &mut H) -> Routed {
     // Setting replaces any client-sent copy: no client picks its version.
     host.set_request_header(&h.version, Some(plan.version(arm).as_bytes()));
     host.set_request_header(&h.stage, Some(plan.stage.as_bytes()));
-    host.set_request_header(&h.unkeyed, unkeyed.then_some(b"1".as_slice()));
+    if unkeyed {
+        host.set_request_header(&h.unkeyed, Some(b"1"));
+    } else if plan.strip == Strip::Filter {
+        // A client-sent copy on a keyed request is removed here, unless Envoy
+        // already removed every copy before any filter ran (`strip: envoy`).
+        host.set_request_header(&h.unkeyed, None);
+    }
     // No explicit route-cache clear: Envoy clears it on every request-header
     // change a Wasm filter makes, and the extra foreign-function call cost
     // ~3.7 µs per request (bench/ablate.sh). tests/integration/split.rs checks the route.
@@ -189,11 +191,15 @@ pub fn route_request<H: Host + ?Sized>(plan: &Plan, host: &mut H) -> Routed {
 /// status class, records its latency and starts the prediction capture.
 /// `end_of_stream`: the response has no body.
 pub fn tag_response<H: Host + ?Sized>(plan: &Plan, host: &mut H, routed: Routed, end_of_stream: bool) -> Exchange {
-    let h = &plan.headers;
-    host.set_response_header(&h.version, Some(plan.version(routed.arm).as_bytes()));
-    host.set_response_header(&h.stage, Some(plan.stage.as_bytes()));
-    if routed.unkeyed {
-        host.set_response_header(&h.unkeyed, Some(b"1"));
+    // With `response_tags: envoy` the route's `response_headers_to_add`
+    // copies the request's tags natively; with `off` nobody does.
+    if plan.tags_responses() {
+        let h = &plan.headers;
+        host.set_response_header(&h.version, Some(plan.version(routed.arm).as_bytes()));
+        host.set_response_header(&h.stage, Some(plan.stage.as_bytes()));
+        if routed.unkeyed {
+            host.set_response_header(&h.unkeyed, Some(b"1"));
+        }
     }
     // Per version only with `counts: filter`; per segment in either mode.
     let versions = plan.counts_versions();
@@ -299,6 +305,10 @@ mod tests_support {
         pub marks: Vec<(String, Vec<u8>)>,
         /// How many times `:status` was read.
         pub status_reads: std::cell::Cell<u32>,
+        /// Host calls that cross into the proxy (each one about 1 µs in
+        /// Envoy's V8): every method but `increment`, which the filter holds
+        /// in its memory and hands over in batches.
+        pub crossings: std::cell::Cell<u32>,
     }
 
     pub type Fake = FakeHost;
@@ -337,38 +347,54 @@ mod tests_support {
         pub fn clock_reads(&self) -> u64 {
             self.clock_ns.get() / 1_500_000
         }
+        fn cross(&self) {
+            self.crossings.set(self.crossings.get() + 1);
+        }
+        /// Host calls so far, and starts counting again from zero.
+        pub fn take_crossings(&self) -> u32 {
+            self.crossings.replace(0)
+        }
     }
 
     impl Host for FakeHost {
         fn request_header(&self, name: &str) -> Option<Vec<u8>> {
+            self.cross();
             self.request.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone())
         }
         fn set_request_header(&mut self, name: &str, value: Option<&[u8]>) {
+            self.cross();
             Self::set(&mut self.request, name, value)
         }
         fn response_header(&self, name: &str) -> Option<Vec<u8>> {
+            self.cross();
             self.response.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone())
         }
         fn set_response_header(&mut self, name: &str, value: Option<&[u8]>) {
+            self.cross();
             Self::set(&mut self.response, name, value)
         }
         fn response_status(&self) -> Option<u16> {
+            self.cross();
             self.status_reads.set(self.status_reads.get() + 1);
             self.status
         }
         fn response_body(&self, size: usize) -> Option<Vec<u8>> {
+            self.cross();
             Some(self.body[..size.min(self.body.len())].to_vec())
         }
         fn increment(&mut self, metric: Metric) {
             *self.counts.entry(metric).or_default() += 1;
         }
         fn record(&mut self, metric: Metric, value: u64) {
+            self.cross();
             self.recorded.push((metric, value));
         }
         fn mark(&mut self, key: &str, value: &[u8]) {
+            self.cross();
             self.marks.push((key.to_string(), value.to_vec()));
         }
         fn now_nanos(&self) -> u64 {
+            self.cross();
             // Each look at the clock is 1.5 ms later than the one before.
             self.clock_ns.set(self.clock_ns.get() + 1_500_000);
             self.clock_ns.get()
@@ -380,6 +406,7 @@ mod tests_support {
 mod tests {
     use super::tests_support::FakeHost;
     use super::*;
+    use crate::split::Salt;
 
     fn plan(weight_bp: u64, extra: &str) -> Plan {
         Plan::from_json(
@@ -680,5 +707,103 @@ mod capture_tests {
         assert_eq!(host.count_of(Arm::Champion, Counter::RqTimeout), 0);
         let latency = Stat::Histogram(Histogram::LatencyUs);
         assert_eq!(host.recorded, vec![(Metric::Segment(Arm::Champion, 1, latency), 1500)]);
+    }
+}
+
+#[cfg(test)]
+mod envoy_mode_tests {
+    use super::tests_support::Fake;
+    use super::*;
+    use crate::metrics::Counter;
+
+    fn plan_with(extra: &str) -> Plan {
+        Plan::from_json(
+            format!(
+                r#"{{"rollout":"r","epoch":1,"stage":"s","salt":"salt","champion":"v1","challenger":"v2",
+                    "challenger_weight_bp":5000{extra}}}"#
+            )
+            .as_bytes(),
+        )
+        .unwrap()
+    }
+
+    /// Host calls of one keyed and one unkeyed request: (request side,
+    /// response side) each.
+    fn crossings(plan: &Plan) -> [(u32, u32); 2] {
+        let mut out = [(0, 0); 2];
+        for (i, key) in [Some("u"), None].into_iter().enumerate() {
+            let mut host = Fake::default().with_status(200);
+            if let Some(k) = key {
+                host = host.with_request_header("x-user-id", k);
+            }
+            let routed = route_request(plan, &mut host);
+            let request = host.take_crossings();
+            tag_response(plan, &mut host, routed, true);
+            out[i] = (request, host.take_crossings());
+        }
+        out
+    }
+
+    #[test]
+    fn today_s_default_costs_these_host_calls() {
+        // Keyed: clock, key, version, stage, unkeyed removed | tags x2, status, clock, latency.
+        // Unkeyed: clock, key, version, stage, unkeyed set | tags x3, status, clock, latency.
+        assert_eq!(crossings(&plan_with("")), [(5, 5), (5, 6)]);
+        assert_eq!(crossings(&plan_with(r#","counts":"cluster""#)), [(4, 2), (4, 3)]);
+    }
+
+    #[test]
+    fn envoy_response_tags_set_no_response_header() {
+        let plan = plan_with(r#","response_tags":"envoy""#);
+        assert_eq!(crossings(&plan), [(5, 3), (5, 3)]);
+        let mut host = Fake::default().with_status(200);
+        let routed = route_request(&plan, &mut host);
+        assert!(routed.unkeyed);
+        tag_response(&plan, &mut host, routed, true);
+        assert!(host.response.is_empty(), "{:?}", host.response);
+        // The request still carries what Envoy copies onto the response.
+        assert_eq!(host.req("x-model-version").as_deref(), Some("v1"));
+        assert_eq!(host.req("x-canary-stage").as_deref(), Some("s"));
+        assert_eq!(host.req("x-canary-unkeyed").as_deref(), Some("1"));
+        assert_eq!(host.count_of(Arm::Champion, Counter::Rq2xx), 1);
+        // `off`: the filter does the same (and Envoy is not configured to tag).
+        let off = plan_with(r#","response_tags":"off""#);
+        assert_eq!(crossings(&off), [(5, 3), (5, 3)]);
+    }
+
+    #[test]
+    fn envoy_strip_removes_nothing_and_marks_only_unkeyed_requests() {
+        let plan = plan_with(r#","strip":"envoy""#);
+        // One fewer call on keyed requests; unkeyed ones are marked as ever.
+        assert_eq!(crossings(&plan), [(4, 5), (5, 6)]);
+        let mut host = Fake::default().with_request_header("x-user-id", "u");
+        route_request(&plan, &mut host);
+        assert_eq!(host.req("x-canary-unkeyed"), None);
+        let mut host = Fake::default();
+        route_request(&plan, &mut host);
+        assert_eq!(host.req("x-canary-unkeyed").as_deref(), Some("1"));
+    }
+
+    #[test]
+    fn envoy_tags_strip_and_cluster_counts_together_leave_key_version_and_stage() {
+        let plan = plan_with(r#","response_tags":"envoy","strip":"envoy","counts":"cluster""#);
+        // Keyed: key read, version and stage set; nothing on the response.
+        assert_eq!(crossings(&plan), [(3, 0), (4, 0)]);
+    }
+
+    #[test]
+    fn the_shadow_sample_is_the_same_with_its_salt_hashed_once() {
+        let plan = plan_with(r#","shadow":{"cluster":"v2-shadow","sample_bp":2500}"#);
+        let seed = crate::split::Salt::new("canary-shadow-sample");
+        assert_eq!(plan.shadow_salt, seed);
+        for i in 0..2000 {
+            let user = format!("user-{i}");
+            let mut host = Fake::default().with_request_header("x-user-id", &user);
+            let routed = route_request(&plan, &mut host);
+            let expected = routed.arm == Arm::Champion
+                && arm_for(seed.bucket_with(&plan.salt, user.as_bytes()), crate::Weight::from_bp(2500).unwrap())
+                    == Arm::Challenger;
+            assert_eq!(routed.shadow, expected, "{user}");
+        }
     }
 }
