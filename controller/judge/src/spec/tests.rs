@@ -476,3 +476,28 @@ fn a_prediction_gate_that_ignores_missing_data_needs_no_prediction_config() {
     assert!(spec.filter.prediction.is_none());
     assert_eq!(spec.gates.prediction.unwrap().on_no_data, NoDataPolicy::Ignore);
 }
+
+#[test]
+fn response_tags_and_strip_pass_through_to_every_stage_and_default_to_the_filter() {
+    use canary_core::config::{ResponseTags, Strip};
+    let spec = RolloutSpec::from_yaml(EXAMPLE).unwrap();
+    let c = spec.filter_config(&spec.stage_name(0), spec.stage_weight(0), 1, false);
+    assert_eq!((c.response_tags, c.strip), (ResponseTags::Filter, Strip::Filter));
+    assert!(!spec.to_yaml().contains("response_tags") && !spec.to_yaml().contains("strip"));
+    let text = EXAMPLE.replace(
+        "  key: [{ header: x-user-id }, { cookie: uid }]\n",
+        "  key: [{ header: x-user-id }, { cookie: uid }]\n  response_tags: envoy\n  strip: envoy\n",
+    );
+    let spec = RolloutSpec::from_yaml(&text).unwrap();
+    for i in 0..spec.stages.len() {
+        let c = spec.filter_config(&spec.stage_name(i), spec.stage_weight(i), 2, false);
+        assert_eq!((c.response_tags, c.strip), (ResponseTags::Envoy, Strip::Envoy));
+        assert!(!c.validate().unwrap().tags_responses());
+    }
+    assert_eq!(RolloutSpec::from_yaml(&spec.to_yaml()).unwrap(), spec);
+    let off = with(&["filter", "response_tags"], "off".into()).unwrap();
+    assert_eq!(off.filter.response_tags, ResponseTags::Off);
+    // Unknown values are refused, naming the field.
+    assert!(field_of(with(&["filter", "response_tags"], "native".into())).contains("response_tags"));
+    assert!(field_of(with(&["filter", "strip"], "off".into())).contains("strip"));
+}
