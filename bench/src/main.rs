@@ -293,6 +293,22 @@ const ROWS: &[RowDef] = &[
         json_baseline: false,
     },
     RowDef {
+        key: "split_strip_cluster",
+        label: "4g. canary filter (V8), split, strip: envoy, counts: cluster",
+        envoy: "split_strip_cluster",
+        path: SMALL_PATH,
+        capture: false,
+        json_baseline: false,
+    },
+    RowDef {
+        key: "noop_strip",
+        label: "2s. no-op wasm filter (V8) + Envoy's strip",
+        envoy: "noop_strip",
+        path: SMALL_PATH,
+        capture: false,
+        json_baseline: false,
+    },
+    RowDef {
         key: "noop_envoy",
         label: "2e. no-op wasm filter (V8) + Envoy's strip and response tags",
         envoy: "noop_envoy",
@@ -357,6 +373,13 @@ const COMPARISONS: &[(&str, &str)] = &[
     ("split_envoy_cluster", "split_cluster"),
     ("split_envoy_cluster", "split_envoy"),
     ("noop_envoy", "noop"),
+    ("noop_strip", "noop"),
+    ("noop_envoy", "noop_strip"),
+    ("split_strip_cluster", "none"),
+    ("split_strip_cluster", "noop"),
+    ("split_strip_cluster", "split_cluster"),
+    ("split_envoy_cluster", "split_strip_cluster"),
+    ("split_strip_cluster", "noop_strip"),
     ("split_envoy", "noop_envoy"),
     ("split_envoy_cluster", "noop_envoy"),
     ("split_alt", "none"),
@@ -429,6 +452,19 @@ fn envoy_defs(args: &RunArgs) -> Vec<EnvoyDef> {
             describe: "bench-wasm-envoy.yaml + canary_filter.wasm, response_tags: envoy, strip: envoy, counts: cluster"
                 .into(),
             spec: wasm_envoy(&args.filter_wasm, split_config(&format!(r#"{ENVOY_MODES},"counts":"cluster""#))),
+        },
+        EnvoyDef {
+            key: "split_strip_cluster",
+            describe: "bench-wasm-strip.yaml + canary_filter.wasm, strip: envoy, counts: cluster".into(),
+            spec: Spec {
+                template: "bench-wasm-strip.yaml".into(),
+                ..wasm(&args.filter_wasm, split_config(r#","strip":"envoy","counts":"cluster""#))
+            },
+        },
+        EnvoyDef {
+            key: "noop_strip",
+            describe: "bench-wasm-strip.yaml + canary_noop_filter.wasm".into(),
+            spec: Spec { template: "bench-wasm-strip.yaml".into(), ..wasm(&args.noop_wasm, "{}".into()) },
         },
         EnvoyDef {
             key: "noop_envoy",
@@ -1258,6 +1294,7 @@ fn targets(
         ("split_cluster", "none", "noop"),
         ("split_envoy", "none", "noop"),
         ("split_envoy_cluster", "none", "noop"),
+        ("split_strip_cluster", "none", "noop"),
         ("pred_header", "none", "noop"),
         ("pred_json", "none_json", "noop_json"),
     ] {
