@@ -277,17 +277,9 @@ const ROWS: &[RowDef] = &[
         json_baseline: false,
     },
     RowDef {
-        key: "split_envoy",
-        label: "4e. canary filter (V8), split, response_tags + strip: envoy",
-        envoy: "split_envoy",
-        path: SMALL_PATH,
-        capture: false,
-        json_baseline: false,
-    },
-    RowDef {
-        key: "split_envoy_cluster",
-        label: "4f. canary filter (V8), split, response_tags + strip: envoy, counts: cluster",
-        envoy: "split_envoy_cluster",
+        key: "split_strip",
+        label: "4s. canary filter (V8), split, strip: envoy",
+        envoy: "split_strip",
         path: SMALL_PATH,
         capture: false,
         json_baseline: false,
@@ -304,14 +296,6 @@ const ROWS: &[RowDef] = &[
         key: "noop_strip",
         label: "2s. no-op wasm filter (V8) + Envoy's strip",
         envoy: "noop_strip",
-        path: SMALL_PATH,
-        capture: false,
-        json_baseline: false,
-    },
-    RowDef {
-        key: "noop_envoy",
-        label: "2e. no-op wasm filter (V8) + Envoy's strip and response tags",
-        envoy: "noop_envoy",
         path: SMALL_PATH,
         capture: false,
         json_baseline: false,
@@ -365,30 +349,19 @@ const COMPARISONS: &[(&str, &str)] = &[
     ("split_cluster", "none"),
     ("split_cluster", "noop"),
     ("split_cluster", "split"),
-    ("split_envoy", "none"),
-    ("split_envoy", "noop"),
-    ("split_envoy", "split"),
-    ("split_envoy_cluster", "none"),
-    ("split_envoy_cluster", "noop"),
-    ("split_envoy_cluster", "split_cluster"),
-    ("split_envoy_cluster", "split_envoy"),
-    ("noop_envoy", "noop"),
     ("noop_strip", "noop"),
-    ("noop_envoy", "noop_strip"),
+    ("split_strip", "none"),
+    ("split_strip", "noop"),
+    ("split_strip", "split"),
+    ("split_strip", "noop_strip"),
     ("split_strip_cluster", "none"),
     ("split_strip_cluster", "noop"),
     ("split_strip_cluster", "split_cluster"),
-    ("split_envoy_cluster", "split_strip_cluster"),
     ("split_strip_cluster", "noop_strip"),
-    ("split_envoy", "noop_envoy"),
-    ("split_envoy_cluster", "noop_envoy"),
     ("split_alt", "none"),
     ("split_alt", "noop"),
     ("split_alt", "split"),
 ];
-
-/// The filter configuration of the rows where Envoy strips and tags.
-const ENVOY_MODES: &str = r#","response_tags":"envoy","strip":"envoy""#;
 
 const BINS: &str = "[0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9]";
 
@@ -420,9 +393,9 @@ fn envoy_defs(args: &RunArgs) -> Vec<EnvoyDef> {
         wasm: Some(w.to_path_buf()),
         plugin_config: Some(config),
     };
-    // Envoy strips the owned headers and tags responses natively (`response_tags`
-    // and `strip: envoy`): the same filter, the template with those pieces.
-    let wasm_envoy = |w: &Path, config: String| Spec { template: "bench-wasm-envoy.yaml".into(), ..wasm(w, config) };
+    // Envoy strips the owned headers natively (`strip: envoy`): the same filter,
+    // the template with the early header mutation.
+    let wasm_strip = |w: &Path, config: String| Spec { template: "bench-wasm-strip.yaml".into(), ..wasm(w, config) };
     let plain = |t: &str| Spec { template: t.into(), wasm: None, plugin_config: None };
     let mut defs = vec![
         EnvoyDef { key: "plain", describe: "bench-plain.yaml".into(), spec: plain("bench-plain.yaml") },
@@ -443,33 +416,19 @@ fn envoy_defs(args: &RunArgs) -> Vec<EnvoyDef> {
             spec: wasm(&args.filter_wasm, split_config(r#","counts":"cluster""#)),
         },
         EnvoyDef {
-            key: "split_envoy",
-            describe: "bench-wasm-envoy.yaml + canary_filter.wasm, response_tags: envoy, strip: envoy".into(),
-            spec: wasm_envoy(&args.filter_wasm, split_config(ENVOY_MODES)),
-        },
-        EnvoyDef {
-            key: "split_envoy_cluster",
-            describe: "bench-wasm-envoy.yaml + canary_filter.wasm, response_tags: envoy, strip: envoy, counts: cluster"
-                .into(),
-            spec: wasm_envoy(&args.filter_wasm, split_config(&format!(r#"{ENVOY_MODES},"counts":"cluster""#))),
+            key: "split_strip",
+            describe: "bench-wasm-strip.yaml + canary_filter.wasm, strip: envoy".into(),
+            spec: wasm_strip(&args.filter_wasm, split_config(r#","strip":"envoy""#)),
         },
         EnvoyDef {
             key: "split_strip_cluster",
             describe: "bench-wasm-strip.yaml + canary_filter.wasm, strip: envoy, counts: cluster".into(),
-            spec: Spec {
-                template: "bench-wasm-strip.yaml".into(),
-                ..wasm(&args.filter_wasm, split_config(r#","strip":"envoy","counts":"cluster""#))
-            },
+            spec: wasm_strip(&args.filter_wasm, split_config(r#","strip":"envoy","counts":"cluster""#)),
         },
         EnvoyDef {
             key: "noop_strip",
             describe: "bench-wasm-strip.yaml + canary_noop_filter.wasm".into(),
-            spec: Spec { template: "bench-wasm-strip.yaml".into(), ..wasm(&args.noop_wasm, "{}".into()) },
-        },
-        EnvoyDef {
-            key: "noop_envoy",
-            describe: "bench-wasm-envoy.yaml + canary_noop_filter.wasm".into(),
-            spec: wasm_envoy(&args.noop_wasm, "{}".into()),
+            spec: wasm_strip(&args.noop_wasm, "{}".into()),
         },
         EnvoyDef {
             key: "pred_header",
@@ -1292,8 +1251,7 @@ fn targets(
         ("split", "none", "noop"),
         ("split_alt", "none", "noop"),
         ("split_cluster", "none", "noop"),
-        ("split_envoy", "none", "noop"),
-        ("split_envoy_cluster", "none", "noop"),
+        ("split_strip", "none", "noop"),
         ("split_strip_cluster", "none", "noop"),
         ("pred_header", "none", "noop"),
         ("pred_json", "none_json", "noop_json"),

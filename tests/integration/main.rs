@@ -10,7 +10,7 @@ mod dashboard;
 mod demo;
 mod docs;
 mod envoy_configs;
-mod envoy_tags;
+mod envoy_strip;
 mod faults;
 mod faults_kill;
 mod hostile;

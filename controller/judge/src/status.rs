@@ -92,10 +92,6 @@ pub mod schema {
         json_schema!({ "type": "string", "enum": ["filter", "cluster"] })
     }
 
-    pub fn response_tags(_: &mut SchemaGenerator) -> Schema {
-        json_schema!({ "type": "string", "enum": ["filter", "envoy", "off"] })
-    }
-
     pub fn strip(_: &mut SchemaGenerator) -> Schema {
         json_schema!({ "type": "string", "enum": ["filter", "envoy"] })
     }

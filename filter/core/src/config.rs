@@ -51,8 +51,6 @@ pub struct FilterConfig {
     pub qa_override: Option<OverrideConfig>,
     /// Where per-version response counts and latency come from.
     pub counts: Counts,
-    /// Who puts the version and stage tags on responses.
-    pub response_tags: ResponseTags,
     /// Who removes client-sent copies of the owned headers.
     pub strip: Strip,
 }
@@ -94,9 +92,6 @@ struct WireConfig {
     #[serde(default, skip_serializing_if = "Counts::is_filter")]
     counts: Counts,
     /// Written only when not the default (as `counts`).
-    #[serde(default, skip_serializing_if = "ResponseTags::is_filter")]
-    response_tags: ResponseTags,
-    /// Written only when not the default (as `counts`).
     #[serde(default, skip_serializing_if = "Strip::is_filter")]
     strip: Strip,
 }
@@ -122,7 +117,6 @@ impl From<WireConfig> for FilterConfig {
             shadow,
             qa_override,
             counts,
-            response_tags,
             strip,
         } = w;
         FilterConfig {
@@ -141,7 +135,6 @@ impl From<WireConfig> for FilterConfig {
             shadow,
             qa_override,
             counts,
-            response_tags,
             strip,
         }
     }
@@ -165,7 +158,6 @@ impl From<FilterConfig> for WireConfig {
             shadow,
             qa_override,
             counts,
-            response_tags,
             strip,
         } = c;
         WireConfig {
@@ -185,7 +177,6 @@ impl From<FilterConfig> for WireConfig {
             shadow,
             qa_override,
             counts,
-            response_tags,
             strip,
         }
     }
@@ -213,31 +204,6 @@ pub enum Counts {
 impl Counts {
     pub fn is_filter(&self) -> bool {
         *self == Counts::Filter
-    }
-}
-
-/// Who tags responses with the version and stage (and the unkeyed mark)
-/// that served them (`response_tags` in the plugin configuration).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ResponseTags {
-    /// The filter sets them on every response: two or three host calls per
-    /// request (the default; works in any Envoy).
-    #[default]
-    Filter,
-    /// Envoy sets them: the route configuration's `response_headers_to_add`
-    /// copies the request's owned headers (`%REQ(x-model-version)%`, ...),
-    /// which the filter set, onto the response. The filter sets none. The
-    /// Envoy configuration must carry that snippet (`envoy/sidecar.yaml`).
-    Envoy,
-    /// Responses are not tagged (the filter sets none, and Envoy is not
-    /// configured to).
-    Off,
-}
-
-impl ResponseTags {
-    pub fn is_filter(&self) -> bool {
-        *self == ResponseTags::Filter
     }
 }
 
@@ -558,7 +524,6 @@ impl FilterConfig {
             shadow: self.shadow.clone(),
             qa_override,
             counts: self.counts,
-            response_tags: self.response_tags,
             strip: self.strip,
             shadow_salt: Salt::new(SHADOW_SEED),
         })
@@ -584,7 +549,6 @@ pub struct Plan {
     pub shadow: Option<ShadowConfig>,
     pub qa_override: Option<OverrideConfig>,
     pub counts: Counts,
-    pub response_tags: ResponseTags,
     pub strip: Strip,
     /// The shadow sample's salt, hashed once here rather than per request.
     pub shadow_salt: Salt,
@@ -620,11 +584,6 @@ impl Plan {
     /// the per-segment one.
     pub fn times_requests(&self) -> bool {
         self.counts_versions() || self.segment.is_some()
-    }
-
-    /// The filter sets the response's tags (`response_tags: filter`).
-    pub fn tags_responses(&self) -> bool {
-        self.response_tags == ResponseTags::Filter
     }
 }
 
@@ -820,31 +779,22 @@ mod tests {
     }
 
     #[test]
-    fn response_tags_and_strip_default_to_filter_and_are_written_only_when_not() {
+    fn strip_defaults_to_filter_and_is_written_only_when_envoy() {
         let cfg = FilterConfig::from_json(GOOD.as_bytes()).unwrap();
-        assert_eq!((cfg.response_tags, cfg.strip), (ResponseTags::Filter, Strip::Filter));
-        let json = cfg.to_json();
-        assert!(!json.contains("response_tags") && !json.contains("strip"), "{json}");
-        for (tags, strip) in [(ResponseTags::Envoy, Strip::Envoy), (ResponseTags::Off, Strip::Filter)] {
-            let c = FilterConfig { response_tags: tags, strip, ..cfg.clone() };
-            let written: serde_json::Value = serde_json::from_str(&c.to_json()).unwrap();
-            assert_eq!(written["response_tags"], serde_json::to_value(tags).unwrap());
-            assert_eq!(written.get("strip").is_some(), strip == Strip::Envoy, "{written}");
-            assert_eq!(FilterConfig::from_json(c.to_json().as_bytes()).unwrap(), c);
-        }
-        let plan = Plan::from_json(&with("response_tags", "envoy".into())).unwrap();
-        assert!(!plan.tags_responses());
+        assert_eq!(cfg.strip, Strip::Filter);
+        assert!(!cfg.to_json().contains("strip"), "{}", cfg.to_json());
+        let envoy = FilterConfig { strip: Strip::Envoy, ..cfg };
+        let written: serde_json::Value = serde_json::from_str(&envoy.to_json()).unwrap();
+        assert_eq!(written["strip"], "envoy");
+        assert_eq!(FilterConfig::from_json(envoy.to_json().as_bytes()).unwrap(), envoy);
         assert_eq!(Plan::from_json(&with("strip", "envoy".into())).unwrap().strip, Strip::Envoy);
     }
 
     #[test]
-    fn unknown_response_tags_or_strip_are_refused_and_named() {
-        for field in ["response_tags", "strip"] {
-            for value in [serde_json::json!("Envoy"), serde_json::json!("native"), serde_json::json!(true)] {
-                let e = refused(&with(field, value.clone()));
-                assert_eq!(e.field(), field, "{value}: {e}");
-            }
+    fn unknown_strip_is_refused_and_named() {
+        for value in [serde_json::json!("Envoy"), serde_json::json!("off"), serde_json::json!(true)] {
+            let e = refused(&with("strip", value.clone()));
+            assert_eq!(e.field(), "strip", "{value}: {e}");
         }
-        assert_eq!(refused(&with("strip", "off".into())).field(), "strip");
     }
 }

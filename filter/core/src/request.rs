@@ -191,15 +191,11 @@ pub fn route_request<H: Host + ?Sized>(plan: &Plan, host: &mut H) -> Routed {
 /// status class, records its latency and starts the prediction capture.
 /// `end_of_stream`: the response has no body.
 pub fn tag_response<H: Host + ?Sized>(plan: &Plan, host: &mut H, routed: Routed, end_of_stream: bool) -> Exchange {
-    // With `response_tags: envoy` the route's `response_headers_to_add`
-    // copies the request's tags natively; with `off` nobody does.
-    if plan.tags_responses() {
-        let h = &plan.headers;
-        host.set_response_header(&h.version, Some(plan.version(routed.arm).as_bytes()));
-        host.set_response_header(&h.stage, Some(plan.stage.as_bytes()));
-        if routed.unkeyed {
-            host.set_response_header(&h.unkeyed, Some(b"1"));
-        }
+    let h = &plan.headers;
+    host.set_response_header(&h.version, Some(plan.version(routed.arm).as_bytes()));
+    host.set_response_header(&h.stage, Some(plan.stage.as_bytes()));
+    if routed.unkeyed {
+        host.set_response_header(&h.unkeyed, Some(b"1"));
     }
     // Per version only with `counts: filter`; per segment in either mode.
     let versions = plan.counts_versions();
@@ -711,10 +707,9 @@ mod capture_tests {
 }
 
 #[cfg(test)]
-mod envoy_mode_tests {
+mod strip_tests {
     use super::tests_support::Fake;
     use super::*;
-    use crate::metrics::Counter;
 
     fn plan_with(extra: &str) -> Plan {
         Plan::from_json(
@@ -753,25 +748,6 @@ mod envoy_mode_tests {
     }
 
     #[test]
-    fn envoy_response_tags_set_no_response_header() {
-        let plan = plan_with(r#","response_tags":"envoy""#);
-        assert_eq!(crossings(&plan), [(5, 3), (5, 3)]);
-        let mut host = Fake::default().with_status(200);
-        let routed = route_request(&plan, &mut host);
-        assert!(routed.unkeyed);
-        tag_response(&plan, &mut host, routed, true);
-        assert!(host.response.is_empty(), "{:?}", host.response);
-        // The request still carries what Envoy copies onto the response.
-        assert_eq!(host.req("x-model-version").as_deref(), Some("v1"));
-        assert_eq!(host.req("x-canary-stage").as_deref(), Some("s"));
-        assert_eq!(host.req("x-canary-unkeyed").as_deref(), Some("1"));
-        assert_eq!(host.count_of(Arm::Champion, Counter::Rq2xx), 1);
-        // `off`: the filter does the same (and Envoy is not configured to tag).
-        let off = plan_with(r#","response_tags":"off""#);
-        assert_eq!(crossings(&off), [(5, 3), (5, 3)]);
-    }
-
-    #[test]
     fn envoy_strip_removes_nothing_and_marks_only_unkeyed_requests() {
         let plan = plan_with(r#","strip":"envoy""#);
         // One fewer call on keyed requests; unkeyed ones are marked as ever.
@@ -785,10 +761,10 @@ mod envoy_mode_tests {
     }
 
     #[test]
-    fn envoy_tags_strip_and_cluster_counts_together_leave_key_version_and_stage() {
-        let plan = plan_with(r#","response_tags":"envoy","strip":"envoy","counts":"cluster""#);
-        // Keyed: key read, version and stage set; nothing on the response.
-        assert_eq!(crossings(&plan), [(3, 0), (4, 0)]);
+    fn envoy_strip_and_cluster_counts_together_leave_the_floor() {
+        let plan = plan_with(r#","strip":"envoy","counts":"cluster""#);
+        // Keyed: key read, version and stage set | the two response tags.
+        assert_eq!(crossings(&plan), [(3, 2), (4, 3)]);
     }
 
     #[test]

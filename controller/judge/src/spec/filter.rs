@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use canary_core::config::{KeySource, OwnedHeaders, ResponseTags, Strip, UnkeyedPolicy};
+use canary_core::config::{KeySource, OwnedHeaders, Strip, UnkeyedPolicy};
 use canary_core::predict::{PredictionConfig, SegmentConfig};
 use canary_core::Weight;
 use schemars::JsonSchema;
@@ -44,13 +44,6 @@ pub struct FilterSpec {
     #[serde(rename = "override", skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "crate::status::schema::qa_override")]
     pub qa_override: Option<canary_core::config::OverrideConfig>,
-    /// Who tags responses with the version and stage: `filter` (the default,
-    /// any Envoy), `envoy` (the route configuration's
-    /// `response_headers_to_add`, as in `envoy/sidecar.yaml`; the filter
-    /// then sets no response header) or `off`.
-    #[serde(skip_serializing_if = "ResponseTags::is_filter")]
-    #[schemars(schema_with = "crate::status::schema::response_tags")]
-    pub response_tags: ResponseTags,
     /// Who removes client-sent copies of the owned headers: `filter` (the
     /// default, any Envoy) or `envoy` (the connection manager's
     /// `early_header_mutation_extensions`, as in `envoy/sidecar.yaml`, before
@@ -71,7 +64,6 @@ impl Default for FilterSpec {
             segment: None,
             shadow: None,
             qa_override: None,
-            response_tags: ResponseTags::default(),
             strip: Strip::default(),
         }
     }

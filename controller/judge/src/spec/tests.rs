@@ -478,26 +478,23 @@ fn a_prediction_gate_that_ignores_missing_data_needs_no_prediction_config() {
 }
 
 #[test]
-fn response_tags_and_strip_pass_through_to_every_stage_and_default_to_the_filter() {
-    use canary_core::config::{ResponseTags, Strip};
+fn strip_passes_through_to_every_stage_and_defaults_to_the_filter() {
+    use canary_core::config::Strip;
     let spec = RolloutSpec::from_yaml(EXAMPLE).unwrap();
     let c = spec.filter_config(&spec.stage_name(0), spec.stage_weight(0), 1, false);
-    assert_eq!((c.response_tags, c.strip), (ResponseTags::Filter, Strip::Filter));
-    assert!(!spec.to_yaml().contains("response_tags") && !spec.to_yaml().contains("strip"));
+    assert_eq!(c.strip, Strip::Filter);
+    assert!(!spec.to_yaml().contains("strip"));
     let text = EXAMPLE.replace(
         "  key: [{ header: x-user-id }, { cookie: uid }]\n",
-        "  key: [{ header: x-user-id }, { cookie: uid }]\n  response_tags: envoy\n  strip: envoy\n",
+        "  key: [{ header: x-user-id }, { cookie: uid }]\n  strip: envoy\n",
     );
     let spec = RolloutSpec::from_yaml(&text).unwrap();
     for i in 0..spec.stages.len() {
         let c = spec.filter_config(&spec.stage_name(i), spec.stage_weight(i), 2, false);
-        assert_eq!((c.response_tags, c.strip), (ResponseTags::Envoy, Strip::Envoy));
-        assert!(!c.validate().unwrap().tags_responses());
+        assert_eq!(c.strip, Strip::Envoy);
+        assert_eq!(c.validate().unwrap().strip, Strip::Envoy);
     }
     assert_eq!(RolloutSpec::from_yaml(&spec.to_yaml()).unwrap(), spec);
-    let off = with(&["filter", "response_tags"], "off".into()).unwrap();
-    assert_eq!(off.filter.response_tags, ResponseTags::Off);
     // Unknown values are refused, naming the field.
-    assert!(field_of(with(&["filter", "response_tags"], "native".into())).contains("response_tags"));
     assert!(field_of(with(&["filter", "strip"], "off".into())).contains("strip"));
 }

@@ -1,11 +1,11 @@
-//! `response_tags: envoy` and `strip: envoy`, in a real Envoy running the
-//! built .wasm with `envoy/sidecar.yaml`: Envoy removes client-sent owned
-//! headers before any filter runs and copies the request's tags (as the
-//! filter set them) onto the response, so the filter makes neither host call.
-//! Responses carry the same tags as with the filter doing it, a client still
-//! cannot pick or forge them, and local replies behave as documented.
+//! `strip: envoy`, in a real Envoy running the built .wasm with
+//! `envoy/sidecar.yaml`: the connection manager's early header mutation
+//! removes client-sent owned headers before any filter runs, so the filter
+//! skips its own removal of the unkeyed header on keyed requests. Responses
+//! carry the same tags as with `strip: filter`, a client still cannot pick or
+//! forge any owned header, and local replies are tagged as documented.
 
-use canary_core::config::{ResponseTags, Strip};
+use canary_core::config::Strip;
 use canary_core::split::{arm_for, Salt};
 use canary_core::{Arm, Weight};
 use canary_tests::{client, filter_config, get, users, Reply, Rig, CHALLENGER, CHAMPION};
@@ -17,9 +17,8 @@ fn expected_version(rollout: &str, weight_bp: u64, user: &str) -> &'static str {
     }
 }
 
-fn envoy_modes(rollout: &str, epoch: u64, weight_bp: u64) -> canary_core::FilterConfig {
+fn envoy_strip(rollout: &str, epoch: u64, weight_bp: u64) -> canary_core::FilterConfig {
     let mut config = filter_config(rollout, epoch, weight_bp);
-    config.response_tags = ResponseTags::Envoy;
     config.strip = Strip::Envoy;
     config
 }
@@ -32,14 +31,14 @@ fn seen(reply: &Reply) -> (serde_json::Value, serde_json::Value, serde_json::Val
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn envoy_tags_responses_as_the_filter_did_and_strips_forged_headers() {
+async fn with_envoy_stripping_forged_headers_never_reach_the_model_and_tags_are_unchanged() {
     let rig = Rig::start().await.unwrap();
     let c = client();
     let url = rig.envoy.url("/predict");
-    // Same users, filter mode then Envoy mode: the same tags on every response.
+    // Same users, `strip: filter` then `strip: envoy`: the same tags on every response.
     let ids = users("tags-user", 400);
     let filter_mode = filter_config("tags", 1, 5000);
-    let envoy_mode = envoy_modes("tags", 2, 5000);
+    let envoy_mode = envoy_strip("tags", 2, 5000);
     let mut by_mode = vec![];
     for config in [&filter_mode, &envoy_mode] {
         rig.envoy.push(config).await.unwrap();
@@ -55,7 +54,7 @@ async fn envoy_tags_responses_as_the_filter_did_and_strips_forged_headers() {
             let reply = get(&c, &url, &forged).await.unwrap();
             assert_eq!(reply.status, 200, "{reply:?}");
             let version = expected_version("tags", 5000, user);
-            assert_eq!(reply.version.as_deref(), Some(version), "{user} ({:?}): {reply:?}", config.response_tags);
+            assert_eq!(reply.version.as_deref(), Some(version), "{user} ({:?}): {reply:?}", config.strip);
             assert_eq!(reply.served_by.as_deref(), Some(version), "tagged and served by must agree: {reply:?}");
             assert_eq!(reply.stage.as_deref(), Some("w5000"), "{reply:?}");
             assert!(!reply.unkeyed, "a keyed request's response is marked unkeyed: {reply:?}");
@@ -66,7 +65,7 @@ async fn envoy_tags_responses_as_the_filter_did_and_strips_forged_headers() {
         }
         by_mode.push(tags);
     }
-    assert_eq!(by_mode[0], by_mode[1], "Envoy's tags differ from the filter's");
+    assert_eq!(by_mode[0], by_mode[1], "the tags differ between strip: filter and strip: envoy");
     let on_challenger = by_mode[1].iter().filter(|t| t.0.as_deref() == Some(CHALLENGER)).count();
     assert!((120..280).contains(&on_challenger), "{on_challenger} of 400 on the challenger at 50 %");
 
@@ -81,16 +80,16 @@ async fn envoy_tags_responses_as_the_filter_did_and_strips_forged_headers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn local_replies_carry_the_tags_when_the_router_sends_them() {
+async fn local_replies_are_tagged_when_the_filter_routed_the_request() {
     let mut rig = Rig::start().await.unwrap();
     let c = client();
     let url = rig.envoy.url("/predict");
-    rig.envoy.push(&envoy_modes("local", 1, 10_000)).await.unwrap();
+    rig.envoy.push(&envoy_strip("local", 1, 10_000)).await.unwrap();
     let reply = get(&c, &url, &[("x-user-id", "someone")]).await.unwrap();
     assert_eq!((reply.status, reply.version.as_deref()), (200, Some(CHALLENGER)));
 
-    // The challenger's server is gone: Envoy's router answers 503 itself,
-    // with the route's response headers, so the reply is still tagged.
+    // The challenger's server is gone: Envoy's router answers 503 itself; the
+    // reply passes through the filter, which tags it.
     rig.challenger.proc.stop();
     let reply = get(&c, &url, &[("x-user-id", "someone"), ("x-model-version", CHAMPION)]).await.unwrap();
     assert_eq!(reply.status, 503, "{reply:?}");
@@ -100,13 +99,13 @@ async fn local_replies_carry_the_tags_when_the_router_sends_them() {
     let reply = get(&c, &url, &[]).await.unwrap();
     assert_eq!((reply.status, reply.version.as_deref(), reply.unkeyed), (200, Some(CHAMPION), true), "{reply:?}");
 
-    // A reply Envoy sends before any route or filter (request headers over
-    // the limit: 431) has no tags, in either mode: no version was chosen.
+    // A reply Envoy sends before any filter runs (request headers over the
+    // limit: 431) has no tags, in either mode: no version was chosen.
     let big = "a".repeat(70 * 1024);
-    for config in [envoy_modes("local", 2, 10_000), filter_config("local", 3, 10_000)] {
+    for config in [envoy_strip("local", 2, 10_000), filter_config("local", 3, 10_000)] {
         rig.envoy.push(&config).await.unwrap();
         let reply = get(&c, &url, &[("x-user-id", "someone"), ("x-big", &big)]).await.unwrap();
         assert_eq!(reply.status, 431, "{reply:?}");
-        assert_eq!((reply.version, reply.stage, reply.unkeyed), (None, None, false), "{:?}", config.response_tags);
+        assert_eq!((reply.version, reply.stage, reply.unkeyed), (None, None, false), "{:?}", config.strip);
     }
 }
