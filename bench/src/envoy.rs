@@ -271,13 +271,7 @@ mod tests {
         .into_iter()
         .map(|n| (n, "1".to_string()))
         .collect();
-        for t in [
-            "bench-plain.yaml",
-            "bench-wasm.yaml",
-            "bench-wasm-envoy.yaml",
-            "bench-wasm-strip.yaml",
-            "bench-native.yaml",
-        ] {
+        for t in ["bench-plain.yaml", "bench-wasm.yaml", "bench-native.yaml"] {
             render_template(&root.join("envoy").join(t), &vars).unwrap();
         }
     }

@@ -277,30 +277,6 @@ const ROWS: &[RowDef] = &[
         json_baseline: false,
     },
     RowDef {
-        key: "split_strip",
-        label: "4s. canary filter (V8), split, strip: envoy",
-        envoy: "split_strip",
-        path: SMALL_PATH,
-        capture: false,
-        json_baseline: false,
-    },
-    RowDef {
-        key: "split_strip_cluster",
-        label: "4g. canary filter (V8), split, strip: envoy, counts: cluster",
-        envoy: "split_strip_cluster",
-        path: SMALL_PATH,
-        capture: false,
-        json_baseline: false,
-    },
-    RowDef {
-        key: "noop_strip",
-        label: "2s. no-op wasm filter (V8) + Envoy's strip",
-        envoy: "noop_strip",
-        path: SMALL_PATH,
-        capture: false,
-        json_baseline: false,
-    },
-    RowDef {
         key: "pred_header",
         label: "5. canary + prediction from header",
         envoy: "pred_header",
@@ -349,15 +325,6 @@ const COMPARISONS: &[(&str, &str)] = &[
     ("split_cluster", "none"),
     ("split_cluster", "noop"),
     ("split_cluster", "split"),
-    ("noop_strip", "noop"),
-    ("split_strip", "none"),
-    ("split_strip", "noop"),
-    ("split_strip", "split"),
-    ("split_strip", "noop_strip"),
-    ("split_strip_cluster", "none"),
-    ("split_strip_cluster", "noop"),
-    ("split_strip_cluster", "split_cluster"),
-    ("split_strip_cluster", "noop_strip"),
     ("split_alt", "none"),
     ("split_alt", "noop"),
     ("split_alt", "split"),
@@ -393,9 +360,6 @@ fn envoy_defs(args: &RunArgs) -> Vec<EnvoyDef> {
         wasm: Some(w.to_path_buf()),
         plugin_config: Some(config),
     };
-    // Envoy strips the owned headers natively (`strip: envoy`): the same filter,
-    // the template with the early header mutation.
-    let wasm_strip = |w: &Path, config: String| Spec { template: "bench-wasm-strip.yaml".into(), ..wasm(w, config) };
     let plain = |t: &str| Spec { template: t.into(), wasm: None, plugin_config: None };
     let mut defs = vec![
         EnvoyDef { key: "plain", describe: "bench-plain.yaml".into(), spec: plain("bench-plain.yaml") },
@@ -414,21 +378,6 @@ fn envoy_defs(args: &RunArgs) -> Vec<EnvoyDef> {
             key: "split_cluster",
             describe: "bench-wasm.yaml + canary_filter.wasm, counts: cluster".into(),
             spec: wasm(&args.filter_wasm, split_config(r#","counts":"cluster""#)),
-        },
-        EnvoyDef {
-            key: "split_strip",
-            describe: "bench-wasm-strip.yaml + canary_filter.wasm, strip: envoy".into(),
-            spec: wasm_strip(&args.filter_wasm, split_config(r#","strip":"envoy""#)),
-        },
-        EnvoyDef {
-            key: "split_strip_cluster",
-            describe: "bench-wasm-strip.yaml + canary_filter.wasm, strip: envoy, counts: cluster".into(),
-            spec: wasm_strip(&args.filter_wasm, split_config(r#","strip":"envoy","counts":"cluster""#)),
-        },
-        EnvoyDef {
-            key: "noop_strip",
-            describe: "bench-wasm-strip.yaml + canary_noop_filter.wasm".into(),
-            spec: wasm_strip(&args.noop_wasm, "{}".into()),
         },
         EnvoyDef {
             key: "pred_header",
@@ -1251,8 +1200,6 @@ fn targets(
         ("split", "none", "noop"),
         ("split_alt", "none", "noop"),
         ("split_cluster", "none", "noop"),
-        ("split_strip", "none", "noop"),
-        ("split_strip_cluster", "none", "noop"),
         ("pred_header", "none", "noop"),
         ("pred_json", "none_json", "noop_json"),
     ] {

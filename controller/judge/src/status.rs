@@ -92,10 +92,6 @@ pub mod schema {
         json_schema!({ "type": "string", "enum": ["filter", "cluster"] })
     }
 
-    pub fn strip(_: &mut SchemaGenerator) -> Schema {
-        json_schema!({ "type": "string", "enum": ["filter", "envoy"] })
-    }
-
     pub fn unkeyed(_: &mut SchemaGenerator) -> Schema {
         json_schema!({ "type": "string", "enum": ["champion", "split_by_request_id"] })
     }

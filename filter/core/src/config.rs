@@ -51,8 +51,6 @@ pub struct FilterConfig {
     pub qa_override: Option<OverrideConfig>,
     /// Where per-version response counts and latency come from.
     pub counts: Counts,
-    /// Who removes client-sent copies of the owned headers.
-    pub strip: Strip,
 }
 
 /// [`FilterConfig`] as serialized: the same fields and `hash`. Holds the serde
@@ -91,9 +89,6 @@ struct WireConfig {
     /// use it still reads in a filter built before the field existed.
     #[serde(default, skip_serializing_if = "Counts::is_filter")]
     counts: Counts,
-    /// Written only when not the default (as `counts`).
-    #[serde(default, skip_serializing_if = "Strip::is_filter")]
-    strip: Strip,
 }
 
 impl From<WireConfig> for FilterConfig {
@@ -117,7 +112,6 @@ impl From<WireConfig> for FilterConfig {
             shadow,
             qa_override,
             counts,
-            strip,
         } = w;
         FilterConfig {
             rollout,
@@ -135,7 +129,6 @@ impl From<WireConfig> for FilterConfig {
             shadow,
             qa_override,
             counts,
-            strip,
         }
     }
 }
@@ -158,7 +151,6 @@ impl From<FilterConfig> for WireConfig {
             shadow,
             qa_override,
             counts,
-            strip,
         } = c;
         WireConfig {
             hash: SplitHash::default(),
@@ -177,7 +169,6 @@ impl From<FilterConfig> for WireConfig {
             shadow,
             qa_override,
             counts,
-            strip,
         }
     }
 }
@@ -204,31 +195,6 @@ pub enum Counts {
 impl Counts {
     pub fn is_filter(&self) -> bool {
         *self == Counts::Filter
-    }
-}
-
-/// Who removes client-sent copies of the owned headers before routing
-/// (`strip` in the plugin configuration). Either way a client never picks
-/// its version, stage or unkeyed mark.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Strip {
-    /// The filter: it replaces the version and stage headers and removes the
-    /// unkeyed header on every keyed request (one host call; the default,
-    /// works in any Envoy).
-    #[default]
-    Filter,
-    /// Envoy's HTTP connection manager removes all three before any HTTP
-    /// filter runs (`early_header_mutation_extensions`, as in
-    /// `envoy/sidecar.yaml`): the filter then sets the unkeyed header only
-    /// on unkeyed requests and removes nothing. Only for an Envoy configured
-    /// so: without it a client-sent unkeyed header would reach the model.
-    Envoy,
-}
-
-impl Strip {
-    pub fn is_filter(&self) -> bool {
-        *self == Strip::Filter
     }
 }
 
@@ -524,7 +490,6 @@ impl FilterConfig {
             shadow: self.shadow.clone(),
             qa_override,
             counts: self.counts,
-            strip: self.strip,
             shadow_salt: Salt::new(SHADOW_SEED),
         })
     }
@@ -549,7 +514,6 @@ pub struct Plan {
     pub shadow: Option<ShadowConfig>,
     pub qa_override: Option<OverrideConfig>,
     pub counts: Counts,
-    pub strip: Strip,
     /// The shadow sample's salt, hashed once here rather than per request.
     pub shadow_salt: Salt,
 }
@@ -776,25 +740,5 @@ mod tests {
         v["counts"] = "filter".into();
         v["shadow"] = serde_json::json!({"cluster": "v2"});
         assert!(Plan::from_json(&serde_json::to_vec(&v).unwrap()).is_ok());
-    }
-
-    #[test]
-    fn strip_defaults_to_filter_and_is_written_only_when_envoy() {
-        let cfg = FilterConfig::from_json(GOOD.as_bytes()).unwrap();
-        assert_eq!(cfg.strip, Strip::Filter);
-        assert!(!cfg.to_json().contains("strip"), "{}", cfg.to_json());
-        let envoy = FilterConfig { strip: Strip::Envoy, ..cfg };
-        let written: serde_json::Value = serde_json::from_str(&envoy.to_json()).unwrap();
-        assert_eq!(written["strip"], "envoy");
-        assert_eq!(FilterConfig::from_json(envoy.to_json().as_bytes()).unwrap(), envoy);
-        assert_eq!(Plan::from_json(&with("strip", "envoy".into())).unwrap().strip, Strip::Envoy);
-    }
-
-    #[test]
-    fn unknown_strip_is_refused_and_named() {
-        for value in [serde_json::json!("Envoy"), serde_json::json!("off"), serde_json::json!(true)] {
-            let e = refused(&with("strip", value.clone()));
-            assert_eq!(e.field(), "strip", "{value}: {e}");
-        }
     }
 }

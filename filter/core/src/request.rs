@@ -14,7 +14,7 @@
 //!                       limit, binned from JSON at the end
 //! ```
 
-use crate::config::{KeySource, Plan, Strip, UnkeyedPolicy};
+use crate::config::{KeySource, Plan, UnkeyedPolicy};
 use crate::headers::cookie_value;
 use crate::metrics::{Counter, Histogram, Metric, Stat};
 use crate::predict::PredictionSource;
@@ -170,13 +170,7 @@ pub fn route_request<H: Host + ?Sized>(plan: &Plan, host: &mut H) -> Routed {
     // Setting replaces any client-sent copy: no client picks its version.
     host.set_request_header(&h.version, Some(plan.version(arm).as_bytes()));
     host.set_request_header(&h.stage, Some(plan.stage.as_bytes()));
-    if unkeyed {
-        host.set_request_header(&h.unkeyed, Some(b"1"));
-    } else if plan.strip == Strip::Filter {
-        // A client-sent copy on a keyed request is removed here, unless Envoy
-        // already removed every copy before any filter ran (`strip: envoy`).
-        host.set_request_header(&h.unkeyed, None);
-    }
+    host.set_request_header(&h.unkeyed, unkeyed.then_some(b"1".as_slice()));
     // No explicit route-cache clear: Envoy clears it on every request-header
     // change a Wasm filter makes, and the extra foreign-function call cost
     // ~3.7 µs per request (bench/ablate.sh). tests/integration/split.rs checks the route.
@@ -707,7 +701,7 @@ mod capture_tests {
 }
 
 #[cfg(test)]
-mod strip_tests {
+mod crossing_tests {
     use super::tests_support::Fake;
     use super::*;
 
@@ -740,31 +734,11 @@ mod strip_tests {
     }
 
     #[test]
-    fn today_s_default_costs_these_host_calls() {
+    fn the_request_path_costs_these_host_calls() {
         // Keyed: clock, key, version, stage, unkeyed removed | tags x2, status, clock, latency.
         // Unkeyed: clock, key, version, stage, unkeyed set | tags x3, status, clock, latency.
         assert_eq!(crossings(&plan_with("")), [(5, 5), (5, 6)]);
         assert_eq!(crossings(&plan_with(r#","counts":"cluster""#)), [(4, 2), (4, 3)]);
-    }
-
-    #[test]
-    fn envoy_strip_removes_nothing_and_marks_only_unkeyed_requests() {
-        let plan = plan_with(r#","strip":"envoy""#);
-        // One fewer call on keyed requests; unkeyed ones are marked as ever.
-        assert_eq!(crossings(&plan), [(4, 5), (5, 6)]);
-        let mut host = Fake::default().with_request_header("x-user-id", "u");
-        route_request(&plan, &mut host);
-        assert_eq!(host.req("x-canary-unkeyed"), None);
-        let mut host = Fake::default();
-        route_request(&plan, &mut host);
-        assert_eq!(host.req("x-canary-unkeyed").as_deref(), Some("1"));
-    }
-
-    #[test]
-    fn envoy_strip_and_cluster_counts_together_leave_the_floor() {
-        let plan = plan_with(r#","strip":"envoy","counts":"cluster""#);
-        // Keyed: key read, version and stage set | the two response tags.
-        assert_eq!(crossings(&plan), [(3, 2), (4, 3)]);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use canary_core::config::{KeySource, OwnedHeaders, Strip, UnkeyedPolicy};
+use canary_core::config::{KeySource, OwnedHeaders, UnkeyedPolicy};
 use canary_core::predict::{PredictionConfig, SegmentConfig};
 use canary_core::Weight;
 use schemars::JsonSchema;
@@ -44,14 +44,6 @@ pub struct FilterSpec {
     #[serde(rename = "override", skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "crate::status::schema::qa_override")]
     pub qa_override: Option<canary_core::config::OverrideConfig>,
-    /// Who removes client-sent copies of the owned headers: `filter` (the
-    /// default, any Envoy) or `envoy` (the connection manager's
-    /// `early_header_mutation_extensions`, as in `envoy/sidecar.yaml`, before
-    /// any filter runs; the filter then removes nothing). Only for Envoys
-    /// configured so.
-    #[serde(skip_serializing_if = "Strip::is_filter")]
-    #[schemars(schema_with = "crate::status::schema::strip")]
-    pub strip: Strip,
 }
 
 impl Default for FilterSpec {
@@ -64,7 +56,6 @@ impl Default for FilterSpec {
             segment: None,
             shadow: None,
             qa_override: None,
-            strip: Strip::default(),
         }
     }
 }

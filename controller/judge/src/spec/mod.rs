@@ -343,7 +343,6 @@ impl RolloutSpec {
             shadow: shadow.then(|| self.shadow_config()),
             qa_override: self.filter.qa_override.clone(),
             counts: self.envoy.counts,
-            strip: self.filter.strip,
         }
     }
 

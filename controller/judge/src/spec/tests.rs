@@ -476,25 +476,3 @@ fn a_prediction_gate_that_ignores_missing_data_needs_no_prediction_config() {
     assert!(spec.filter.prediction.is_none());
     assert_eq!(spec.gates.prediction.unwrap().on_no_data, NoDataPolicy::Ignore);
 }
-
-#[test]
-fn strip_passes_through_to_every_stage_and_defaults_to_the_filter() {
-    use canary_core::config::Strip;
-    let spec = RolloutSpec::from_yaml(EXAMPLE).unwrap();
-    let c = spec.filter_config(&spec.stage_name(0), spec.stage_weight(0), 1, false);
-    assert_eq!(c.strip, Strip::Filter);
-    assert!(!spec.to_yaml().contains("strip"));
-    let text = EXAMPLE.replace(
-        "  key: [{ header: x-user-id }, { cookie: uid }]\n",
-        "  key: [{ header: x-user-id }, { cookie: uid }]\n  strip: envoy\n",
-    );
-    let spec = RolloutSpec::from_yaml(&text).unwrap();
-    for i in 0..spec.stages.len() {
-        let c = spec.filter_config(&spec.stage_name(i), spec.stage_weight(i), 2, false);
-        assert_eq!(c.strip, Strip::Envoy);
-        assert_eq!(c.validate().unwrap().strip, Strip::Envoy);
-    }
-    assert_eq!(RolloutSpec::from_yaml(&spec.to_yaml()).unwrap(), spec);
-    // Unknown values are refused, naming the field.
-    assert!(field_of(with(&["filter", "strip"], "off".into())).contains("strip"));
-}
