@@ -10,6 +10,9 @@
 #
 # ARGS go to `canary-bench run` (e.g. --rounds 8, --rate 3000, --connections 64).
 # BENCH_ENVOY_CPU / BENCH_LOAD_CPU choose the two cores (default 0 and 1).
+# BENCH_OUT names the results directory of a full run (default
+# bench/results/<UTC date>; set it so as not to overwrite that day's run).
+# BENCH_REACTION=0 skips the controller reaction run (~5 min).
 # Linux only: it pins with taskset and reads /proc.
 set -euo pipefail
 mode="${1:-full}"
@@ -37,7 +40,7 @@ toolchain="wasm32-unknown-unknown via $route, $wasm_rustc, profile wasm"
 "$CARGO" bench -q --no-run -p canary-bench --bench core 2>/dev/null
 
 if [ "$mode" = full ]; then
-  out="$root/bench/results/$(date -u +%F)"
+  out="${BENCH_OUT:-$root/bench/results/$(date -u +%F)}"
   crit_args=(--warm-up-time 1 --measurement-time 3)
   smoke=()
 else
@@ -63,6 +66,10 @@ taskset -c "$load_cpu" "$target_dir/release/canary-bench" run "${smoke[@]}" \
 # Controller reaction (real Envoy, backends and daemon; file sink): at the
 # spec's default interval (60 s) and at 1 s. Not pinned: it is a latency of
 # the whole system, not a CPU cost.
+if [ "${BENCH_REACTION:-1}" = 0 ]; then
+  echo "bench: controller reaction skipped (BENCH_REACTION=0); results in $out" >&2
+  exit 0
+fi
 "$CARGO" build -q -p canary-controller -p canary-tests --bins
 if [ "$mode" = full ]; then
   reaction=(--interval 60s,1s --trials 3)

@@ -1199,6 +1199,7 @@ fn targets(
     for (row, none, noop) in [
         ("split", "none", "noop"),
         ("split_alt", "none", "noop"),
+        ("split_cluster", "none", "noop"),
         ("pred_header", "none", "noop"),
         ("pred_json", "none_json", "noop_json"),
     ] {

@@ -17,6 +17,7 @@ mod images;
 mod incident;
 mod k8s_schemas;
 mod load_change;
+mod local_replies;
 mod low_traffic;
 mod many_envoys;
 mod predictions;

@@ -490,6 +490,7 @@ impl FilterConfig {
             shadow: self.shadow.clone(),
             qa_override,
             counts: self.counts,
+            shadow_salt: Salt::new(SHADOW_SEED),
         })
     }
 }
@@ -513,7 +514,13 @@ pub struct Plan {
     pub shadow: Option<ShadowConfig>,
     pub qa_override: Option<OverrideConfig>,
     pub counts: Counts,
+    /// The shadow sample's salt, hashed once here rather than per request.
+    pub shadow_salt: Salt,
 }
+
+/// Seed perturbation for the shadow sample, so that which users are shadowed
+/// is independent of which users are on the challenger.
+const SHADOW_SEED: &str = "canary-shadow-sample";
 
 impl Plan {
     /// Parse and validate in one step: what the filter does in `on_configure`.
