@@ -629,7 +629,7 @@ fn anytime_labels_outside_the_unit_interval_use_the_normal_mixture_sequence() {
     assert_eq!(worse.outcome, Outcome::Fail, "{}", worse.detail);
     assert!(worse.detail.contains("confidence sequence"), "{}", worse.detail);
     assert!(worse.difference_interval.unwrap().high < -tol);
-    let same = judge(stats(20_000, 10.0), stats(20_000, 10.0));
+    let same = judge(stats(100_000, 10.0), stats(100_000, 10.0));
     assert_eq!(same.outcome, Outcome::Pass, "{}", same.detail);
     assert!(same.difference_interval.unwrap().low >= -tol);
     // Too few to tell 0.01 below from the tolerance: inconclusive, with a
