@@ -643,4 +643,3 @@ fn anytime_labels_outside_the_unit_interval_use_the_normal_mixture_sequence() {
     let flat = LabelStats { n: 100, sum: 500.0, sum_sq: 2500.0, ..Default::default() };
     assert_eq!(judge(flat, flat).outcome, Outcome::NoData);
 }
-
