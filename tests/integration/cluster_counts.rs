@@ -98,21 +98,23 @@ async fn a_rollout_over_two_stage_changes_counts_exactly_what_the_backends_serve
     load.stop().await;
     counters_settled().await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let settled_at = canary_controller::control::now_millis();
-    let last = canary_tests::wait_decision(&state_dir, Duration::from_secs(30), &daemon, |d| {
-        d["at"].as_u64().unwrap_or(0) > settled_at + 500 && d["from"]["stage"] == 2
-    })
-    .await
-    .unwrap();
-    check_rollout(&rig, &state_dir, &daemon, &last).await;
+    check_rollout(&rig, &state_dir, &daemon).await;
     drop(daemon);
 }
 
 /// The rollout's stage windows (each stage's last decision: the windows are
 /// cumulative) sum, per version, to exactly what the backends served
 /// (2xx, 5xx, 504), and their latency's p99 is the access log's within a
-/// bucket. `last` is the last decision of the stage the rollout is in.
-async fn check_rollout(rig: &Rig, state_dir: &std::path::Path, daemon: &Daemon, last: &serde_json::Value) {
+/// bucket. Called once the load stopped and the counters settled: the
+/// first decision after that is the last of the stage the rollout is in.
+async fn check_rollout(rig: &Rig, state_dir: &std::path::Path, daemon: &Daemon) {
+    let settled_at = canary_controller::control::now_millis();
+    let last = canary_tests::wait_decision(state_dir, Duration::from_secs(30), daemon, |d| {
+        d["at"].as_u64().unwrap_or(0) > settled_at + 500 && d["from"]["stage"] == 2
+    })
+    .await
+    .unwrap();
+    let last = &last;
     let log = decisions(state_dir);
     let changes: Vec<&serde_json::Value> = log.iter().filter(|d| d["action"] == "advance").collect();
     assert_eq!(changes.len(), 2, "{}", daemon.output());
@@ -226,13 +228,7 @@ async fn over_prometheus_with_a_controller_restart_a_rollout_counts_exactly_what
     if let Ok(dir) = std::env::var("CANARY_WRITE_CLUSTER_FIXTURE") {
         record_prometheus_fixture(&prometheus.url, &dir).await;
     }
-    let settled_at = canary_controller::control::now_millis();
-    let last = canary_tests::wait_decision(&state_dir, Duration::from_secs(30), &daemon, |d| {
-        d["at"].as_u64().unwrap_or(0) > settled_at + 500 && d["from"]["stage"] == 2
-    })
-    .await
-    .unwrap();
-    check_rollout(&rig, &state_dir, &daemon, &last).await;
+    check_rollout(&rig, &state_dir, &daemon).await;
     drop(daemon);
 }
 

@@ -58,23 +58,32 @@ pub fn log_mixture(z: f64, r: f64) -> f64 {
 /// estimate at relative information `r` (M grows with z, so bisect).
 pub fn boundary(r: f64, alpha: f64) -> f64 {
     let level = (1.0 / alpha).ln();
-    let (mut low, mut high) = (0.0, 1.0);
-    while log_mixture(high, r) < level {
-        low = high;
-        high *= 2.0;
-        if high > 1e6 {
-            return f64::INFINITY;
+    first_crossing(0.0, 1.0, |z| log_mixture(z, r) >= level)
+}
+
+/// The point nearest `origin`, in the direction and units of `unit`, from
+/// which on `crosses` holds: stepped out to `origin + unit · 2^k` until it
+/// does, then bisected within the last step. Infinite (in `unit`'s
+/// direction) if it does not within 2²⁰ units.
+fn first_crossing(origin: f64, unit: f64, crosses: impl Fn(f64) -> bool) -> f64 {
+    let (mut inside, mut step) = (origin, 1.0);
+    while !crosses(origin + unit * step) {
+        inside = origin + unit * step;
+        step *= 2.0;
+        if step > 1048576.0 {
+            return unit.signum() * f64::INFINITY;
         }
     }
-    for _ in 0..80 {
-        let mid = 0.5 * (low + high);
-        if log_mixture(mid, r) < level {
-            low = mid;
+    let mut out = origin + unit * step;
+    for _ in 0..100 {
+        let mid = 0.5 * (inside + out);
+        if crosses(mid) {
+            out = mid;
         } else {
-            high = mid;
+            inside = mid;
         }
     }
-    high
+    out
 }
 
 /// The spread of a version's outcomes: the unbiased sample variance.
@@ -169,30 +178,9 @@ impl MeanDifference {
     pub fn bounds(&self, tau: f64, alpha_low: f64, alpha_high: f64) -> Interval {
         let d = self.estimate();
         let se = self.variance_under(d).sqrt();
-        let edge = |rejects: &dyn Fn(f64) -> bool, side: f64| {
-            let mut inside = d;
-            let mut step = se;
-            while !rejects(d + side * step) {
-                inside = d + side * step;
-                step *= 2.0;
-                if step > se * 1048576.0 {
-                    return side * f64::INFINITY;
-                }
-            }
-            let mut out = d + side * step;
-            for _ in 0..100 {
-                let mid = 0.5 * (inside + out);
-                if rejects(mid) {
-                    out = mid;
-                } else {
-                    inside = mid;
-                }
-            }
-            out
-        };
         Interval {
-            low: edge(&|x| self.above(x, tau, alpha_low), -1.0),
-            high: edge(&|x| self.below(x, tau, alpha_high), 1.0),
+            low: first_crossing(d, -se, |x| self.above(x, tau, alpha_low)),
+            high: first_crossing(d, se, |x| self.below(x, tau, alpha_high)),
         }
     }
 }

@@ -282,6 +282,19 @@ mod tests_support {
 
     use super::*;
 
+    /// A plan of rollout `r`, stage `s`, the default key list, `extra` JSON
+    /// members appended.
+    pub fn plan_of_weight(weight_bp: u64, extra: &str) -> Plan {
+        Plan::from_json(
+            format!(
+                r#"{{"rollout":"r","epoch":1,"stage":"s","salt":"salt","champion":"v1","challenger":"v2",
+                    "challenger_weight_bp":{weight_bp}{extra}}}"#
+            )
+            .as_bytes(),
+        )
+        .unwrap()
+    }
+
     /// An in-memory proxy.
     #[derive(Default)]
     pub struct FakeHost {
@@ -528,14 +541,7 @@ mod capture_tests {
     use crate::metrics::Metric;
 
     fn plan_with(extra: &str) -> Plan {
-        Plan::from_json(
-            format!(
-                r#"{{"rollout":"r","epoch":1,"stage":"s","salt":"salt","champion":"v1","challenger":"v2",
-                    "challenger_weight_bp":0{extra}}}"#
-            )
-            .as_bytes(),
-        )
-        .unwrap()
+        plan_of_weight(0, extra)
     }
 
     const NUMERIC_HEADER: &str =
@@ -702,18 +708,11 @@ mod capture_tests {
 
 #[cfg(test)]
 mod crossing_tests {
-    use super::tests_support::Fake;
+    use super::tests_support::{plan_of_weight, Fake};
     use super::*;
 
     fn plan_with(extra: &str) -> Plan {
-        Plan::from_json(
-            format!(
-                r#"{{"rollout":"r","epoch":1,"stage":"s","salt":"salt","champion":"v1","challenger":"v2",
-                    "challenger_weight_bp":5000{extra}}}"#
-            )
-            .as_bytes(),
-        )
-        .unwrap()
+        plan_of_weight(5000, extra)
     }
 
     /// Host calls of one keyed and one unkeyed request: (request side,

@@ -2,7 +2,7 @@
 //! champion's − `min_degradation_tolerance`, once both have `min_labels`.
 
 use super::judge::{needed, scaled, verdict, verdict_words, Judge, LabelEvidence};
-use super::rate::{anytime_rate, PROJECTIONS};
+use super::rate::{anytime_rate, projected_need};
 use super::{Descriptor, Digits, Evidence, Gate, GateKind, GateResult, Outcome, Stages};
 use crate::labels::LabelStats;
 use crate::mean_difference::MeanDifference;
@@ -67,16 +67,11 @@ pub(super) fn label_gate(g: &crate::spec::LabelGate, labels: &LabelEvidence, jud
         // a "higher is worse" rate, judged like the error rate.
         let shortfall = |l: LabelStats| (l.n as f64 - l.sum, l.n as f64);
         let mut r = anytime_rate(GateKind::Labels, (shortfall(a), shortfall(b)), tol, &tol.to_string(), judge, head);
-        r.champion = Some(ma);
-        r.challenger = Some(mb);
-        r.threshold = Some(threshold);
-        r.margin = Some(mb - threshold);
-        r.difference = Some(mb - ma);
         r.difference_interval = r.difference_interval.map(|i| Interval { low: -i.high, high: -i.low });
-        return r;
+        return with_means(r, (ma, mb), tol);
     }
     if judge.anytime() {
-        return anytime_means(g, labels, judge, head);
+        return with_means(anytime_means(g, labels, judge, head), (ma, mb), tol);
     }
     if !judge.sequential() {
         let mut r = GateResult::at_least(GateKind::Labels, n, (Some(ma), mb), threshold, head);
@@ -113,17 +108,27 @@ pub(super) fn label_gate(g: &crate::spec::LabelGate, labels: &LabelEvidence, jud
         di.high,
         verdict_words(outcome, need, "labels")
     );
-    GateResult {
-        champion: Some(ma),
-        challenger: Some(mb),
-        threshold: Some(threshold),
-        margin: Some(mb - threshold),
-        difference: Some(d),
+    let r = GateResult {
         difference_interval: Some(di),
         look: Some(k),
         confidence: Some(confidence),
         needed: need,
         ..GateResult::base(GateKind::Labels, outcome, n, detail)
+    };
+    with_means(r, (ma, mb), tol)
+}
+
+/// The values every judged label result carries: both means, the
+/// champion's less the tolerance as the threshold, and the difference.
+fn with_means(r: GateResult, (ma, mb): (f64, f64), tol: f64) -> GateResult {
+    let threshold = ma - tol;
+    GateResult {
+        champion: Some(ma),
+        challenger: Some(mb),
+        threshold: Some(threshold),
+        margin: Some(mb - threshold),
+        difference: Some(mb - ma),
+        ..r
     }
 }
 
@@ -161,15 +166,9 @@ fn anytime_means(g: &crate::spec::LabelGate, labels: &LabelEvidence, judge: Judg
     };
     let outcome = decide(&d);
     let need = (outcome == Outcome::Inconclusive)
-        .then(|| {
-            PROJECTIONS.iter().find_map(|&t| {
-                (decide(&d.projected(t)) != Outcome::Inconclusive).then(|| (b.n as f64 * (t - 1.0)).ceil() as u64)
-            })
-        })
+        .then(|| projected_need(b.n as f64, |t| decide(&d.projected(t)) != Outcome::Inconclusive))
         .flatten();
     let di = d.bounds(tau, alpha, harm_alpha);
-    let (ma, mb) = (a.sum / a.n as f64, b.sum / b.n as f64);
-    let threshold = ma - tol;
     let detail = format!(
         "{head}: difference {:+.4}, {:.0}% confidence sequence [{:+.4}, {:+.4}] vs −{tol} (valid at every look): {}",
         d.estimate(),
@@ -179,11 +178,6 @@ fn anytime_means(g: &crate::spec::LabelGate, labels: &LabelEvidence, judge: Judg
         verdict_words(outcome, need, "labels")
     );
     GateResult {
-        champion: Some(ma),
-        challenger: Some(mb),
-        threshold: Some(threshold),
-        margin: Some(mb - threshold),
-        difference: Some(d.estimate()),
         difference_interval: Some(di),
         confidence: Some(1.0 - alpha),
         needed: need,

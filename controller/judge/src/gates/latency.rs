@@ -3,7 +3,7 @@
 //! check uses the same comparison).
 
 use super::judge::{needed, verdict_words, Judge};
-use super::rate::PROJECTIONS;
+use super::rate::projected_need;
 use super::{Descriptor, Digits, Evidence, Gate, GateKind, GateResult, Outcome, Stages};
 use crate::anytime;
 use crate::spec::NoDataPolicy;
@@ -200,9 +200,9 @@ pub(super) fn anytime_latency(
     let small = hn.0.min(hn.1);
     let need = (outcome == Outcome::Inconclusive)
         .then(|| {
-            PROJECTIONS.iter().find_map(|&t| {
+            projected_need(small as f64, |t| {
                 let (_, _, f, p) = decide(t);
-                (f || p).then(|| (small as f64 * (t - 1.0)).ceil() as u64)
+                f || p
             })
         })
         .flatten();

@@ -132,7 +132,15 @@ pub(super) fn rate_verdict(
 }
 
 /// Growth factors of the sample at which "needs ~N more" is projected.
-pub(super) const PROJECTIONS: [f64; 10] = [1.5, 2.0, 3.0, 5.0, 8.0, 13.0, 21.0, 34.0, 55.0, 89.0];
+const PROJECTIONS: [f64; 10] = [1.5, 2.0, 3.0, 5.0, 8.0, 13.0, 21.0, 34.0, 55.0, 89.0];
+
+/// "Needs ~N more" for an anytime test: the samples beyond the `n` seen
+/// at the first growth factor `t` of [`PROJECTIONS`] for which
+/// `decides(t)` (the test on the sample grown `t`-fold, the estimates
+/// kept) reaches a verdict; `None` if none does.
+pub(super) fn projected_need(n: f64, decides: impl Fn(f64) -> bool) -> Option<u64> {
+    PROJECTIONS.iter().find_map(|&t| decides(t).then(|| (n * (t - 1.0)).ceil() as u64))
+}
 
 /// Anytime method for a "higher is worse" rate (see [`crate::anytime`]):
 /// the champion's `(events, trials)` and the challenger's, tolerance `tol`
@@ -161,9 +169,9 @@ pub(super) fn anytime_rate(
     };
     let need = (outcome == Outcome::Inconclusive)
         .then(|| {
-            PROJECTIONS.iter().find_map(|&t| {
+            projected_need(n2, |t| {
                 let w = process.projected(t).verdict(alpha);
-                (w.harm || w.fine).then(|| (n2 * (t - 1.0)).ceil() as u64)
+                w.harm || w.fine
             })
         })
         .flatten();
