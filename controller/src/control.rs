@@ -355,14 +355,10 @@ impl Controller {
             }
             // With `envoy.counts: cluster`, the stage's baselines: the
             // window stays whole across a controller restart.
-            if source.cluster_counts_mut().is_some() {
+            if let Some(counts) = source.cluster_counts_mut() {
                 match self.store.load_cluster_counts()? {
-                    Some(c) => source.set_cluster_counts(c),
-                    None => {
-                        if let Some(c) = source.cluster_counts_mut() {
-                            c.tracker_mut().must_save_all();
-                        }
-                    }
+                    Some(c) => *counts = c,
+                    None => counts.tracker_mut().must_save_all(),
                 }
             }
             self.tracker_loaded = true;

@@ -68,14 +68,6 @@ impl Source {
         }
     }
 
-    /// Replaces the stage baselines (loaded from the state directory); no
-    /// effect without `envoy.counts: cluster`.
-    pub fn set_cluster_counts(&mut self, counts: ClusterCounts) {
-        if let Some(c) = self.cluster_counts_mut() {
-            *c = counts;
-        }
-    }
-
     /// What the source reads, in words (for logs).
     pub fn describe(&self) -> String {
         match self {
