@@ -8,7 +8,7 @@
 //!   (the previous engine never left it).
 //! - A challenger with 5 % 5xx against the champion's 0.3 % is rolled back
 //!   by the error gate while still in the 1 % stage. The simulated figures
-//!   for this case (median 84 s, 95th percentile 205 s: `calibration.rs`)
+//!   for this case (median 86 s, 95th percentile 208 s: `calibration.rs`)
 //!   say how long it may take; the bound here is the 95th percentile's
 //!   margin, not the median.
 

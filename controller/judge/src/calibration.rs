@@ -17,6 +17,13 @@
 //!   `n = (z_α √v₀ + z_β √v₁)² / δ²` challenger responses, with
 //!   `v = p₁(1 − p₁)/r + p₂(1 − p₂)` at p₂ = p₁ + δ (v₀) and p₂ = p₁ (v₁),
 //!   r the champion:challenger ratio.
+//!   For a challenger 2 × beyond tolerance the table also gives the
+//!   **harm design**: the fixed-horizon test whose α is the false-rollback
+//!   rate at the margin and whose β is the miss at 2 δ, the two error
+//!   rates this table checks for that truth (the same formula with v₁ at
+//!   p₂ = p₁ + 2δ). The non-inferiority design never proves harm at all (it
+//!   only fails to prove no harm), so it is the weaker reference for that
+//!   row; both are printed.
 //!
 //! Monte-Carlo standard errors are √(p(1 − p)/runs); the checks allow two.
 
@@ -134,9 +141,21 @@ fn z(level: f64) -> f64 {
 
 /// The fixed-horizon design's challenger sample (see the module docs).
 pub fn fixed_horizon(base: f64, tol: f64, share: f64, alpha: f64, beta: f64) -> f64 {
+    design(base, tol, share, alpha, beta, 0.0)
+}
+
+/// The harm design's challenger sample: α at the margin, β at 2 δ (see the
+/// module docs).
+pub fn harm_horizon(base: f64, tol: f64, share: f64, alpha: f64, beta: f64) -> f64 {
+    design(base, tol, share, alpha, beta, 2.0)
+}
+
+/// `n = (z_α √v(δ) + z_β √v(m δ))² / δ²`: the z-test at the margin with
+/// power 1 − β at the challenger `m` tolerances above the champion.
+fn design(base: f64, tol: f64, share: f64, alpha: f64, beta: f64, m: f64) -> f64 {
     let r = (1.0 - share) / share;
     let v = |p2: f64| base * (1.0 - base) / r + p2 * (1.0 - p2);
-    let root = z(alpha) * v(base + tol).sqrt() + z(beta) * v(base).sqrt();
+    let root = z(alpha) * v(base + tol).sqrt() + z(beta) * v(base + m * tol).sqrt();
     root * root / (tol * tol)
 }
 
@@ -246,7 +265,7 @@ pub fn rate_grid(looks_to_fixed: f64, max_looks: u32) -> Vec<RateCell> {
 /// The calibration table (Markdown) of rate cells at level `alpha`.
 pub fn rate_table(cells: &[RateCell], alpha: f64, runs: u32, seed: u64) -> String {
     let mut s = String::from(
-        "| base | tolerance | share | truth | false rollback (±se) | miss (±se) | undecided | median to decision | fixed horizon | ratio |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+        "| base | tolerance | share | truth | false rollback (±se) | miss (±se) | undecided | median to decision | fixed horizon | ratio | harm design | ratio |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     for (i, c) in cells.iter().enumerate() {
         let o = run_rate(*c, alpha, runs, seed.wrapping_add(i as u64 * 7919));
@@ -257,8 +276,15 @@ pub fn rate_table(cells: &[RateCell], alpha: f64, runs: u32, seed: u64) -> Strin
         let undecided = 1.0 - o.fail_rate() - o.pass_rate();
         let median = o.median_to_decision();
         let ratio = median.map_or("—".into(), |m| format!("{:.2}", m as f64 / o.fixed));
+        let harm = match (c.truth, median) {
+            (Truth::TwiceTolerance, Some(m)) => {
+                let h = harm_horizon(c.base, c.tol, c.share, alpha, alpha);
+                format!("{h:.0} | {:.2}", m as f64 / h)
+            }
+            _ => "— | —".into(),
+        };
         s.push_str(&format!(
-            "| {:.1}% | {:.1} pp | {:.0}% | {} | {fr} | {miss} | {:.3} | {} | {:.0} | {ratio} |\n",
+            "| {:.1}% | {:.1} pp | {:.0}% | {} | {fr} | {miss} | {:.3} | {} | {:.0} | {ratio} | {harm} |\n",
             c.base * 100.0,
             c.tol * 100.0,
             c.share * 100.0,
@@ -417,7 +443,7 @@ mod tests {
     /// 5 % 5xx against 0.3 % (tolerance 1 point) is rolled back within the
     /// first few hundred challenger responses. The stage has half the
     /// rollout's harm budget (the first of four judged stages). Measured
-    /// (400 runs): median 84 s (168 responses), 95th percentile 205 s, 34 %
+    /// (400 runs): median 86 s (172 responses), 95th percentile 208 s, 31 %
     /// within 60 s (with the whole α in this one stage, as before the budget
     /// was shared over the stages: 73 s, 174 s, 42 %). No valid test does
     /// much better: an SPRT that knew both rates exactly (0.05 against the
@@ -477,27 +503,28 @@ mod tests {
     }
 
     /// Efficiency: for an equal challenger and one 2 × beyond tolerance, the
-    /// median sample to a verdict against the fixed-horizon design's.
+    /// median sample to a verdict against the fixed-horizon design with the
+    /// same α and β — the non-inferiority design for the equal challenger,
+    /// the harm design (α at the margin, β at 2 δ) for the harmful one — with
+    /// a look every hundredth of the former (a 10 s interval at a small
+    /// stage's traffic).
     #[test]
     fn decisions_take_less_than_the_fixed_horizon_sample() {
         for &share in &[0.01, 0.05] {
             for truth in [Truth::Equal, Truth::TwiceTolerance] {
                 let (base, tol) = (0.01, 0.01);
                 let fixed = fixed_horizon(base, tol, share, ALPHA, ALPHA);
-                let per_look = (fixed / 20.0).ceil() as u64;
-                let cell = RateCell { base, tol, share, truth, per_look, max_looks: 100 };
+                let design = if truth == Truth::Equal { fixed } else { harm_horizon(base, tol, share, ALPHA, ALPHA) };
+                let per_look = (fixed / 100.0).ceil() as u64;
+                let cell = RateCell { base, tol, share, truth, per_look, max_looks: 500 };
                 let o = run_rate(cell, ALPHA, 200, 3);
                 let median = o.median_to_decision().unwrap_or(u64::MAX) as f64;
-                eprintln!("share {share} {truth:?}: median {median} vs fixed {fixed:.0}: {:.2}", median / fixed);
-                // Measured 0.61 (equal; 0.65 at 5 %) and 0.81 (2x; 0.96 at 5 %),
-                // against 0.86 / 1.26 (1.01 / 1.81) with the earlier
-                // champion-confidence-sequence construction. Harm at the
-                // rare-event end costs more (the binomial's information
-                // above the margin is lower; even the oracle of
-                // `oracle_floor` needs 0.65–0.80). The bounds keep those
-                // figures from regressing.
-                let bound = if truth == Truth::Equal { 0.7 } else { 1.05 };
-                assert!(median <= bound * fixed, "{truth:?} at {share}: {median} vs fixed {fixed}");
+                eprintln!("share {share} {truth:?}: median {median} vs design {design:.0}: {:.2}", median / design);
+                // Measured 0.48 and 0.55 (equal), 0.46 and 0.44 (2 ×); the
+                // earlier weights (0.8 on the main alternatives, 0.15
+                // adaptive, 0.1 α for the first batch) gave 0.49, 0.58,
+                // 0.48, 0.45.
+                assert!(median <= 0.6 * design, "{truth:?} at {share}: {median} vs design {design:.0}");
             }
         }
     }
@@ -508,10 +535,17 @@ mod tests {
     #[ignore]
     fn calibration_table() {
         let runs = std::env::var("CALIBRATION_RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(1000);
-        println!("{}", rate_table(&rate_grid(20.0, 120), ALPHA, runs, 2026));
-        println!(
-            "{runs} runs per row, alpha = beta = {ALPHA}, at most 120 looks of a twentieth of the fixed-horizon sample"
-        );
+        // Looks per fixed-horizon sample: 20 is coarse (the median moves in
+        // steps of 0.05 of it); 100 is what a 10 s interval gives a small
+        // stage (a 1 % stage at 200 requests/s: 20 challenger responses a
+        // look against a fixed horizon of 770–16 000).
+        for looks in [20u32, 100] {
+            println!("{}", rate_table(&rate_grid(f64::from(looks), 6 * looks), ALPHA, runs, 2026));
+            println!(
+                "{runs} runs per row, alpha = beta = {ALPHA}, looks of 1/{looks} of the fixed-horizon sample, at most {}\n",
+                6 * looks
+            );
+        }
     }
 
     /// Latency, the cases 3 and 4: at n = 200 per look no upper
@@ -546,7 +580,8 @@ mod oracle {
     /// learn the champion's rate cannot expect to beat it). Measured (300 runs, looks of a twentieth of the fixed
     /// sample): 0.50 (equal) and 0.65–0.80 (2 × tolerance) of the fixed
     /// horizon at a 1 % stage (1.17 at 0.3 % base with a 1-point
-    /// tolerance); the engine needs 0.60–0.66 and 0.60–1.05 (1.17–1.33)
+    /// tolerance); the engine needs 0.55–0.66 and 0.60–1.00 (1.12–1.25)
+    /// at the same looks (docs/gates.md)
     /// (`cargo test -p canary-judge --release -- --ignored oracle_floor
     /// --nocapture`).
     #[test]

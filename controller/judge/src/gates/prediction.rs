@@ -143,12 +143,16 @@ pub(super) fn prediction_gate(
     let need_more = (outcome == Outcome::Inconclusive)
         .then(|| {
             let z_at = |l| stats::z_two_sided(judge.schedule.confidence_at(l));
-            // The noise floor shrinks with the samples; the shift measured above it stays.
+            // The noise floor shrinks with the samples; the shift measured
+            // above it stays. The projection asks the same χ² test the
+            // verdict uses (each side at the look's level with power).
             let shift = centre.max(0.0);
+            let bins = p.bins.len();
             needed(small, need.max(1), k, &judge.schedule, z_at, |t, level| {
-                let c = c / t;
-                let band = stats::z_two_sided(level) * (2.0 * nu * c * c + 4.0 * g.max_psi * c).sqrt();
-                shift - band > g.max_psi || shift + band < g.max_psi
+                let value = shift + nu * c / t;
+                let side = (1.0 - level) / 2.0;
+                let alphas = (side * anytime::clamp_share(judge.harm_share), side);
+                psi::psi_decides(value, bins, (n.0 as f64 * t, n.1 as f64 * t), g.max_psi, alphas)
             })
         })
         .flatten();

@@ -556,6 +556,15 @@ fn sequential_psi_allows_for_the_noise_floor_and_the_sampling_spread() {
     let small = judge(&QUARTERS, &SHIFTED, 50);
     assert_eq!(small.outcome, Outcome::Inconclusive, "{}", small.detail);
     assert!((small.notes["noise_floor"] - 3.0 * (1.0 / 96.0 + 1.0 / 98.0)).abs() < 1e-12);
+    // "Needs ~N more" is projected through the χ² test the verdict uses:
+    // the same shares with N more predictions are failed.
+    let more = small.needed.expect("a projection");
+    let t = (96 + more) as f64 / 96.0;
+    let scaled = |bins: &[(&'static str, u64)]| {
+        bins.iter().map(|(b, n)| (*b, (*n as f64 * t).round() as u64)).collect::<Vec<_>>()
+    };
+    let projected = judge(&scaled(&QUARTERS), &scaled(&SHIFTED), 50);
+    assert_eq!(projected.outcome, Outcome::Fail, "needs ~{more} more, then: {}", projected.detail);
     // The same shares from 100 times as many, at look 1: the spread at the boundary
     // is ≈ 0.013 and the noise floor 0.0006, so 0.234 is clearly above 0.2.
     let x100 = |bins: &[(&'static str, u64)]| bins.iter().map(|(b, n)| (*b, n * 100)).collect::<Vec<_>>();
