@@ -76,6 +76,22 @@ pub struct LabelStats {
     pub min: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max: Option<f64>,
+    /// Sums about the first outcome, for the skewness (absent in state
+    /// written before it was kept, and while there are no outcomes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shifted: Option<ShiftedSums>,
+}
+
+/// Σ(x − origin), Σ(x − origin)², Σ(x − origin)³: raw third powers of
+/// outcomes far from 0 (revenue in cents, say) would lose the skewness to
+/// rounding; about a sample value they keep it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShiftedSums {
+    pub origin: f64,
+    pub s1: f64,
+    pub s2: f64,
+    pub s3: f64,
 }
 
 impl LabelStats {
@@ -85,6 +101,32 @@ impl LabelStats {
         self.sum_sq += x * x;
         self.min = Some(self.min.map_or(x, |m| m.min(x)));
         self.max = Some(self.max.map_or(x, |m| m.max(x)));
+        let s = self.shifted.get_or_insert(ShiftedSums { origin: x, s1: 0.0, s2: 0.0, s3: 0.0 });
+        let d = x - s.origin;
+        s.s1 += d;
+        s.s2 += d * d;
+        s.s3 += d * d * d;
+    }
+
+    /// The sample skewness G₁ (adjusted Fisher–Pearson, scipy's
+    /// `skew(bias=False)`): `None` below three outcomes, without spread, or
+    /// in state written before the sums were kept.
+    pub fn skewness(&self) -> Option<f64> {
+        let s = self.shifted?;
+        if self.n < 3 {
+            return None;
+        }
+        let n = self.n as f64;
+        let m1 = s.s1 / n;
+        let m2 = s.s2 / n - m1 * m1;
+        let m3 = s.s3 / n - 3.0 * m1 * s.s2 / n + 2.0 * m1 * m1 * m1;
+        // Rounding below a millionth of the squared mean: no spread.
+        if m2 <= 1e-12 * (s.s2 / n).max(f64::MIN_POSITIVE) {
+            return None;
+        }
+        let g1 = m3 / m2.powf(1.5);
+        let g = g1 * (n * (n - 1.0)).sqrt() / (n - 2.0);
+        g.is_finite().then_some(g)
     }
 
     /// Every outcome lies in [0, 1] (0/1 labels, or scores): the anytime
@@ -101,10 +143,20 @@ impl LabelStats {
     /// The range stays the whole one's: a subset of outcomes within [0, 1]
     /// is within it too.
     pub fn since(&self, base: &LabelStats) -> LabelStats {
+        // Both snapshots of one accumulator share the origin of its first
+        // outcome; a base without sums had no outcomes yet.
+        let shifted = match (self.shifted, base.shifted) {
+            (s, None) if base.n == 0 => s,
+            (Some(s), Some(b)) if s.origin == b.origin => {
+                Some(ShiftedSums { origin: s.origin, s1: s.s1 - b.s1, s2: s.s2 - b.s2, s3: s.s3 - b.s3 })
+            }
+            _ => None,
+        };
         LabelStats {
             n: self.n.saturating_sub(base.n),
             sum: self.sum - base.sum,
             sum_sq: (self.sum_sq - base.sum_sq).max(0.0),
+            shifted,
             ..*self
         }
     }
@@ -325,6 +377,36 @@ mod tests {
 
     fn tiers() -> SegmentConfig {
         SegmentConfig { header: "x-tier".into(), values: vec!["free".into(), "ent".into()] }
+    }
+
+    fn stats(xs: &[f64]) -> LabelStats {
+        let mut l = LabelStats::default();
+        xs.iter().for_each(|&x| l.add(x));
+        l
+    }
+
+    /// scipy 1.17: `scipy.stats.skew(xs, bias=False)`; the second sample
+    /// sits at a million, where raw third powers would lose it.
+    #[test]
+    fn skewness_matches_scipy_far_from_zero_and_across_a_restart() {
+        for (xs, g) in [
+            (&[1.0, 2.0, 3.0, 10.0][..], 1.763632614803888),
+            (&[1e6 + 0.5, 1e6 + 1.5, 1e6 + 1.0, 1e6 + 7.25, 1e6 + 2.0][..], 2.006948067827349),
+            (&[5.0, 4.0, 4.0, 4.0, 1.0][..], -1.7487916903105662),
+        ] {
+            let got = stats(xs).skewness().unwrap();
+            assert!((got - g).abs() < 1e-9, "{xs:?}: {got}, scipy {g}");
+        }
+        // The outcomes after a restart: the later ones' own skewness.
+        let base = stats(&[100.0, -50.0]);
+        let mut all = base;
+        [1.0, 2.0, 3.0, 10.0].iter().for_each(|&x| all.add(x));
+        assert!((all.since(&base).skewness().unwrap() - 1.763632614803888).abs() < 1e-9);
+        assert_eq!(all.since(&LabelStats::default()), all);
+        // No spread, too few, or state without the sums: unknown.
+        assert_eq!(stats(&[3.0; 5]).skewness(), None);
+        assert_eq!(stats(&[1.0, 2.0]).skewness(), None);
+        assert_eq!(LabelStats { shifted: None, ..stats(&[1.0, 2.0, 9.0]) }.skewness(), None);
     }
 
     #[test]

@@ -389,6 +389,7 @@ mod tests {
             sum_sq: k as f64,
             min: (n > 0).then_some(0.0),
             max: (n > 0).then_some(1.0),
+            ..Default::default()
         };
         let mut out = StageLabels::default();
         let (mut a, mut b) = ((0, 0), (0, 0));

@@ -5,7 +5,7 @@ use super::judge::{needed, scaled, verdict, verdict_words, Judge, LabelEvidence}
 use super::rate::{anytime_rate, projected_need};
 use super::{Descriptor, Digits, Evidence, Gate, GateKind, GateResult, Outcome, Stages};
 use crate::labels::LabelStats;
-use crate::mean_difference::MeanDifference;
+use crate::mean_difference::{labels_for_skewness, MeanDifference};
 use crate::spec::NoDataPolicy;
 use crate::stats::{self, Interval};
 
@@ -164,13 +164,34 @@ fn anytime_means(g: &crate::spec::LabelGate, labels: &LabelEvidence, judge: Judg
             Outcome::Inconclusive
         }
     };
-    let outcome = decide(&d);
+    // Skewed labels: no verdict until both versions have what the normal
+    // approximation needs (the bounds are still reported).
+    let small = a.n.min(b.n);
+    let skewed = labels_for_skewness(&a, &b).filter(|&(_, labels)| small < labels);
+    let bounds_say = decide(&d);
+    let outcome = if skewed.is_some() { Outcome::Inconclusive } else { bounds_say };
     let need = (outcome == Outcome::Inconclusive)
-        .then(|| projected_need(b.n as f64, |t| decide(&d.projected(t)) != Outcome::Inconclusive))
+        .then(|| {
+            let projected = match bounds_say {
+                Outcome::Inconclusive => {
+                    projected_need(b.n as f64, |t| decide(&d.projected(t)) != Outcome::Inconclusive)
+                }
+                _ => Some(0),
+            };
+            match skewed {
+                Some((_, labels)) => projected.map(|p| p.max(labels - small)),
+                None => projected,
+            }
+        })
         .flatten();
     let di = d.bounds(tau, alpha, harm_alpha);
+    let wait = skewed.map_or(String::new(), |(g, labels)| {
+        format!(
+            "skewed labels (skewness {g:.2}) are judged from {labels} per version on (Cochran's rule n > 25·skewness²); "
+        )
+    });
     let detail = format!(
-        "{head}: difference {:+.4}, {:.0}% confidence sequence [{:+.4}, {:+.4}] vs −{tol} (valid at every look): {}",
+        "{head}: difference {:+.4}, {:.0}% confidence sequence [{:+.4}, {:+.4}] vs −{tol} (valid at every look): {wait}{}",
         d.estimate(),
         (1.0 - alpha) * 100.0,
         di.low,

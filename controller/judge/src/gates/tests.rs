@@ -652,3 +652,60 @@ fn anytime_labels_outside_the_unit_interval_use_the_normal_mixture_sequence() {
     let flat = LabelStats { n: 100, sum: 500.0, sum_sq: 2500.0, ..Default::default() };
     assert_eq!(judge(flat, flat).outcome, Outcome::NoData);
 }
+
+#[test]
+fn skewed_labels_wait_for_what_cochrans_rule_needs_then_decide() {
+    let labels = Some(LabelGate { min_degradation_tolerance: 5.0, min_labels: 30, segments: Default::default() });
+    let g = GatesSpec { method: GateMethod::Anytime, labels, ..sequential() };
+    let w = spread(1000, 0, 10.0);
+    // A long tail: one champion label in ten is 0, the rest 100
+    // (skewness −2.67, so 25 · 2.67² ≈ 178 labels per version); the
+    // challenger's are all 50, far worse.
+    let champion = {
+        let mut l = LabelStats::default();
+        (0..5000).for_each(|i| l.add(if i < 500 { 0.0 } else { 100.0 }));
+        l
+    };
+    let challenger = |n: u64| {
+        let mut l = LabelStats::default();
+        (0..n).for_each(|_| l.add(50.0));
+        l
+    };
+    let judge = |b: LabelStats| {
+        only(
+            &evaluate(&g, &w, &w, &LabelEvidence { champion, challenger: b }, StageContext::live(1), &[]),
+            GateKind::Labels,
+        )
+    };
+    let (g1, need) = crate::mean_difference::labels_for_skewness(&champion, &challenger(150)).unwrap();
+    // scipy.stats.skew([0.0] * 500 + [100.0] * 4500, bias=False)
+    assert!((g1 + 2.6674669734547156).abs() < 1e-9 && need == 178, "{g1} {need}");
+    // 150 challenger labels: the bounds alone would roll back; held,
+    // saying why and how many more it waits for.
+    let early = judge(challenger(150));
+    assert_eq!(early.outcome, Outcome::Inconclusive, "{}", early.detail);
+    assert!(early.difference_interval.unwrap().high < -5.0, "{:?}", early.difference_interval);
+    assert!(
+        early.detail.contains("skewed labels (skewness -2.67) are judged from 178 per version"),
+        "{}",
+        early.detail
+    );
+    assert_eq!(early.needed, Some(28));
+    // From there on the sequence decides.
+    let late = judge(challenger(178));
+    assert_eq!(late.outcome, Outcome::Fail, "{}", late.detail);
+    // State written before the sums were kept: no skewness, no wait.
+    let old = |l: LabelStats| LabelStats { shifted: None, ..l };
+    let r = only(
+        &evaluate(
+            &g,
+            &w,
+            &w,
+            &LabelEvidence { champion: old(champion), challenger: old(challenger(150)) },
+            StageContext::live(1),
+            &[],
+        ),
+        GateKind::Labels,
+    );
+    assert_eq!(r.outcome, Outcome::Fail, "{}", r.detail);
+}
