@@ -170,7 +170,12 @@ pub(super) async fn control_command(
         c.command(cmd, &reason).await
     }
     .await;
-    app.hub.wake();
+    // Read-your-writes: the snapshot is rebuilt before the answer goes out,
+    // so a GET /api/state after this reply already shows the command.
+    let hub = app.hub.clone();
+    if tokio::task::spawn_blocking(move || hub.refresh()).await.is_err() {
+        app.hub.wake();
+    }
     match result {
         Ok(d) => {
             app.hub.ctx.metrics.control_request(&command, "ok");
