@@ -35,7 +35,11 @@
 //! worst-case bound.
 //!
 //! The alternatives: pₐ is the champion's rate estimated from the batches
-//! before (and from the rollout's earlier stages); p_b is pₐ + 2δ (weight
+//! before (and from the rollout's earlier stages) — for the harm
+//! alternatives from both versions' earlier batches, the maximum likelihood
+//! on the line p_b = pₐ + mδ ([`joint_anchor`]: at a 50 % stage the
+//! challenger's responses say as much about the base rate as the
+//! champion's); p_b is pₐ + 2δ (weight
 //! 0.9), + 4δ and + 8δ (0.02 each) for harm, pₐ, pₐ − δ and pₐ + δ/2 for
 //! no harm, and (0.06) the challenger's own running estimate, kept on its
 //! test's side of the margin ([`ADAPTIVE`]: power one against any harm).
@@ -48,8 +52,9 @@
 //! ([`crate::calibration`], 1 000 runs per cell, a look every hundredth of
 //! the fixed-horizon sample, docs/gates.md): median sample to a verdict
 //! 0.46–0.61 of the non-inferiority design for an equal challenger, and
-//! 0.40–0.64 of the harm design (α at the margin, β at 2 δ) for one 2 ×
-//! beyond tolerance, the 50 % stage the slowest.
+//! 0.40–0.62 of the harm design (α at the margin, β at 2 δ) for one 2 ×
+//! beyond tolerance, the 50 % stage the slowest (0.53–0.62; 0.55–0.64
+//! with the champion-only anchor).
 //!
 //! The weights put most of α where the decisions are (the design
 //! alternative): each halving of a component's weight costs it ln 2 of
@@ -365,11 +370,18 @@ impl RateProcess {
         let tol = tol.clamp(EDGE, 1.0 - 4.0 * EDGE);
         let (past_s1, past_n1) = (self.s1 + self.prior_champion.0, self.n1 + self.prior_champion.1);
         let (past_s2, past_n2) = (self.s + self.prior_challenger.0, self.n + self.prior_challenger.1);
-        // Each component's ln e-value of this batch with the champion's
-        // rate anchored at `pa`.
-        let score = |pa: f64| -> [f64; 8] {
-            let pa = pa.clamp(EDGE, 1.0 - tol - EDGE);
+        // Each component's ln e-value of this batch. `anchors(Some(m))` is
+        // the champion's rate the alternative `m` tolerances above it is
+        // anchored at, `anchors(None)` the one of the adaptive components
+        // (one rate for all on the first batch's grid).
+        let score = |anchors: &dyn Fn(Option<f64>) -> f64| -> [f64; 8] {
+            let pa_of = |m: Option<f64>| anchors(m).clamp(EDGE, 1.0 - tol - EDGE);
+            let pa = pa_of(None);
             let at = |m: f64| (pa + m * tol).clamp(EDGE, 1.0 - EDGE);
+            let fixed = |m: f64| {
+                let a = pa_of(Some(m));
+                (a, (a + m * tol).clamp(EDGE, 1.0 - EDGE))
+            };
             // The challenger's rate from the batches before this one, kept
             // on its test's side of the margin (before any, the main
             // alternatives stand in).
@@ -380,16 +392,29 @@ impl RateProcess {
                 (at(HARM[0].1), at(FINE[0].1))
             };
             std::array::from_fn(|k| match k {
-                0..=2 => log_batch_e(b, pa, at(HARM[k].1), tol),
-                3..=5 => log_batch_e(b, pa, at(FINE[k - 3].1), tol),
+                0..=2 => {
+                    let (a, p) = fixed(HARM[k].1);
+                    log_batch_e(b, a, p, tol)
+                }
+                3..=5 => {
+                    let (a, p) = fixed(FINE[k - 3].1);
+                    log_batch_e(b, a, p, tol)
+                }
                 6 => log_batch_e(b, pa, harm_q, tol),
                 _ => log_batch_e(b, pa, fine_q, tol),
             })
         };
         let batch = if past_n1 > 0.0 {
-            Some(score(anchor(past_s1, past_n1)))
+            // The harm alternatives are anchored on both versions' past
+            // (see [`joint_anchor`]); the no-harm ones on the champion's
+            // (pooling them measured 0–4 % slower for an equal challenger).
+            let champion_only = anchor(past_s1, past_n1);
+            Some(score(&|m: Option<f64>| match m {
+                Some(m) if m > 1.0 => joint_anchor((past_s1, past_n1), (past_s2, past_n2), m * tol, champion_only),
+                _ => champion_only,
+            }))
         } else if b.n1 > 0.0 && b.n2 > 0.0 {
-            Some(first_batch(b, alpha, score))
+            Some(first_batch(b, alpha, |pa| score(&|_| pa)))
         } else {
             None
         };
@@ -564,6 +589,47 @@ pub fn anchor(s1: f64, n1: f64) -> f64 {
     (s1 + 0.5) / (n1 + 1.0)
 }
 
+/// The champion's rate for an alternative "challenger = champion + `d`",
+/// estimated from both versions' earlier batches (add-½ each): the maximum
+/// of the joint likelihood on that line. The challenger's responses say as
+/// much about the base rate as the champion's under the alternative, so at
+/// equal traffic the anchor is twice as precise as the champion's alone
+/// (the alternatives stay predictable: only earlier batches enter).
+/// Newton steps on the concave log-likelihood from `start`, kept inside
+/// the line's domain.
+pub fn joint_anchor(champion: (f64, f64), challenger: (f64, f64), d: f64, start: f64) -> f64 {
+    let (a1, b1) = (champion.0 + 0.5, champion.1 - champion.0 + 0.5);
+    let (a2, b2) = (challenger.0 + 0.5, challenger.1 - challenger.0 + 0.5);
+    if challenger.1 <= 0.0 {
+        return start;
+    }
+    let lo = (-d).max(0.0) + EDGE;
+    let hi = (1.0 - d).min(1.0) - EDGE;
+    if lo >= hi {
+        return start;
+    }
+    let mut p = start.clamp(lo, hi);
+    for _ in 0..12 {
+        let (q, r) = (p + d, 1.0 - p - d);
+        let g = a1 / p - b1 / (1.0 - p) + a2 / q - b2 / r;
+        let h = -a1 / (p * p) - b1 / ((1.0 - p) * (1.0 - p)) - a2 / (q * q) - b2 / (r * r);
+        let next = (p - g / h).clamp(lo, hi);
+        // Halfway to the edge rather than onto it (the likelihood is −∞ there).
+        let next = if next <= lo {
+            0.5 * (p + lo)
+        } else if next >= hi {
+            0.5 * (p + hi)
+        } else {
+            next
+        };
+        if (next - p).abs() < 1e-12 {
+            return next;
+        }
+        p = next;
+    }
+    p
+}
+
 /// Challenger responses with which the harm test, fed its expected counts
 /// in ten equal batches, rolls back a challenger erring `harm · tol` more
 /// often than a champion with no errors that has `ratio` times its traffic
@@ -688,6 +754,23 @@ mod tests {
             assert!(close(half_and_half(x), (0.5 + 0.5 * f64::exp(x)).ln(), 1e-12), "{x}");
         }
         assert!(close(half_and_half(800.0), 800.0 - std::f64::consts::LN_2, 1e-12));
+    }
+
+    /// References: scipy.optimize.brentq (rtol 1e-15) on the derivative of
+    /// the joint log-likelihood with add-½ counts.
+    #[test]
+    fn the_joint_anchor_is_the_constrained_maximum_likelihood() {
+        for (champion, challenger, d, reference) in [
+            ((10.0, 1000.0), (25.0, 1000.0), 0.01, 0.012272112978965927),
+            ((0.0, 5000.0), (3.0, 5000.0), 0.002, 6.017043188467157e-05),
+            ((30.0, 600.0), (5.0, 60.0), 0.04, 0.05071604517488201),
+            ((400.0, 1000.0), (200.0, 1000.0), 0.2, 0.23193188116266059),
+        ] {
+            let got = joint_anchor(champion, challenger, d, anchor(champion.0, champion.1));
+            assert!(close(got, reference, 1e-8 * reference), "{champion:?} {challenger:?} {d}: {got} vs {reference}");
+        }
+        // No challenger data: the champion's own estimate.
+        assert_eq!(joint_anchor((3.0, 100.0), (0.0, 0.0), 0.01, 0.0347), 0.0347);
     }
 
     #[test]
