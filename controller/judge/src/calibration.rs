@@ -529,6 +529,101 @@ mod tests {
         }
     }
 
+    /// Regimes outside the grid, drawn at random: base rates 0.05–20 %,
+    /// tolerances 0.05–5 points, four stages of random shares (0.5–50 %,
+    /// rising) judged as one rollout (no-harm evidence pooled, the harm
+    /// budget shared), traffic per look that swings ×0.1–×1.9 (a daily
+    /// cycle) and starts each stage with a handful of responses; a
+    /// challenger at the tolerance (must not be rolled back: ≤ α over the
+    /// rollout) or 2 × beyond it (must not be proven in the promoting stage:
+    /// ≤ β). Returns the table's rows; panics on a cell beyond α + 2 se.
+    fn random_regimes(cells: u32, runs: u32, seed: u64) -> Vec<String> {
+        use rand::Rng;
+        let mut pick = ChaCha8Rng::seed_from_u64(seed);
+        let log_uniform = |r: &mut ChaCha8Rng, lo: f64, hi: f64| (lo.ln() + r.random::<f64>() * (hi / lo).ln()).exp();
+        let mut rows = vec![];
+        for cell in 0..cells {
+            let base = log_uniform(&mut pick, 0.0005, 0.2);
+            let tol = log_uniform(&mut pick, 0.0005, 0.05).min((0.9 - base) / 3.0);
+            let mut shares: Vec<f64> = (0..4).map(|_| log_uniform(&mut pick, 0.005, 0.5)).collect();
+            shares.sort_by(f64::total_cmp);
+            let truth = if pick.random::<bool>() { Truth::AtTolerance } else { Truth::TwiceTolerance };
+            let delta = truth.multiple() * tol;
+            // About a fixed-horizon sample over 40 looks in each stage.
+            let per_look: Vec<f64> =
+                shares.iter().map(|&s| (fixed_horizon(base, tol, s, ALPHA, ALPHA) / 40.0).max(1.0)).collect();
+            let (mut rolled_back, mut proven) = (0u32, 0u32);
+            for r in 0..runs {
+                let mut rng = ChaCha8Rng::seed_from_u64((u64::from(cell) << 32) ^ u64::from(r) ^ seed);
+                let mut process = RateProcess::for_stage(anytime::harm_share(0, 4));
+                let mut look = 0u32;
+                'stages: for (i, &share) in shares.iter().enumerate() {
+                    if i > 0 {
+                        process = process.into_next_stage(anytime::harm_share(i, 4));
+                    }
+                    let (mut s1, mut n1, mut s2, mut n2) = (0u64, 0u64, 0u64, 0u64);
+                    for k in 0..60u32 {
+                        look += 1;
+                        let cycle = 1.0 + 0.9 * (f64::from(look) * 0.21).sin();
+                        let ramp = if k < 3 { 0.02 } else { 1.0 };
+                        let challenger = (per_look[i] * cycle * ramp).round().max(1.0) as u64;
+                        let champion = champion_per_look(challenger, share);
+                        s1 += binomial(&mut rng, champion, base);
+                        n1 += champion;
+                        s2 += binomial(&mut rng, challenger, base + delta);
+                        n2 += challenger;
+                        process.update((s1 as f64, n1 as f64), (s2 as f64, n2 as f64), tol, ALPHA);
+                        let v = process.verdict(ALPHA);
+                        if v.harm {
+                            rolled_back += 1;
+                            break 'stages;
+                        }
+                        if v.fine && i == shares.len() - 1 {
+                            proven += 1;
+                            break 'stages;
+                        }
+                    }
+                }
+            }
+            let wrong = if truth == Truth::TwiceTolerance { proven } else { rolled_back };
+            let rate = f64::from(wrong) / f64::from(runs);
+            let se = (ALPHA * (1.0 - ALPHA) / f64::from(runs)).sqrt();
+            rows.push(format!(
+                "| {:.3}% | {:.3} pp | {} | {} | {rate:.4} | {:.4} | {:.4} |",
+                base * 100.0,
+                tol * 100.0,
+                shares.iter().map(|s| format!("{:.1}%", s * 100.0)).collect::<Vec<_>>().join(" / "),
+                truth.name(),
+                f64::from(rolled_back) / f64::from(runs),
+                f64::from(proven) / f64::from(runs),
+            ));
+            assert!(rate <= ALPHA + 2.0 * se, "{}: wrong decisions {rate} > α + 2 se", rows.last().unwrap());
+        }
+        rows
+    }
+
+    /// A few random regimes on every `make test` (the full run below).
+    #[test]
+    fn random_regimes_keep_alpha_over_the_rollout() {
+        random_regimes(12, 200, 7);
+    }
+
+    /// 60 random regimes, 300 rollouts each (slow: `cargo test -p
+    /// canary-judge --release --lib -- --ignored random_regimes_table
+    /// --nocapture`); the result is in docs/gates.md.
+    #[test]
+    #[ignore]
+    fn random_regimes_table() {
+        let cells = std::env::var("REGIMES").ok().and_then(|r| r.parse().ok()).unwrap_or(60);
+        let runs = std::env::var("CALIBRATION_RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(300);
+        println!("| base | tolerance | stage shares | truth | wrong decisions | rolled back | proven |");
+        println!("| --- | --- | --- | --- | --- | --- | --- |");
+        for row in random_regimes(cells, runs, 2027) {
+            println!("{row}");
+        }
+        println!("{cells} regimes, {runs} rollouts each, alpha = beta = {ALPHA}");
+    }
+
     /// The full table for the docs and `bench/results/` (slow: `cargo test
     /// -p canary-controller --release -- --ignored calibration_table --nocapture`).
     #[test]
