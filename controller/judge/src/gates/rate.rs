@@ -132,7 +132,7 @@ pub(super) fn rate_verdict(
 }
 
 /// Growth factors of the sample at which "needs ~N more" is projected.
-const PROJECTIONS: [f64; 10] = [1.5, 2.0, 3.0, 5.0, 8.0, 13.0, 21.0, 34.0, 55.0, 89.0];
+const PROJECTIONS: [f64; 13] = [1.5, 2.0, 3.0, 5.0, 8.0, 13.0, 21.0, 34.0, 55.0, 89.0, 144.0, 233.0, 377.0];
 
 /// "Needs ~N more" for an anytime test: the samples beyond the `n` seen
 /// at the first growth factor `t` of [`PROJECTIONS`] for which
