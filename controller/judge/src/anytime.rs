@@ -272,11 +272,7 @@ fn log_mixture_of(alternatives: &[(f64, f64); 3], log_e: [f64; 3], adaptive: Opt
         3 => adaptive.map_or(f64::NEG_INFINITY, |l| ADAPTIVE.ln() + l),
         _ => alternatives[k].0.ln() + log_e[k],
     });
-    let m = terms.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    if m.is_infinite() {
-        return m;
-    }
-    m + terms.iter().map(|x| (x - m).exp()).sum::<f64>().ln()
+    crate::stats::log_sum_exp(&terms)
 }
 
 /// One batch: the champion's `(events, trials)` and the challenger's.
@@ -459,10 +455,7 @@ impl RateProcess {
             return RateProcess::for_stage(harm_share);
         }
         let share = clamp_share(harm_share).ln();
-        let add = |l: f64| {
-            let m = l.max(share);
-            m + ((l - m).exp() + (share - m).exp()).ln()
-        };
+        let add = |l: f64| crate::stats::log_sum_exp(&[l, share]);
         let harm = self.harm.map(add);
         let harm_adaptive = add(self.harm_adaptive.unwrap_or(f64::NEG_INFINITY));
         RateProcess {

@@ -388,38 +388,20 @@ mod tests {
     #[test]
     fn pooling_the_no_harm_evidence_across_stages_keeps_alpha_over_the_rollout() {
         let (base, tol, runs) = (0.01, 0.005, 600u32);
-        let stages = [(0.01, 200u64, 40u32), (0.05, 200, 40), (0.2, 300, 40), (0.5, 400, 80)];
-        let judged = stages.len();
+        // (challenger share, looks), and the challenger's responses per look.
+        let stages = [(0.01, 40u32), (0.05, 40), (0.2, 40), (0.5, 80)];
+        let per_look = [200u64, 200, 300, 400];
         let run = |delta: f64, pool: bool, seed: u64| -> (u32, u32, Vec<u64>) {
             let (mut passed, mut failed, mut last_stage_n) = (0u32, 0u32, vec![]);
             for r in 0..runs {
                 let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (u64::from(r) << 20));
-                let mut process = RateProcess::for_stage(anytime::harm_share(0, judged));
-                'stages: for (i, &(share, per_look, looks)) in stages.iter().enumerate() {
-                    if i > 0 {
-                        let w = anytime::harm_share(i, judged);
-                        process = if pool { process.into_next_stage(w) } else { RateProcess::for_stage(w) };
+                match rollout(&mut rng, &stages, |i, _| per_look[i], (base, delta, tol), pool) {
+                    End::RolledBack => failed += 1,
+                    End::Proven(n2) => {
+                        passed += 1;
+                        last_stage_n.push(n2);
                     }
-                    let per_champion = champion_per_look(per_look, share);
-                    let (mut s1, mut n1, mut s2, mut n2) = (0u64, 0u64, 0u64, 0u64);
-                    for _ in 0..looks {
-                        s1 += binomial(&mut rng, per_champion, base);
-                        n1 += per_champion;
-                        s2 += binomial(&mut rng, per_look, base + delta);
-                        n2 += per_look;
-                        process.update((s1 as f64, n1 as f64), (s2 as f64, n2 as f64), tol, ALPHA);
-                        let v = process.verdict(ALPHA);
-                        if v.harm {
-                            failed += 1;
-                            break 'stages;
-                        }
-                        // Only the last (promoting) stage stops on a proof.
-                        if v.fine && i == stages.len() - 1 {
-                            passed += 1;
-                            last_stage_n.push(n2);
-                            break 'stages;
-                        }
-                    }
+                    End::Undecided => {}
                 }
             }
             last_stage_n.sort_unstable();
@@ -529,6 +511,57 @@ mod tests {
         }
     }
 
+    /// How a simulated rollout ended.
+    enum End {
+        RolledBack,
+        /// Proven harmless in the last stage, with the challenger responses
+        /// of that stage.
+        Proven(u64),
+        Undecided,
+    }
+
+    /// One simulated rollout: `stages` as (challenger share, looks), the
+    /// challenger's responses at look `k` of stage `i` from `traffic(i, k)`
+    /// (the champion's follow from the share), rates `(base, delta, tol)`:
+    /// the champion errs at `base`, the challenger at `base + delta`. The
+    /// harm budget is shared over the stages; the no-harm evidence carries
+    /// into the next stage when `pool` (else each stage starts afresh).
+    /// Only the last (promoting) stage stops on a proof.
+    fn rollout(
+        rng: &mut ChaCha8Rng,
+        stages: &[(f64, u32)],
+        traffic: impl Fn(usize, u32) -> u64,
+        (base, delta, tol): (f64, f64, f64),
+        pool: bool,
+    ) -> End {
+        let judged = stages.len();
+        let mut process = RateProcess::for_stage(anytime::harm_share(0, judged));
+        for (i, &(share, looks)) in stages.iter().enumerate() {
+            if i > 0 {
+                let w = anytime::harm_share(i, judged);
+                process = if pool { process.into_next_stage(w) } else { RateProcess::for_stage(w) };
+            }
+            let (mut s1, mut n1, mut s2, mut n2) = (0u64, 0u64, 0u64, 0u64);
+            for k in 0..looks {
+                let challenger = traffic(i, k);
+                let champion = champion_per_look(challenger, share);
+                s1 += binomial(rng, champion, base);
+                n1 += champion;
+                s2 += binomial(rng, challenger, base + delta);
+                n2 += challenger;
+                process.update((s1 as f64, n1 as f64), (s2 as f64, n2 as f64), tol, ALPHA);
+                let v = process.verdict(ALPHA);
+                if v.harm {
+                    return End::RolledBack;
+                }
+                if v.fine && i == judged - 1 {
+                    return End::Proven(n2);
+                }
+            }
+        }
+        End::Undecided
+    }
+
     /// Regimes outside the grid, drawn at random: base rates 0.05–20 %,
     /// tolerances 0.05–5 points, four stages of random shares (0.5–50 %,
     /// rising) judged as one rollout (no-harm evidence pooled, the harm
@@ -552,37 +585,21 @@ mod tests {
             // About a fixed-horizon sample over 40 looks in each stage.
             let per_look: Vec<f64> =
                 shares.iter().map(|&s| (fixed_horizon(base, tol, s, ALPHA, ALPHA) / 40.0).max(1.0)).collect();
+            const LOOKS: u32 = 60;
+            let plan: Vec<(f64, u32)> = shares.iter().map(|&share| (share, LOOKS)).collect();
             let (mut rolled_back, mut proven) = (0u32, 0u32);
             for r in 0..runs {
                 let mut rng = ChaCha8Rng::seed_from_u64((u64::from(cell) << 32) ^ u64::from(r) ^ seed);
-                let mut process = RateProcess::for_stage(anytime::harm_share(0, 4));
-                let mut look = 0u32;
-                'stages: for (i, &share) in shares.iter().enumerate() {
-                    if i > 0 {
-                        process = process.into_next_stage(anytime::harm_share(i, 4));
-                    }
-                    let (mut s1, mut n1, mut s2, mut n2) = (0u64, 0u64, 0u64, 0u64);
-                    for k in 0..60u32 {
-                        look += 1;
-                        let cycle = 1.0 + 0.9 * (f64::from(look) * 0.21).sin();
-                        let ramp = if k < 3 { 0.02 } else { 1.0 };
-                        let challenger = (per_look[i] * cycle * ramp).round().max(1.0) as u64;
-                        let champion = champion_per_look(challenger, share);
-                        s1 += binomial(&mut rng, champion, base);
-                        n1 += champion;
-                        s2 += binomial(&mut rng, challenger, base + delta);
-                        n2 += challenger;
-                        process.update((s1 as f64, n1 as f64), (s2 as f64, n2 as f64), tol, ALPHA);
-                        let v = process.verdict(ALPHA);
-                        if v.harm {
-                            rolled_back += 1;
-                            break 'stages;
-                        }
-                        if v.fine && i == shares.len() - 1 {
-                            proven += 1;
-                            break 'stages;
-                        }
-                    }
+                let traffic = |i: usize, k: u32| {
+                    let look = i as u32 * LOOKS + k + 1;
+                    let cycle = 1.0 + 0.9 * (f64::from(look) * 0.21).sin();
+                    let ramp = if k < 3 { 0.02 } else { 1.0 };
+                    (per_look[i] * cycle * ramp).round().max(1.0) as u64
+                };
+                match rollout(&mut rng, &plan, traffic, (base, delta, tol), true) {
+                    End::RolledBack => rolled_back += 1,
+                    End::Proven(_) => proven += 1,
+                    End::Undecided => {}
                 }
             }
             let wrong = if truth == Truth::TwiceTolerance { proven } else { rolled_back };

@@ -78,14 +78,8 @@ const HALF_NORMAL: f64 = 0.06;
 /// likelihood ratio of a Brownian motion with drift aₖ τ against drift 0,
 /// a martingale under the null) plus [`HALF_NORMAL`] · M(z, r).
 pub fn log_e(z: f64, r: f64) -> f64 {
-    let sr = r.sqrt();
-    let terms = [
-        POINTS[0].0.ln() + POINTS[0].1 * sr * z - POINTS[0].1 * POINTS[0].1 * r / 2.0,
-        POINTS[1].0.ln() + POINTS[1].1 * sr * z - POINTS[1].1 * POINTS[1].1 * r / 2.0,
-        HALF_NORMAL.ln() + log_mixture(z, r),
-    ];
-    let m = terms.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    m + terms.iter().map(|t| (t - m).exp()).sum::<f64>().ln()
+    let point = |(w, a): (f64, f64)| w.ln() + a * r.sqrt() * z - a * a * r / 2.0;
+    crate::stats::log_sum_exp(&[point(POINTS[0]), point(POINTS[1]), HALF_NORMAL.ln() + log_mixture(z, r)])
 }
 
 /// z* with E(z*, r) = 1/α: how many standard errors the bound lies from the

@@ -21,6 +21,16 @@ impl Interval {
     }
 }
 
+/// ln Σ exp(xₖ) without overflow (the mixtures of e-values are summed
+/// from their logs); −∞ when every term is.
+pub fn log_sum_exp(terms: &[f64]) -> f64 {
+    let m = terms.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if m.is_infinite() {
+        return m;
+    }
+    m + terms.iter().map(|x| (x - m).exp()).sum::<f64>().ln()
+}
+
 /// The standard normal quantile.
 pub fn z(p: f64) -> f64 {
     Normal::new(0.0, 1.0).map_or(f64::NAN, |n| n.inverse_cdf(p))
